@@ -1,0 +1,239 @@
+"""Additive couplings: the reversible residual block and the RevSilo.
+
+All couplings here are *triangular additive couplings* over a list of streams
+``x_0 .. x_{n_in-1}``::
+
+    forward:  y_j = x_j + sum_{i < j} T_ij(x_i)          (j < n_in)
+              y_j =       sum_{i < n_in} T_ij(x_i)        (j = n_in, expanding only)
+    inverse:  x_0 = y_0;  x_j = y_j - sum_{i < j} T_ij(x_i)   for j = 1 .. n_in-1
+
+Every ``T_ij`` reads the coupling *inputs* (not partially updated streams), so the
+inverse is exact given the ``T``'s, which need not be invertible themselves. The
+reversible residual block and the RevSilo are compositions of two such couplings
+(the second one acting on the streams in reversed order).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .op import RevOp, vjp
+from .state import CallState
+
+__all__ = ["TriangularCoupling", "RevResidualBlock", "RevSilo", "RevBlockGroup"]
+
+Tensors = List[Tensor]
+
+
+def _is_stochastic(module: nn.Module) -> bool:
+    """True when ``module`` draws random numbers in its current mode."""
+    if not module.training:
+        return False
+    for m in module.modules():
+        if getattr(m, "drop_prob", 0.0) > 0.0 or (isinstance(m, nn.Dropout) and m.p > 0):
+            return True
+    return False
+
+
+class TriangularCoupling(nn.Module):
+    """Triangular additive coupling ``y_j = x_j + sum_{i<j} T_ij(x_i)``.
+
+    Args:
+        n_in: Number of input streams.
+        n_out: ``n_in`` (in-place coupling) or ``n_in + 1`` (the last output is a
+            new stream ``y_{n_in} = sum_i T_{i,n_in}(x_i)``; it is dropped by the
+            inverse because it is a function of the other streams).
+        transforms: ``{(i, j): module}`` for ``i < j``; registered as ``xform_i_j``.
+
+    Forward:  ``y_j = x_j + sum_{i<j} T_ij(x_i)``.
+    Inverse:  ``x_j = y_j - sum_{i<j} T_ij(x_i)`` for ``j = 0, 1, ...`` in order.
+    """
+
+    def __init__(self, n_in: int, n_out: int, transforms: Dict[Tuple[int, int], nn.Module]) -> None:
+        super().__init__()
+        if n_out not in (n_in, n_in + 1):
+            raise ValueError(f"n_out must be n_in or n_in + 1, got n_in={n_in}, n_out={n_out}")
+        self.n_in, self.n_out = n_in, n_out
+        self.pairs: List[Tuple[int, int]] = sorted(transforms)
+        for (i, j) in self.pairs:
+            if not (0 <= i < j < n_out and i < n_in):
+                raise ValueError(f"invalid transform index ({i}, {j})")
+            self.add_module(f"xform_{i}_{j}", transforms[(i, j)])
+        if n_out > n_in and not any(j == n_in for _, j in self.pairs):
+            raise ValueError("an expanding coupling needs transforms into the new stream")
+
+    def transform(self, i: int, j: int) -> nn.Module:
+        """The transform ``T_ij``."""
+        return getattr(self, f"xform_{i}_{j}")
+
+    def forward(self, xs: Sequence[Tensor], state: Optional[CallState] = None) -> Tensors:
+        """Apply the coupling. Transforms run source-major (``i`` then ``j``), the
+        same order as in :meth:`backward_pass`, so recorded RNG replays exactly."""
+        if state is not None:
+            state.push_rng(_is_stochastic(self))
+        ys: List[Optional[Tensor]] = list(xs[: self.n_in]) + [None] * (self.n_out - self.n_in)
+        for (i, j) in self.pairs:
+            t = self.transform(i, j)(xs[i])
+            if ys[j] is None:
+                ys[j] = t.to(xs[0].dtype)
+            else:
+                ys[j] = ys[j] + t
+        return ys  # type: ignore[return-value]
+
+    def inverse(self, ys: Sequence[Tensor]) -> Tensors:
+        """Recover the inputs: ``x_j = y_j - sum_{i<j} T_ij(x_i)``."""
+        xs = list(ys[: self.n_in])
+        for (i, j) in self.pairs:
+            if j < self.n_in:
+                xs[j] = xs[j] - self.transform(i, j)(xs[i])
+        return xs
+
+    def backward_pass(self, ys: Sequence[Tensor], dys: Sequence[Tensor],
+                      state: CallState) -> Tuple[Tensors, Tensors]:
+        """Reconstruct the inputs and their gradients in one sweep over the sources.
+
+        When source ``i`` is visited, every contribution of sources ``< i`` has
+        already been subtracted from stream ``i``, so ``x_i`` is exact. Its gradient
+        starts as ``dy_i`` (identity path) and receives ``J_ij^T dy_j`` from every
+        target ``j``; the recomputed ``T_ij(x_i)`` is subtracted from stream ``j``.
+        """
+        xs = list(ys[: self.n_in])
+        dxs = list(dys[: self.n_in])
+        with state.replay_rng():
+            for (i, j) in self.pairs:
+                t, dx = vjp(self.transform(i, j), xs[i], dys[j], state)
+                dxs[i] = dxs[i] + dx
+                if j < self.n_in:
+                    xs[j] = xs[j] - t
+        return xs, dxs
+
+
+class RevResidualBlock(RevOp):
+    """Reversible residual block on one tensor, split into channel halves ``(a, b)``.
+
+    Forward:  ``b' = b + F(a)``,  ``a' = a + G(b')``,  ``y = cat(a', b')``.
+    Inverse:  ``a = a' - G(b')``,  ``b = b' - F(a)``.
+
+    ``F`` and ``G`` are registered as ``f.xform_0_1`` and ``g.xform_0_1`` (the
+    official checkpoint layout).
+    """
+
+    def __init__(self, f: nn.Module, g: nn.Module, channels: int) -> None:
+        super().__init__()
+        if channels % 2:
+            raise ValueError(f"RevResidualBlock needs an even channel count, got {channels}")
+        self.channels = channels
+        self.f = TriangularCoupling(2, 2, {(0, 1): f})
+        self.g = TriangularCoupling(2, 2, {(0, 1): g})
+
+    def _split(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        half = x.shape[1] // 2
+        return x[:, :half], x[:, half:]
+
+    def forward(self, xs: Sequence[Tensor], state: Optional[CallState] = None) -> Tensors:  # noqa: D102
+        a, b = self._split(xs[0])
+        a, b = self.f([a, b], state)
+        b, a = self.g([b, a], state)
+        return [torch.cat([a, b], dim=1)]
+
+    def inverse(self, ys: Sequence[Tensor]) -> Tensors:  # noqa: D102
+        a, b = self._split(ys[0])
+        b, a = self.g.inverse([b, a])
+        a, b = self.f.inverse([a, b])
+        return [torch.cat([a, b], dim=1)]
+
+    def backward_pass(self, ys: Sequence[Tensor], dys: Sequence[Tensor],
+                      state: CallState) -> Tuple[Tensors, Tensors]:  # noqa: D102
+        a, b = self._split(ys[0])
+        da, db = self._split(dys[0])
+        (b, a), (db, da) = self.g.backward_pass([b, a], [db, da], state)
+        (a, b), (da, db) = self.f.backward_pass([a, b], [da, db], state)
+        return [torch.cat([a, b], dim=1)], [torch.cat([da, db], dim=1)]
+
+
+class RevBlockGroup(RevOp):
+    """One reversible residual block per scale, applied independently.
+
+    Forward: ``y_h = Block_h(x_h)`` for every scale; inverse: ``x_h = Block_h^{-1}(y_h)``.
+    Blocks are registered as ``rev_transform_<h>``.
+    """
+
+    def __init__(self, blocks: Sequence[RevResidualBlock]) -> None:
+        super().__init__()
+        self.num_scales = len(blocks)
+        for h, blk in enumerate(blocks):
+            self.add_module(f"rev_transform_{h}", blk)
+
+    def block(self, h: int) -> RevResidualBlock:
+        """The block of scale ``h``."""
+        return getattr(self, f"rev_transform_{h}")
+
+    def forward(self, xs: Sequence[Tensor], state: Optional[CallState] = None) -> Tensors:  # noqa: D102
+        self._check(xs)
+        return [self.block(h)([x], state)[0] for h, x in enumerate(xs)]
+
+    def inverse(self, ys: Sequence[Tensor]) -> Tensors:  # noqa: D102
+        return [self.block(h).inverse([y])[0] for h, y in enumerate(ys)]
+
+    def backward_pass(self, ys: Sequence[Tensor], dys: Sequence[Tensor],
+                      state: CallState) -> Tuple[Tensors, Tensors]:  # noqa: D102
+        xs: List[Tensor] = [None] * len(ys)  # type: ignore[list-item]
+        dxs: List[Tensor] = [None] * len(ys)  # type: ignore[list-item]
+        for h in reversed(range(len(ys))):  # reverse of the forward order (RNG stack)
+            (xs[h],), (dxs[h],) = self.block(h).backward_pass([ys[h]], [dys[h]], state)
+        return xs, dxs
+
+    def _check(self, xs: Sequence[Tensor]) -> None:
+        if len(xs) != self.num_scales:
+            raise ValueError(f"RevBlockGroup expects {self.num_scales} scales, got {len(xs)}")
+
+
+class RevSilo(RevOp):
+    """Reversible bidirectional multi-scale fusion (the RevSilo of RevBiFPN).
+
+    Bottom-up part ``f`` then top-down part ``g``, both triangular additive couplings:
+
+    Forward::
+
+        z_j = x_j + sum_{i<j} D_ij(x_i)            (z_{n-1} = sum_i D_{i,n-1}(x_i) if expanding)
+        y_h = z_h + sum_{k>h} U_kh(z_k)
+
+    Inverse::
+
+        z_{n-1} = y_{n-1};  z_h = y_h - sum_{k>h} U_kh(z_k)      for h = n-2 .. 0
+        x_0 = z_0;          x_j = z_j - sum_{i<j} D_ij(x_i)       for j = 1 .. n_in-1
+
+    ``g`` works on the reversed stream list, so ``U_{k->h}`` is ``g.xform_a_b`` with
+    ``a = n-1-k`` and ``b = n-1-h`` (the official checkpoint layout).
+
+    Args:
+        down: ``{(i, j): D_ij}`` for ``i < j``.
+        up: ``{(k, h): U_kh}`` for ``k > h`` (natural scale indices).
+        n_in: Number of input scales; ``n_out`` is ``n_in`` or ``n_in + 1``.
+        n_out: Number of output scales.
+    """
+
+    def __init__(self, down: Dict[Tuple[int, int], nn.Module], up: Dict[Tuple[int, int], nn.Module],
+                 n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.n_in, self.n_out = n_in, n_out
+        self.f = TriangularCoupling(n_in, n_out, down)
+        self.g = TriangularCoupling(
+            n_out, n_out, {(n_out - 1 - k, n_out - 1 - h): m for (k, h), m in up.items()})
+
+    def forward(self, xs: Sequence[Tensor], state: Optional[CallState] = None) -> Tensors:  # noqa: D102
+        if len(xs) != self.n_in:
+            raise ValueError(f"RevSilo expects {self.n_in} scales, got {len(xs)}")
+        zs = self.f(xs, state)
+        return self.g(zs[::-1], state)[::-1]
+
+    def inverse(self, ys: Sequence[Tensor]) -> Tensors:  # noqa: D102
+        zs = self.g.inverse(list(ys)[::-1])[::-1]
+        return self.f.inverse(zs)
+
+    def backward_pass(self, ys: Sequence[Tensor], dys: Sequence[Tensor],
+                      state: CallState) -> Tuple[Tensors, Tensors]:  # noqa: D102
+        zs, dzs = self.g.backward_pass(list(ys)[::-1], list(dys)[::-1], state)
+        return self.f.backward_pass(zs[::-1], dzs[::-1], state)

@@ -1,0 +1,64 @@
+"""Base class of invertible operations on tuples of tensors."""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .state import CallState
+
+__all__ = ["RevOp", "vjp"]
+
+Tensors = List[Tensor]
+
+
+class RevOp(nn.Module):
+    """An invertible map from a list of tensors (one per scale) to a list of tensors.
+
+    Subclasses implement three methods that must agree with each other:
+
+    * ``forward(xs, state=None) -> ys``: the map itself. ``state`` is given only when
+      the op runs inside a reversible call; the op then records on it what its
+      backward pass must replay (RNG states).
+    * ``inverse(ys) -> xs``: the exact inverse (used by tests and tooling).
+    * ``backward_pass(ys, dys, state) -> (xs, dxs)``: reconstruct the inputs from
+      the outputs *and* back-propagate ``dys`` through the op in one pass, with one
+      extra evaluation of each transform and no more. Parameter gradients are added
+      to ``state`` (see :meth:`CallState.accumulate`).
+    """
+
+    def forward(self, xs: Sequence[Tensor], state: Optional[CallState] = None) -> Tensors:  # noqa: D102
+        raise NotImplementedError
+
+    def inverse(self, ys: Sequence[Tensor]) -> Tensors:  # noqa: D102
+        raise NotImplementedError
+
+    def backward_pass(self, ys: Sequence[Tensor], dys: Sequence[Tensor],
+                      state: CallState) -> Tuple[Tensors, Tensors]:  # noqa: D102
+        raise NotImplementedError
+
+
+def vjp(module: nn.Module, x: Tensor, grad_out: Tensor, state: CallState) -> Tuple[Tensor, Tensor]:
+    """Recompute ``module(x)`` with autograd and back-propagate ``grad_out`` through it.
+
+    Args:
+        module: The transform to recompute (parameters may be frozen).
+        x: Its (reconstructed) input; not modified.
+        grad_out: Gradient of the loss with respect to the transform's output.
+        state: Receives the gradients of the module's trainable parameters.
+
+    Returns:
+        ``(y, dx)``: the recomputed output (detached) and the gradient of the loss
+        with respect to ``x``.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    with torch.enable_grad():
+        x_ = x.detach().requires_grad_(True)
+        y = module(x_)
+        grads = torch.autograd.grad(y, [x_] + params, grad_out.to(y.dtype), allow_unused=True)
+    state.accumulate(params, grads[1:])
+    dx = grads[0]
+    if dx is None:
+        dx = torch.zeros_like(x)
+    return y.detach(), dx

@@ -1,0 +1,165 @@
+"""The reversible sequential container and its single autograd Function."""
+from __future__ import annotations
+
+from enum import Enum
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .op import RevOp, vjp
+from .state import CallState, frozen_bn_statistics
+
+__all__ = ["MemoryMode", "RevSequential", "RecomputedPerScale"]
+
+
+class MemoryMode(str, Enum):
+    """How a :class:`RevSequential` trains.
+
+    ``REVERSIBLE``: store only the outputs; reconstruct every intermediate activation
+    in the backward pass (activation memory constant in depth). ``PLAIN``: ordinary
+    autograd (stores every activation; for debugging and as a reference).
+    """
+
+    REVERSIBLE = "reversible"
+    PLAIN = "plain"
+
+
+class RecomputedPerScale(nn.Module):
+    """A non-invertible per-scale tail (``O_h = M_h(y_h)``), recomputed in backward.
+
+    Registered children are ``recomp_transform_<h>`` (the official neck layout).
+    In a reversible call only its inputs (the trunk outputs, stored anyway) are kept;
+    its activations are recomputed from them (checkpointing).
+    """
+
+    def __init__(self, transforms: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.num_scales = len(transforms)
+        for h, m in enumerate(transforms):
+            self.add_module(f"recomp_transform_{h}", m)
+
+    def transform(self, h: int) -> nn.Module:
+        """The transform of scale ``h``."""
+        return getattr(self, f"recomp_transform_{h}")
+
+    def forward(self, ys: Sequence[Tensor]) -> List[Tensor]:  # noqa: D102
+        return [self.transform(h)(y) for h, y in enumerate(ys)]
+
+    def backward_pass(self, ys: Sequence[Tensor], douts: Sequence[Tensor],
+                      state: CallState) -> List[Tensor]:
+        """Gradients with respect to the tail inputs ``ys`` (parameters go to ``state``)."""
+        return [vjp(self.transform(h), y, d, state)[1] for h, (y, d) in enumerate(zip(ys, douts))]
+
+
+class _RevFunction(torch.autograd.Function):
+    """Runs a :class:`RevSequential` without storing intermediate activations.
+
+    Inputs are ``(container, n_in, *xs, *params)``. The parameters are inputs of the
+    Function so that autograd sees them: they receive gradients even when ``xs`` do
+    not require grad, ``torch.autograd.grad`` works on them, and DDP's gradient hooks
+    fire as usual. Only the trunk outputs are saved (``save_for_backward``); RNG and
+    autocast state live on the per-call :class:`CallState` in ``ctx``.
+    """
+
+    @staticmethod
+    def forward(ctx, container: "RevSequential", n_in: int, *args: Tensor):  # type: ignore[override]
+        xs, params = list(args[:n_in]), args[n_in:]
+        state = CallState(xs, params)
+        with torch.no_grad():
+            ys = container._run_trunk(xs, state)
+            outs = container.tail(ys) if container.tail is not None else ys
+        ctx.container = container
+        ctx.state = state
+        ctx.n_in = n_in
+        ctx.param_ids = [id(p) for p in params]
+        ctx.save_for_backward(*ys)
+        ctx.set_materialize_grads(True)
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *douts: Tensor):  # type: ignore[override]
+        container: RevSequential = ctx.container
+        state: CallState = ctx.state
+        ys = list(ctx.saved_tensors)
+        douts = list(douts)
+        with torch.no_grad(), state.autocast(), frozen_bn_statistics(container):
+            if container.tail is not None:
+                dys = container.tail.backward_pass(ys, douts, state)
+            else:
+                dys = douts
+            del douts
+            for op in reversed(container.ops()):
+                ys, dys = op.backward_pass(ys, dys, state)
+        dxs = [dx if need else None for dx, need in zip(dys, ctx.needs_input_grad[2:2 + ctx.n_in])]
+        pgrads = [state.grads.pop(pid, None) for pid in ctx.param_ids]
+        ctx.state = None
+        ctx.container = None
+        return (None, None, *dxs, *pgrads)
+
+
+class RevSequential(nn.Module):
+    """A sequence of :class:`RevOp` s, optionally followed by a recomputed tail.
+
+    Children are registered as ``"0"``, ``"1"``, ... and the tail as ``recomp_op``
+    (the official checkpoint layout of ``rev_stack``).
+
+    In training with autograd enabled and :attr:`memory_mode` ``'reversible'``, one
+    autograd Function runs everything and stores only the trunk outputs; the backward
+    pass reconstructs each op's inputs from its outputs. Otherwise (``'plain'`` mode,
+    ``eval()``, or ``torch.no_grad()``) the ops run with ordinary autograd.
+
+    Args:
+        ops: The invertible operations, applied in order.
+        tail: Optional non-invertible per-scale module applied to the trunk outputs.
+        memory_mode: ``'reversible'`` (default) or ``'plain'``.
+    """
+
+    def __init__(self, ops: Sequence[RevOp], tail: Optional[RecomputedPerScale] = None,
+                 memory_mode: Union[str, MemoryMode] = MemoryMode.REVERSIBLE) -> None:
+        super().__init__()
+        self.num_ops = len(ops)
+        for i, op in enumerate(ops):
+            self.add_module(str(i), op)
+        self.recomp_op = tail
+        self.memory_mode = MemoryMode(memory_mode)
+
+    @property
+    def tail(self) -> Optional[RecomputedPerScale]:
+        """The recomputed non-invertible tail, or ``None``."""
+        return self.recomp_op
+
+    def ops(self) -> List[RevOp]:
+        """The invertible ops in forward order."""
+        return [getattr(self, str(i)) for i in range(self.num_ops)]
+
+    def set_memory_mode(self, mode: Union[str, MemoryMode]) -> None:
+        """Switch between ``'reversible'`` and ``'plain'`` autograd."""
+        try:
+            self.memory_mode = MemoryMode(mode)
+        except ValueError:
+            raise ValueError(f"unknown memory mode {mode!r}; expected one of "
+                             f"{[m.value for m in MemoryMode]}") from None
+
+    def _run_trunk(self, xs: Sequence[Tensor], state: Optional[CallState]) -> List[Tensor]:
+        ys = list(xs)
+        for op in self.ops():
+            ys = op(ys, state)
+        return ys
+
+    def inverse(self, ys: Sequence[Tensor]) -> List[Tensor]:
+        """Invert the trunk (the tail is not invertible and is not involved)."""
+        xs = list(ys)
+        for op in reversed(self.ops()):
+            xs = op.inverse(xs)
+        return xs
+
+    def forward(self, xs: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+        """Run the ops (and the tail) on the list of input scales."""
+        xs = list(xs)
+        if self.memory_mode is MemoryMode.REVERSIBLE and self.training and torch.is_grad_enabled():
+            params = [p for p in self.parameters() if p.requires_grad]
+            if params or any(x.requires_grad for x in xs):
+                return _RevFunction.apply(self, len(xs), *xs, *params)
+        ys = self._run_trunk(xs, None)
+        return tuple(self.tail(ys) if self.tail is not None else ys)

@@ -1,0 +1,99 @@
+"""Building blocks of RevBiFPN: Conv-Norm-Act, squeeze-excite, MBConv, drop path."""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["NormLayer", "default_norm_layer", "ConvNormAct", "SqueezeExcite", "MBConv", "drop_path"]
+
+NormLayer = Callable[[int], nn.Module]
+#: BatchNorm as in the official network: eps 1e-3, momentum 0.1.
+default_norm_layer: NormLayer = functools.partial(nn.BatchNorm2d, eps=1e-3, momentum=0.1)
+
+
+def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
+    """Stochastic depth: multiply by a per-sample mask ``Bernoulli(1-p) / (1-p)``."""
+    if p <= 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+class ConvNormAct(nn.Module):
+    """``conv(k, stride, groups, no bias) -> norm -> optional Hardswish``.
+
+    Children ``conv`` and ``norm`` (official key layout).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1,
+                 groups: int = 1, act: bool = True, norm_layer: NormLayer = default_norm_layer) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, (kernel_size - 1) // 2,
+                              groups=groups, bias=False)
+        self.norm = norm_layer(out_chs)
+        self.act = nn.Hardswish() if act else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return self.act(self.norm(self.conv(x)))
+
+
+class SqueezeExcite(nn.Module):
+    """``x * hardsigmoid(conv_b(hardswish(conv_a(mean_hw(x)))))``; child ``se`` (official layout)."""
+
+    def __init__(self, chs: int, se_chs: int) -> None:
+        super().__init__()
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(chs, se_chs, 1), nn.Hardswish(),
+                                nn.Conv2d(se_chs, chs, 1), nn.Hardsigmoid())
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return x * self.se(x)
+
+
+class MBConv(nn.Module):
+    """Inverted-residual block without identity skip (residuals live in the couplings).
+
+    ``[1x1 expand + BN + hswish] -> kxk depthwise (stride) + BN + hswish -> [SE]
+    -> 1x1 project + BN -> drop path``.
+
+    Args:
+        in_chs: Input channels.
+        out_chs: Output channels.
+        kernel_size: Depthwise kernel (odd).
+        stride: Depthwise stride.
+        expand_ratio: ``Ce = int(in_chs * expand_ratio)``; no expansion conv when 1.
+        se_ratio: SE present iff ``0 < se_ratio <= 1``; ``max(1, int(in_chs * se_ratio))``
+            squeeze channels (from the block *input* channels).
+        drop_prob: Stochastic-depth probability (training only).
+        norm_layer: Normalisation layer factory.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1,
+                 expand_ratio: float = 1.0, se_ratio: float = 0.0, drop_prob: float = 0.0,
+                 norm_layer: NormLayer = default_norm_layer) -> None:
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+        mid = int(in_chs * expand_ratio)
+        self.drop_prob = float(drop_prob)
+        self.exp_conv: Optional[ConvNormAct] = (
+            ConvNormAct(in_chs, mid, 1, norm_layer=norm_layer) if expand_ratio != 1 else None)
+        self.dw_conv = ConvNormAct(mid, mid, kernel_size, stride, groups=mid, norm_layer=norm_layer)
+        self.se: Optional[SqueezeExcite] = (
+            SqueezeExcite(mid, max(1, int(in_chs * se_ratio))) if 0 < se_ratio <= 1 else None)
+        self.project_conv = ConvNormAct(mid, out_chs, 1, act=False, norm_layer=norm_layer)
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        if self.exp_conv is not None:
+            x = self.exp_conv(x)
+        x = self.dw_conv(x)
+        if self.se is not None:
+            x = self.se(x)
+        x = self.project_conv(x)
+        return drop_path(x, self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return f"drop_prob={self.drop_prob}"
