@@ -1,5 +1,6 @@
 """Reversible machinery (pure PyTorch): invertible ops, couplings and the container."""
 from .couplings import RevBlockGroup, RevResidualBlock, RevSilo, TriangularCoupling
+from .memory import SavedTensorCounter, saved_bytes
 from .op import RevOp, vjp
 from .sequential import MemoryMode, RecomputedPerScale, RevSequential
 from .state import CallState, frozen_bn_statistics
@@ -7,6 +8,7 @@ from .tensor_ops import SpaceToDepth, depth_to_space, space_to_depth
 
 __all__ = [
     "CallState", "MemoryMode", "RecomputedPerScale", "RevBlockGroup", "RevOp",
-    "RevResidualBlock", "RevSequential", "RevSilo", "SpaceToDepth", "TriangularCoupling",
+    "RevResidualBlock", "RevSequential", "RevSilo", "SavedTensorCounter", "SpaceToDepth",
+    "TriangularCoupling", "saved_bytes",
     "depth_to_space", "frozen_bn_statistics", "space_to_depth", "vjp",
 ]

@@ -83,6 +83,7 @@ class _RevFunction(torch.autograd.Function):
         state: CallState = ctx.state
         ys = list(ctx.saved_tensors)
         douts = list(douts)
+        state.begin_backward()
         with torch.no_grad(), state.autocast(), frozen_bn_statistics(container):
             if container.tail is not None:
                 dys = container.tail.backward_pass(ys, douts, state)
@@ -93,8 +94,7 @@ class _RevFunction(torch.autograd.Function):
                 ys, dys = op.backward_pass(ys, dys, state)
         dxs = [dx if need else None for dx, need in zip(dys, ctx.needs_input_grad[2:2 + ctx.n_in])]
         pgrads = [state.grads.pop(pid, None) for pid in ctx.param_ids]
-        ctx.state = None
-        ctx.container = None
+        state.grads = {}
         return (None, None, *dxs, *pgrads)
 
 

@@ -38,6 +38,7 @@ class CallState:
         self.autocast_enabled = torch.is_autocast_enabled(self.device_type)
         self.autocast_dtype = torch.get_autocast_dtype(self.device_type)
         self._rng_stack: List[Optional[_RngState]] = []
+        self._cursor = 0
         self.grads: Dict[int, Tensor] = {}
         self.wanted = {id(p) for p in params}
 
@@ -56,13 +57,25 @@ class CallState:
         cuda = {d: torch.cuda.get_rng_state(d) for d in self.cuda_devices}
         self._rng_stack.append((cpu, cuda))
 
+    def begin_backward(self) -> None:
+        """Start a backward pass: replay from the last recorded state, fresh gradients.
+
+        Records are read, not consumed, so a graph kept with ``retain_graph=True``
+        can be back-propagated again.
+        """
+        self._cursor = len(self._rng_stack)
+        self.grads = {}
+
     @contextlib.contextmanager
     def replay_rng(self) -> Iterator[None]:
         """Re-install the RNG state recorded by the matching :meth:`push_rng`.
 
         The global RNG streams are forked, so the replay does not disturb them.
         """
-        entry = self._rng_stack.pop()
+        self._cursor -= 1
+        if self._cursor < 0:
+            raise RuntimeError("reversible backward: RNG replay out of sync with the forward")
+        entry = self._rng_stack[self._cursor]
         if entry is None:
             yield
             return
