@@ -90,8 +90,16 @@ class _RevFunction(torch.autograd.Function):
             else:
                 dys = douts
             del douts
-            for op in reversed(container.ops()):
+            ops = container.ops()
+            need_inputs = any(ctx.needs_input_grad[2:2 + ctx.n_in])
+            # Without an input gradient, ops below the first trainable one (frozen
+            # stages, the parameter-free stem) need neither reconstruction nor backward.
+            stop = 0 if need_inputs else next(
+                (i for i, op in enumerate(ops) if any(p.requires_grad for p in op.parameters())), len(ops))
+            for op in reversed(ops[stop:]):
                 ys, dys = op.backward_pass(ys, dys, state)
+        if not need_inputs:
+            dys = [None] * ctx.n_in
         dxs = [dx if need else None for dx, need in zip(dys, ctx.needs_input_grad[2:2 + ctx.n_in])]
         pgrads = [state.grads.pop(pid, None) for pid in ctx.param_ids]
         state.grads = {}

@@ -76,7 +76,8 @@ def load_official_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLik
     Args:
         model: A :class:`~revbifpn_mm.models.RevBiFPN`.
         checkpoint: Path to a ``.pth.tar`` file or a state dict.
-        strict: Raise on missing/unexpected keys or shape mismatches. Defaults to True.
+        strict: Raise on missing/unexpected keys. Shape mismatches always raise.
+            Defaults to True.
 
     Returns:
         The :class:`LoadResult` (empty lists when everything matched).
@@ -99,7 +100,7 @@ def load_official_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLik
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     arch = getattr(model, "arch", {}).get("name", "?")
-    if strict and (mismatched or missing or unexpected):
+    if mismatched or (strict and (missing or unexpected)):  # a shape mismatch is never silently skipped
         detail = "; ".join(mismatched[:3] + [f"missing {k}" for k in missing[:3]] +
                            [f"unexpected {k}" for k in unexpected[:3]])
         raise ValueError(

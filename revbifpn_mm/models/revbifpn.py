@@ -191,7 +191,7 @@ class RevBiFPN(nn.Module):
                                         cfg["head_dropout"], norm_layer) if num_classes > 0 else None)
         self.feature_info = [dict(num_chs=c, reduction=4 * 2 ** h, module=f"rev_stack.out{h}")
                              for h, c in enumerate(self.out_channels)]
-        self.init_weights()
+        self.reset_parameters()
         if checkpoint is not None:
             from .pretrained import load_official_checkpoint
             load_official_checkpoint(self, checkpoint)
@@ -219,7 +219,7 @@ class RevBiFPN(nn.Module):
                     nn.Upsample(scale_factor=2 ** (k - h), mode="bilinear", align_corners=False))
         return RevSilo(down, up, n_in, n_out)
 
-    def init_weights(self) -> None:
+    def reset_parameters(self) -> None:
         """Official initialisation: Kaiming-normal (fan_out) convs, zero conv biases, BN 1/0."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -1,0 +1,187 @@
+"""RevBiFPN as an MMDetection / MMSegmentation backbone (registered as ``'RevBiFPN'``)."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from mmcv.cnn import build_norm_layer
+from mmengine.logging import MMLogger
+from mmengine.model import BaseModule
+from mmengine.registry import MODELS
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..models.pretrained import extract_state_dict, load_official_checkpoint
+from ..models.revbifpn import RevBiFPN as _RevBiFPNNet
+
+__all__ = ["RevBiFPNBackbone"]
+
+
+@MODELS.register_module(name="RevBiFPN")
+class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
+    """RevBiFPN backbone for mmdet/mmseg (`arXiv:2206.14098 <https://arxiv.org/abs/2206.14098>`_).
+
+    By default this is the paper's detection backbone: the reversible trunk plus the
+    per-scale output MBConvs, returning four maps with ``arch`` ``out_channels`` at
+    strides 4, 8, 16, 32 (S4: 34,454,352 parameters). Parameter names equal those of
+    the official checkpoints, so ``init_cfg=dict(type='Pretrained', checkpoint=...)``
+    loads the released ImageNet ``.pth.tar`` files as they are.
+
+    Stages (for ``frozen_stages``): stage ``k`` (``1 <= k <= L``) is layer ``k`` of
+    the trunk, i.e. its two reversible block groups and its RevSilo
+    (``rev_stack.{3k-2,3k-1,3k}``); stage ``L + 1`` is the per-scale output MBConvs
+    (``rev_stack.recomp_op``). The stem (stage 0) has no parameters.
+    ``frozen_stages = k`` freezes stages ``1..k``: parameters get
+    ``requires_grad=False`` and their BatchNorms stay in eval mode. ``L = 3 +
+    num_ext_layers`` (S0-S2: 5, S3: 6, S4/S5: 7, S6: 8).
+
+    Args:
+        arch: ``'s0'`` ... ``'s6'`` or an arch dict. Defaults to ``'s4'``.
+        out_indices: Which of the four scales to return. Defaults to ``(0, 1, 2, 3)``.
+        out_type: ``'neck'`` (trunk + output MBConvs, channels ``out_channels``; the
+            paper's setting) or ``'trunk'`` (raw trunk outputs, channels ``channels``).
+        frozen_stages: Stages ``1..frozen_stages`` are frozen; ``-1`` freezes nothing.
+        norm_cfg: Normalisation config; BN eps is 1e-3 as in the official network
+            (mmcv's default would be 1e-5). ``type='SyncBN'`` for synchronised BN.
+        norm_eval: Keep every BatchNorm in eval mode during training.
+        drop_path_rate: Maximum stochastic-depth rate (default: the arch's value).
+        num_ext_layers: Override of the number of 4-scale layers.
+        memory_mode: ``'reversible'`` (default) or ``'plain'`` autograd (debugging).
+        check_finite: Raise a ``ValueError`` if the input holds NaN or Inf.
+        init_cfg: ``dict(type='Pretrained', checkpoint=PATH[, prefix=...])`` loads an
+            official or converted checkpoint; otherwise the official initialisation.
+    """
+
+    def __init__(self,
+                 arch: Union[str, Dict[str, Any]] = "s4",
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 out_type: str = "neck",
+                 frozen_stages: int = -1,
+                 norm_cfg: Optional[Dict[str, Any]] = None,
+                 norm_eval: bool = False,
+                 drop_path_rate: Optional[float] = None,
+                 num_ext_layers: Optional[int] = None,
+                 memory_mode: str = "reversible",
+                 check_finite: bool = False,
+                 init_cfg: Optional[Dict[str, Any]] = None) -> None:
+        if out_type not in ("neck", "trunk"):
+            raise ValueError(f"out_type must be 'neck' or 'trunk', got {out_type!r}")
+        norm_cfg = dict(norm_cfg or dict(type="BN", eps=1e-3, momentum=0.1, requires_grad=True))
+        norm_cfg.setdefault("eps", 1e-3)
+        norm_requires_grad = norm_cfg.get("requires_grad", True)
+
+        def norm_layer(num_features: int) -> nn.Module:
+            return build_norm_layer(norm_cfg, num_features)[1]
+
+        super().__init__(arch=arch, num_classes=0, drop_path_rate=drop_path_rate,
+                         num_ext_layers=num_ext_layers, with_neck=out_type == "neck",
+                         norm_layer=norm_layer, memory_mode=memory_mode)
+        self.init_cfg = init_cfg
+        self.out_type = out_type
+        self.out_indices = tuple(out_indices)
+        if not self.out_indices or any(not 0 <= i < 4 for i in self.out_indices):
+            raise ValueError(f"out_indices must be a non-empty subset of (0, 1, 2, 3), got {out_indices}")
+        self.num_stages = self.num_layers + (1 if self.with_neck else 0)
+        if not -1 <= frozen_stages <= self.num_stages:
+            raise ValueError(f"frozen_stages must be in [-1, {self.num_stages}] for arch "
+                             f"{self.arch['name']!r} (L={self.num_layers} layers"
+                             f"{' + output MBConvs' if self.with_neck else ''}), got {frozen_stages}")
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.check_finite = check_finite
+        self.out_channels = tuple(self.out_channels[i] for i in self.out_indices)
+        if not norm_requires_grad:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    for p in m.parameters():
+                        p.requires_grad_(False)
+        self._freeze_stages()
+
+    # ------------------------------------------------------------ stages
+    def stage_modules(self, k: int) -> Tuple[nn.Module, ...]:
+        """Modules of stage ``k`` (see the class docstring)."""
+        if k == self.num_layers + 1 and self.with_neck:
+            return (self.rev_stack.recomp_op,)
+        if not 1 <= k <= self.num_layers:
+            raise ValueError(f"stage {k} does not exist (1..{self.num_stages})")
+        return tuple(getattr(self.rev_stack, str(3 * k - d)) for d in (2, 1, 0))
+
+    def _freeze_stages(self) -> None:
+        for k in range(1, self.frozen_stages + 1):
+            for mod in self.stage_modules(k):
+                mod.eval()
+                for p in mod.parameters():
+                    p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "RevBiFPNBackbone":
+        """Set train mode, then re-apply ``frozen_stages`` and ``norm_eval``."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    # -------------------------------------------------------------- init
+    def init_weights(self) -> None:
+        """Load ``init_cfg``'s ``Pretrained`` checkpoint (official layout) or keep the official init."""
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get("type") == "Pretrained":
+            from mmengine.runner.checkpoint import CheckpointLoader
+
+            from .compat import ensure_torch_load_compat
+            ensure_torch_load_compat()
+            logger = MMLogger.get_current_instance()
+            ckpt = cfg.get("checkpoint")
+            if not ckpt:
+                raise ValueError("init_cfg type='Pretrained' needs a 'checkpoint' path")
+            _check_checkpoint_path(ckpt)
+            try:
+                obj = CheckpointLoader.load_checkpoint(ckpt, map_location="cpu")
+            except Exception as err:  # noqa: BLE001
+                raise RuntimeError(f"could not read RevBiFPN checkpoint {ckpt!r} "
+                                   f"({type(err).__name__}: {err}); the file is truncated or not a "
+                                   "PyTorch checkpoint") from err
+            sd = extract_state_dict(obj, source=str(ckpt))
+            prefix = cfg.get("prefix")
+            if prefix:
+                prefix = prefix if prefix.endswith(".") else prefix + "."
+                sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+                if not sd:
+                    raise ValueError(f"no key of {ckpt!r} starts with prefix {prefix!r}")
+            res = load_official_checkpoint(self, sd, strict=False)
+            if len(res.missing_keys) == len(self.state_dict()):
+                raise ValueError(f"{ckpt!r} holds no RevBiFPN weights (no key matched); for a full "
+                                 "detector checkpoint use load_from or init_cfg prefix='backbone.'")
+            logger.info(f"RevBiFPN: loaded {ckpt} ({len(sd) - len(res.unexpected_keys)} tensors; "
+                        f"skipped {len(res.skipped_keys)} head keys)")
+            if res.missing_keys:
+                logger.warning(f"RevBiFPN: missing keys in {ckpt}: {res.missing_keys}")
+            if res.unexpected_keys:
+                logger.warning(f"RevBiFPN: unexpected keys in {ckpt}: {res.unexpected_keys}")
+            self._is_init = True
+            return
+        super().init_weights()
+
+    # ----------------------------------------------------------- forward
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:  # type: ignore[override]
+        """Return the feature maps selected by ``out_indices``."""
+        if self.check_finite and not torch.isfinite(x).all():
+            raise ValueError("RevBiFPN input holds NaN or Inf values (check_finite=True): inspect the "
+                             "data pipeline / normalisation of this batch")
+        feats = self.forward_features(x)
+        return tuple(feats[i] for i in self.out_indices)
+
+
+def _check_checkpoint_path(ckpt: str) -> None:
+    import os
+    if "://" in ckpt:
+        return
+    if not os.path.isfile(ckpt):
+        raise FileNotFoundError(
+            f"RevBiFPN pretrained checkpoint not found: {ckpt!r}. Download the official ImageNet "
+            "weights (revbifpn_s#.pth.tar from the RevBiFPN release) and set the path with "
+            "--cfg-options model.backbone.init_cfg.checkpoint=PATH, or train from scratch with "
+            "model.backbone.init_cfg=None")

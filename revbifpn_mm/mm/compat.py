@@ -1,0 +1,74 @@
+"""Compatibility of the OpenMMLab 2023 stack with a 2026 PyTorch, handled without editing site-packages.
+
+* ``torch.load`` defaults to ``weights_only=True`` since torch 2.6, and mmengine 0.10.7
+  calls it without the argument. mmengine's own checkpoints (``resume``, ``load_from``)
+  hold a few non-tensor objects (the message hub's ``HistoryBuffer``, numpy scalars
+  and arrays in ``meta``), which the weights-only unpickler rejects. We allow-list
+  exactly these types with ``torch.serialization.add_safe_globals`` instead of
+  turning the safe loader off.
+* mmcv must carry its compiled ops (``mmcv._ext``: RoIAlign, NMS, ...) for Faster/Mask
+  R-CNN; :func:`check_mmcv_ops` turns the deep import error into one clear message.
+"""
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["ensure_torch_load_compat", "check_mmcv_ops", "MMCVOpsMissingError", "MMCV_FIX"]
+
+MMCV_FIX = ("run `bash tools/setup_env.sh` from the revbifpn_mm checkout (builds mmcv 2.1.0 with its ops "
+            "once and caches the wheel), or build it yourself: `pip install 'setuptools<82' && "
+            "MMCV_WITH_OPS=1 pip install --no-build-isolation --no-binary mmcv 'mmcv==2.1.0'`")
+
+_done = False
+
+
+class MMCVOpsMissingError(ImportError):
+    """mmcv is installed without its compiled ops."""
+
+
+def check_mmcv_ops() -> None:
+    """Raise :class:`MMCVOpsMissingError` with the fix if ``mmcv._ext`` cannot be imported."""
+    try:
+        mmcv = importlib.import_module("mmcv")
+    except ImportError as err:
+        raise MMCVOpsMissingError(f"mmcv is not installed: {MMCV_FIX}") from err
+    version = getattr(mmcv, "__version__", "?")
+    try:
+        importlib.import_module("mmcv._ext")
+    except ImportError as err:
+        raise MMCVOpsMissingError(
+            f"mmcv {version} is installed without its compiled ops (mmcv._ext: {err}); Faster/Mask "
+            f"R-CNN need them (RoIAlign, NMS). Fix: {MMCV_FIX}") from err
+
+
+def _safe_types() -> list:
+    import numpy as np
+    types: list = [np.ndarray, np.dtype, np.generic]
+    try:  # numpy >= 2 moved the reconstruct helper
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct, scalar  # type: ignore[no-redef]
+    types += [_reconstruct, scalar]
+    types += [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "int8",
+                                          "uint8", "bool", "complex128", "str", "object")]
+    types += [getattr(np, n) for n in ("float64", "float32", "int64", "int32", "bool_") if hasattr(np, n)]
+    try:
+        from mmengine.logging.history_buffer import HistoryBuffer
+        types.append(HistoryBuffer)
+    except ImportError:  # pragma: no cover
+        pass
+    import collections
+    types += [collections.OrderedDict, collections.defaultdict]
+    return types
+
+
+def ensure_torch_load_compat() -> None:
+    """Allow-list the non-tensor types of mmengine checkpoints for the weights-only loader (idempotent)."""
+    global _done
+    if _done:
+        return
+    import torch
+    add = getattr(torch.serialization, "add_safe_globals", None)
+    if add is not None:
+        add(_safe_types())
+    _done = True

@@ -1,0 +1,94 @@
+"""``RevBiFPNNeck``: HRFPN's outputs at a fraction of its activation memory."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmcv.cnn import ConvModule
+from mmengine.model import BaseModule
+from mmengine.registry import MODELS
+from torch import Tensor, nn
+
+__all__ = ["RevBiFPNNeck"]
+
+
+@MODELS.register_module()
+class RevBiFPNNeck(BaseModule):
+    """Multi-scale neck that computes mmdet's ``HRFPN`` without its stride-4 concat.
+
+    HRFPN upsamples every input level to stride 4, concatenates them (``sum(in_channels)``
+    channels at 1/4 resolution: 1472 for RevBiFPN-S3) and applies a 1x1 reduction
+    conv. A 1x1 conv commutes with bilinear upsampling (both are linear, one over
+    channels, one over pixels), so this neck splits the reduction weight ``W`` into
+    per-level blocks ``W_i`` and computes::
+
+        r = b + sum_i upsample_{2^i}(W_i * x_i)        (== conv_W(cat_i upsample(x_i)) + b)
+
+    at each level's own resolution, then average-pools ``r`` into ``num_outs``
+    levels and applies a 3x3 conv per level, exactly as HRFPN. The parameters and
+    their names are HRFPN's (``reduction_conv.conv``, ``fpn_convs.<i>.conv``), so an
+    ``HRFPN`` state dict loads as it is, and the outputs equal HRFPN's up to float
+    round-off; only the activation memory differs.
+
+    Args:
+        in_channels: Channels of each input level (the backbone's ``out_channels``).
+        out_channels: Channels of every output level. Defaults to 256.
+        num_outs: Number of output levels (strides 4, 8, ..., 4 * 2^(num_outs-1)). Defaults to 5.
+        pooling_type: ``'AVG'`` or ``'MAX'``. Defaults to ``'AVG'``.
+        conv_cfg: Conv config of the ConvModules. Defaults to None.
+        stride: Stride of the 3x3 output convs. Defaults to 1.
+        init_cfg: Defaults to Caffe2Xavier on the convs (as HRFPN).
+    """
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int = 256, num_outs: int = 5,
+                 pooling_type: str = "AVG", conv_cfg: Optional[Dict[str, Any]] = None, stride: int = 1,
+                 init_cfg: Optional[Dict[str, Any]] = dict(type="Caffe2Xavier", layer="Conv2d")) -> None:
+        super().__init__(init_cfg)
+        if not isinstance(in_channels, (list, tuple)) or not in_channels:
+            raise ValueError(f"in_channels must be a list of channel counts, got {in_channels!r}")
+        if pooling_type not in ("AVG", "MAX"):
+            raise ValueError(f"pooling_type must be 'AVG' or 'MAX', got {pooling_type!r}")
+        self.in_channels = list(in_channels)
+        self.out_channels = out_channels
+        self.num_ins = len(in_channels)
+        self.num_outs = num_outs
+        self.reduction_conv = ConvModule(sum(in_channels), out_channels, kernel_size=1,
+                                         conv_cfg=conv_cfg, act_cfg=None)
+        self.fpn_convs = nn.ModuleList(
+            ConvModule(out_channels, out_channels, kernel_size=3, padding=1, stride=stride,
+                       conv_cfg=conv_cfg, act_cfg=None) for _ in range(num_outs))
+        self.pooling = F.max_pool2d if pooling_type == "MAX" else F.avg_pool2d
+
+    def _check(self, inputs: Sequence[Tensor]) -> None:
+        got = [int(x.shape[1]) for x in inputs]
+        if len(inputs) != self.num_ins or got != self.in_channels:
+            raise ValueError(
+                f"RevBiFPNNeck got {len(inputs)} inputs with channels {got}, but in_channels="
+                f"{self.in_channels}: set neck.in_channels to the backbone's output channels "
+                "(e.g. RevBiFPN arch 's4' gives [192, 256, 512, 1280])")
+        base = inputs[0].shape[-2:]
+        for i, x in enumerate(inputs[1:], 1):
+            if (x.shape[-2] << i, x.shape[-1] << i) != tuple(base):
+                raise ValueError(f"RevBiFPNNeck input {i} has size {tuple(x.shape[-2:])}, expected "
+                                 f"{tuple(base)} / {2 ** i}; pad images to a multiple of 32")
+
+    def forward(self, inputs: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+        """Return ``num_outs`` maps with ``out_channels`` channels (strides 4, 8, ...)."""
+        self._check(inputs)
+        conv = self.reduction_conv.conv
+        weights = torch.split(conv.weight, self.in_channels, dim=1)
+        out: Optional[Tensor] = None
+        for i in reversed(range(self.num_ins)):  # coarse to fine: small tensors first
+            r = F.conv2d(inputs[i], weights[i])
+            if i:
+                r = F.interpolate(r, scale_factor=2 ** i, mode="bilinear")
+            out = r if out is None else out + r
+        assert out is not None
+        if conv.bias is not None:
+            out = out + conv.bias.view(1, -1, 1, 1)
+        if self.reduction_conv.with_norm:
+            out = self.reduction_conv.norm(out)
+        outs: List[Tensor] = [out] + [self.pooling(out, kernel_size=2 ** i, stride=2 ** i)
+                                      for i in range(1, self.num_outs)]
+        return tuple(conv_i(o) for conv_i, o in zip(self.fpn_convs, outs))
