@@ -29,7 +29,7 @@ readonly STACK=(
   "setuptools<82" "wheel" "ninja"
   "numpy" "pillow" "packaging" "pyyaml" "addict" "yapf" "opencv-python>=3"
   "mmengine==0.10.7" "mmdet==3.3.0" "mmsegmentation==1.2.2"
-  "pycocotools" "matplotlib" "pytest"
+  "pycocotools" "matplotlib" "pytest" "ftfy" "regex"
 )
 
 PY="${PYTHON:-python}"
@@ -43,7 +43,7 @@ for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
     --rebuild-mmcv) REBUILD=1 ;;
-    -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup_env: unknown argument: $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -321,6 +321,9 @@ build_wheel() {
   log "built and cached $WHEEL_DIR/$(basename "$built")"
 }
 
+# Keep the cache keyed even when nothing needs installing (cheap: a glob).
+adopt_loose_wheels
+
 if [[ "$P_mmcv" == "$MMCV_VERSION" && "$P_mmcv_ops" == "1" && $REBUILD -eq 0 ]]; then
   log "mmcv $P_mmcv with compiled ops is installed"
 else
@@ -335,7 +338,6 @@ else
       flock -n 9 || { log "another setup_env.sh holds $WHEELS/.lock; waiting for it"; flock 9; }
     fi
   fi
-  adopt_loose_wheels
   WHEEL=""
   if (( ! REBUILD )); then WHEEL="$(find_cached_wheel || true)"; WHEEL="${WHEEL:-$ADOPTED}"; fi
   if [[ -z "$WHEEL" ]]; then
