@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .op import RevOp, vjp
+from .op import RevOp, apply_transform, vjp
 from .state import CallState
 
 __all__ = ["TriangularCoupling", "RevResidualBlock", "RevSilo", "RevBlockGroup"]
@@ -75,7 +75,7 @@ class TriangularCoupling(nn.Module):
             state.push_rng(_is_stochastic(self))
         ys: List[Optional[Tensor]] = list(xs[: self.n_in]) + [None] * (self.n_out - self.n_in)
         for (i, j) in self.pairs:
-            t = self.transform(i, j)(xs[i])
+            t = apply_transform(self.transform(i, j), xs[i])
             if ys[j] is None:
                 ys[j] = t.to(xs[0].dtype)
             else:
@@ -87,7 +87,7 @@ class TriangularCoupling(nn.Module):
         xs = list(ys[: self.n_in])
         for (i, j) in self.pairs:
             if j < self.n_in:
-                xs[j] = xs[j] - self.transform(i, j)(xs[i])
+                xs[j] = xs[j] - apply_transform(self.transform(i, j), xs[i])
         return xs
 
     def backward_pass(self, ys: Sequence[Tensor], dys: Sequence[Tensor],

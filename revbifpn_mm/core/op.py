@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .state import CallState
 
-__all__ = ["RevOp", "vjp"]
+__all__ = ["RevOp", "vjp", "compute_dtype", "apply_transform"]
 
 Tensors = List[Tensor]
 
@@ -39,12 +39,25 @@ class RevOp(nn.Module):
         raise NotImplementedError
 
 
+def compute_dtype(module: nn.Module, x: Tensor) -> torch.dtype:
+    """The dtype a transform computes in: that of its parameters (the stream may be wider)."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return x.dtype
+
+
+def apply_transform(module: nn.Module, x: Tensor) -> Tensor:
+    """``module(x)`` with ``x`` cast from the (possibly float64) stream to the module's dtype."""
+    return module(x.to(compute_dtype(module, x)))
+
+
 def vjp(module: nn.Module, x: Tensor, grad_out: Tensor, state: CallState) -> Tuple[Tensor, Tensor]:
     """Recompute ``module(x)`` with autograd and back-propagate ``grad_out`` through it.
 
     Args:
         module: The transform to recompute (parameters may be frozen).
-        x: Its (reconstructed) input; not modified.
+        x: Its (reconstructed) input, possibly in a wider stream dtype; not modified.
         grad_out: Gradient of the loss with respect to the transform's output.
         state: Receives the gradients of the module's trainable parameters.
 
@@ -54,11 +67,11 @@ def vjp(module: nn.Module, x: Tensor, grad_out: Tensor, state: CallState) -> Tup
     """
     params = [p for p in module.parameters() if p.requires_grad]
     with torch.enable_grad():
-        x_ = x.detach().requires_grad_(True)
+        x_ = x.detach().to(compute_dtype(module, x)).requires_grad_(True)
         y = module(x_)
         grads = torch.autograd.grad(y, [x_] + params, grad_out.to(y.dtype), allow_unused=True)
     state.accumulate(params, grads[1:])
     dx = grads[0]
     if dx is None:
-        dx = torch.zeros_like(x)
+        dx = torch.zeros_like(x_)
     return y.detach(), dx

@@ -48,6 +48,8 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         drop_path_rate: Maximum stochastic-depth rate (default: the arch's value).
         num_ext_layers: Override of the number of 4-scale layers.
         memory_mode: ``'reversible'`` (default) or ``'plain'`` autograd (debugging).
+        stream_dtype: ``'float64'`` (default; exact reconstruction) or ``'float32'``
+            (half the stored bytes) residual streams; see :class:`RevSequential`.
         check_finite: Raise a ``ValueError`` if the input holds NaN or Inf.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH[, prefix=...])`` loads an
             official or converted checkpoint; otherwise the official initialisation.
@@ -63,6 +65,7 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
                  drop_path_rate: Optional[float] = None,
                  num_ext_layers: Optional[int] = None,
                  memory_mode: str = "reversible",
+                 stream_dtype: Optional[str] = "float64",
                  check_finite: bool = False,
                  init_cfg: Optional[Dict[str, Any]] = None) -> None:
         if out_type not in ("neck", "trunk"):
@@ -76,7 +79,7 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
 
         super().__init__(arch=arch, num_classes=0, drop_path_rate=drop_path_rate,
                          num_ext_layers=num_ext_layers, with_neck=out_type == "neck",
-                         norm_layer=norm_layer, memory_mode=memory_mode)
+                         norm_layer=norm_layer, memory_mode=memory_mode, stream_dtype=stream_dtype)
         self.init_cfg = init_cfg
         self.out_type = out_type
         self.out_indices = tuple(out_indices)

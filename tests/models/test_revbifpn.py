@@ -100,7 +100,7 @@ def test_reversible_gradients_match_plain_fp32(arch):
     for a, b in zip(*gs):
         worst = max(worst, (a - b).abs().max().item() / gmax)
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-4 * max(gmax, b.abs().max().item()))
-    assert worst < 1e-4, f"max |rev - plain| / max|grad| = {worst:.2e}"
+    assert worst < 1e-5, f"max |rev - plain| / max|grad| = {worst:.2e}"  # official code: 8e-4 (S0, CPU)
 
 
 def test_bn_statistics_after_step_equal_plain():
@@ -129,8 +129,10 @@ def test_saved_bytes_constant_in_depth_only_when_reversible():
     assert res["reversible", 4] == res["reversible", 2] and res["reversible", 8] == res["reversible", 2]
     assert res["plain", 4] > 1.3 * res["plain", 2] and res["plain", 8] > 1.3 * res["plain", 4]
     assert res["plain", 2] > 20 * res["reversible", 2]
-    trunk = sum(c * (32 >> h) ** 2 for h, c in enumerate(ARCH_SETTINGS["s0"]["channels"])) * 4
-    assert res["reversible", 2] == trunk  # exactly the four trunk outputs, nothing else
+    trunk = sum(c * (32 >> h) ** 2 for h, c in enumerate(ARCH_SETTINGS["s0"]["channels"])) * 8
+    assert res["reversible", 2] == trunk  # exactly the four trunk outputs (float64 streams), nothing else
+    m = RevBiFPN("s0", num_classes=0, stream_dtype="float32").train()
+    assert saved_bytes(lambda: m(x), exclude=m.parameters()) == trunk // 2
 
 
 def test_outputs_not_corrupted_by_backward_without_neck():

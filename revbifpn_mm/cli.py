@@ -1,0 +1,324 @@
+"""Support code of ``tools/train.py``, ``tools/test.py`` and ``tools/quickstart.py``.
+
+Works for MMDetection and MMSegmentation configs alike: the config's ``default_scope``
+(``'mmdet'`` or ``'mmseg'``) selects the codebase. Everything here reports through
+return values and exceptions (:class:`DataError`); the scripts print.
+
+* :func:`register_scope` imports the codebase of the config and registers its modules.
+* :func:`ensure_synthetic_data` writes the embedded synthetic dataset when a config
+  points at a missing ``.../synthetic_coco`` data root.
+* :func:`check_data` checks, before anything heavy is built, that the annotation
+  files, image folders and evaluator annotation files of a config exist and hold
+  images, and turns a missing COCO / ADE20K into one message that says where to put
+  it, how to point the config elsewhere, or how to run the quickstart instead.
+* :func:`check_built_datasets` checks the datasets the runner built are not empty
+  (an empty dataset would make mmengine's ``InfiniteSampler`` loop forever).
+
+mmengine is imported lazily, mmdet / mmseg only by :func:`register_scope`.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import os.path as osp
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+__all__ = [
+    "DataError",
+    "SYNTHETIC_ROOT",
+    "register_scope",
+    "dataset_cfgs",
+    "ensure_synthetic_data",
+    "check_data",
+    "check_pretrained",
+    "check_built_datasets",
+    "data_help",
+    "apply_cpu_dist_backend",
+]
+
+#: Data root of the quickstart configs (relative to the repository root).
+SYNTHETIC_ROOT = "data/synthetic_coco"
+_SYNTHETIC_NAME = osp.basename(SYNTHETIC_ROOT)
+#: Annotation files above this size are not parsed by the pre-flight check.
+_MAX_PARSE_BYTES = 32 * 1024 * 1024
+_SPLIT_KEYS = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader"}
+_EVALUATOR_KEYS = {"val": "val_evaluator", "test": "test_evaluator"}
+
+QUICKSTART_HINT = ("To try RevBiFPN without downloading a dataset, run the quickstart on the generated "
+                   "synthetic shapes dataset: `python tools/quickstart.py` (or `python tools/train.py "
+                   "configs/quickstart/faster_rcnn_revbifpn_s0_synthetic.py`).")
+
+
+class DataError(RuntimeError):
+    """A dataset of the config is missing, incomplete or empty (the message says how to fix it)."""
+
+
+# --------------------------------------------------------------------------- scope
+def register_scope(cfg: Any) -> str:
+    """Register the modules of the config's codebase (``default_scope``) and return the scope.
+
+    Raises:
+        ValueError: ``default_scope`` is neither ``'mmdet'`` nor ``'mmseg'``.
+        ImportError: The codebase is not installed.
+    """
+    scope = cfg.get("default_scope", None) or "mmdet"
+    if scope not in ("mmdet", "mmseg"):
+        raise ValueError(f"default_scope {scope!r} is not supported by these tools; use an MMDetection "
+                         "('mmdet') or MMSegmentation ('mmseg') config")
+    module = importlib.import_module(f"{scope}.utils")
+    module.register_all_modules(init_default_scope=False)
+    return scope
+
+
+def apply_cpu_dist_backend(cfg: Any) -> bool:
+    """Use the ``gloo`` backend for distributed runs on a machine without CUDA.
+
+    mmdet/mmseg configs ask for ``nccl``, which needs GPUs. Returns True if changed.
+    """
+    import torch
+    if cfg.get("launcher", "none") == "none" or torch.cuda.is_available():
+        return False
+    env = cfg.setdefault("env_cfg", {})
+    dist = env.setdefault("dist_cfg", {})
+    if dist.get("backend", "nccl") == "nccl":
+        dist["backend"] = "gloo"
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------- datasets
+def _flatten(ds: Any, where: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
+    """Leaf dataset configs of ``ds`` (through RepeatDataset / ConcatDataset / ... wrappers)."""
+    if not isinstance(ds, dict):
+        return
+    if isinstance(ds.get("datasets"), (list, tuple)):
+        for i, sub in enumerate(ds["datasets"]):
+            yield from _flatten(sub, f"{where}.datasets[{i}]")
+    elif isinstance(ds.get("dataset"), dict):
+        yield from _flatten(ds["dataset"], f"{where}.dataset")
+    else:
+        yield where, ds
+
+
+def dataset_cfgs(cfg: Any, splits: Sequence[str]) -> List[Tuple[str, str, Dict[str, Any]]]:
+    """``(split, config path, dataset cfg)`` of every leaf dataset of the given splits."""
+    out = []
+    for split in splits:
+        loader = cfg.get(_SPLIT_KEYS[split], None)
+        if not isinstance(loader, dict) or not isinstance(loader.get("dataset"), dict):
+            continue
+        for where, ds in _flatten(loader["dataset"], f"{_SPLIT_KEYS[split]}.dataset"):
+            out.append((split, where, ds))
+    return out
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path or path.startswith("s3:")
+
+
+def _join(root: Optional[str], path: str) -> str:
+    if root and not osp.isabs(path) and not _is_remote(path):
+        return osp.join(root, path)
+    return path
+
+
+def _is_synthetic_root(root: Optional[str]) -> bool:
+    return bool(root) and osp.basename(osp.normpath(str(root))) == _SYNTHETIC_NAME
+
+
+def ensure_synthetic_data(cfg: Any, splits: Sequence[str] = ("train", "val", "test")) -> List[str]:
+    """Generate the synthetic dataset for every ``.../synthetic_coco`` data root that is absent.
+
+    A root counts as absent when it does not exist or is an empty directory; an
+    existing dataset is left alone (:func:`revbifpn_mm.datasets.generate_synthetic_coco`
+    is idempotent and safe against concurrent writers, e.g. several DDP ranks).
+
+    Returns:
+        The roots that were generated.
+    """
+    roots = []
+    for _split, _where, ds in dataset_cfgs(cfg, splits):
+        root = ds.get("data_root")
+        if _is_synthetic_root(root) and root not in roots:
+            roots.append(root)
+    generated = []
+    for root in roots:
+        marker = osp.join(root, ".complete")
+        if osp.isfile(marker):
+            continue
+        if osp.isdir(root) and os.listdir(root):
+            continue  # something else is there: check_data reports it if it is unusable
+        from .datasets import generate_synthetic_coco
+        generate_synthetic_coco(root)
+        generated.append(root)
+    return generated
+
+
+def data_help(scope: str, split: str = "train") -> str:
+    """How to provide the dataset of an mmdet (COCO) or mmseg (ADE20K) config."""
+    if scope == "mmseg":
+        where = ("Put ADE20K (ADEChallengeData2016) under data/ade/ADEChallengeData2016/ "
+                 "(images/{training,validation}/*.jpg, annotations/{training,validation}/*.png), e.g. "
+                 "`mkdir -p data/ade && ln -s /path/to/ADEChallengeData2016 data/ade/`, or point the "
+                 f"config at your copy with `--cfg-options {_SPLIT_KEYS[split]}.dataset.data_root=/path/to/"
+                 "ADEChallengeData2016` (and the same for val_dataloader / test_dataloader).")
+        quick = ("To try RevBiFPN segmentation without downloading a dataset: `python tools/train.py "
+                 "configs/quickstart/fcn_revbifpn_s0_synthetic_seg.py` (uses a generated dataset).")
+        return f"{where}\n{quick}"
+    where = ("Put COCO 2017 under data/coco/: data/coco/annotations/instances_{train,val}2017.json, "
+             "data/coco/train2017/*.jpg, data/coco/val2017/*.jpg (e.g. `mkdir -p data && ln -s "
+             "/path/to/coco data/coco`), or point the config at your copy with `--cfg-options "
+             "train_dataloader.dataset.data_root=/path/to/coco/ val_dataloader.dataset.data_root="
+             "/path/to/coco/ test_dataloader.dataset.data_root=/path/to/coco/ "
+             "val_evaluator.ann_file=/path/to/coco/annotations/instances_val2017.json "
+             "test_evaluator.ann_file=/path/to/coco/annotations/instances_val2017.json`.")
+    return f"{where}\n{QUICKSTART_HINT}"
+
+
+def _count_coco_images(path: str) -> Optional[int]:
+    """Number of images of a small COCO-style JSON file (None: not parsed or not COCO)."""
+    try:
+        if osp.getsize(path) > _MAX_PARSE_BYTES:
+            return None
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if isinstance(data, dict) and isinstance(data.get("images"), list):
+        return len(data["images"])
+    return None
+
+
+def _dir_has_files(path: str) -> bool:
+    try:
+        with os.scandir(path) as it:
+            return any(True for _ in it)
+    except OSError:
+        return False
+
+
+def check_data(cfg: Any, splits: Sequence[str], scope: Optional[str] = None) -> None:
+    """Check that the datasets of ``splits`` (``'train'``, ``'val'``, ``'test'``) are in place.
+
+    Checks the annotation file, the image / label-map folders of every dataset, and
+    the ``ann_file`` of the matching evaluators (COCO ``CocoMetric``). Remote
+    (``s3://`` ...) paths are not checked.
+
+    Raises:
+        DataError: naming the missing file or folder, the config key it comes from,
+            and how to provide the data (or run the quickstart).
+    """
+    scope = scope or cfg.get("default_scope", None) or "mmdet"
+    problems: List[str] = []
+    first_split = None
+    for split, where, ds in dataset_cfgs(cfg, splits):
+        root = ds.get("data_root")
+        if root is not None and _is_remote(str(root)):
+            continue
+        if root and not osp.isdir(root):
+            problems.append(f"data root {root!r} does not exist ({where}.data_root)")
+            first_split = first_split or split
+            continue
+        ann = ds.get("ann_file") or ""
+        if ann and not _is_remote(ann):
+            path = _join(root, ann)
+            if not osp.isfile(path):
+                problems.append(f"annotation file {path!r} not found ({where}.ann_file)")
+                first_split = first_split or split
+            else:
+                n = _count_coco_images(path)
+                if n == 0:
+                    raise DataError(
+                        f"The {split} dataset is empty: {path!r} ({where}.ann_file) lists 0 images. "
+                        "Point the config at a dataset with images"
+                        + (f" (regenerate the synthetic one with `python -m revbifpn_mm.datasets.synthetic "
+                           f"--root {root} --overwrite`)" if _is_synthetic_root(root) else "") + ".")
+        prefix = ds.get("data_prefix") or {}
+        if isinstance(prefix, dict):
+            for key, sub in prefix.items():
+                if not isinstance(sub, str) or not sub or _is_remote(sub):
+                    continue
+                path = _join(root, sub)
+                if not osp.isdir(path):
+                    problems.append(f"folder {path!r} not found ({where}.data_prefix.{key})")
+                    first_split = first_split or split
+                elif not ann and not _dir_has_files(path):
+                    raise DataError(f"The {split} dataset is empty: folder {path!r} "
+                                    f"({where}.data_prefix.{key}) holds no files.")
+    for split in splits:
+        key = _EVALUATOR_KEYS.get(split)
+        evaluators = cfg.get(key, None) if key else None
+        if isinstance(evaluators, dict):
+            evaluators = [evaluators]
+        for i, ev in enumerate(evaluators or []):
+            if not isinstance(ev, dict):
+                continue
+            ann = ev.get("ann_file")
+            if isinstance(ann, str) and ann and not _is_remote(ann) and not osp.isfile(ann):
+                loc = key if len(evaluators) == 1 else f"{key}[{i}]"
+                problems.append(f"annotation file {ann!r} not found ({loc}.ann_file)")
+                first_split = first_split or split
+    if problems:
+        seen: List[str] = []
+        for p in problems:
+            if p not in seen:
+                seen.append(p)
+        raise DataError("Dataset not found:\n  - " + "\n  - ".join(seen) + "\n"
+                        + data_help(scope, first_split or "train"))
+
+
+def check_pretrained(cfg: Any) -> None:
+    """Raise a ``FileNotFoundError`` with the fix when the backbone's local pretrained checkpoint is missing."""
+    model = cfg.get("model", None)
+    backbone = model.get("backbone", None) if isinstance(model, dict) else None
+    init_cfg = backbone.get("init_cfg", None) if isinstance(backbone, dict) else None
+    if not isinstance(init_cfg, dict) or init_cfg.get("type") != "Pretrained":
+        return
+    ckpt = init_cfg.get("checkpoint")
+    if not ckpt or _is_remote(str(ckpt)) or str(ckpt).startswith(("open-mmlab:", "torchvision:", "mmcls:")):
+        return
+    if not osp.isfile(ckpt):
+        raise FileNotFoundError(
+            f"Backbone pretrained checkpoint not found: {ckpt!r} (model.backbone.init_cfg.checkpoint). "
+            "Download the official ImageNet weights (revbifpn_s#.pth.tar from the RevBiFPN release) into "
+            "checkpoints/, or set the path with `--cfg-options model.backbone.init_cfg.checkpoint=PATH`, "
+            "or train from scratch with `--cfg-options model.backbone.init_cfg=None`; fine-tuning a "
+            "whole trained model instead uses `--cfg-options load_from=PATH`.")
+
+
+def _dataset_len(loop: Any) -> Optional[int]:
+    loader = getattr(loop, "dataloader", None)
+    dataset = getattr(loader, "dataset", None)
+    try:
+        return len(dataset) if dataset is not None else None
+    except TypeError:
+        return None
+
+
+def check_built_datasets(runner: Any, splits: Sequence[str]) -> Dict[str, int]:
+    """Build the runner's loops of ``splits`` and raise :class:`DataError` if a dataset is empty.
+
+    Returns:
+        The number of samples per split.
+    """
+    sizes = {}
+    for split in splits:
+        loop = {"train": "train_loop", "val": "val_loop", "test": "test_loop"}[split]
+        if getattr(runner, f"_{loop}", None) is None:
+            continue
+        n = _dataset_len(getattr(runner, loop))
+        if n is None:
+            continue
+        sizes[split] = n
+        if n == 0:
+            ds_cfg = runner.cfg.get(_SPLIT_KEYS[split], {}).get("dataset", {})
+            hint = ""
+            if isinstance(ds_cfg, dict) and isinstance(ds_cfg.get("filter_cfg"), dict):
+                hint = (" (after filter_cfg="
+                        f"{dict(ds_cfg['filter_cfg'])}: images without annotations or smaller than "
+                        "min_size are dropped)")
+            raise DataError(f"The {split} dataset of {_SPLIT_KEYS[split]} is empty: 0 samples{hint}. "
+                            "Check its data_root, ann_file and data_prefix, and that the annotation "
+                            "file lists images with annotations.")
+    return sizes
