@@ -29,22 +29,21 @@ def rng_replay(device: torch.device) -> dict:
     x = torch.randn(2, 3, 128, 128, device=device, dtype=torch.float64)
     gs = []
     for m in (rev, plain):
-        torch.cuda.manual_seed(7)
-        torch.manual_seed(7)
+        torch.manual_seed(7)  # seeds CPU and CUDA generators
         a = m(x)
         b = m(x)  # two forwards before one backward: each call replays its own masks
         (sum(f.sum() for f in a) + 2 * sum(f.sum() for f in b)).backward()
         gs.append([p.grad for p in m.parameters()])
     gmax = max(g.abs().max().item() for g in gs[1])
     err = max((p - q).abs().max().item() for p, q in zip(*gs)) / gmax
-    return dict(check="cuda_rng_replay_fp64", max_rel=err, ok=err < 1e-9)
+    return dict(check=f"{device.type}_rng_replay_fp64", max_rel=err, ok=err < 1e-9)
 
 
-def amp_steps(device: torch.device, arch: str) -> dict:
+def amp_steps(device: torch.device, arch: str, size: int = 256) -> dict:
     out = dict(check=f"amp_{arch}")
     torch.manual_seed(0)
     base = RevBiFPN(arch, num_classes=0).to(device).train()
-    x = torch.randn(2, 3, 256, 256, device=device)
+    x = torch.randn(2, 3, size, size, device=device)
     w = [torch.randn_like(f) for f in base.eval()(x)]
     base.train()
     for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")):
@@ -53,11 +52,12 @@ def amp_steps(device: torch.device, arch: str) -> dict:
             m = copy.deepcopy(base)
             m.set_memory_mode(mode)
             opt = torch.optim.SGD(m.parameters(), lr=1e-3)
-            scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+            scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
             finite = True
+            torch.manual_seed(1)  # same stochastic-depth masks for both memory modes
             for step in range(3):
                 opt.zero_grad()
-                with torch.autocast("cuda", dtype=dtype):
+                with torch.autocast(device.type, dtype=dtype):
                     feats = m(x)
                 loss = sum((f.float() * wi).mean() for f, wi in zip(feats, w))
                 scaler.scale(loss).backward()
@@ -75,11 +75,14 @@ def amp_steps(device: torch.device, arch: str) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="work_dirs/device")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--size", type=int, default=256)
     args = ap.parse_args()
-    assert torch.cuda.is_available(), "needs CUDA"
-    dev = torch.device("cuda")
-    res = dict(device=torch.cuda.get_device_name(dev), torch=torch.__version__, checks=[])
-    for fn in (lambda: rng_replay(dev), lambda: amp_steps(dev, "s0"), lambda: amp_steps(dev, "s3")):
+    dev = torch.device(args.device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    res = dict(device=name, torch=torch.__version__, checks=[])
+    for fn in (lambda: rng_replay(dev), lambda: amp_steps(dev, "s0", args.size),
+               lambda: amp_steps(dev, "s3", args.size)):
         r = fn()
         res["checks"].append(r)
         print(json.dumps(r), flush=True)

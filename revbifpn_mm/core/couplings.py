@@ -28,11 +28,19 @@ Tensors = List[Tensor]
 
 
 def _is_stochastic(module: nn.Module) -> bool:
-    """True when ``module`` draws random numbers in its current mode."""
+    """True when ``module`` draws random numbers in its current mode.
+
+    The sub-modules that can be random (those with a ``drop_prob`` and dropouts) are
+    listed once per module; their current probability and mode are read every call.
+    """
     if not module.training:
         return False
-    for m in module.modules():
-        if getattr(m, "drop_prob", 0.0) > 0.0 or (isinstance(m, nn.Dropout) and m.p > 0):
+    cands = module.__dict__.get("_random_modules")
+    if cands is None:
+        cands = [m for m in module.modules() if hasattr(m, "drop_prob") or isinstance(m, nn.Dropout)]
+        module.__dict__["_random_modules"] = cands
+    for m in cands:
+        if m.training and (getattr(m, "drop_prob", 0.0) > 0.0 or (isinstance(m, nn.Dropout) and m.p > 0)):
             return True
     return False
 

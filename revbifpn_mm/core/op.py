@@ -41,10 +41,8 @@ class RevOp(nn.Module):
 
 def compute_dtype(module: nn.Module, x: Tensor) -> torch.dtype:
     """The dtype a transform computes in: that of its parameters (the stream may be wider)."""
-    for p in module.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return x.dtype
+    p = next(module.parameters(), None)
+    return p.dtype if p is not None and p.is_floating_point() else x.dtype
 
 
 def apply_transform(module: nn.Module, x: Tensor) -> Tensor:
@@ -68,7 +66,8 @@ def vjp(module: nn.Module, x: Tensor, grad_out: Tensor, state: CallState) -> Tup
     params = [p for p in module.parameters() if p.requires_grad]
     with torch.enable_grad():
         x_ = x.detach().to(compute_dtype(module, x)).requires_grad_(True)
-        y = module(x_)
+        with state.autocast():  # only the recomputed forward, as in the original forward;
+            y = module(x_)      # the backward runs outside autocast, as plain autograd's does
         grads = torch.autograd.grad(y, [x_] + params, grad_out.to(y.dtype), allow_unused=True)
     state.accumulate(params, grads[1:])
     dx = grads[0]

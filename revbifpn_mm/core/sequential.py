@@ -85,7 +85,7 @@ class _RevFunction(torch.autograd.Function):
         ys = list(ctx.saved_tensors)
         douts = list(douts)
         state.begin_backward()
-        with torch.no_grad(), state.autocast(), frozen_bn_statistics(container):
+        with torch.no_grad(), frozen_bn_statistics(container):
             if container.tail is not None:
                 dys = container.tail.backward_pass(ys, douts, state)
             else:
