@@ -52,60 +52,82 @@ class RecomputedPerScale(nn.Module):
         return [vjp(self.transform(h), y, d, state)[1] for h, (y, d) in enumerate(zip(ys, douts))]
 
 
-class _RevFunction(torch.autograd.Function):
-    """Runs a :class:`RevSequential` without storing intermediate activations.
+class _Tape:
+    """Per-call state shared by the segments of one reversible call.
 
-    Inputs are ``(container, n_in, *xs, *params)``. The parameters are inputs of the
-    Function so that autograd sees them: they receive gradients even when ``xs`` do
-    not require grad, ``torch.autograd.grad`` works on them, and DDP's gradient hooks
-    fire as usual. Only the trunk outputs are saved (``save_for_backward``); RNG and
-    autocast state live on the per-call :class:`CallState` in ``ctx``.
+    ``handoff[k]`` carries the outputs of segment ``k`` reconstructed by segment ``k + 1``'s
+    backward, so that no segment but the last stores anything.
+    """
+
+    def __init__(self, state: CallState, out_dtype: torch.dtype) -> None:
+        self.state = state
+        self.out_dtype = out_dtype
+        self.handoff: dict = {}
+
+
+class _RevSegment(torch.autograd.Function):
+    """Runs one segment of a :class:`RevSequential` without storing its activations.
+
+    Inputs are ``(container, tape, k, n_in, *xs, *params)``. The segment's parameters
+    are inputs of the Function, so autograd sees them: they receive gradients even when
+    the image does not require grad, ``torch.autograd.grad`` works on them, and each
+    segment hands its parameter gradients to autograd as soon as its backward is done
+    (DDP's hooks fire per segment, and no full-model gradient buffer is held). Only
+    the last segment saves tensors: the trunk outputs (``save_for_backward``). Every
+    other segment receives its outputs, reconstructed, from the next segment's backward.
     """
 
     @staticmethod
-    def forward(ctx, container: "RevSequential", n_in: int, *args: Tensor):  # type: ignore[override]
+    def forward(ctx, container: "RevSequential", tape: _Tape, k: int, n_in: int,  # type: ignore[override]
+                *args: Tensor):
         xs, params = list(args[:n_in]), args[n_in:]
-        state = CallState(xs, params)
+        last = k == container.num_segments - 1
         with torch.no_grad():
-            ys = container._run_trunk(container._to_stream(xs), state)
-            outs = container.tail(ys) if container.tail is not None else [y.to(xs[0].dtype) for y in ys]
-        ctx.container = container
-        ctx.state = state
-        ctx.n_in = n_in
+            ys = xs
+            for op in container.segment(k):
+                ys = op(ys, tape.state)
+            if last:
+                outs = container.tail(ys) if container.tail is not None else [y.to(tape.out_dtype) for y in ys]
+                ctx.save_for_backward(*ys)
+            else:
+                outs = ys
+        ctx.container, ctx.tape, ctx.k, ctx.n_in, ctx.last = container, tape, k, n_in, last
         ctx.in_dtypes = [x.dtype for x in xs]
         ctx.param_ids = [id(p) for p in params]
-        ctx.save_for_backward(*ys)
         ctx.set_materialize_grads(True)
         return tuple(outs)
 
     @staticmethod
     def backward(ctx, *douts: Tensor):  # type: ignore[override]
         container: RevSequential = ctx.container
-        state: CallState = ctx.state
-        ys = list(ctx.saved_tensors)
-        douts = list(douts)
-        state.begin_backward()
-        with torch.no_grad(), frozen_bn_statistics(container):
-            if container.tail is not None:
-                dys = container.tail.backward_pass(ys, douts, state)
+        tape: _Tape = ctx.tape
+        state = tape.state
+        if ctx.last:
+            state.begin_backward()
+            ys = list(ctx.saved_tensors)
+        else:
+            ys = tape.handoff.pop(ctx.k)
+        ops = container.segment(ctx.k)
+        modules = list(ops) + ([container.tail] if ctx.last and container.tail is not None else [])
+        need_inputs = any(ctx.needs_input_grad[4:4 + ctx.n_in])
+        with torch.no_grad(), frozen_bn_statistics(*modules):
+            if ctx.last and container.tail is not None:
+                dys = container.tail.backward_pass(ys, list(douts), state)
             else:
-                dys = douts
+                dys = list(douts)
             del douts
-            ops = container.ops()
-            need_inputs = any(ctx.needs_input_grad[2:2 + ctx.n_in])
             # Without an input gradient, ops below the first trainable one (frozen
             # stages, the parameter-free stem) need neither reconstruction nor backward.
             stop = 0 if need_inputs else next(
                 (i for i, op in enumerate(ops) if any(p.requires_grad for p in op.parameters())), len(ops))
             for op in reversed(ops[stop:]):
                 ys, dys = op.backward_pass(ys, dys, state)
-        if not need_inputs:
-            dys = [None] * ctx.n_in
-        dxs = [dx.to(dt) if need else None
-               for dx, dt, need in zip(dys, ctx.in_dtypes, ctx.needs_input_grad[2:2 + ctx.n_in])]
+        if need_inputs and ctx.k > 0:
+            tape.handoff[ctx.k - 1] = ys
+        dxs = [dx.to(dt) if need_inputs and need else None
+               for dx, dt, need in zip(dys, ctx.in_dtypes, ctx.needs_input_grad[4:4 + ctx.n_in])]
         pgrads = [state.grads.pop(pid, None) for pid in ctx.param_ids]
-        state.grads = {}
-        return (None, None, *dxs, *pgrads)
+        return (None, None, None, None, *dxs, *pgrads)
 
 
 class RevSequential(nn.Module):
@@ -134,11 +156,13 @@ class RevSequential(nn.Module):
         memory_mode: ``'reversible'`` (default) or ``'plain'``.
         stream_dtype: dtype of the residual streams (``None``: the input's dtype).
             Defaults to ``torch.float64``.
+        ops_per_segment: Ops per autograd Function in reversible mode (parameter
+            gradients are released to autograd segment by segment). Defaults to 3.
     """
 
     def __init__(self, ops: Sequence[RevOp], tail: Optional[RecomputedPerScale] = None,
                  memory_mode: Union[str, MemoryMode] = MemoryMode.REVERSIBLE,
-                 stream_dtype: Optional[torch.dtype] = torch.float64) -> None:
+                 stream_dtype: Optional[torch.dtype] = torch.float64, ops_per_segment: int = 3) -> None:
         super().__init__()
         self.num_ops = len(ops)
         for i, op in enumerate(ops):
@@ -146,6 +170,18 @@ class RevSequential(nn.Module):
         self.recomp_op = tail
         self.memory_mode = MemoryMode(memory_mode)
         self.stream_dtype = stream_dtype
+        if ops_per_segment < 1:
+            raise ValueError(f"ops_per_segment must be >= 1, got {ops_per_segment}")
+        self.ops_per_segment = ops_per_segment
+
+    @property
+    def num_segments(self) -> int:
+        """Number of reversible segments (autograd Functions per call)."""
+        return -(-self.num_ops // self.ops_per_segment)
+
+    def segment(self, k: int) -> List[RevOp]:
+        """The ops of segment ``k``."""
+        return self.ops()[k * self.ops_per_segment:(k + 1) * self.ops_per_segment]
 
     def _to_stream(self, xs: Sequence[Tensor]) -> List[Tensor]:
         if self.stream_dtype is None:
@@ -188,8 +224,24 @@ class RevSequential(nn.Module):
         if self.memory_mode is MemoryMode.REVERSIBLE and self.training and torch.is_grad_enabled():
             params = [p for p in self.parameters() if p.requires_grad]
             if params or any(x.requires_grad for x in xs):
-                return _RevFunction.apply(self, len(xs), *xs, *params)
+                return self._forward_reversible(xs, params)
         ys = self._run_trunk(self._to_stream(xs), None)
         if self.tail is not None:
             return tuple(self.tail(ys))
         return tuple(y.to(xs[0].dtype) for y in ys)
+
+    def _forward_reversible(self, xs: List[Tensor], params: List[Tensor]) -> Tuple[Tensor, ...]:
+        tape = _Tape(CallState(xs, params), xs[0].dtype)
+        h = self._to_stream(xs)
+        for k in range(self.num_segments):
+            last = k == self.num_segments - 1
+            seg_params = [p for op in self.segment(k) for p in op.parameters() if p.requires_grad]
+            if last and self.tail is not None:
+                seg_params += [p for p in self.tail.parameters() if p.requires_grad]
+            if not last and not seg_params and not any(t.requires_grad for t in h):
+                with torch.no_grad():  # frozen segment below everything trainable: no backward at all
+                    for op in self.segment(k):
+                        h = op(h, None)
+                continue
+            h = _RevSegment.apply(self, tape, k, len(h), *h, *seg_params)
+        return tuple(h)

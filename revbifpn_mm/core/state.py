@@ -110,10 +110,10 @@ class CallState:
 
 
 @contextlib.contextmanager
-def frozen_bn_statistics(module: nn.Module) -> Iterator[None]:
+def frozen_bn_statistics(*modules: nn.Module) -> Iterator[None]:
     """Run BatchNorm layers in training mode without touching their running statistics.
 
-    Inside the context every training-mode BatchNorm of ``module`` still normalises
+    Inside the context every training-mode BatchNorm of ``modules`` still normalises
     with the statistics of the current batch, but neither ``running_mean``,
     ``running_var`` nor ``num_batches_tracked`` is updated. The reversible backward
     wraps its recomputation in this context so that each training step updates the
@@ -121,7 +121,7 @@ def frozen_bn_statistics(module: nn.Module) -> Iterator[None]:
     implementation which updates them a second time during recomputation.
     """
     toggled = []
-    for m in module.modules():
+    for m in (sub for module in modules for sub in module.modules()):
         if isinstance(m, _BatchNorm) and m.training and m.track_running_stats:
             m.track_running_stats = False
             toggled.append(m)
