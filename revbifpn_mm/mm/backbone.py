@@ -48,8 +48,9 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         drop_path_rate: Maximum stochastic-depth rate (default: the arch's value).
         num_ext_layers: Override of the number of 4-scale layers.
         memory_mode: ``'reversible'`` (default) or ``'plain'`` autograd (debugging).
-        stream_dtype: ``'float64'`` (default; exact reconstruction) or ``'float32'``
-            (half the stored bytes) residual streams; see :class:`RevSequential`.
+        stream_dtype: ``'auto'`` (default: float64 residual streams, i.e. exact
+            reconstruction, while BN trains; float32 with ``norm_eval``), ``'float64'``
+            or ``'float32'``; see :class:`revbifpn_mm.core.RevSequential`.
         check_finite: Raise a ``ValueError`` if the input holds NaN or Inf.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH[, prefix=...])`` loads an
             official or converted checkpoint; otherwise the official initialisation.
@@ -65,7 +66,7 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
                  drop_path_rate: Optional[float] = None,
                  num_ext_layers: Optional[int] = None,
                  memory_mode: str = "reversible",
-                 stream_dtype: Optional[str] = "float64",
+                 stream_dtype: Optional[str] = "auto",
                  check_finite: bool = False,
                  init_cfg: Optional[Dict[str, Any]] = None) -> None:
         if out_type not in ("neck", "trunk"):

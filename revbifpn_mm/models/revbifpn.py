@@ -135,10 +135,11 @@ class RevBiFPN(nn.Module):
             ``False`` returns the raw trunk outputs (``channels``). Defaults to True.
         norm_layer: Normalisation factory. Defaults to BatchNorm2d(eps=1e-3).
         memory_mode: ``'reversible'`` (default) or ``'plain'`` autograd.
-        stream_dtype: dtype of the residual streams between reversible ops
-            (``'float64'`` default: exact reconstruction; ``'float32'`` halves the
-            stored bytes at the cost of reconstruction round-off; ``None``: the
-            input's dtype). Transforms always compute in the parameters' dtype.
+        stream_dtype: dtype of the residual streams between reversible ops:
+            ``'auto'`` (default: float64, i.e. exact reconstruction, while any trunk
+            BatchNorm is in training mode; the input's dtype when BN is frozen, as in
+            detection with ``norm_eval``), ``'float64'``, ``'float32'`` or ``None``
+            (the input's dtype). Transforms always compute in the parameters' dtype.
         checkpoint: Path to an official ``.pth.tar`` checkpoint (or a state dict) to load.
 
     Attributes:
@@ -159,7 +160,7 @@ class RevBiFPN(nn.Module):
                  head_dropout: Optional[float] = None, with_neck: bool = True,
                  norm_layer: Optional[NormLayer] = None,
                  memory_mode: Union[str, MemoryMode] = MemoryMode.REVERSIBLE,
-                 stream_dtype: Optional[Union[str, torch.dtype]] = torch.float64,
+                 stream_dtype: Optional[Union[str, torch.dtype]] = "auto",
                  checkpoint: Optional[Union[str, Dict[str, Tensor]]] = None) -> None:
         super().__init__()
         cfg = resolve_arch(arch, drop_path_rate=drop_path_rate, num_ext_layers=num_ext_layers,
@@ -191,9 +192,10 @@ class RevBiFPN(nn.Module):
             neck = RecomputedPerScale([
                 MBConv(self.channels[h], cfg["out_channels"][h], NECK_KERNEL, 1, NECK_EXPAND[h],
                        NECK_SE[h], norm_layer=norm_layer) for h in range(NUM_SCALES)])
-        if isinstance(stream_dtype, str):
+        if isinstance(stream_dtype, str) and stream_dtype != "auto":
             if stream_dtype not in ("float64", "float32"):
-                raise ValueError(f"stream_dtype must be 'float64', 'float32' or None, got {stream_dtype!r}")
+                raise ValueError(f"stream_dtype must be 'auto', 'float64', 'float32' or None, "
+                                 f"got {stream_dtype!r}")
             stream_dtype = getattr(torch, stream_dtype)
         self.rev_stack = RevSequential(ops, neck, memory_mode, stream_dtype)
         self.head = (ClassificationHead(cfg["out_channels"], cfg["fc_features"], num_classes,

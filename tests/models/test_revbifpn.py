@@ -133,6 +133,12 @@ def test_saved_bytes_constant_in_depth_only_when_reversible():
     assert res["reversible", 2] == trunk  # exactly the four trunk outputs (float64 streams), nothing else
     m = RevBiFPN("s0", num_classes=0, stream_dtype="float32").train()
     assert saved_bytes(lambda: m(x), exclude=m.parameters()) == trunk // 2
+    # 'auto' (default): float64 streams only while BN trains; frozen BN (norm_eval) -> float32
+    m = RevBiFPN("s0", num_classes=0).train()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.eval()
+    assert saved_bytes(lambda: m(x), exclude=m.parameters()) == trunk // 2
 
 
 def test_outputs_not_corrupted_by_backward_without_neck():
