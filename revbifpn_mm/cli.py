@@ -35,6 +35,7 @@ __all__ = [
     "check_built_datasets",
     "data_help",
     "apply_cpu_dist_backend",
+    "shutdown_distributed",
 ]
 
 #: Data root of the quickstart configs (relative to the repository root).
@@ -79,12 +80,30 @@ def apply_cpu_dist_backend(cfg: Any) -> bool:
     import torch
     if cfg.get("launcher", "none") == "none" or torch.cuda.is_available():
         return False
+    if cfg.launcher == "pytorch":
+        # mmengine's pytorch launcher calls torch.cuda.set_device and gives DDP device_ids,
+        # both of which fail on CPU-only torch: initialise gloo and wrap without device ids.
+        from revbifpn_mm.mm.dist import prepare_cpu_distributed
+        return prepare_cpu_distributed(cfg, cfg.launcher)
     env = cfg.setdefault("env_cfg", {})
     dist = env.setdefault("dist_cfg", {})
     if dist.get("backend", "nccl") == "nccl":
         dist["backend"] = "gloo"
         return True
     return False
+
+
+def shutdown_distributed() -> None:
+    """Destroy the default process group, if any, before the interpreter exits.
+
+    A gloo process group left alive at exit can abort the process (``terminate called
+    without an active exception``) after a successful run, which torchrun reports as
+    a failure.
+    """
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------- datasets
@@ -217,7 +236,15 @@ def check_data(cfg: Any, splits: Sequence[str], scope: Optional[str] = None) -> 
         if root is not None and _is_remote(str(root)):
             continue
         if root and not osp.isdir(root):
-            problems.append(f"data root {root!r} does not exist ({where}.data_root)")
+            expected = []
+            if ds.get("ann_file"):
+                expected.append(f"annotation file {_join(root, ds['ann_file'])}")
+            prefix = ds.get("data_prefix") or {}
+            if isinstance(prefix, dict):
+                expected += [f"{key} folder {_join(root, sub)}" for key, sub in prefix.items()
+                             if isinstance(sub, str) and sub]
+            problems.append(f"data root {root!r} does not exist ({where}.data_root)"
+                            + (f"; expected {' and '.join(expected)}" if expected else ""))
             first_split = first_split or split
             continue
         ann = ds.get("ann_file") or ""
