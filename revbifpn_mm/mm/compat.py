@@ -5,7 +5,11 @@
   hold a few non-tensor objects (the message hub's ``HistoryBuffer``, numpy scalars
   and arrays in ``meta``), which the weights-only unpickler rejects. We allow-list
   exactly these types with ``torch.serialization.add_safe_globals`` instead of
-  turning the safe loader off.
+  turning the safe loader off. A pickled ``HistoryBuffer`` also carries its
+  statistics methods, stored as ``getattr(HistoryBuffer, 'mean')`` & co.; allowing
+  the real ``getattr`` would reopen arbitrary code execution, so the pickle's
+  ``getattr`` global is mapped to :func:`_history_buffer_getattr`, which resolves
+  only public methods of ``HistoryBuffer``.
 * mmcv must carry its compiled ops (``mmcv._ext``: RoIAlign, NMS, ...) for Faster/Mask
   R-CNN; :func:`check_mmcv_ops` turns the deep import error into one clear message.
 """
@@ -62,6 +66,23 @@ def _safe_types() -> list:
     return types
 
 
+def _history_buffer_getattr(obj, name):
+    """``getattr`` for checkpoints: only public methods of mmengine's ``HistoryBuffer``.
+
+    mmengine pickles ``HistoryBuffer._statistics_methods`` (``min``, ``max``, ``mean``,
+    ``current``, ...) with every message-hub buffer; pickle writes each as
+    ``getattr(HistoryBuffer, name)``. Anything else is refused.
+    """
+    import pickle
+
+    from mmengine.logging.history_buffer import HistoryBuffer
+    if (isinstance(obj, type) and issubclass(obj, HistoryBuffer) and isinstance(name, str)
+            and not name.startswith("_") and callable(getattr(obj, name, None))):
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f"weights-only load: getattr({obj!r}, {name!r}) is not allowed "
+                                 "(revbifpn_mm allows only HistoryBuffer methods)")
+
+
 def ensure_torch_load_compat() -> None:
     """Allow-list the non-tensor types of mmengine checkpoints for the weights-only loader (idempotent)."""
     global _done
@@ -71,4 +92,8 @@ def ensure_torch_load_compat() -> None:
     add = getattr(torch.serialization, "add_safe_globals", None)
     if add is not None:
         add(_safe_types())
+        try:  # (callable, "module.name") entries: torch >= 2.6, where weights_only became the default
+            add([(_history_buffer_getattr, "__builtin__.getattr"), (_history_buffer_getattr, "builtins.getattr")])
+        except (TypeError, ValueError, AttributeError):  # pragma: no cover - older torch
+            pass
     _done = True

@@ -1,0 +1,9 @@
+# Mask R-CNN with a RevBiFPN-S6 backbone on COCO, 1x schedule: mask_rcnn_revbifpn_s4.py
+# with only the arch, the neck's in_channels and the ImageNet checkpoint changed.
+_base_ = './mask_rcnn_revbifpn_s4.py'
+
+model = dict(
+    backbone=dict(
+        arch='s6',
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/revbifpn_s6.pth.tar')),
+    neck=dict(in_channels=[320, 416, 848, 2128]))

@@ -1,0 +1,156 @@
+"""Every config in configs/ loads and builds its model; channels line up between the parts."""
+import copy
+import os
+import pathlib
+
+import pytest
+
+pytest.importorskip("mmdet")
+
+from mmengine.config import Config  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CONFIG_DIR = ROOT / "configs"
+CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.py") if not p.name.startswith("_"))
+OUT_CHANNELS = {
+    "s0": [48, 64, 128, 320], "s1": [64, 80, 160, 416], "s2": [96, 128, 256, 640],
+    "s3": [128, 160, 336, 848], "s4": [192, 256, 512, 1280], "s5": [256, 336, 672, 1696],
+    "s6": [320, 416, 848, 2128],
+}
+
+
+def _rel(p):
+    return str(p.relative_to(CONFIG_DIR))
+
+
+def _load(path):
+    return Config.fromfile(str(path))
+
+
+def _registry(scope):
+    if scope == "mmseg":
+        pytest.importorskip("mmseg")
+        from mmseg.registry import MODELS
+        from mmseg.utils import register_all_modules
+    else:
+        from mmdet.registry import MODELS
+        from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    return MODELS
+
+
+def test_expected_configs_exist():
+    names = {_rel(p) for p in CONFIGS}
+    for det in ("faster_rcnn", "mask_rcnn"):
+        for a in OUT_CHANNELS:
+            assert f"{det}_revbifpn_{a}.py" in names
+    for q in ("faster_rcnn_revbifpn_s0_synthetic.py", "mask_rcnn_revbifpn_s0_synthetic.py",
+              "fcn_revbifpn_s0_synthetic_seg.py"):
+        assert f"quickstart/{q}" in names
+    assert any(n.startswith("fcn_revbifpn_") and "ade20k" in n for n in names)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=_rel)
+def test_config_loads_and_builds(path):
+    cfg = _load(path)
+    assert cfg.custom_imports == dict(imports=["revbifpn_mm"], allow_failed_imports=False)
+    scope = cfg.default_scope
+    assert scope in ("mmdet", "mmseg")
+    backbone = cfg.model.backbone
+    assert backbone.type == "RevBiFPN"
+    arch = backbone.arch
+    # The data preprocessor pads to the backbone's size divisibility (32).
+    dp = cfg.model.data_preprocessor
+    if scope == "mmdet":
+        assert dp.pad_size_divisor == 32
+        assert cfg.model.neck.type == "RevBiFPNNeck"
+        assert list(cfg.model.neck.in_channels) == OUT_CHANNELS[arch]
+    else:
+        assert dp.test_cfg.size_divisor == 32
+        assert list(cfg.model.decode_head.in_channels) == OUT_CHANNELS[arch]
+    if "quickstart" not in str(path):
+        ckpt = backbone.init_cfg.checkpoint
+        assert ckpt == f"checkpoints/revbifpn_{arch}.pth.tar"
+
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.backbone.init_cfg = None  # no checkpoint needed to build
+    model = _registry(scope).build(model_cfg)
+    assert tuple(model.backbone.out_channels) == tuple(OUT_CHANNELS[arch])
+    if scope == "mmdet":
+        assert model.neck.in_channels == list(model.backbone.out_channels)
+        if "quickstart" not in str(path):
+            assert model.backbone.norm_eval is True  # mmdet HRNet's default, the paper's setting
+    else:
+        # resize_concat: the head sees the concatenation of the four backbone outputs
+        assert model.decode_head.in_channels == sum(model.backbone.out_channels)
+        assert list(model_cfg.decode_head.in_channels) == list(model.backbone.out_channels)
+
+
+@pytest.mark.parametrize("det", ["faster_rcnn", "mask_rcnn"])
+@pytest.mark.parametrize("arch", [a for a in OUT_CHANNELS if a != "s4"])
+def test_arch_configs_only_change_arch_neck_and_checkpoint(det, arch):
+    parent = _load(CONFIG_DIR / f"{det}_revbifpn_s4.py").to_dict()
+    child = _load(CONFIG_DIR / f"{det}_revbifpn_{arch}.py").to_dict()
+    assert child["model"]["backbone"]["arch"] == arch
+    for d in (parent, child):
+        d["model"]["backbone"].pop("arch")
+        d["model"]["backbone"].pop("init_cfg")
+        d["model"]["neck"].pop("in_channels")
+    assert child == parent
+
+
+@pytest.mark.parametrize("det", ["faster_rcnn", "mask_rcnn"])
+def test_coco_configs_follow_the_1x_schedule(det):
+    cfg = _load(CONFIG_DIR / f"{det}_revbifpn_s4.py")
+    opt = cfg.optim_wrapper.optimizer
+    assert (opt.type, opt.lr, opt.momentum, opt.weight_decay) == ("SGD", 0.02, 0.9, 0.0001)
+    assert cfg.train_cfg.max_epochs == 12
+    assert cfg.auto_scale_lr.base_batch_size == 16
+    assert cfg.train_dataloader.dataset.data_root == "data/coco/"
+    assert cfg.train_dataloader.dataset.ann_file == "annotations/instances_train2017.json"
+    assert cfg.val_evaluator.ann_file == "data/coco/annotations/instances_val2017.json"
+    assert cfg.model.backbone.arch == "s4"
+    assert cfg.model.backbone.out_type == "neck"
+    assert cfg.model.neck.in_channels == [192, 256, 512, 1280]
+
+
+def test_quickstart_configs_use_the_synthetic_data_and_coco_metric():
+    for name, metric in (("faster_rcnn_revbifpn_s0_synthetic.py", "bbox"),
+                         ("mask_rcnn_revbifpn_s0_synthetic.py", ["bbox", "segm"])):
+        cfg = _load(CONFIG_DIR / "quickstart" / name)
+        assert cfg.train_dataloader.dataset.data_root.rstrip("/") == "data/synthetic_coco"
+        assert cfg.val_evaluator.type == "CocoMetric"
+        assert cfg.val_evaluator.metric == metric
+        assert cfg.model.backbone.init_cfg is None
+        assert cfg.model.roi_head.bbox_head.num_classes == 3
+    seg = _load(CONFIG_DIR / "quickstart" / "fcn_revbifpn_s0_synthetic_seg.py")
+    assert seg.train_dataloader.dataset.data_root.rstrip("/") == "data/synthetic_coco"
+    assert seg.model.decode_head.num_classes == 4
+
+
+def test_cli_helpers_fast(tmp_path):
+    """check_data / check_built_datasets on a config without files: clear DataError, no traceback needed."""
+    from revbifpn_mm.cli import DataError, check_built_datasets, check_data
+
+    cfg = _load(CONFIG_DIR / "faster_rcnn_revbifpn_s0.py")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(DataError) as err:
+            check_data(cfg, ("train", "val"))
+    finally:
+        os.chdir(cwd)
+    msg = str(err.value)
+    assert "data/coco" in msg and "train2017" in msg and "data_root" in msg
+    assert "quickstart" in msg
+
+    class _Loop:
+        class dataloader:
+            dataset = []
+
+    class _Runner:
+        cfg = Config(dict(train_dataloader=dict(dataset=dict(filter_cfg=dict(filter_empty_gt=True)))))
+        _train_loop = train_loop = _Loop()
+
+    with pytest.raises(DataError, match="empty"):
+        check_built_datasets(_Runner(), ("train",))

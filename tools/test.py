@@ -1,0 +1,137 @@
+"""Evaluate a trained MMDetection / MMSegmentation model with a RevBiFPN backbone.
+
+Usage (the command line of mmdet's / mmseg's tools/test.py)::
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE_OR_DIR]
+                         [--show-dir DIR] [--show] [--cfg-options k=v ...]
+                         [--launcher none|pytorch|slurm|mpi]
+
+``--out``: mmdet configs dump the raw predictions to a ``.pkl`` file; mmseg configs
+write the predicted label maps into the given directory.
+``--show-dir``: draw the predictions into ``WORK_DIR/TIMESTAMP/SHOW_DIR`` (mmdet) or
+``WORK_DIR/SHOW_DIR/vis_data/vis_image`` (mmseg).
+Multi-GPU: ``bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [args]``.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+import revbifpn_mm  # noqa: F401  (registers RevBiFPN / RevBiFPNNeck; torch.load compat)
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+
+    parser = argparse.ArgumentParser(description="Test (and evaluate) a model with a RevBiFPN backbone")
+    parser.add_argument("config", help="test config file path")
+    parser.add_argument("checkpoint", help="checkpoint file")
+    parser.add_argument("--work-dir", help="the directory to save the file containing evaluation metrics")
+    parser.add_argument("--out", type=str,
+                        help="mmdet: dump predictions to this pickle file (.pkl) for offline evaluation; "
+                             "mmseg: directory for the predicted label maps")
+    parser.add_argument("--show", action="store_true", help="show prediction results in a window")
+    parser.add_argument("--show-dir",
+                        help="directory where painted images are saved: mmdet WORK_DIR/TIMESTAMP/SHOW_DIR, "
+                             "mmseg WORK_DIR/SHOW_DIR/vis_data/vis_image")
+    parser.add_argument("--wait-time", type=float, default=2, help="the interval of show (s)")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction,
+                        help="override settings of the config, key=value")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
+                        help="job launcher")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    args = parser.parse_args(argv)
+    if "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    return args
+
+
+def trigger_visualization_hook(cfg, args, scope):
+    """Turn on drawing in the config's visualization hook (``--show`` / ``--show-dir``)."""
+    default_hooks = cfg.default_hooks
+    if "visualization" not in default_hooks:
+        raise SystemExit("--show / --show-dir need a 'visualization' hook in default_hooks "
+                         "(DetVisualizationHook / SegVisualizationHook)")
+    hook = default_hooks["visualization"]
+    hook["draw"] = True
+    if args.show:
+        hook["show"] = True
+        hook["wait_time"] = args.wait_time
+    if args.show_dir:
+        if scope == "mmseg":  # SegVisualizationHook draws through the visualizer's save_dir
+            cfg.visualizer["save_dir"] = osp.join(cfg.work_dir, args.show_dir)
+            hook["interval"] = 1  # every test image, as mmdet's hook does with test_out_dir
+        else:
+            hook["test_out_dir"] = args.show_dir
+    return cfg
+
+
+def build_cfg(args, scope_of):
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    scope = scope_of(cfg)
+
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get("work_dir", None) is None:
+        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+
+    if args.show or args.show_dir:
+        cfg = trigger_visualization_hook(cfg, args, scope)
+    if args.out is not None and scope == "mmseg":
+        cfg.test_evaluator["output_dir"] = args.out
+        cfg.test_evaluator["keep_results"] = True
+    elif args.out is not None and not args.out.endswith((".pkl", ".pickle")):
+        raise SystemExit(f"--out must be a .pkl or .pickle file for mmdet configs, got {args.out!r}")
+    return cfg, scope
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    from revbifpn_mm.cli import (DataError, apply_cpu_dist_backend, check_built_datasets, check_data,
+                                 ensure_synthetic_data, register_scope, shutdown_distributed)
+
+    cfg, scope = build_cfg(args, register_scope)
+    apply_cpu_dist_backend(cfg)
+    for root in ensure_synthetic_data(cfg, ("test",)):
+        print(f"generated the synthetic dataset in {root}")
+    try:
+        if "://" not in args.checkpoint and not osp.isfile(args.checkpoint):
+            raise FileNotFoundError(f"checkpoint not found: {args.checkpoint!r}")
+        check_data(cfg, ("test",), scope)
+    except (DataError, FileNotFoundError) as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 2
+
+    if "runner_type" not in cfg:
+        runner = Runner.from_cfg(cfg)
+    else:
+        runner = RUNNERS.build(cfg)
+    try:
+        check_built_datasets(runner, ("test",))
+    except DataError as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 2
+
+    if args.out is not None and scope == "mmdet":
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+
+    metrics = runner.test()
+    if runner.rank == 0:
+        shown = "  ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in metrics.items())
+        print(f"test metrics: {shown}")
+    shutdown_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

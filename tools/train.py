@@ -1,0 +1,132 @@
+"""Train an MMDetection or MMSegmentation model with a RevBiFPN backbone.
+
+Usage (the same command line as mmdet's / mmseg's tools/train.py)::
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+                          [--auto-scale-lr] [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
+
+The codebase is chosen by the config's ``default_scope`` ('mmdet' or 'mmseg'). A config
+whose data root is ``.../synthetic_coco`` gets the synthetic dataset generated when it
+is absent; a missing COCO / ADE20K dataset stops with a message that says where to put it.
+Multi-GPU: ``bash tools/dist_train.sh CONFIG GPUS [args]``.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+import revbifpn_mm  # noqa: F401  (registers RevBiFPN / RevBiFPNNeck; torch.load compat)
+
+
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+
+    parser = argparse.ArgumentParser(description="Train a detector / segmentor with a RevBiFPN backbone")
+    parser.add_argument("config", help="train config file path")
+    parser.add_argument("--work-dir", help="the dir to save logs and models")
+    parser.add_argument("--amp", action="store_true", default=False,
+                        help="enable automatic mixed precision training (needs a GPU)")
+    parser.add_argument("--auto-scale-lr", action="store_true",
+                        help="scale the learning rate linearly with the total batch size (auto_scale_lr)")
+    parser.add_argument("--resume", nargs="?", type=str, const="auto",
+                        help="resume from the given checkpoint, or, without a value, from the latest "
+                             "checkpoint in the work dir")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction,
+                        help="override settings of the config, key=value (e.g. "
+                             "train_dataloader.dataset.data_root=/data/coco/)")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
+                        help="job launcher")
+    # torch.distributed.launch passes --local-rank (or --local_rank on old versions)
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    args = parser.parse_args(argv)
+    if "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    return args
+
+
+def build_cfg(args):
+    """The config with the command-line options applied."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get("work_dir", None) is None:
+        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+
+    if args.amp:
+        import torch
+        if not torch.cuda.is_available():
+            raise SystemExit("--amp needs a CUDA GPU (mmengine's AmpOptimWrapper does not run on the CPU); "
+                             "drop --amp for CPU training")
+        optim_wrapper = cfg.optim_wrapper.get("type", "OptimWrapper")
+        if optim_wrapper == "AmpOptimWrapper":
+            print("AMP training is already enabled in the config.")
+        else:
+            if optim_wrapper != "OptimWrapper":
+                raise SystemExit(f"--amp is only supported with optim_wrapper type 'OptimWrapper', "
+                                 f"got {optim_wrapper!r}")
+            cfg.optim_wrapper.type = "AmpOptimWrapper"
+            cfg.optim_wrapper.loss_scale = "dynamic"
+
+    if args.auto_scale_lr:
+        if "auto_scale_lr" in cfg and "enable" in cfg.auto_scale_lr and "base_batch_size" in cfg.auto_scale_lr:
+            cfg.auto_scale_lr.enable = True
+        else:
+            raise SystemExit('--auto-scale-lr needs `auto_scale_lr = dict(enable=False, base_batch_size=N)` '
+                             "in the config")
+
+    if args.resume == "auto":
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    from revbifpn_mm.cli import (DataError, apply_cpu_dist_backend, check_built_datasets, check_data,
+                                 check_pretrained, ensure_synthetic_data, register_scope,
+                                 shutdown_distributed)
+
+    cfg = build_cfg(args)
+    scope = register_scope(cfg)
+    apply_cpu_dist_backend(cfg)
+    splits = ["train"] + (["val"] if cfg.get("val_cfg") and cfg.get("val_dataloader") else [])
+    for root in ensure_synthetic_data(cfg, splits):
+        print(f"generated the synthetic dataset in {root}")
+    try:
+        check_data(cfg, splits, scope)
+        check_pretrained(cfg)  # the runner initialises the backbone even before load_from / resume
+        if cfg.get("resume", False) and cfg.get("load_from") and not osp.isfile(cfg.load_from) \
+                and "://" not in cfg.load_from:
+            raise FileNotFoundError(f"--resume checkpoint not found: {cfg.load_from!r}")
+    except (DataError, FileNotFoundError) as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 2
+
+    if "runner_type" not in cfg:
+        runner = Runner.from_cfg(cfg)
+    else:
+        runner = RUNNERS.build(cfg)
+    try:
+        check_built_datasets(runner, splits)
+    except DataError as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 2
+    runner.train()
+    shutdown_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
