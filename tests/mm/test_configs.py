@@ -1,6 +1,5 @@
 """Every config in configs/ loads and builds its model; channels line up between the parts."""
 import copy
-import os
 import pathlib
 
 import pytest
@@ -128,18 +127,14 @@ def test_quickstart_configs_use_the_synthetic_data_and_coco_metric():
     assert seg.model.decode_head.num_classes == 4
 
 
-def test_cli_helpers_fast(tmp_path):
+def test_cli_helpers_fast(tmp_path, monkeypatch):
     """check_data / check_built_datasets on a config without files: clear DataError, no traceback needed."""
     from revbifpn_mm.cli import DataError, check_built_datasets, check_data
 
     cfg = _load(CONFIG_DIR / "faster_rcnn_revbifpn_s0.py")
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        with pytest.raises(DataError) as err:
-            check_data(cfg, ("train", "val"))
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(tmp_path)  # no data/coco here
+    with pytest.raises(DataError) as err:
+        check_data(cfg, ("train", "val"))
     msg = str(err.value)
     assert "data/coco" in msg and "train2017" in msg and "data_root" in msg
     assert "quickstart" in msg
