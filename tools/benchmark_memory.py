@@ -180,8 +180,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--width", type=int, default=None, help="default 1344 (quick: 384)")
     ap.add_argument("--batch", type=int, default=None, help="default 2 on CUDA, 1 on CPU")
     ap.add_argument("--amp", default="fp32", help="comma list of fp32, bf16, fp16 (autocast)")
-    ap.add_argument("--archs", default=None, help="comma list, default s0..s6 (quick: s0,s3)")
-    ap.add_argument("--baselines", default=None, help="default hrnet_w18,hrnet_w32,hrnet_w48,resnet50,resnet101")
+    ap.add_argument("--archs", default=None, help="comma list, default s0..s6 (quick: s0,s3); 'none' for no rows")
+    ap.add_argument("--baselines", default=None,
+                    help="default hrnet_w18,hrnet_w32,hrnet_w48,resnet50,resnet101; 'none' for no rows")
     ap.add_argument("--streams", default="float64",
                     help="residual-stream dtypes of the reversible rows (comma list of float64, float32)")
     ap.add_argument("--no-necks", action="store_true")
@@ -198,9 +199,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     H = args.height or (256 if args.quick else 800)
     W = args.width or (384 if args.quick else 1344)
     B = args.batch or (1 if cpu else 2)
-    archs = (args.archs or ("s0,s3" if args.quick else "s0,s1,s2,s3,s4,s5,s6")).split(",")
-    baselines = (args.baselines or ("hrnet_w18,resnet50" if args.quick else
-                                    "hrnet_w18,hrnet_w32,hrnet_w48,resnet50,resnet101")).split(",")
+    archs = [a for a in (args.archs or ("s0,s3" if args.quick else "s0,s1,s2,s3,s4,s5,s6")).split(",")
+             if a and a != "none"]
+    baselines = [b for b in (args.baselines or ("hrnet_w18,resnet50" if args.quick else
+                                                "hrnet_w18,hrnet_w32,hrnet_w48,resnet50,resnet101")).split(",")
+                 if b and b != "none"]
     amps = args.amp.split(",")
     warmup = args.warmup if args.warmup is not None else (1 if cpu else 2)
     steps = args.steps if args.steps is not None else (1 if cpu else 4)
