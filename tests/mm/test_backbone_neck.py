@@ -276,3 +276,18 @@ def test_mmseg_encoder_decoder_train_step():
     loss = sum(v for k, v in losses.items() if k.startswith("decode.loss"))
     loss.backward()
     assert all(p.grad is not None for p in model.backbone.parameters())
+
+
+def test_inference_detector_on_arbitrary_image_sizes(tmp_path):
+    """mmdet's inference_detector pads to pad_size_divisor=32: any image size just works."""
+    import numpy as np
+    from mmdet.apis import inference_detector, init_detector
+    from mmengine.config import Config
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = Config.fromfile(os.path.join(root, "configs", "quickstart", "faster_rcnn_revbifpn_s0_synthetic.py"))
+    model = init_detector(cfg, checkpoint=None, device="cpu")
+    for h, w in ((250, 333), (97, 171)):
+        img = (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)
+        res = inference_detector(model, img)
+        assert res.pred_instances.bboxes.shape[-1] == 4
+        assert tuple(res.metainfo["ori_shape"]) == (h, w)
