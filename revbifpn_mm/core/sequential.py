@@ -1,4 +1,4 @@
-"""The reversible sequential container and its single autograd Function."""
+"""The reversible sequential container and its per-segment autograd Functions."""
 from __future__ import annotations
 
 from enum import Enum
@@ -6,10 +6,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-
-from .op import RevOp, apply_transform, vjp
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .op import RevOp, apply_transform, vjp
 from .state import CallState, frozen_bn_statistics
 
 __all__ = ["MemoryMode", "RevSequential", "RecomputedPerScale"]
@@ -54,6 +53,26 @@ class RecomputedPerScale(nn.Module):
         return [vjp(self.transform(h), y, d, state)[1] for h, (y, d) in enumerate(zip(ys, douts))]
 
 
+def _parse_stream_dtype(value: Union[None, str, torch.dtype]) -> Union[None, str, torch.dtype]:
+    """Validate a ``stream_dtype`` argument; names become torch dtypes, ``'auto'`` stays."""
+    if value is None or value == "auto":
+        return value
+    names = {"float64": torch.float64, "float32": torch.float32}
+    if isinstance(value, str) and value in names:
+        return names[value]
+    if value in names.values():
+        return value
+    raise ValueError(f"stream_dtype must be 'auto', 'float64', 'float32' or None, got {value!r}")
+
+
+def _run_ops(ops: Sequence[RevOp], xs: Sequence[Tensor], state: Optional[CallState]) -> List[Tensor]:
+    """Apply ``ops`` in order (recording on ``state`` when given)."""
+    ys = list(xs)
+    for op in ops:
+        ys = op(ys, state)
+    return ys
+
+
 class _Tape:
     """Per-call state shared by the segments of one reversible call.
 
@@ -85,9 +104,7 @@ class _RevSegment(torch.autograd.Function):
         xs, params = list(args[:n_in]), args[n_in:]
         last = k == container.num_segments - 1
         with torch.no_grad():
-            ys = xs
-            for op in container.segment(k):
-                ys = op(ys, tape.state)
+            ys = _run_ops(container.segment(k), xs, tape.state)
             if last:
                 outs = container.tail(ys) if container.tail is not None else [y.to(tape.out_dtype) for y in ys]
                 ctx.save_for_backward(*ys)
@@ -160,7 +177,7 @@ class RevSequential(nn.Module):
         tail: Optional non-invertible per-scale module applied to the trunk outputs.
         memory_mode: ``'reversible'`` (default) or ``'plain'``.
         stream_dtype: dtype of the residual streams: ``'auto'`` (default, see above),
-            a dtype such as ``torch.float64``, or ``None`` (the input's dtype).
+            ``'float64'`` / ``'float32'`` or the torch dtype, or ``None`` (the input's dtype).
         ops_per_segment: Ops per autograd Function in reversible mode (parameter
             gradients are released to autograd segment by segment). Defaults to 3.
     """
@@ -174,7 +191,7 @@ class RevSequential(nn.Module):
             self.add_module(str(i), op)
         self.recomp_op = tail
         self.memory_mode = MemoryMode(memory_mode)
-        self.stream_dtype = stream_dtype
+        self.stream_dtype = _parse_stream_dtype(stream_dtype)
         if ops_per_segment < 1:
             raise ValueError(f"ops_per_segment must be >= 1, got {ops_per_segment}")
         self.ops_per_segment = ops_per_segment
@@ -192,11 +209,9 @@ class RevSequential(nn.Module):
         """The stream dtype of the next call (``'auto'`` resolved against the BN modes)."""
         if self.stream_dtype != "auto":
             return self.stream_dtype  # type: ignore[return-value]
-        bns = self.__dict__.get("_bn_modules")
-        if bns is None:
-            bns = [m for m in self.modules() if isinstance(m, _BatchNorm)]
-            self.__dict__["_bn_modules"] = bns
-        return torch.float64 if any(m.training for m in bns) else None
+        # read from the live modules on every call: BN layers may be replaced (e.g. SyncBN conversion)
+        training_bn = any(isinstance(m, _BatchNorm) and m.training for m in self.modules())
+        return torch.float64 if training_bn else None
 
     def _to_stream(self, xs: Sequence[Tensor]) -> List[Tensor]:
         dtype = self.resolved_stream_dtype()
@@ -221,12 +236,6 @@ class RevSequential(nn.Module):
             raise ValueError(f"unknown memory mode {mode!r}; expected one of "
                              f"{[m.value for m in MemoryMode]}") from None
 
-    def _run_trunk(self, xs: Sequence[Tensor], state: Optional[CallState]) -> List[Tensor]:
-        ys = list(xs)
-        for op in self.ops():
-            ys = op(ys, state)
-        return ys
-
     def inverse(self, ys: Sequence[Tensor]) -> List[Tensor]:
         """Invert the trunk (the tail is not invertible and is not involved)."""
         xs = list(ys)
@@ -241,7 +250,7 @@ class RevSequential(nn.Module):
             params = [p for p in self.parameters() if p.requires_grad]
             if params or any(x.requires_grad for x in xs):
                 return self._forward_reversible(xs, params)
-        ys = self._run_trunk(self._to_stream(xs), None)
+        ys = _run_ops(self.ops(), self._to_stream(xs), None)
         if self.tail is not None:
             return tuple(self.tail(ys))
         return tuple(y.to(xs[0].dtype) for y in ys)
@@ -256,8 +265,7 @@ class RevSequential(nn.Module):
                 seg_params += [p for p in self.tail.parameters() if p.requires_grad]
             if not last and not seg_params and not any(t.requires_grad for t in h):
                 with torch.no_grad():  # frozen segment below everything trainable: no backward at all
-                    for op in self.segment(k):
-                        h = op(h, None)
+                    h = _run_ops(self.segment(k), h, None)
                 continue
             h = _RevSegment.apply(self, tape, k, len(h), *h, *seg_params)
         return tuple(h)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 from typing import Callable, Optional
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["NormLayer", "default_norm_layer", "ConvNormAct", "SqueezeExcite", "MBConv", "drop_path"]

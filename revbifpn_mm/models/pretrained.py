@@ -8,7 +8,7 @@ conversion is needed. Wrapped (``{'state_dict': ...}``) and prefixed
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Mapping, NamedTuple, Optional, Union
+from typing import Dict, List, Mapping, NamedTuple, Union
 
 import torch
 from torch import Tensor, nn

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -192,11 +192,6 @@ class RevBiFPN(nn.Module):
             neck = RecomputedPerScale([
                 MBConv(self.channels[h], cfg["out_channels"][h], NECK_KERNEL, 1, NECK_EXPAND[h],
                        NECK_SE[h], norm_layer=norm_layer) for h in range(NUM_SCALES)])
-        if isinstance(stream_dtype, str) and stream_dtype != "auto":
-            if stream_dtype not in ("float64", "float32"):
-                raise ValueError(f"stream_dtype must be 'auto', 'float64', 'float32' or None, "
-                                 f"got {stream_dtype!r}")
-            stream_dtype = getattr(torch, stream_dtype)
         self.rev_stack = RevSequential(ops, neck, memory_mode, stream_dtype)
         self.head = (ClassificationHead(cfg["out_channels"], cfg["fc_features"], num_classes,
                                         cfg["head_dropout"], norm_layer) if num_classes > 0 else None)
