@@ -73,24 +73,12 @@ def register_scope(cfg: Any) -> str:
 
 
 def apply_cpu_dist_backend(cfg: Any) -> bool:
-    """Use the ``gloo`` backend for distributed runs on a machine without CUDA.
+    """Make a distributed config runnable on a machine without CUDA (see :mod:`revbifpn_mm.mm.dist`).
 
-    mmdet/mmseg configs ask for ``nccl``, which needs GPUs. Returns True if changed.
+    Returns True if the config was changed.
     """
-    import torch
-    if cfg.get("launcher", "none") == "none" or torch.cuda.is_available():
-        return False
-    if cfg.launcher == "pytorch":
-        # mmengine's pytorch launcher calls torch.cuda.set_device and gives DDP device_ids,
-        # both of which fail on CPU-only torch: initialise gloo and wrap without device ids.
-        from revbifpn_mm.mm.dist import prepare_cpu_distributed
-        return prepare_cpu_distributed(cfg, cfg.launcher)
-    env = cfg.setdefault("env_cfg", {})
-    dist = env.setdefault("dist_cfg", {})
-    if dist.get("backend", "nccl") == "nccl":
-        dist["backend"] = "gloo"
-        return True
-    return False
+    from revbifpn_mm.mm.dist import prepare_cpu_distributed
+    return prepare_cpu_distributed(cfg, cfg.get("launcher", "none"))
 
 
 def shutdown_distributed() -> None:
@@ -321,6 +309,19 @@ def _dataset_len(loop: Any) -> Optional[int]:
         return len(dataset) if dataset is not None else None
     except TypeError:
         return None
+
+
+def build_runner(cfg: Any, splits: Sequence[str]) -> Any:
+    """Build the mmengine runner of ``cfg`` (``runner_type`` honoured) and check its datasets.
+
+    Raises:
+        DataError: A dataset of ``splits`` is empty (see :func:`check_built_datasets`).
+    """
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
+    check_built_datasets(runner, splits)
+    return runner
 
 
 def check_built_datasets(runner: Any, splits: Sequence[str]) -> Dict[str, int]:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from revbifpn_mm.core import SavedTensorCounter
+from revbifpn_mm.core import saved_bytes
 from revbifpn_mm.models import ARCH_SETTINGS, RevBiFPN
 
 
@@ -65,10 +65,12 @@ def measure(run: Callable[[], Any], params: List[nn.Parameter], device: torch.de
     """Activation bytes per sample and median step time of ``loss(run()).backward()``."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
 
-    def step() -> None:
+    def forward() -> Any:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = run()
-        _loss(out).backward()
+            return run()
+
+    def step() -> None:
+        _loss(forward()).backward()
 
     for _ in range(warmup):
         step()
@@ -78,11 +80,7 @@ def measure(run: Callable[[], Any], params: List[nn.Parameter], device: torch.de
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
     else:
-        with SavedTensorCounter(exclude=params) as counter:
-            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-                out = run()
-        res["saved_bytes"] = counter.nbytes
-        del out
+        res["saved_bytes"] = saved_bytes(forward, exclude=params)
     times = []
     for _ in range(steps if timed else 0):
         _sync(device)

@@ -76,9 +76,7 @@ def set_iters(cfg, iters):
 def run_one(name, config, args, data_root):
     """Train one quickstart config; return (metrics, train seconds, checkpoint path)."""
     from mmengine.config import Config
-    from mmengine.runner import Runner
-
-    from revbifpn_mm.cli import check_built_datasets, check_data, register_scope
+    from revbifpn_mm.cli import build_runner, check_data, register_scope
 
     cfg = Config.fromfile(config)
     if args.cfg_options:
@@ -94,8 +92,7 @@ def run_one(name, config, args, data_root):
     cfg.randomness = dict(seed=args.seed)
     register_scope(cfg)
     check_data(cfg, ("train", "val"))
-    runner = Runner.from_cfg(cfg)
-    check_built_datasets(runner, ("train", "val"))
+    runner = build_runner(cfg, ("train", "val"))
     iters = cfg.train_cfg.max_iters
     print(f"[quickstart] training {name} for {iters} iterations "
           f"(batch {cfg.train_dataloader.batch_size}, log: {cfg.work_dir})", flush=True)

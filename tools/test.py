@@ -93,10 +93,7 @@ def build_cfg(args, scope_of):
 
 def main(argv=None):
     args = parse_args(argv)
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-
-    from revbifpn_mm.cli import (DataError, apply_cpu_dist_backend, check_built_datasets, check_data,
+    from revbifpn_mm.cli import (DataError, apply_cpu_dist_backend, build_runner, check_data,
                                  ensure_synthetic_data, register_scope, shutdown_distributed)
 
     cfg, scope = build_cfg(args, register_scope)
@@ -111,12 +108,8 @@ def main(argv=None):
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
 
-    if "runner_type" not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        runner = RUNNERS.build(cfg)
     try:
-        check_built_datasets(runner, ("test",))
+        runner = build_runner(cfg, ("test",))
     except DataError as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2

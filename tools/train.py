@@ -91,10 +91,7 @@ def build_cfg(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-
-    from revbifpn_mm.cli import (DataError, apply_cpu_dist_backend, check_built_datasets, check_data,
+    from revbifpn_mm.cli import (DataError, apply_cpu_dist_backend, build_runner, check_data,
                                  check_pretrained, ensure_synthetic_data, register_scope,
                                  shutdown_distributed)
 
@@ -114,12 +111,8 @@ def main(argv=None):
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
 
-    if "runner_type" not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        runner = RUNNERS.build(cfg)
     try:
-        check_built_datasets(runner, splits)
+        runner = build_runner(cfg, splits)
     except DataError as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
