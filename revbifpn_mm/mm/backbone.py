@@ -1,7 +1,6 @@
 """RevBiFPN as an MMDetection / MMSegmentation backbone (registered as ``'RevBiFPN'``)."""
 from __future__ import annotations
 
-import functools
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -73,9 +72,8 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
             raise ValueError(f"out_type must be 'neck' or 'trunk', got {out_type!r}")
         norm_cfg = dict(norm_cfg or dict(type="BN", eps=1e-3, momentum=0.1, requires_grad=True))
         norm_cfg.setdefault("eps", 1e-3)
-        norm_requires_grad = norm_cfg.get("requires_grad", True)
 
-        def norm_layer(num_features: int) -> nn.Module:
+        def norm_layer(num_features: int) -> nn.Module:  # honours norm_cfg's requires_grad
             return build_norm_layer(norm_cfg, num_features)[1]
 
         super().__init__(arch=arch, num_classes=0, drop_path_rate=drop_path_rate,
@@ -95,11 +93,6 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         self.norm_eval = norm_eval
         self.check_finite = check_finite
         self.out_channels = tuple(self.out_channels[i] for i in self.out_indices)
-        if not norm_requires_grad:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    for p in m.parameters():
-                        p.requires_grad_(False)
         self._freeze_stages()
 
     # ------------------------------------------------------------ stages

@@ -291,3 +291,10 @@ def test_inference_detector_on_arbitrary_image_sizes(tmp_path):
         res = inference_detector(model, img)
         assert res.pred_instances.bboxes.shape[-1] == 4
         assert tuple(res.metainfo["ori_shape"]) == (h, w)
+
+
+def test_norm_cfg_requires_grad_false_freezes_bn_affine():
+    b = dm().build(dict(type="RevBiFPN", arch="s0", norm_cfg=dict(type="BN", requires_grad=False)))
+    bns = [m for m in b.modules() if isinstance(m, _BatchNorm)]
+    assert bns and all(not p.requires_grad for m in bns for p in m.parameters())
+    assert all(m.eps == 1e-3 for m in bns)
