@@ -14,7 +14,36 @@ from typing import Any
 
 import torch
 
-__all__ = ["prepare_cpu_distributed"]
+__all__ = ["prepare_cpu_distributed", "uses_sync_bn", "cpu_sync_bn_available"]
+
+_SYNC_BN_TYPES = {"SyncBN", "MMSyncBN", "SyncBatchNorm"}
+
+
+def uses_sync_bn(cfg: Any) -> bool:
+    """Whether the config's model asks for synchronised BN (a ``SyncBN`` norm or ``sync_bn``)."""
+    if cfg.get("sync_bn"):
+        return True
+
+    def walk(node: Any) -> bool:
+        if isinstance(node, dict):
+            typ = node.get("type")
+            if isinstance(typ, str) and typ in _SYNC_BN_TYPES:
+                return True
+            return any(walk(v) for v in node.values())
+        if isinstance(node, (list, tuple)):
+            return any(walk(v) for v in node)
+        return False
+
+    return walk(cfg.get("model"))
+
+
+def cpu_sync_bn_available() -> bool:
+    """Whether this torch can run SyncBatchNorm's statistics kernel on CPU tensors."""
+    try:
+        torch.batch_norm_stats(torch.zeros(2, 1, 1, 1), 1e-5)
+    except (NotImplementedError, RuntimeError):
+        return False
+    return True
 
 
 def prepare_cpu_distributed(cfg: Any, launcher: str) -> bool:
@@ -26,9 +55,19 @@ def prepare_cpu_distributed(cfg: Any, launcher: str) -> bool:
 
     Returns:
         True when the config was changed.
+
+    Raises:
+        ValueError: The config uses SyncBN, which torch runs only on accelerators.
     """
     if launcher == "none" or torch.cuda.is_available():
         return False
+    if uses_sync_bn(cfg) and not cpu_sync_bn_available():
+        raise ValueError(
+            "this config uses SyncBN (norm_cfg type='SyncBN' or sync_bn=...), which needs GPUs: "
+            "torch's SyncBatchNorm has no CPU kernels and DDP refuses it in CPU modules. For "
+            "distributed training on CPU set norm_cfg=dict(type='BN', eps=1e-3) (with "
+            "norm_eval=True, the detection default, BN statistics need no synchronisation), or "
+            "launch on CUDA devices")
     dist_cfg = cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})
     if launcher != "pytorch":
         if dist_cfg.get("backend", "nccl") != "nccl":

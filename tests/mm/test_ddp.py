@@ -24,7 +24,7 @@ CFG = """
 _base_ = {base!r}
 data_root = {data!r}
 model = dict(
-    backbone=dict(norm_eval=True, drop_path_rate=0.0, norm_cfg=dict(type={norm!r}, eps=1e-3)),
+    backbone=dict(norm_eval={norm_eval}, drop_path_rate=0.0, norm_cfg=dict(type={norm!r}, eps=1e-3)),
     train_cfg=dict(rpn=dict(sampler=dict(_delete_=True, type='PseudoSampler')),
                    rcnn=dict(sampler=dict(_delete_=True, type='PseudoSampler'))))
 train_pipeline = [
@@ -45,6 +45,7 @@ default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, inte
 randomness = dict(seed=0)
 load_from = {init!r}
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
+{extra}
 """
 
 
@@ -54,10 +55,11 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _write_cfg(tmp_path, name, iters, acc, data, init, norm="BN"):
+def _write_cfg(tmp_path, name, iters, acc, data, init, norm="BN", norm_eval=True, extra=""):
     path = tmp_path / f"{name}.py"
     base = os.path.join(ROOT, "configs", "quickstart", "faster_rcnn_revbifpn_s0_synthetic.py")
-    path.write_text(CFG.format(base=base, data=data, iters=iters, acc=acc, norm=norm, init=init))
+    path.write_text(CFG.format(base=base, data=data, iters=iters, acc=acc, norm=norm, init=init,
+                               norm_eval=norm_eval, extra=extra))
     return str(path)
 
 
@@ -116,3 +118,41 @@ def test_ddp_gradients_equal_single_process(tmp_path, data):
     print(f"DDP vs single-process backbone gradient: max rel diff {worst:.2e}")
     # float32 gradients summed in a different order (all-reduce vs accumulation)
     assert worst <= 1e-4, f"DDP vs single-process backbone gradient: max rel diff {worst:.2e}"
+
+
+def test_sync_bn_trains_under_runner_ddp(tmp_path, data):
+    """norm_cfg=dict(type='SyncBN'), BN training, 2 ranks through tools/dist_train.sh.
+
+    torch's SyncBatchNorm has no CPU kernels; the config's ``custom_imports`` load the
+    test-only CPU kernels (``tests/cpu_sync_bn.py``; exactness is tested in
+    ``test_sync_bn.py``) in every rank. Two iterations must finish (no hang: the
+    recomputed forward issues SyncBN collectives while DDP reduces gradients) and leave
+    every BN with ``num_batches_tracked == 2``: statistics updated once per step.
+    """
+    extra = "custom_imports = dict(imports=['revbifpn_mm', 'cpu_sync_bn_enable'], allow_failed_imports=False)"
+    cfg = _write_cfg(tmp_path, "syncbn", iters=2, acc=1, data=data, init=None, norm="SyncBN",
+                     norm_eval=False, extra=extra)
+    tests_dir = os.path.join(ROOT, "tests")
+    _run(["bash", "tools/dist_train.sh", cfg, "2", "--work-dir", str(tmp_path / "syncbn")],
+               env={"PORT": str(_free_port()), "PYTHONPATH": os.pathsep.join([tests_dir, ROOT]),
+                    "PYTHON": sys.executable})
+    sd = torch.load(str(tmp_path / "syncbn" / "iter_2.pth"), map_location="cpu", weights_only=False)["state_dict"]
+    tracked = {k: int(v) for k, v in sd.items() if k.startswith("backbone.") and k.endswith("num_batches_tracked")}
+    assert len(tracked) > 200, len(tracked)
+    assert set(tracked.values()) == {2}, f"BN updates per layer after 2 steps: {sorted(set(tracked.values()))}"
+    assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
+
+
+def test_sync_bn_on_cpu_distributed_is_a_clear_error():
+    """Without CPU kernels, a distributed CPU launch with SyncBN stops before building anything."""
+    from mmengine.config import Config
+
+    from revbifpn_mm.mm.dist import cpu_sync_bn_available, prepare_cpu_distributed
+    if torch.cuda.is_available() or cpu_sync_bn_available():
+        pytest.skip("this torch runs SyncBN here")
+    cfg = Config(dict(model=dict(type="FasterRCNN", backbone=dict(type="RevBiFPN", norm_cfg=dict(type="SyncBN")))))
+    with pytest.raises(ValueError, match="SyncBN.*needs GPUs.*type='BN'"):
+        prepare_cpu_distributed(cfg, "pytorch")
+    with pytest.raises(ValueError, match="SyncBN"):
+        prepare_cpu_distributed(Config(dict(model=dict(type="X"), sync_bn="torch")), "slurm")
+    assert prepare_cpu_distributed(Config(dict(model=dict(type="X", norm_cfg=dict(type="BN")))), "slurm")
