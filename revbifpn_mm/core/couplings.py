@@ -98,7 +98,7 @@ class TriangularCoupling(nn.Module):
                 xs[j] = xs[j] - apply_transform(self.transform(i, j), xs[i])
         return xs
 
-    def backward_pass(self, ys: Sequence[Tensor], dys: Sequence[Tensor],
+    def backward_pass(self, ys: Tensors, dys: Tensors,
                       state: CallState) -> Tuple[Tensors, Tensors]:
         """Reconstruct the inputs and their gradients in one sweep over the sources.
 
@@ -106,15 +106,23 @@ class TriangularCoupling(nn.Module):
         already been subtracted from stream ``i``, so ``x_i`` is exact. Its gradient
         starts as ``dy_i`` (identity path) and receives ``J_ij^T dy_j`` from every
         target ``j``; the recomputed ``T_ij(x_i)`` is subtracted from stream ``j``.
+
+        The lists ``ys`` and ``dys`` are consumed: they become the returned ``xs`` and
+        ``dxs`` (updated in place, in place on the tensors too where ``state`` owns
+        them). This is exact because the pairs run in sorted order: ``dy_j`` is read
+        (as a target) before stream ``j``'s own gradient accumulates (as a source),
+        and ``x_j`` is complete before it is read as a source.
         """
-        xs = list(ys[: self.n_in])
-        dxs = list(dys[: self.n_in])
+        xs, dxs = ys, dys
         with state.replay_rng():
             for (i, j) in self.pairs:
-                t, dx = vjp(self.transform(i, j), xs[i], dys[j], state)
-                dxs[i] = dxs[i] + dx
+                t, dx = vjp(self.transform(i, j), xs[i], dxs[j], state)
+                dxs[i] = state.add(dxs[i], dx)
+                del dx
                 if j < self.n_in:
-                    xs[j] = xs[j] - t
+                    xs[j] = state.sub(xs[j], t)
+                del t
+        del xs[self.n_in:], dxs[self.n_in:]  # an expanding coupling's new stream
         return xs, dxs
 
 
@@ -152,13 +160,28 @@ class RevResidualBlock(RevOp):
         a, b = self.f.inverse([a, b])
         return [torch.cat([a, b], dim=1)]
 
-    def backward_pass(self, ys: Sequence[Tensor], dys: Sequence[Tensor],
+    def backward_pass(self, ys: Tensors, dys: Tensors,
                       state: CallState) -> Tuple[Tensors, Tensors]:  # noqa: D102
         a, b = self._split(ys[0])
         da, db = self._split(dys[0])
+        del ys[0], dys[0]
         (b, a), (db, da) = self.g.backward_pass([b, a], [db, da], state)
         (a, b), (da, db) = self.f.backward_pass([a, b], [da, db], state)
-        return [torch.cat([a, b], dim=1)], [torch.cat([da, db], dim=1)]
+        ys.append(_merge(a, b, state))
+        del a, b
+        dys.append(_merge(da, db, state))
+        return ys, dys
+
+
+def _merge(a: Tensor, b: Tensor, state: CallState) -> Tensor:
+    """``cat([a, b], dim=1)``; no copy when ``a``, ``b`` are still the two halves of one owned tensor."""
+    base = a._base
+    if (base is not None and b._base is base and state.owns(a) and base.is_contiguous()
+            and base.dim() == a.dim() and base.shape[1] == a.shape[1] + b.shape[1]
+            and base.shape[0] == a.shape[0] and base.shape[2:] == a.shape[2:]
+            and a.data_ptr() == base.data_ptr() and b.data_ptr() == base[:, a.shape[1]:].data_ptr()):
+        return base
+    return state.own(torch.cat([a, b], dim=1))
 
 
 class RevBlockGroup(RevOp):
@@ -185,13 +208,13 @@ class RevBlockGroup(RevOp):
     def inverse(self, ys: Sequence[Tensor]) -> Tensors:  # noqa: D102
         return [self.block(h).inverse([y])[0] for h, y in enumerate(ys)]
 
-    def backward_pass(self, ys: Sequence[Tensor], dys: Sequence[Tensor],
+    def backward_pass(self, ys: Tensors, dys: Tensors,
                       state: CallState) -> Tuple[Tensors, Tensors]:  # noqa: D102
-        xs: List[Tensor] = [None] * len(ys)  # type: ignore[list-item]
-        dxs: List[Tensor] = [None] * len(ys)  # type: ignore[list-item]
         for h in reversed(range(len(ys))):  # reverse of the forward order (RNG stack)
-            (xs[h],), (dxs[h],) = self.block(h).backward_pass([ys[h]], [dys[h]], state)
-        return xs, dxs
+            y, dy = [ys[h]], [dys[h]]
+            ys[h] = dys[h] = None  # type: ignore[call-overload]  # let the block consume them
+            (ys[h],), (dys[h],) = self.block(h).backward_pass(y, dy, state)
+        return ys, dys
 
     def _check(self, xs: Sequence[Tensor]) -> None:
         if len(xs) != self.num_scales:
@@ -241,7 +264,12 @@ class RevSilo(RevOp):
         zs = self.g.inverse(list(ys)[::-1])[::-1]
         return self.f.inverse(zs)
 
-    def backward_pass(self, ys: Sequence[Tensor], dys: Sequence[Tensor],
+    def backward_pass(self, ys: Tensors, dys: Tensors,
                       state: CallState) -> Tuple[Tensors, Tensors]:  # noqa: D102
-        zs, dzs = self.g.backward_pass(list(ys)[::-1], list(dys)[::-1], state)
-        return self.f.backward_pass(zs[::-1], dzs[::-1], state)
+        rys, rdys = ys[::-1], dys[::-1]
+        ys.clear()
+        dys.clear()
+        zs, dzs = self.g.backward_pass(rys, rdys, state)
+        zs.reverse()
+        dzs.reverse()
+        return self.f.backward_pass(zs, dzs, state)

@@ -6,7 +6,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .state import CallState
+from .state import CallState, recomputing
 
 __all__ = ["RevOp", "vjp", "compute_dtype", "apply_transform"]
 
@@ -25,7 +25,10 @@ class RevOp(nn.Module):
     * ``backward_pass(ys, dys, state) -> (xs, dxs)``: reconstruct the inputs from
       the outputs *and* back-propagate ``dys`` through the op in one pass, with one
       extra evaluation of each transform and no more. Parameter gradients are added
-      to ``state`` (see :meth:`CallState.accumulate`).
+      to ``state`` (see :meth:`CallState.accumulate`). The lists ``ys`` and ``dys`` are
+      consumed (they may be emptied or reused for the results, and tensors that
+      ``state`` owns may be updated in place), so each activation is freed as soon as
+      it has been replaced.
     """
 
     def forward(self, xs: Sequence[Tensor], state: Optional[CallState] = None) -> Tensors:  # noqa: D102
@@ -66,8 +69,8 @@ def vjp(module: nn.Module, x: Tensor, grad_out: Tensor, state: CallState) -> Tup
     params = [p for p in module.parameters() if p.requires_grad]
     with torch.enable_grad():
         x_ = x.detach().to(compute_dtype(module, x)).requires_grad_(True)
-        with state.autocast():  # only the recomputed forward, as in the original forward;
-            y = module(x_)      # the backward runs outside autocast, as plain autograd's does
+        with state.autocast(), recomputing():  # only the recomputed forward, as in the original
+            y = module(x_)      # forward; the backward runs outside autocast, as plain autograd's does
         grads = torch.autograd.grad(y, [x_] + params, grad_out.to(y.dtype), allow_unused=True)
     state.accumulate(params, grads[1:])
     dx = grads[0]

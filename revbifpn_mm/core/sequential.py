@@ -107,7 +107,7 @@ class _RevSegment(torch.autograd.Function):
             ys = _run_ops(container.segment(k), xs, tape.state)
             if last:
                 outs = container.tail(ys) if container.tail is not None else [y.to(tape.out_dtype) for y in ys]
-                ctx.save_for_backward(*ys)
+                ctx.save_for_backward(*ys)  # never modified: a retained graph can run backward again
             else:
                 outs = ys
         ctx.container, ctx.tape, ctx.k, ctx.n_in, ctx.last = container, tape, k, n_in, last
@@ -134,7 +134,7 @@ class _RevSegment(torch.autograd.Function):
                 dys = container.tail.backward_pass(ys, list(douts), state)
             else:
                 dys = list(douts)
-            del douts
+            del douts  # the op lists below are consumed, so replaced tensors are freed at once
             # Without an input gradient, ops below the first trainable one (frozen
             # stages, the parameter-free stem) need neither reconstruction nor backward.
             stop = 0 if need_inputs else next(

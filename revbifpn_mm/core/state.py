@@ -8,13 +8,37 @@ therefore each replay their own random masks and autocast settings.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import weakref
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["CallState", "frozen_bn_statistics"]
+__all__ = ["CallState", "frozen_bn_statistics", "is_recomputing", "recomputing"]
+
+_RECOMPUTING: contextvars.ContextVar[bool] = contextvars.ContextVar("revbifpn_recomputing", default=False)
+
+
+def is_recomputing() -> bool:
+    """True while a reversible backward recomputes a transform's forward (inside :func:`vjp`).
+
+    Transforms may then trade compute for memory (e.g. checkpoint their elementwise
+    parts): BatchNorm running statistics are frozen during that recomputation (see
+    :func:`frozen_bn_statistics`), so a nested recomputation cannot update them twice.
+    """
+    return _RECOMPUTING.get()
+
+
+@contextlib.contextmanager
+def recomputing() -> Iterator[None]:
+    """Context in which :func:`is_recomputing` is True."""
+    token = _RECOMPUTING.set(True)
+    try:
+        yield
+    finally:
+        _RECOMPUTING.reset(token)
 
 _RngState = Tuple[Tensor, Dict[int, Tensor]]
 
@@ -28,6 +52,12 @@ class CallState:
         autocast_dtype: The autocast dtype of the forward for ``device_type``.
         grads: Accumulated parameter gradients keyed by ``id(param)``.
         wanted: ``id`` of every parameter whose gradient the call must return.
+
+    The backward pass also records which stream tensors it *owns* (:meth:`own`): buffers
+    it allocated itself and that nothing outside it can see. Reconstruction
+    (``x = y - T(...)``) and gradient accumulation (``dx = dx + J^T dy``) update owned
+    tensors in place and allocate only for the first update of a foreign tensor, so
+    that each scale's activation and gradient exist once instead of once per op.
     """
 
     def __init__(self, inputs: Sequence[Tensor], params: Sequence[Tensor] = ()) -> None:
@@ -41,6 +71,7 @@ class CallState:
         self._cursor = 0
         self.grads: Dict[int, Tensor] = {}
         self.wanted = {id(p) for p in params}
+        self._owned: Dict[int, "weakref.ref[Tensor]"] = {}
 
     # ----------------------------------------------------------------- RNG
     def push_rng(self, stochastic: bool) -> None:
@@ -58,13 +89,37 @@ class CallState:
         self._rng_stack.append((cpu, cuda))
 
     def begin_backward(self) -> None:
-        """Start a backward pass: replay from the last recorded state, fresh gradients.
-
-        Records are read, not consumed, so a graph kept with ``retain_graph=True``
-        can be back-propagated again.
-        """
+        """Start a backward pass: replay from the last recorded state, fresh gradients."""
         self._cursor = len(self._rng_stack)
         self.grads = {}
+        self._owned = {}
+
+    # ----------------------------------------------------- stream buffers
+    def own(self, t: Tensor) -> Tensor:
+        """Mark ``t`` as a private buffer of this backward pass (later updates may be in place)."""
+        self._owned[id(t)] = weakref.ref(t)
+        return t
+
+    def owns(self, t: Tensor) -> bool:
+        """Whether ``t`` (or the tensor it is a view of) is a private buffer of this backward."""
+        for cand in (t, t._base):
+            if cand is not None:
+                ref = self._owned.get(id(cand))
+                if ref is not None and ref() is cand:
+                    return True
+        return False
+
+    def sub(self, x: Tensor, t: Tensor) -> Tensor:
+        """``x - t``: in place when ``x`` is owned, else into a new owned tensor."""
+        if self.owns(x) and torch.promote_types(x.dtype, t.dtype) == x.dtype:
+            return x.sub_(t)
+        return self.own(x - t)
+
+    def add(self, x: Tensor, t: Tensor) -> Tensor:
+        """``x + t``: in place when ``x`` is owned, else into a new owned tensor."""
+        if self.owns(x) and torch.promote_types(x.dtype, t.dtype) == x.dtype:
+            return x.add_(t)
+        return self.own(x + t)
 
     @contextlib.contextmanager
     def replay_rng(self) -> Iterator[None]:

@@ -50,6 +50,8 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         stream_dtype: ``'auto'`` (default: float64 residual streams, i.e. exact
             reconstruction, while BN trains; float32 with ``norm_eval``), ``'float64'``
             or ``'float32'``; see :class:`revbifpn_mm.core.RevSequential`.
+        lean_recompute: Checkpoint the middle of each MBConv inside the reversible
+            recomputation: smaller peak memory for extra compute (see :class:`MBConv`).
         check_finite: Raise a ``ValueError`` if the input holds NaN or Inf.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH[, prefix=...])`` loads an
             official or converted checkpoint; otherwise the official initialisation.
@@ -66,6 +68,7 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
                  num_ext_layers: Optional[int] = None,
                  memory_mode: str = "reversible",
                  stream_dtype: Optional[str] = "auto",
+                 lean_recompute: bool = False,
                  check_finite: bool = False,
                  init_cfg: Optional[Dict[str, Any]] = None) -> None:
         if out_type not in ("neck", "trunk"):
@@ -78,7 +81,8 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
 
         super().__init__(arch=arch, num_classes=0, drop_path_rate=drop_path_rate,
                          num_ext_layers=num_ext_layers, with_neck=out_type == "neck",
-                         norm_layer=norm_layer, memory_mode=memory_mode, stream_dtype=stream_dtype)
+                         norm_layer=norm_layer, memory_mode=memory_mode, stream_dtype=stream_dtype,
+                         lean_recompute=lean_recompute)
         self.init_cfg = init_cfg
         self.out_type = out_type
         self.out_indices = tuple(out_indices)

@@ -4,7 +4,11 @@ from __future__ import annotations
 import functools
 from typing import Callable, Optional
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..core.state import is_recomputing
 
 __all__ = ["NormLayer", "default_norm_layer", "ConvNormAct", "SqueezeExcite", "MBConv", "drop_path"]
 
@@ -68,6 +72,17 @@ class MBConv(nn.Module):
             squeeze channels (from the block *input* channels).
         drop_prob: Stochastic-depth probability (training only).
         norm_layer: Normalisation layer factory.
+
+    Attributes:
+        lean_recompute: When True and the block is being recomputed by a reversible
+            backward (:func:`revbifpn_mm.core.is_recomputing`), the part between the
+            expansion conv and the projection conv (BN, Hardswish, depthwise conv, BN,
+            Hardswish, SE) is checkpointed: only its input is kept and it is run once
+            more while the block back-propagates. That removes 4-5 feature maps of
+            width ``Ce`` from the block's working set, which is the floor of reversible
+            training memory, for a second evaluation of these (cheap, mostly
+            elementwise) layers. Off by default; outside a reversible backward it has no
+            effect (so plain autograd never updates BN statistics twice).
     """
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1,
@@ -84,13 +99,24 @@ class MBConv(nn.Module):
         self.se: Optional[SqueezeExcite] = (
             SqueezeExcite(mid, max(1, int(in_chs * se_ratio))) if 0 < se_ratio <= 1 else None)
         self.project_conv = ConvNormAct(mid, out_chs, 1, act=False, norm_layer=norm_layer)
+        self.lean_recompute = False
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def _middle(self, x: Tensor) -> Tensor:
+        """Expansion BN + act (if any), depthwise conv + BN + act, SE."""
         if self.exp_conv is not None:
-            x = self.exp_conv(x)
+            x = self.exp_conv.act(self.exp_conv.norm(x))
         x = self.dw_conv(x)
         if self.se is not None:
             x = self.se(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        if self.exp_conv is not None:
+            x = self.exp_conv.conv(x)
+        if self.lean_recompute and torch.is_grad_enabled() and is_recomputing():
+            x = checkpoint(self._middle, x, use_reentrant=False)
+        else:
+            x = self._middle(x)
         x = self.project_conv(x)
         return drop_path(x, self.drop_prob, self.training)
 

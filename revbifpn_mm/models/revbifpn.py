@@ -140,6 +140,10 @@ class RevBiFPN(nn.Module):
             BatchNorm is in training mode; the input's dtype when BN is frozen, as in
             detection with ``norm_eval``), ``'float64'``, ``'float32'`` or ``None``
             (the input's dtype). Transforms always compute in the parameters' dtype.
+        lean_recompute: Checkpoint the elementwise/depthwise middle of every MBConv
+            while the reversible backward recomputes it (see :class:`MBConv`): a
+            smaller working set, the floor of reversible training memory, for extra
+            compute. Defaults to False.
         checkpoint: Path to an official ``.pth.tar`` checkpoint (or a state dict) to load.
 
     Attributes:
@@ -161,6 +165,7 @@ class RevBiFPN(nn.Module):
                  norm_layer: Optional[NormLayer] = None,
                  memory_mode: Union[str, MemoryMode] = MemoryMode.REVERSIBLE,
                  stream_dtype: Optional[Union[str, torch.dtype]] = "auto",
+                 lean_recompute: bool = False,
                  checkpoint: Optional[Union[str, Dict[str, Tensor]]] = None) -> None:
         super().__init__()
         cfg = resolve_arch(arch, drop_path_rate=drop_path_rate, num_ext_layers=num_ext_layers,
@@ -197,6 +202,7 @@ class RevBiFPN(nn.Module):
                                         cfg["head_dropout"], norm_layer) if num_classes > 0 else None)
         self.feature_info = [dict(num_chs=c, reduction=4 * 2 ** h, module=f"rev_stack.out{h}")
                              for h, c in enumerate(self.out_channels)]
+        self.set_lean_recompute(lean_recompute)
         self.reset_parameters()
         if checkpoint is not None:
             from .pretrained import load_official_checkpoint
@@ -237,6 +243,12 @@ class RevBiFPN(nn.Module):
                 nn.init.zeros_(m.bias)
 
     # ------------------------------------------------------------- running
+    def set_lean_recompute(self, enabled: bool = True) -> None:
+        """Switch :attr:`MBConv.lean_recompute` for every MBConv of the trunk and neck."""
+        for m in self.rev_stack.modules():
+            if isinstance(m, MBConv):
+                m.lean_recompute = bool(enabled)
+
     def set_memory_mode(self, mode: Union[str, MemoryMode]) -> None:
         """``'reversible'`` (default) or ``'plain'`` autograd for training."""
         self.rev_stack.set_memory_mode(mode)
