@@ -16,8 +16,9 @@ forward, deduplicated by storage, parameters excluded (``SavedTensorCounter``), 
 and, on Linux, the peak working set of one training step: the process's peak resident
 memory (VmHWM, reset through /proc/self/clear_refs) minus its resident memory before the
 step, with glibc told to serve every allocation above 64 KiB by mmap so that freed tensors
-leave the resident set at once. On a Faster R-CNN-free S3 backbone this tracks the CUDA
-figure closely (S3 at 800x1344: 0.469 vs 0.473 GB/sample reversible, 6.21 vs 6.37 plain).
+leave the resident set at once. It tracks the CUDA figure (S3 backbone at 800x1344, code of
+commit e44f62b, CPU vs H200: 0.712 vs 0.710 GB/sample with float64 streams, 0.415 vs 0.473
+with float32 streams, 6.32 vs 6.37 plain).
 Step time: median wall time of forward + backward (loss = sum of mean(f^2) over outputs).
 
 Writes ``<out>/benchmark.json``, ``<out>/benchmark.md`` and ``<out>/benchmark.png``.
