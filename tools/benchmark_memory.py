@@ -18,7 +18,9 @@ memory (VmHWM, reset through /proc/self/clear_refs) minus its resident memory be
 step, with glibc told to serve every allocation above 64 KiB by mmap so that freed tensors
 leave the resident set at once. It tracks the CUDA figure (S3 backbone at 800x1344, code of
 commit e44f62b, CPU vs H200: 0.712 vs 0.710 GB/sample with float64 streams, 0.415 vs 0.473
-with float32 streams, 6.32 vs 6.37 plain).
+with float32 streams, 6.32 vs 6.37 plain). It under-reads small inputs: plain S0 with 16
+extension layers at 128x128 reads 0.055 GB against 0.120 GB saved for backward (at 512x512:
+1.84 vs 1.89), so read it at detection-sized inputs only.
 Step time: median wall time of forward + backward (loss = sum of mean(f^2) over outputs).
 
 Writes ``<out>/benchmark.json``, ``<out>/benchmark.md`` and ``<out>/benchmark.png``.
@@ -86,12 +88,12 @@ def _vm(key: str) -> int:
     raise KeyError(key)
 
 
-_PEAK_RSS = False
-
-
 def measure(run: Callable[[], Any], params: List[nn.Parameter], device: torch.device, batch: int,
-            amp: str, warmup: int, steps: int, timed: bool = True) -> Dict[str, float]:
-    """Activation bytes per sample and median step time of ``loss(run()).backward()``."""
+            amp: str, warmup: int, steps: int, timed: bool = True, peak_rss: bool = False) -> Dict[str, float]:
+    """Activation bytes per sample and median step time of ``loss(run()).backward()``.
+
+    With ``peak_rss`` (CPU, after :func:`_cpu_peak_probe`) also the peak working set of one step.
+    """
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
 
     def forward() -> Any:
@@ -110,7 +112,7 @@ def measure(run: Callable[[], Any], params: List[nn.Parameter], device: torch.de
         torch.cuda.reset_peak_memory_stats(device)
     else:
         res["saved_bytes"] = saved_bytes(forward, exclude=params)
-        if _PEAK_RSS:
+        if peak_rss:
             base = _vm("VmRSS:")
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
@@ -136,7 +138,7 @@ def measure(run: Callable[[], Any], params: List[nn.Parameter], device: torch.de
 def build_revbifpn(arch: str, mode: str, neck: Optional[str], ext: Optional[int] = None,
                    stream: str = "float64", lean: bool = False):
     body = RevBiFPN(arch, num_classes=0, num_ext_layers=ext, memory_mode=mode, stream_dtype=stream,
-                    **({"lean_recompute": True} if lean else {}))
+                    lean_recompute=lean)
     if neck is None:
         return body
     from mmdet.registry import MODELS
@@ -243,8 +245,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     warmup = args.warmup if args.warmup is not None else (1 if cpu else 2)
     steps = args.steps if args.steps is not None else (1 if cpu else 4)
     timed = not args.no_time
-    global _PEAK_RSS
-    _PEAK_RSS = cpu and _cpu_peak_probe()
+    peak_rss = cpu and _cpu_peak_probe()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     try:
@@ -265,7 +266,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         log(f"[benchmark] {name} ({amp}) ...")
         t0 = time.perf_counter()
         try:
-            r = measure(run, params, device, B, amp, warmup, steps, timed)
+            r = measure(run, params, device, B, amp, warmup, steps, timed, peak_rss)
         except torch.OutOfMemoryError:
             r = dict(mem_gb_per_sample=float("nan"), step_s=float("nan"), saved_bytes=float("nan"), oom=True)
             torch.cuda.empty_cache()
@@ -282,15 +283,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                 record(f"revbifpn_{arch}_{mode}", "backbone", m, lambda m=m: m(x), amp, arch=arch, mode=mode)
                 del m
             for stream in args.streams.split(","):
-                suffix = "" if stream == "float64" else f"_{stream}streams"
                 if stream != "float64" and amp == "fp32":
                     m = build_revbifpn(arch, "reversible", None, stream=stream).to(device).train()
-                    record(f"revbifpn_{arch}_reversible{suffix}", "backbone-variant", m, lambda m=m: m(x),
+                    record(_variant(arch, stream), "backbone-variant", m, lambda m=m: m(x),
                            amp, arch=arch, mode="reversible", stream=stream)
                     del m
                 if not args.no_lean and amp == "fp32":
                     m = build_revbifpn(arch, "reversible", None, stream=stream, lean=True).to(device).train()
-                    record(f"revbifpn_{arch}_reversible{suffix}_lean", "backbone-variant", m,
+                    record(_variant(arch, stream, lean=True), "backbone-variant", m,
                            lambda m=m: m(x), amp, arch=arch, mode="reversible", stream=stream, lean=True)
                     del m
             if have_mm and not args.no_necks:
@@ -324,7 +324,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 m = build_revbifpn("s0", mode, None, ext).to(device).train()
                 params = list(m.parameters())
                 log(f"[benchmark] sweep s0 ext={ext} {mode} ...")
-                r = measure(lambda m=m: m(xs), params, device, sb, "fp32", warmup, steps, timed)
+                r = measure(lambda m=m: m(xs), params, device, sb, "fp32", warmup, steps, timed, peak_rss)
                 rows.append(dict(name=f"sweep_s0_ext{ext}_{mode}", group="depth_sweep", amp="fp32", ext=ext,
                                  mode=mode, params_m=sum(p.numel() for p in params) / 1e6, input=[sb, 3, sh, sw], **r))
                 del m
@@ -334,7 +334,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 memory=("cuda max_memory_allocated - baseline" if not cpu else
                         "bytes saved for backward (dedup by storage, params excluded)"),
                 peak=("peak RSS of one step - RSS before it (glibc mmap threshold 64 KiB)"
-                      if _PEAK_RSS else None),
+                      if peak_rss else None),
                 threads=torch.get_num_threads(), quick=args.quick)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "benchmark.json"), "w") as f:
@@ -345,6 +345,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     plot(rows, os.path.join(args.out, "benchmark.png"), meta)
     print(md)
     return 0
+
+
+def _variant(arch: str, stream: str, lean: bool = False) -> str:
+    """Row name of a reversible backbone with ``stream`` residual streams (float64 is the plain name)."""
+    return (f"revbifpn_{arch}_reversible" + ("" if stream == "float64" else f"_{stream}streams")
+            + ("_lean" if lean else ""))
 
 
 def _ratio(rows, a: str, b: str, key: str, amp: str = "fp32") -> Optional[float]:
@@ -380,11 +386,9 @@ def render_markdown(meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
             if pk is not None:
                 lines.append(f"- {arch} {amp}: plain/reversible peak working set {pk:.1f}x")
             for stream in ("float32", "float64"):
-                suffix = "" if stream == "float64" else f"_{stream}streams"
                 for key, what in (("mem_gb_per_sample", "memory"), ("peak_gb_per_sample", "peak"),
                                   ("step_s", "step time")):
-                    r = _ratio(rows, f"revbifpn_{arch}_reversible{suffix}_lean",
-                               f"revbifpn_{arch}_reversible{suffix}", key, amp)
+                    r = _ratio(rows, _variant(arch, stream, lean=True), _variant(arch, stream), key, amp)
                     if r is not None:
                         lines.append(f"- {arch} {amp} {stream} streams: lean_recompute / default {what} {r:.2f}x")
         neck = _ratio(rows, "revbifpn_s3_reversible+RevBiFPNNeck", "revbifpn_s3_reversible+HRFPN",

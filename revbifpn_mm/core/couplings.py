@@ -176,10 +176,10 @@ class RevResidualBlock(RevOp):
 def _merge(a: Tensor, b: Tensor, state: CallState) -> Tensor:
     """``cat([a, b], dim=1)``; no copy when ``a``, ``b`` are still the two halves of one owned tensor."""
     base = a._base
+    joined = (a.shape[0], a.shape[1] + b.shape[1], *a.shape[2:])
     if (base is not None and b._base is base and state.owns(a) and base.is_contiguous()
-            and base.dim() == a.dim() and base.shape[1] == a.shape[1] + b.shape[1]
-            and base.shape[0] == a.shape[0] and base.shape[2:] == a.shape[2:]
-            and a.data_ptr() == base.data_ptr() and b.data_ptr() == base[:, a.shape[1]:].data_ptr()):
+            and base.shape == joined and a.data_ptr() == base.data_ptr()
+            and b.data_ptr() == base[:, a.shape[1]:].data_ptr()):
         return base
     return state.own(torch.cat([a, b], dim=1))
 

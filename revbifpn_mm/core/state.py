@@ -111,15 +111,17 @@ class CallState:
 
     def sub(self, x: Tensor, t: Tensor) -> Tensor:
         """``x - t``: in place when ``x`` is owned, else into a new owned tensor."""
-        if self.owns(x) and torch.promote_types(x.dtype, t.dtype) == x.dtype:
-            return x.sub_(t)
-        return self.own(x - t)
+        return self._update(x, t, -1)
 
     def add(self, x: Tensor, t: Tensor) -> Tensor:
         """``x + t``: in place when ``x`` is owned, else into a new owned tensor."""
+        return self._update(x, t, 1)
+
+    def _update(self, x: Tensor, t: Tensor, alpha: int) -> Tensor:
+        # x + alpha * t with alpha = +-1 is exact, so in place and out of place agree bitwise
         if self.owns(x) and torch.promote_types(x.dtype, t.dtype) == x.dtype:
-            return x.add_(t)
-        return self.own(x + t)
+            return x.add_(t, alpha=alpha)
+        return self.own(torch.add(x, t, alpha=alpha))
 
     @contextlib.contextmanager
     def replay_rng(self) -> Iterator[None]:

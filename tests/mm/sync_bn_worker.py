@@ -22,7 +22,8 @@ def main(init_path: str, data_path: str, out_dir: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     model = MODELS.build(dict(BACKBONE, norm_cfg=dict(type="SyncBN", eps=1e-3)))
-    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()) > 0
+    num_bn = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+    assert num_bn > 0
     model.load_state_dict(torch.load(init_path))
     model.train()
     ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
@@ -35,7 +36,6 @@ def main(init_path: str, data_path: str, out_dir: str) -> None:
         if grads is None:
             grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         opt.step()
-    num_bn = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
     torch.save({"grads": grads, "state": model.state_dict(), "num_bn": num_bn,
                 "calls": dict(cpu_sync_bn.CALLS)}, f"{out_dir}/rank{rank}.pt")
     dist.barrier()

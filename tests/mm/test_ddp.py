@@ -8,7 +8,6 @@ gradients, which is what gradient accumulation computes. Sampling is made determ
 (PseudoSamplers, no flip) so that both runs see identical losses.
 """
 import os
-import socket
 import subprocess
 import sys
 
@@ -16,6 +15,8 @@ import pytest
 
 pytest.importorskip("mmdet")
 import torch  # noqa: E402
+
+from dist_helpers import free_port  # noqa: E402
 
 pytestmark = [pytest.mark.mm, pytest.mark.slow]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -47,12 +48,6 @@ load_from = {init!r}
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 {extra}
 """
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _write_cfg(tmp_path, name, iters, acc, data, init, norm="BN", norm_eval=True, extra=""):
@@ -103,7 +98,7 @@ def test_ddp_gradients_equal_single_process(tmp_path, data):
     ddp_cfg = _write_cfg(tmp_path, "ddp", iters=1, acc=1, data=data, init=init_path)
     one_cfg = _write_cfg(tmp_path, "one", iters=2, acc=2, data=data, init=init_path)
     _run(["bash", "tools/dist_train.sh", ddp_cfg, "2", "--work-dir", str(tmp_path / "ddp")],
-         env={"PORT": str(_free_port()), "PYTHON": sys.executable})
+         env={"PORT": str(free_port()), "PYTHON": sys.executable})
     _run([sys.executable, "tools/train.py", one_cfg, "--work-dir", str(tmp_path / "one")])
     after_ddp = _backbone(str(tmp_path / "ddp" / "iter_1.pth"))
     after_one = _backbone(str(tmp_path / "one" / "iter_2.pth"))
@@ -134,7 +129,7 @@ def test_sync_bn_trains_under_runner_ddp(tmp_path, data):
                      norm_eval=False, extra=extra)
     tests_dir = os.path.join(ROOT, "tests")
     _run(["bash", "tools/dist_train.sh", cfg, "2", "--work-dir", str(tmp_path / "syncbn")],
-               env={"PORT": str(_free_port()), "PYTHONPATH": os.pathsep.join([tests_dir, ROOT]),
+               env={"PORT": str(free_port()), "PYTHONPATH": os.pathsep.join([tests_dir, ROOT]),
                     "PYTHON": sys.executable})
     sd = torch.load(str(tmp_path / "syncbn" / "iter_2.pth"), map_location="cpu", weights_only=False)["state_dict"]
     tracked = {k: int(v) for k, v in sd.items() if k.startswith("backbone.") and k.endswith("num_batches_tracked")}

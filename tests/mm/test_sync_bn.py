@@ -10,7 +10,6 @@ updates the running statistics twice, and that it computes what one process comp
 on the global batch with ordinary BN (plain autograd).
 """
 import os
-import socket
 import subprocess
 import sys
 
@@ -20,17 +19,12 @@ pytest.importorskip("mmdet")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from dist_helpers import free_port  # noqa: E402
 from sync_bn_common import BACKBONE, loss_fn  # noqa: E402
 
 pytestmark = [pytest.mark.mm]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORLD = 2
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_cpu_sync_bn_kernels_equal_batch_norm():
@@ -76,7 +70,7 @@ def test_sync_bn_ddp_equals_global_batch_bn(tmp_path):
     torch.save(batches, tmp_path / "data.pt")
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
-           "--master_port", str(_free_port()), "tests/mm/sync_bn_worker.py",
+           "--master_port", str(free_port()), "tests/mm/sync_bn_worker.py",
            str(tmp_path / "init.pt"), str(tmp_path / "data.pt"), str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests"), ROOT, os.environ.get("PYTHONPATH", "")])}
