@@ -17,26 +17,12 @@ pytest.importorskip("mmdet")
 import torch  # noqa: E402
 
 from dist_helpers import free_port  # noqa: E402
+from runner_configs import deterministic_faster_rcnn  # noqa: E402
 
 pytestmark = [pytest.mark.mm, pytest.mark.slow]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CFG = """
-_base_ = {base!r}
-data_root = {data!r}
-model = dict(
-    backbone=dict(norm_eval={norm_eval}, drop_path_rate=0.0, norm_cfg=dict(type={norm!r}, eps=1e-3)),
-    train_cfg=dict(rpn=dict(sampler=dict(_delete_=True, type='PseudoSampler')),
-                   rcnn=dict(sampler=dict(_delete_=True, type='PseudoSampler'))))
-train_pipeline = [
-    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='PackDetInputs')]
-train_dataloader = dict(batch_size=1, sampler=dict(type='InfiniteSampler', shuffle=False),
-                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(data_root=data_root))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
-test_evaluator = val_evaluator
 train_cfg = dict(max_iters={iters}, val_interval=1000)
 optim_wrapper = dict(_delete_=True, type='OptimWrapper', accumulative_counts={acc},
                      optimizer=dict(type='SGD', lr=1.0, momentum=0.0, weight_decay=0.0))
@@ -52,9 +38,9 @@ env_cfg = dict(dist_cfg=dict(backend='gloo'))
 
 def _write_cfg(tmp_path, name, iters, acc, data, init, norm="BN", norm_eval=True, extra=""):
     path = tmp_path / f"{name}.py"
-    base = os.path.join(ROOT, "configs", "quickstart", "faster_rcnn_revbifpn_s0_synthetic.py")
-    path.write_text(CFG.format(base=base, data=data, iters=iters, acc=acc, norm=norm, init=init,
-                               norm_eval=norm_eval, extra=extra))
+    backbone = f"norm_eval={norm_eval}, drop_path_rate=0.0, norm_cfg=dict(type={norm!r}, eps=1e-3)"
+    path.write_text(deterministic_faster_rcnn(data, backbone, batch_size=1)
+                    + CFG.format(iters=iters, acc=acc, init=init, extra=extra))
     return str(path)
 
 

@@ -13,25 +13,12 @@ import pytest
 
 pytest.importorskip("mmdet")
 
+from runner_configs import deterministic_faster_rcnn  # noqa: E402
+
 pytestmark = [pytest.mark.mm, pytest.mark.slow]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CFG = """
-_base_ = {base!r}
-data_root = {data!r}
-model = dict(
-    backbone=dict(drop_path_rate=0.0, memory_mode={mode!r}, stream_dtype={stream!r}),
-    train_cfg=dict(rpn=dict(sampler=dict(_delete_=True, type='PseudoSampler')),
-                   rcnn=dict(sampler=dict(_delete_=True, type='PseudoSampler'))))
-train_pipeline = [
-    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='PackDetInputs')]
-train_dataloader = dict(batch_size=2, sampler=dict(type='InfiniteSampler', shuffle=False),
-                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(data_root=data_root))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
-test_evaluator = val_evaluator
 train_cfg = dict(max_iters={iters}, val_interval=100000)
 param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end={iters})]
 default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval={ckpt}),
@@ -50,8 +37,9 @@ def data(tmp_path_factory):
 
 
 def _cfg(tmp_path, name, data, iters, ckpt, mode="reversible", total=None, stream="auto"):
-    base = os.path.join(ROOT, "configs", "quickstart", "faster_rcnn_revbifpn_s0_synthetic.py")
-    text = CFG.format(base=base, data=data, iters=iters, ckpt=ckpt, mode=mode, stream=stream)
+    backbone = f"drop_path_rate=0.0, memory_mode={mode!r}, stream_dtype={stream!r}"
+    text = (deterministic_faster_rcnn(data, backbone, batch_size=2)
+            + CFG.format(iters=iters, ckpt=ckpt))
     if total:  # same schedule as the uninterrupted run
         text = text.replace(f"end={iters})", f"end={total})")
     path = tmp_path / f"{name}.py"
