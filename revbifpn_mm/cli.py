@@ -36,6 +36,7 @@ __all__ = [
     "data_help",
     "apply_cpu_dist_backend",
     "shutdown_distributed",
+    "parse_with_launcher",
 ]
 
 #: Data root of the quickstart configs (relative to the repository root).
@@ -70,6 +71,21 @@ def register_scope(cfg: Any) -> str:
     module = importlib.import_module(f"{scope}.utils")
     module.register_all_modules(init_default_scope=False)
     return scope
+
+
+def parse_with_launcher(parser: Any, argv: Optional[Sequence[str]] = None) -> Any:
+    """Add mmengine's ``--launcher`` / ``--local-rank`` options to ``parser`` and parse ``argv``.
+
+    ``torch.distributed.launch`` passes ``--local-rank`` (``--local_rank`` on old
+    versions); its value becomes ``LOCAL_RANK`` unless the launcher already set it.
+    """
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
+                        help="job launcher")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    args = parser.parse_args(argv)
+    if "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    return args
 
 
 def apply_cpu_dist_backend(cfg: Any) -> bool:

@@ -13,7 +13,6 @@ write the predicted label maps into the given directory.
 Multi-GPU: ``bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [args]``.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -37,13 +36,8 @@ def parse_args(argv=None):
     parser.add_argument("--wait-time", type=float, default=2, help="the interval of show (s)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction,
                         help="override settings of the config, key=value")
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
-                        help="job launcher")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
-    args = parser.parse_args(argv)
-    if "LOCAL_RANK" not in os.environ:
-        os.environ["LOCAL_RANK"] = str(args.local_rank)
-    return args
+    from revbifpn_mm.cli import parse_with_launcher
+    return parse_with_launcher(parser, argv)
 
 
 def trigger_visualization_hook(cfg, args, scope):

@@ -11,7 +11,6 @@ is absent; a missing COCO / ADE20K dataset stops with a message that says where 
 Multi-GPU: ``bash tools/dist_train.sh CONFIG GPUS [args]``.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -34,14 +33,8 @@ def parse_args(argv=None):
     parser.add_argument("--cfg-options", nargs="+", action=DictAction,
                         help="override settings of the config, key=value (e.g. "
                              "train_dataloader.dataset.data_root=/data/coco/)")
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
-                        help="job launcher")
-    # torch.distributed.launch passes --local-rank (or --local_rank on old versions)
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
-    args = parser.parse_args(argv)
-    if "LOCAL_RANK" not in os.environ:
-        os.environ["LOCAL_RANK"] = str(args.local_rank)
-    return args
+    from revbifpn_mm.cli import parse_with_launcher
+    return parse_with_launcher(parser, argv)
 
 
 def build_cfg(args):
