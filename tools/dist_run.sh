@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# torchrun on one machine (or one node of several), shared by dist_train.sh and dist_test.sh:
+#   bash tools/dist_run.sh GPUS SCRIPT [script args...]
+# Environment: PORT (default 29500), NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), PYTHON (python).
+set -euo pipefail
+GPUS=$1
+shift
+exec "${PYTHON:-python}" -m torch.distributed.run \
+  --nnodes="${NNODES:-1}" \
+  --node_rank="${NODE_RANK:-0}" \
+  --master_addr="${MASTER_ADDR:-127.0.0.1}" \
+  --nproc_per_node="$GPUS" \
+  --master_port="${PORT:-29500}" \
+  "$@"
