@@ -14,7 +14,7 @@ reversible residual block and the RevSilo are compositions of two such couplings
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -116,14 +116,17 @@ class TriangularCoupling(nn.Module):
         xs, dxs = ys, dys
         with state.replay_rng():
             for (i, j) in self.pairs:
-                t, dx = vjp(self.transform(i, j), xs[i], dxs[j], state)
-                dxs[i] = state.add(dxs[i], dx)
-                del dx
-                if j < self.n_in:
-                    xs[j] = state.sub(xs[j], t)
-                del t
+                sub = _subtract_from(xs, j, state) if j < self.n_in else None
+                dxs[i] = state.add(dxs[i], vjp(self.transform(i, j), xs[i], dxs[j], state, sub))
         del xs[self.n_in:], dxs[self.n_in:]  # an expanding coupling's new stream
         return xs, dxs
+
+
+def _subtract_from(xs: Tensors, j: int, state: CallState) -> Callable[[Tensor], None]:
+    """``t -> xs[j] = xs[j] - t`` (in place where ``state`` owns ``xs[j]``)."""
+    def sub(t: Tensor) -> None:
+        xs[j] = state.sub(xs[j], t)
+    return sub
 
 
 class RevResidualBlock(RevOp):

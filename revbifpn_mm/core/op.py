@@ -1,10 +1,11 @@
 """Base class of invertible operations on tuples of tensors."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
 
 from .state import CallState, recomputing
 
@@ -53,27 +54,39 @@ def apply_transform(module: nn.Module, x: Tensor) -> Tensor:
     return module(x.to(compute_dtype(module, x)))
 
 
-def vjp(module: nn.Module, x: Tensor, grad_out: Tensor, state: CallState) -> Tuple[Tensor, Tensor]:
+def vjp(module: nn.Module, x: Tensor, grad_out: Tensor, state: CallState,
+        on_output: Optional[Callable[[Tensor], None]] = None) -> Tensor:
     """Recompute ``module(x)`` with autograd and back-propagate ``grad_out`` through it.
+
+    The recomputed output is handed (detached) to ``on_output`` and then released
+    *before* the backward runs: back-propagation starts from the output's gradient
+    edge (``torch.autograd.graph.get_gradient_edge``), so the output's storage is not
+    part of the op's working set unless the module's own graph saved it.
 
     Args:
         module: The transform to recompute (parameters may be frozen).
         x: Its (reconstructed) input, possibly in a wider stream dtype; not modified.
         grad_out: Gradient of the loss with respect to the transform's output.
         state: Receives the gradients of the module's trainable parameters.
+        on_output: Called with the recomputed output (detached), e.g. to subtract it
+            from a stream; it must not keep a reference to it.
 
     Returns:
-        ``(y, dx)``: the recomputed output (detached) and the gradient of the loss
-        with respect to ``x``.
+        The gradient of the loss with respect to ``x`` (in the transform's dtype).
     """
     params = [p for p in module.parameters() if p.requires_grad]
     with torch.enable_grad():
         x_ = x.detach().to(compute_dtype(module, x)).requires_grad_(True)
         with state.autocast(), recomputing():  # only the recomputed forward, as in the original
             y = module(x_)      # forward; the backward runs outside autocast, as plain autograd's does
-        grads = torch.autograd.grad(y, [x_] + params, grad_out.to(y.dtype), allow_unused=True)
+        grad_out = grad_out.to(y.dtype)
+        if on_output is not None:
+            on_output(y.detach())
+        if not y.requires_grad:  # nothing in the transform depends on x or a trainable parameter
+            return torch.zeros_like(x_)
+        edge = get_gradient_edge(y)
+        del y
+        grads = torch.autograd.grad(edge, [x_] + params, grad_out, allow_unused=True)
     state.accumulate(params, grads[1:])
     dx = grads[0]
-    if dx is None:
-        dx = torch.zeros_like(x_)
-    return y.detach(), dx
+    return torch.zeros_like(x_) if dx is None else dx

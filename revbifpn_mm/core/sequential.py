@@ -49,8 +49,17 @@ class RecomputedPerScale(nn.Module):
 
     def backward_pass(self, ys: Sequence[Tensor], douts: Sequence[Tensor],
                       state: CallState) -> List[Tensor]:
-        """Gradients with respect to the tail inputs ``ys`` (parameters go to ``state``)."""
-        return [vjp(self.transform(h), y, d, state)[1] for h, (y, d) in enumerate(zip(ys, douts))]
+        """Gradients with respect to the tail inputs ``ys`` (parameters go to ``state``).
+
+        They are fresh buffers, handed to ``state`` so that the trunk's backward
+        accumulates into them in place (unless one aliases its incoming gradient).
+        """
+        dys = []
+        for h, (y, d) in enumerate(zip(ys, douts)):
+            dy = vjp(self.transform(h), y, d, state)
+            shared = dy.untyped_storage().data_ptr() == d.untyped_storage().data_ptr()
+            dys.append(dy if shared else state.own(dy))
+        return dys
 
 
 def _parse_stream_dtype(value: Union[None, str, torch.dtype]) -> Union[None, str, torch.dtype]:
@@ -71,6 +80,22 @@ def _run_ops(ops: Sequence[RevOp], xs: Sequence[Tensor], state: Optional[CallSta
     for op in ops:
         ys = op(ys, state)
     return ys
+
+
+def _share_storage(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
+    """Whether any tensor of ``a`` shares its storage with a tensor of ``b``."""
+    ptrs = {t.untyped_storage().data_ptr() for t in b}
+    return any(t.untyped_storage().data_ptr() in ptrs for t in a)
+
+
+def _graph_retained() -> bool:
+    """Whether the running backward keeps the graph (``retain_graph``/``create_graph``).
+
+    Asks the autograd engine (the query AOTAutograd uses to free its saved tensors);
+    where it is unavailable the answer is True, i.e. the saved tensors stay untouched.
+    """
+    query = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if query is None else bool(query())
 
 
 class _Tape:
@@ -96,6 +121,9 @@ class _RevSegment(torch.autograd.Function):
     (DDP's hooks fire per segment, and no full-model gradient buffer is held). Only
     the last segment saves tensors: the trunk outputs (``save_for_backward``). Every
     other segment receives its outputs, reconstructed, from the next segment's backward.
+    The last segment's backward updates the saved outputs in place (they are its first
+    working buffers) only when they are private (neither returned nor inputs) and the
+    engine does not keep the graph; otherwise it leaves them untouched.
     """
 
     @staticmethod
@@ -107,7 +135,10 @@ class _RevSegment(torch.autograd.Function):
             ys = _run_ops(container.segment(k), xs, tape.state)
             if last:
                 outs = container.tail(ys) if container.tail is not None else [y.to(tape.out_dtype) for y in ys]
-                ctx.save_for_backward(*ys)  # never modified: a retained graph can run backward again
+                ctx.save_for_backward(*ys)
+                # The backward may reuse the saved outputs as its working buffers when nobody
+                # else can see them: not returned, not the inputs, and no retained graph.
+                ctx.private = not _share_storage(ys, list(outs) + xs)
             else:
                 outs = ys
         ctx.container, ctx.tape, ctx.k, ctx.n_in, ctx.last = container, tape, k, n_in, last
@@ -124,6 +155,8 @@ class _RevSegment(torch.autograd.Function):
         if ctx.last:
             state.begin_backward()
             ys = list(ctx.saved_tensors)
+            if ctx.private and not _graph_retained():
+                ys = [state.own(y) for y in ys]  # freed after this backward anyway: update in place
         else:
             ys = tape.handoff.pop(ctx.k)
         ops = container.segment(ctx.k)

@@ -120,7 +120,18 @@ class CallState:
     def _update(self, x: Tensor, t: Tensor, alpha: int) -> Tensor:
         # x + alpha * t with alpha = +-1 is exact, so in place and out of place agree bitwise
         if self.owns(x) and torch.promote_types(x.dtype, t.dtype) == x.dtype:
-            return x.add_(t, alpha=alpha)
+            # Through ``.data``: the version counter is left alone. An owned stream may be
+            # one half of a tensor whose *other* half a pending recomputed graph has saved
+            # (the reversible block's halves share one version counter); the regions are
+            # disjoint and owned buffers are saved by nobody else, so the update is safe.
+            data = x.data
+            if t.dtype != x.dtype and x.device.type == "cpu" and x.dim() > 1 and x.shape[1] > 1:
+                # CPU kernels cast the whole of ``t`` into a temporary first: bound it by chunks
+                for xc, tc in zip(data.tensor_split(8, dim=1), t.tensor_split(8, dim=1)):
+                    xc.add_(tc, alpha=alpha)
+            else:
+                data.add_(t, alpha=alpha)
+            return x
         return self.own(torch.add(x, t, alpha=alpha))
 
     @contextlib.contextmanager

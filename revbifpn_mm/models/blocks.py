@@ -43,6 +43,17 @@ class ConvNormAct(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         return self.act(self.norm(self.conv(x)))
 
+    def norm_act(self, x: Tensor, lean: bool = False) -> Tensor:
+        """``act(norm(x))`` (the layer after its conv). With ``lean`` the pair is
+        checkpointed: only ``x`` is kept for backward, the norm output is recomputed."""
+        if lean:
+            return checkpoint(_norm_act, self.norm, self.act, x, use_reentrant=False)
+        return self.act(self.norm(x))
+
+
+def _norm_act(norm: nn.Module, act: nn.Module, x: Tensor) -> Tensor:
+    return act(norm(x))
+
 
 class SqueezeExcite(nn.Module):
     """``x * hardsigmoid(conv_b(hardswish(conv_a(mean_hw(x)))))``; child ``se`` (official layout)."""
@@ -78,7 +89,9 @@ class MBConv(nn.Module):
             backward (:func:`revbifpn_mm.core.is_recomputing`), the part between the
             expansion conv and the projection conv (BN, Hardswish, depthwise conv, BN,
             Hardswish, SE) is checkpointed: only its input is kept and it is run once
-            more while the block back-propagates. That removes 4-5 feature maps of
+            more while the block back-propagates. Inside that re-run each BN + Hardswish
+            pair is checkpointed as well (only the BN input is kept; the BN output is
+            recomputed for the Hardswish gradient). That removes 4-5 feature maps of
             width ``Ce`` from the block's working set, which is the floor of reversible
             training memory, for a second evaluation of these (cheap, mostly
             elementwise) layers. Off by default; outside a reversible backward it has no
@@ -101,11 +114,14 @@ class MBConv(nn.Module):
         self.project_conv = ConvNormAct(mid, out_chs, 1, act=False, norm_layer=norm_layer)
         self.lean_recompute = False
 
-    def _middle(self, x: Tensor) -> Tensor:
-        """Expansion BN + act (if any), depthwise conv + BN + act, SE."""
+    def _middle(self, x: Tensor, lean: bool = False) -> Tensor:
+        """Expansion BN + act (if any), depthwise conv + BN + act, SE.
+
+        With ``lean`` each BN + act pair is checkpointed too (see :meth:`ConvNormAct.norm_act`).
+        """
         if self.exp_conv is not None:
-            x = self.exp_conv.act(self.exp_conv.norm(x))
-        x = self.dw_conv(x)
+            x = self.exp_conv.norm_act(x, lean)
+        x = self.dw_conv.norm_act(self.dw_conv.conv(x), lean)
         if self.se is not None:
             x = self.se(x)
         return x
@@ -114,7 +130,7 @@ class MBConv(nn.Module):
         if self.exp_conv is not None:
             x = self.exp_conv.conv(x)
         if self.lean_recompute and torch.is_grad_enabled() and is_recomputing():
-            x = checkpoint(self._middle, x, use_reentrant=False)
+            x = checkpoint(self._middle, x, True, use_reentrant=False)
         else:
             x = self._middle(x)
         x = self.project_conv(x)

@@ -1,5 +1,6 @@
 """Invertibility, fused backward vs autograd, gradcheck and RNG/BN/autocast replay of the core ops."""
 import copy
+import weakref
 
 import pytest
 import torch
@@ -255,3 +256,59 @@ def test_memory_mode_validation():
     seq = tiny_container()
     with pytest.raises(ValueError, match="unknown memory mode"):
         seq.set_memory_mode("checkpoint")
+
+
+@pytest.mark.parametrize("tail", [True, False])
+def test_retained_graph_runs_backward_again(tail):
+    """The backward reuses the stored outputs as working buffers only when no graph is kept:
+    with ``retain_graph=True`` a second backward must give the same gradients."""
+    torch.manual_seed(0)
+    seq = tiny_container(p=0.3, tail=tail).double().train()
+    x = torch.randn(2, 1, 16, 16, dtype=torch.float64)
+    torch.manual_seed(1)
+    outs = seq([x])
+    loss = sum((o * o.roll(1, 1)).sum() for o in outs)
+    loss.backward(retain_graph=True)
+    first = [p.grad.clone() for p in seq.parameters()]
+    seq.zero_grad()
+    loss.backward()
+    for a, b in zip(first, (p.grad for p in seq.parameters())):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+class _Probe(torch.autograd.Function):
+    """Identity whose backward records whether the tensor ``ref`` points to is still alive."""
+
+    @staticmethod
+    def forward(ctx, x, log):  # type: ignore[override]
+        ctx.log = log
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        ctx.log.append(ctx.log[0]() is not None)
+        return g, None
+
+
+class _ReleaseCheck(nn.Module):
+    """``mb`` followed by a BN-like last op whose output nothing in the graph saves."""
+
+    def __init__(self, log):
+        super().__init__()
+        self.body, self.log = mb(2, 2), log
+
+    def forward(self, x):
+        h = _Probe.apply(self.body(x), self.log)
+        y = h * 2.0  # MulBackward0 with a constant saves nothing
+        self.log[:] = [weakref.ref(y)]
+        return y
+
+
+def test_recomputed_output_is_released_before_its_backward():
+    """The recomputed output of a transform is not part of its backward's working set."""
+    log = []
+    block = RevResidualBlock(_ReleaseCheck(log), mb(2, 2), 4).double().train()
+    seq = RevSequential([RevBlockGroup([block])], None, stream_dtype=None)
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+    seq([x])[0].sum().backward()
+    assert log[1:] == [False], "the recomputed output was still referenced during its backward"

@@ -141,8 +141,15 @@ def test_saved_bytes_constant_in_depth_only_when_reversible():
     assert saved_bytes(lambda: m(x), exclude=m.parameters()) == trunk // 2
 
 
-def test_outputs_not_corrupted_by_backward_without_neck():
+@pytest.mark.parametrize("frozen_bn", [False, True])
+def test_outputs_not_corrupted_by_backward_without_neck(frozen_bn):
+    """Without the neck the outputs are the stored trunk outputs themselves (frozen BN:
+    float32 streams, no cast copy); the backward must not reuse them as buffers."""
     m = RevBiFPN("s0", num_classes=0, with_neck=False).train()
+    if frozen_bn:
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.eval()
     feats = m(torch.randn(2, 3, 64, 64))
     before = [f.detach().clone() for f in feats]
     sum(f.sum() for f in feats).backward()
