@@ -63,8 +63,43 @@ class SqueezeExcite(nn.Module):
         self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(chs, se_chs, 1), nn.Hardswish(),
                                 nn.Conv2d(se_chs, chs, 1), nn.Hardsigmoid())
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        return x * self.se(x)
+    def forward(self, x: Tensor, lean: bool = False) -> Tensor:
+        """``x * gate(x)``. With ``lean`` the gate's gradient is reduced without a
+        full-size ``grad * x`` temporary (see :class:`_ChannelScale`)."""
+        gate = self.se(x)
+        if lean and x.dim() == 4 and gate.shape[2:] == (1, 1):
+            return _ChannelScale.apply(x, gate)
+        return x * gate
+
+
+class _ChannelScale(torch.autograd.Function):
+    """``y = x * s`` for ``x`` of shape (N, C, H, W) and a per-channel ``s`` (N, C, 1, 1).
+
+    Backward: ``dx = dy * s`` and ``ds[n, c] = sum_hw dy[n, c] * x[n, c]``, the latter as a
+    batched dot product, so no (N, C, H, W) temporary ``dy * x`` is made (autograd's
+    ``mul`` backward makes one before reducing it).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, s: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, s)
+        return x * s
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy: Tensor):  # type: ignore[override]
+        x, s = ctx.saved_tensors
+        dx = ds = None
+        if ctx.needs_input_grad[1]:
+            n, c = x.shape[:2]
+            if x.dtype == dy.dtype and x.is_contiguous() and dy.is_contiguous():
+                ds = torch.bmm(dy.view(n * c, 1, -1), x.view(n * c, -1, 1)).view(n, c, 1, 1)
+            else:
+                ds = (dy * x).sum((2, 3), keepdim=True)
+            ds = ds.to(s.dtype)
+        if ctx.needs_input_grad[0]:
+            dx = (dy * s).to(x.dtype)
+        return dx, ds
 
 
 class MBConv(nn.Module):
@@ -123,7 +158,7 @@ class MBConv(nn.Module):
             x = self.exp_conv.norm_act(x, lean)
         x = self.dw_conv.norm_act(self.dw_conv.conv(x), lean)
         if self.se is not None:
-            x = self.se(x)
+            x = self.se(x, lean)
         return x
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
