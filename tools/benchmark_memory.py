@@ -405,6 +405,11 @@ def render_markdown(meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
         gp = sweep[16, "plain"]["saved_bytes"] / sweep[2, "plain"]["saved_bytes"] - 1
         lines.append(f"- depth sweep 2 -> 16 extension layers: reversible memory {100 * g:+.1f} %, "
                      f"plain {100 * gp:+.1f} %")
+        if all("peak_gb_per_sample" in sweep[e, m] for e in (2, 16) for m in ("reversible", "plain")):
+            g, gp = (sweep[16, m]["peak_gb_per_sample"] / sweep[2, m]["peak_gb_per_sample"] - 1
+                     for m in ("reversible", "plain"))
+            lines.append(f"- depth sweep 2 -> 16 extension layers: reversible peak working set {100 * g:+.1f} %, "
+                         f"plain {100 * gp:+.1f} %")
     return "\n".join(out + ["Ratios (measured side by side in this run):"] + lines) + "\n"
 
 
