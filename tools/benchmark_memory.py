@@ -186,7 +186,8 @@ def build_detector(kind: str, backbone: str):
     if backbone.startswith("revbifpn"):
         arch = backbone.split("_")[1]
         cfg = _mmdet_cfg(f"{kind}_rcnn/{kind}-rcnn_r50_fpn_1x_coco.py")
-        cfg.model.backbone = dict(type="RevBiFPN", arch=arch, norm_eval=True)
+        cfg.model.backbone = dict(type="RevBiFPN", arch=arch, norm_eval=True,
+                                  lean_recompute=backbone.endswith("_lean"))
         cfg.model.neck = dict(type="RevBiFPNNeck", in_channels=list(ARCH_SETTINGS[arch]["out_channels"]),
                               out_channels=256)
         cfg.model.data_preprocessor.pad_size_divisor = 32
@@ -310,7 +311,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             del m
     if have_mm and not args.no_detectors:
         for kind in ("faster", "mask"):
-            for bb in ("revbifpn_s3", "hrnetv2p_w18", "r101_fpn"):
+            for bb in ("revbifpn_s3",) + (() if args.no_lean else ("revbifpn_s3_lean",)) + ("hrnetv2p_w18", "r101_fpn"):
                 model = build_detector(kind, bb).to(device)
                 model.train()
                 run = detector_runner(model, B, H, W, device, kind == "mask")
@@ -356,7 +357,7 @@ def _variant(arch: str, stream: str, lean: bool = False) -> str:
 def _ratio(rows, a: str, b: str, key: str, amp: str = "fp32") -> Optional[float]:
     ra = next((r for r in rows if r["name"] == a and r["amp"] == amp), None)
     rb = next((r for r in rows if r["name"] == b and r["amp"] == amp), None)
-    if not ra or not rb or not rb.get(key) or math.isnan(rb[key]) or math.isnan(ra[key]):
+    if not ra or not rb or not rb.get(key) or key not in ra or math.isnan(rb[key]) or math.isnan(ra[key]):
         return None
     return ra[key] / rb[key]
 
@@ -396,9 +397,12 @@ def render_markdown(meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
         if neck is not None:
             lines.append(f"- s3 {amp}: backbone+RevBiFPNNeck / backbone+HRFPN memory {neck:.2f}x")
     for kind in ("faster", "mask"):
-        r = _ratio(rows, f"{kind}_rcnn_hrnetv2p_w18", f"{kind}_rcnn_revbifpn_s3", "mem_gb_per_sample")
-        if r is not None:
-            lines.append(f"- {kind.title()} R-CNN: HRNetV2p-W18 / RevBiFPN-S3 memory {r:.2f}x")
+        for ours in ("revbifpn_s3", "revbifpn_s3_lean"):
+            label = "RevBiFPN-S3" + (" (lean_recompute)" if ours.endswith("_lean") else "")
+            for key, what in (("mem_gb_per_sample", "memory"), ("peak_gb_per_sample", "peak working set")):
+                r = _ratio(rows, f"{kind}_rcnn_hrnetv2p_w18", f"{kind}_rcnn_{ours}", key)
+                if r is not None:
+                    lines.append(f"- {kind.title()} R-CNN: HRNetV2p-W18 / {label} {what} {r:.2f}x")
     sweep = {(r["ext"], r["mode"]): r for r in rows if r["group"] == "depth_sweep"}
     if (2, "reversible") in sweep and (16, "reversible") in sweep:
         g = sweep[16, "reversible"]["saved_bytes"] / sweep[2, "reversible"]["saved_bytes"] - 1
