@@ -50,8 +50,9 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         stream_dtype: ``'auto'`` (default: float64 residual streams, i.e. exact
             reconstruction, while BN trains; float32 with ``norm_eval``), ``'float64'``
             or ``'float32'``; see :class:`revbifpn_mm.core.RevSequential`.
-        lean_recompute: Checkpoint the middle of each MBConv inside the reversible
-            recomputation: smaller peak memory for extra compute (see :class:`MBConv`).
+        lean_recompute: Which MBConvs checkpoint their middle inside the reversible
+            recomputation (smaller peak memory for extra compute, see :class:`MBConv`):
+            ``'neck'`` (default, the output MBConvs), ``'all'`` (True) or ``'none'`` (False).
         check_finite: Raise a ``ValueError`` if the input holds NaN or Inf.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH[, prefix=...])`` loads an
             official or converted checkpoint; otherwise the official initialisation.
@@ -68,7 +69,7 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
                  num_ext_layers: Optional[int] = None,
                  memory_mode: str = "reversible",
                  stream_dtype: Optional[str] = "auto",
-                 lean_recompute: bool = False,
+                 lean_recompute: Union[bool, str] = "neck",
                  check_finite: bool = False,
                  init_cfg: Optional[Dict[str, Any]] = None) -> None:
         if out_type not in ("neck", "trunk"):

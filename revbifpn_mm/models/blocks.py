@@ -64,8 +64,8 @@ class SqueezeExcite(nn.Module):
                                 nn.Conv2d(se_chs, chs, 1), nn.Hardsigmoid())
 
     def forward(self, x: Tensor, lean: bool = False) -> Tensor:
-        """``x * gate(x)``. With ``lean`` the gate's gradient is reduced without a
-        full-size ``grad * x`` temporary (see :class:`_ChannelScale`)."""
+        """``x * gate(x)``. With ``lean`` the gate's gradient is reduced in channel
+        chunks, without a full-size ``grad * x`` temporary (see :class:`_ChannelScale`)."""
         gate = self.se(x)
         if lean and x.dim() == 4 and gate.shape[2:] == (1, 1):
             return _ChannelScale.apply(x, gate)
@@ -75,9 +75,11 @@ class SqueezeExcite(nn.Module):
 class _ChannelScale(torch.autograd.Function):
     """``y = x * s`` for ``x`` of shape (N, C, H, W) and a per-channel ``s`` (N, C, 1, 1).
 
-    Backward: ``dx = dy * s`` and ``ds[n, c] = sum_hw dy[n, c] * x[n, c]``, the latter as a
-    batched dot product, so no (N, C, H, W) temporary ``dy * x`` is made (autograd's
-    ``mul`` backward makes one before reducing it).
+    Backward: ``dx = dy * s`` and ``ds[n, c] = sum_hw dy[n, c] * x[n, c]``. autograd's
+    ``mul`` backward forms the full-size product ``dy * x`` before reducing it; here it is
+    formed and reduced in 8 channel chunks, so the temporary is an eighth of a map. Each
+    ``(n, c)`` sum runs over the same elements in the same order, so the result is bitwise
+    autograd's (checked by the tests).
     """
 
     @staticmethod
@@ -91,11 +93,8 @@ class _ChannelScale(torch.autograd.Function):
         x, s = ctx.saved_tensors
         dx = ds = None
         if ctx.needs_input_grad[1]:
-            n, c = x.shape[:2]
-            if x.dtype == dy.dtype and x.is_contiguous() and dy.is_contiguous():
-                ds = torch.bmm(dy.view(n * c, 1, -1), x.view(n * c, -1, 1)).view(n, c, 1, 1)
-            else:
-                ds = (dy * x).sum((2, 3), keepdim=True)
+            ds = torch.cat([(d * xc).sum((2, 3), keepdim=True)
+                            for d, xc in zip(dy.tensor_split(8, dim=1), x.tensor_split(8, dim=1))], dim=1)
             ds = ds.to(s.dtype)
         if ctx.needs_input_grad[0]:
             dx = (dy * s).to(x.dtype)

@@ -15,6 +15,7 @@ import cpu_sync_bn_enable  # noqa: F401
 from mmengine.registry import MODELS
 
 import revbifpn_mm.mm  # noqa: F401  (registers RevBiFPN)
+from revbifpn_mm.models import MBConv
 from sync_bn_common import BACKBONE, loss_fn
 
 
@@ -24,6 +25,10 @@ def main(init_path: str, data_path: str, out_dir: str) -> None:
     model = MODELS.build(dict(BACKBONE, norm_cfg=dict(type="SyncBN", eps=1e-3)))
     num_bn = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
     assert num_bn > 0
+    # BNs inside the checkpointed middle of lean MBConvs (the default 'neck' setting)
+    lean_bn = sum(isinstance(b, torch.nn.SyncBatchNorm)
+                  for m in model.modules() if isinstance(m, MBConv) and m.lean_recompute
+                  for conv in (m.exp_conv, m.dw_conv) if conv is not None for b in conv.modules())
     model.load_state_dict(torch.load(init_path))
     model.train()
     ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
@@ -36,7 +41,7 @@ def main(init_path: str, data_path: str, out_dir: str) -> None:
         if grads is None:
             grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         opt.step()
-    torch.save({"grads": grads, "state": model.state_dict(), "num_bn": num_bn,
+    torch.save({"grads": grads, "state": model.state_dict(), "num_bn": num_bn, "lean_bn": lean_bn,
                 "calls": dict(cpu_sync_bn.CALLS)}, f"{out_dir}/rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
