@@ -21,7 +21,11 @@ commit e44f62b, CPU vs H200: 0.712 vs 0.710 GB/sample with float64 streams, 0.41
 with float32 streams, 6.32 vs 6.37 plain). It under-reads small inputs: plain S0 with 16
 extension layers at 128x128 reads 0.055 GB against 0.120 GB saved for backward (at 512x512:
 1.84 vs 1.89), so read it at detection-sized inputs only.
-Step time: median wall time of forward + backward (loss = sum of mean(f^2) over outputs).
+Step time: median wall time of forward + backward (loss = sum of mean(f^2) over outputs). On
+CPU the mmap threshold that the peak reading needs stays for the whole process (glibc serves
+later requests from freed heap chunks first, so it cannot be switched back and forth). It slows
+allocation-heavy steps by 20-40 % (S3 at 800x1344: 9.4 s against 7.7 s with glibc's defaults).
+``--no-peak`` leaves glibc alone: no peak column, undistorted CPU step times.
 
 Writes ``<out>/benchmark.json``, ``<out>/benchmark.md`` and ``<out>/benchmark.png``.
 
@@ -68,14 +72,21 @@ def _loss(outs: Any) -> torch.Tensor:
     return sum(o.float().pow(2).mean() for o in outs)
 
 
+_M_MMAP_THRESHOLD = -3
+_PEAK_MMAP_THRESHOLD = 64 * 1024  # every tensor above 64 KiB is mmapped: freed at once
+
+
+def _libc():
+    import ctypes
+    return ctypes.CDLL("libc.so.6")
+
+
 def _cpu_peak_probe() -> bool:
     """Prepare peak-RSS measurement (Linux + glibc); False where unavailable."""
     try:
-        import ctypes
         if not os.access("/proc/self/clear_refs", os.W_OK):
             return False
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, 64 * 1024))  # M_MMAP_THRESHOLD: fixed, no dynamic growth
+        return bool(_libc().mallopt(_M_MMAP_THRESHOLD, _PEAK_MMAP_THRESHOLD))  # fixed, no dynamic growth
     except OSError:
         return False
 
@@ -136,7 +147,7 @@ def measure(run: Callable[[], Any], params: List[nn.Parameter], device: torch.de
 
 # ------------------------------------------------------------------ builders
 def build_revbifpn(arch: str, mode: str, neck: Optional[str], ext: Optional[int] = None,
-                   stream: str = "float64", lean: bool = False):
+                   stream: str = "float64", lean: str = "neck"):
     body = RevBiFPN(arch, num_classes=0, num_ext_layers=ext, memory_mode=mode, stream_dtype=stream,
                     lean_recompute=lean)
     if neck is None:
@@ -187,7 +198,7 @@ def build_detector(kind: str, backbone: str):
         arch = backbone.split("_")[1]
         cfg = _mmdet_cfg(f"{kind}_rcnn/{kind}-rcnn_r50_fpn_1x_coco.py")
         cfg.model.backbone = dict(type="RevBiFPN", arch=arch, norm_eval=True,
-                                  lean_recompute=backbone.endswith("_lean"))
+                                  lean_recompute="all" if backbone.endswith("_lean") else "neck")
         cfg.model.neck = dict(type="RevBiFPNNeck", in_channels=list(ARCH_SETTINGS[arch]["out_channels"]),
                               out_channels=256)
         cfg.model.data_preprocessor.pad_size_divisor = 32
@@ -222,11 +233,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="default hrnet_w18,hrnet_w32,hrnet_w48,resnet50,resnet101; 'none' for no rows")
     ap.add_argument("--streams", default="float64",
                     help="residual-stream dtypes of the reversible rows (comma list of float64, float32)")
-    ap.add_argument("--no-lean", action="store_true", help="skip the lean_recompute=True rows")
+    ap.add_argument("--no-lean", action="store_true",
+                    help="skip the lean_recompute='all' and 'none' rows (the default is 'neck')")
     ap.add_argument("--no-necks", action="store_true")
     ap.add_argument("--no-detectors", action="store_true")
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--no-time", action="store_true", help="memory only (CPU: forward only)")
+    ap.add_argument("--no-peak", action="store_true",
+                    help="CPU: skip the peak working set (its glibc setting slows steps by 20-40 %%)")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--out", default="work_dirs/benchmark")
@@ -246,7 +260,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     warmup = args.warmup if args.warmup is not None else (1 if cpu else 2)
     steps = args.steps if args.steps is not None else (1 if cpu else 4)
     timed = not args.no_time
-    peak_rss = cpu and _cpu_peak_probe()
+    peak_rss = cpu and not args.no_peak and _cpu_peak_probe()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     try:
@@ -289,10 +303,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     record(_variant(arch, stream), "backbone-variant", m, lambda m=m: m(x),
                            amp, arch=arch, mode="reversible", stream=stream)
                     del m
-                if not args.no_lean and amp == "fp32":
-                    m = build_revbifpn(arch, "reversible", None, stream=stream, lean=True).to(device).train()
-                    record(_variant(arch, stream, lean=True), "backbone-variant", m,
-                           lambda m=m: m(x), amp, arch=arch, mode="reversible", stream=stream, lean=True)
+                for lean in () if args.no_lean or amp != "fp32" else ("all", "none"):
+                    m = build_revbifpn(arch, "reversible", None, stream=stream, lean=lean).to(device).train()
+                    record(_variant(arch, stream, lean), "backbone-variant", m,
+                           lambda m=m: m(x), amp, arch=arch, mode="reversible", stream=stream, lean=lean)
                     del m
             if have_mm and not args.no_necks:
                 for neck in ("RevBiFPNNeck", "HRFPN"):
@@ -348,10 +362,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-def _variant(arch: str, stream: str, lean: bool = False) -> str:
-    """Row name of a reversible backbone with ``stream`` residual streams (float64 is the plain name)."""
+_LEAN_SUFFIX = {"neck": "", "all": "_lean", "none": "_nolean"}
+
+
+def _variant(arch: str, stream: str, lean: str = "neck") -> str:
+    """Row name of a reversible backbone with ``stream`` residual streams (float64 is the plain
+    name) and ``lean_recompute=lean`` (the default ``'neck'`` has no suffix)."""
     return (f"revbifpn_{arch}_reversible" + ("" if stream == "float64" else f"_{stream}streams")
-            + ("_lean" if lean else ""))
+            + _LEAN_SUFFIX[lean])
 
 
 def _ratio(rows, a: str, b: str, key: str, amp: str = "fp32") -> Optional[float]:
@@ -389,16 +407,18 @@ def render_markdown(meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
             for stream in ("float32", "float64"):
                 for key, what in (("mem_gb_per_sample", "memory"), ("peak_gb_per_sample", "peak"),
                                   ("step_s", "step time")):
-                    r = _ratio(rows, _variant(arch, stream, lean=True), _variant(arch, stream), key, amp)
-                    if r is not None:
-                        lines.append(f"- {arch} {amp} {stream} streams: lean_recompute / default {what} {r:.2f}x")
+                    for lean in ("all", "none"):
+                        r = _ratio(rows, _variant(arch, stream, lean), _variant(arch, stream), key, amp)
+                        if r is not None:
+                            lines.append(f"- {arch} {amp} {stream} streams: lean_recompute='{lean}' / "
+                                         f"default ('neck') {what} {r:.2f}x")
         neck = _ratio(rows, "revbifpn_s3_reversible+RevBiFPNNeck", "revbifpn_s3_reversible+HRFPN",
                       "mem_gb_per_sample", amp)
         if neck is not None:
             lines.append(f"- s3 {amp}: backbone+RevBiFPNNeck / backbone+HRFPN memory {neck:.2f}x")
     for kind in ("faster", "mask"):
         for ours in ("revbifpn_s3", "revbifpn_s3_lean"):
-            label = "RevBiFPN-S3" + (" (lean_recompute)" if ours.endswith("_lean") else "")
+            label = "RevBiFPN-S3" + (" (lean_recompute='all')" if ours.endswith("_lean") else "")
             for key, what in (("mem_gb_per_sample", "memory"), ("peak_gb_per_sample", "peak working set")):
                 r = _ratio(rows, f"{kind}_rcnn_hrnetv2p_w18", f"{kind}_rcnn_{ours}", key)
                 if r is not None:
