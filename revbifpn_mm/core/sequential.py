@@ -57,8 +57,7 @@ class RecomputedPerScale(nn.Module):
         dys = []
         for h, (y, d) in enumerate(zip(ys, douts)):
             dy = vjp(self.transform(h), y, d, state)
-            shared = dy.untyped_storage().data_ptr() == d.untyped_storage().data_ptr()
-            dys.append(dy if shared else state.own(dy))
+            dys.append(dy if _share_storage([dy], [d]) else state.own(dy))
         return dys
 
 

@@ -41,18 +41,14 @@ class ConvNormAct(nn.Module):
         self.act = nn.Hardswish() if act else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        return self.act(self.norm(self.conv(x)))
+        return self.norm_act(self.conv(x))
 
     def norm_act(self, x: Tensor, lean: bool = False) -> Tensor:
         """``act(norm(x))`` (the layer after its conv). With ``lean`` the pair is
         checkpointed: only ``x`` is kept for backward, the norm output is recomputed."""
         if lean:
-            return checkpoint(_norm_act, self.norm, self.act, x, use_reentrant=False)
+            return checkpoint(self.norm_act, x, use_reentrant=False)
         return self.act(self.norm(x))
-
-
-def _norm_act(norm: nn.Module, act: nn.Module, x: Tensor) -> Tensor:
-    return act(norm(x))
 
 
 class SqueezeExcite(nn.Module):
