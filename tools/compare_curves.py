@@ -33,7 +33,7 @@ def main() -> int:
     args = ap.parse_args()
     import pathlib
 
-    from revbifpn_mm.datasets import generate_synthetic_coco
+    from revbifpn_mm.tooling.synthetic import generate_synthetic_coco
     h = _load_test_helpers()
     work = pathlib.Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -76,7 +76,7 @@ def set_iters(cfg, iters):
 def run_one(name, config, args, data_root):
     """Train one quickstart config; return (metrics, train seconds, checkpoint path)."""
     from mmengine.config import Config
-    from revbifpn_mm.cli import build_runner, check_data, register_scope
+    from revbifpn_mm.tooling.runner import build_runner, check_data, register_scope
 
     cfg = Config.fromfile(config)
     if args.cfg_options:
@@ -112,8 +112,8 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
-    from revbifpn_mm.cli import DataError
-    from revbifpn_mm.datasets import generate_synthetic_coco
+    from revbifpn_mm.tooling.runner import DataError
+    from revbifpn_mm.tooling.synthetic import generate_synthetic_coco
 
     threads = args.threads or min(4, (os.cpu_count() or 2) // 2)
     torch.set_num_threads(max(1, threads))

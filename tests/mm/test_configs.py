@@ -129,7 +129,7 @@ def test_quickstart_configs_use_the_synthetic_data_and_coco_metric():
 
 def test_cli_helpers_fast(tmp_path, monkeypatch):
     """check_data / check_built_datasets on a config without files: clear DataError, no traceback needed."""
-    from revbifpn_mm.cli import DataError, check_built_datasets, check_data
+    from revbifpn_mm.tooling.runner import DataError, check_built_datasets, check_data
 
     cfg = _load(CONFIG_DIR / "faster_rcnn_revbifpn_s0.py")
     monkeypatch.chdir(tmp_path)  # no data/coco here

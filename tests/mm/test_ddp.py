@@ -65,7 +65,7 @@ def _backbone(ckpt):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from revbifpn_mm.datasets import generate_synthetic_coco
+    from revbifpn_mm.tooling.synthetic import generate_synthetic_coco
     root = tmp_path_factory.mktemp("ddp_data") / "synthetic_coco"
     generate_synthetic_coco(str(root), num_train=6, num_val=2, image_size=(128, 128), seed=3)
     return str(root) + "/"
@@ -128,7 +128,7 @@ def test_sync_bn_on_cpu_distributed_is_a_clear_error():
     """Without CPU kernels, a distributed CPU launch with SyncBN stops before building anything."""
     from mmengine.config import Config
 
-    from revbifpn_mm.mm.dist import cpu_sync_bn_available, prepare_cpu_distributed
+    from revbifpn_mm.tooling.dist import cpu_sync_bn_available, prepare_cpu_distributed
     if torch.cuda.is_available() or cpu_sync_bn_available():
         pytest.skip("this torch runs SyncBN here")
     cfg = Config(dict(model=dict(type="FasterRCNN", backbone=dict(type="RevBiFPN", norm_cfg=dict(type="SyncBN")))))

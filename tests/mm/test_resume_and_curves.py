@@ -30,7 +30,7 @@ randomness = dict(seed=0, deterministic=True)
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from revbifpn_mm.datasets import generate_synthetic_coco
+    from revbifpn_mm.tooling.synthetic import generate_synthetic_coco
     root = tmp_path_factory.mktemp("resume_data") / "synthetic_coco"
     generate_synthetic_coco(str(root), num_train=16, num_val=2, image_size=(128, 128), seed=5)
     return str(root) + "/"

@@ -89,11 +89,11 @@ def parse_with_launcher(parser: Any, argv: Optional[Sequence[str]] = None) -> An
 
 
 def apply_cpu_dist_backend(cfg: Any) -> bool:
-    """Make a distributed config runnable on a machine without CUDA (see :mod:`revbifpn_mm.mm.dist`).
+    """Make a distributed config runnable on a machine without CUDA (see :mod:`revbifpn_mm.tooling.dist`).
 
     Returns True if the config was changed.
     """
-    from revbifpn_mm.mm.dist import prepare_cpu_distributed
+    from .dist import prepare_cpu_distributed
     return prepare_cpu_distributed(cfg, cfg.get("launcher", "none"))
 
 
@@ -154,7 +154,7 @@ def ensure_synthetic_data(cfg: Any, splits: Sequence[str] = ("train", "val", "te
     """Generate the synthetic dataset for every ``.../synthetic_coco`` data root that is absent.
 
     A root counts as absent when it does not exist or is an empty directory; an
-    existing dataset is left alone (:func:`revbifpn_mm.datasets.generate_synthetic_coco`
+    existing dataset is left alone (:func:`revbifpn_mm.tooling.synthetic.generate_synthetic_coco`
     is idempotent and safe against concurrent writers, e.g. several DDP ranks).
 
     Returns:
@@ -172,7 +172,7 @@ def ensure_synthetic_data(cfg: Any, splits: Sequence[str] = ("train", "val", "te
             continue
         if osp.isdir(root) and os.listdir(root):
             continue  # something else is there: check_data reports it if it is unusable
-        from .datasets import generate_synthetic_coco
+        from .synthetic import generate_synthetic_coco
         generate_synthetic_coco(root)
         generated.append(root)
     return generated
@@ -263,7 +263,7 @@ def check_data(cfg: Any, splits: Sequence[str], scope: Optional[str] = None) -> 
                     raise DataError(
                         f"The {split} dataset is empty: {path!r} ({where}.ann_file) lists 0 images. "
                         "Point the config at a dataset with images"
-                        + (f" (regenerate the synthetic one with `python -m revbifpn_mm.datasets.synthetic "
+                        + (f" (regenerate the synthetic one with `python -m revbifpn_mm.tooling.synthetic "
                            f"--root {root} --overwrite`)" if _is_synthetic_root(root) else "") + ".")
         prefix = ds.get("data_prefix") or {}
         if isinstance(prefix, dict):
