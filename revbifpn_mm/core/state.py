@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import weakref
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -41,6 +42,16 @@ def recomputing() -> Iterator[None]:
         _RECOMPUTING.reset(token)
 
 _RngState = Tuple[Tensor, Dict[int, Tensor]]
+
+
+@functools.lru_cache(maxsize=None)
+def _holds(dst: torch.dtype, src: torch.dtype) -> bool:
+    """Whether ``dst + src`` promotes to ``dst`` (an in-place update of a ``dst`` tensor is exact).
+
+    Cached: ``torch.promote_types`` goes through the dispatcher, and the backward asks
+    this once per stream update (about 200 times per S0 step).
+    """
+    return torch.promote_types(dst, src) == dst
 
 
 class CallState:
@@ -119,7 +130,7 @@ class CallState:
 
     def _update(self, x: Tensor, t: Tensor, alpha: int) -> Tensor:
         # x + alpha * t with alpha = +-1 is exact, so in place and out of place agree bitwise
-        if self.owns(x) and torch.promote_types(x.dtype, t.dtype) == x.dtype:
+        if self.owns(x) and _holds(x.dtype, t.dtype):
             # Through ``.data``: the version counter is left alone. An owned stream may be
             # one half of a tensor whose *other* half a pending recomputed graph has saved
             # (the reversible block's halves share one version counter); the regions are
