@@ -1,0 +1,323 @@
+"""Measuring one training step: peak memory, bytes saved for backward, step time, kernel count.
+
+The measuring half of ``tools/benchmark_memory.py``, kept here so that it is tested
+(``tests/tooling/test_bench.py``); the tool only builds models and reports. Torch only.
+
+Figures of one training step ``loss(run()).backward()``:
+    * peak memory above the level before the step, read by a :class:`PeakProbe`:
+      :class:`CudaPeakProbe` (``torch.cuda.max_memory_allocated``) or, on Linux CPUs,
+      :class:`RssPeakProbe` (peak resident set, VmHWM, reset through
+      ``/proc/self/clear_refs``);
+    * bytes saved for backward during the forward (deduplicated by storage, parameters
+      excluded), see :class:`revbifpn_mm.core.SavedTensorCounter`;
+    * wall time of whole steps (median of several, or the minimum over interleaved
+      rounds with :func:`interleaved_min_times`);
+    * the number of aten kernels dispatched by the forward and the backward
+      (:class:`KernelCounter`), which does not depend on the device.
+"""
+from __future__ import annotations
+
+import collections
+import ctypes
+import math
+import os
+import statistics
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from revbifpn_mm.core import saved_bytes
+
+__all__ = ["training_loss", "PeakProbe", "CudaPeakProbe", "RssPeakProbe", "peak_probe_for",
+           "KernelCounter", "VIEW_OPS", "count_step_kernels", "measure_step", "interleaved_min_times",
+           "AMP_DTYPES"]
+
+AMP_DTYPES: Dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def training_loss(outs: Any) -> torch.Tensor:
+    """A scalar to call ``backward`` on, from a model's outputs.
+
+    Args:
+        outs: an mmdet/mmseg loss dict (every entry whose key contains ``'loss'`` is summed,
+            lists included), a tensor, or a sequence of tensors (sum of ``mean(o ** 2)``).
+
+    Returns:
+        A float32 scalar tensor.
+    """
+    if isinstance(outs, dict):
+        terms = []
+        for key, val in outs.items():
+            if "loss" in key:
+                terms.extend(val if isinstance(val, (list, tuple)) else [val])
+        if not terms:
+            raise ValueError(f"loss dict has no entry named '*loss*' (keys: {sorted(outs)})")
+        return sum(t.float().sum() for t in terms)
+    if isinstance(outs, torch.Tensor):
+        outs = [outs]
+    return sum(o.float().pow(2).mean() for o in outs)
+
+
+# --------------------------------------------------------------------------- peak probes
+class PeakProbe:
+    """Reads the peak memory of the code run between :meth:`reset` and :meth:`read`."""
+
+    def reset(self) -> None:
+        """Take the current level as the baseline and clear the recorded peak."""
+        raise NotImplementedError
+
+    def read(self) -> int:
+        """Bytes of the peak since :meth:`reset`, above the baseline."""
+        raise NotImplementedError
+
+
+class CudaPeakProbe(PeakProbe):
+    """``torch.cuda.max_memory_allocated`` since the reset, minus the memory allocated at it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self._base = 0
+
+    def reset(self) -> None:
+        torch.cuda.synchronize(self.device)
+        self._base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def read(self) -> int:
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device) - self._base
+
+
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def _status_bytes(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise KeyError(f"{key} not in /proc/self/status")
+
+
+class RssPeakProbe(PeakProbe):
+    """Peak resident set (VmHWM) since the reset, minus the resident set (VmRSS) at it.
+
+    The CPU counterpart of :class:`CudaPeakProbe` (Linux with glibc). On construction glibc
+    is told to serve every allocation above ``mmap_threshold`` bytes by ``mmap``, so that a
+    freed tensor leaves the resident set at once instead of staying in the heap. The setting
+    holds for the rest of the process (glibc reuses freed heap chunks first, so it cannot be
+    switched back) and slows allocation-heavy steps by 20-40 %: take step times in a process
+    without this probe. The reading under-reads small inputs, whose tensors fall below the
+    threshold or into already resident pages; read it at detection-sized inputs.
+
+    Raises:
+        RuntimeError: where ``/proc/self/clear_refs`` or glibc's ``mallopt`` is unavailable
+            (see :meth:`available`).
+    """
+
+    def __init__(self, mmap_threshold: int = 64 * 1024) -> None:
+        if not os.access("/proc/self/clear_refs", os.W_OK):
+            raise RuntimeError("RssPeakProbe needs a writable /proc/self/clear_refs (Linux); "
+                               "check RssPeakProbe.available() first")
+        try:
+            ok = ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))
+        except OSError as err:
+            raise RuntimeError(f"RssPeakProbe needs glibc (libc.so.6): {err}") from err
+        if not ok:
+            raise RuntimeError(f"glibc rejected mallopt(M_MMAP_THRESHOLD, {mmap_threshold})")
+        self._base = 0
+
+    @staticmethod
+    def available() -> bool:
+        """Whether this process can read its peak resident set (Linux with glibc)."""
+        if not os.access("/proc/self/clear_refs", os.W_OK):
+            return False
+        try:
+            ctypes.CDLL("libc.so.6")
+        except OSError:
+            return False
+        return True
+
+    def reset(self) -> None:
+        self._base = _status_bytes("VmRSS:")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current VmRSS
+
+    def read(self) -> int:
+        return _status_bytes("VmHWM:") - self._base
+
+
+def peak_probe_for(device: torch.device) -> Optional[PeakProbe]:
+    """The peak probe for ``device``: CUDA's allocator, else the resident set where readable.
+
+    On CPU this changes glibc's allocation policy for the whole process (see
+    :class:`RssPeakProbe`). Returns ``None`` where no probe is available.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return CudaPeakProbe(device)
+    if device.type == "cpu" and RssPeakProbe.available():
+        return RssPeakProbe()
+    return None
+
+
+# --------------------------------------------------------------------------- kernel count
+VIEW_OPS = frozenset({
+    "alias", "as_strided", "chunk", "detach", "empty", "empty_like", "empty_strided", "expand",
+    "lift_fresh", "narrow", "new_empty", "new_empty_strided", "permute", "_reshape_alias", "reshape",
+    "select", "slice", "split", "split_with_sizes", "squeeze", "t", "transpose", "unbind",
+    "unsqueeze", "_unsafe_view", "view"})
+"""aten ops that only alias or allocate memory: no kernel runs, so they are not counted."""
+
+
+class KernelCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched inside the context, views and allocations excluded.
+
+    Example:
+        >>> with KernelCounter() as c:
+        ...     y = torch.randn(4, 4).relu().t()
+        >>> c.total  # randn and relu; the transpose is a view
+        2
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+        self.by_op: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        name = func.overloadpacket.__name__
+        if name not in VIEW_OPS:
+            self.total += 1
+            self.by_op[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_step_kernels(forward: Callable[[], Any]) -> Tuple[int, int]:
+    """Kernels dispatched by one training step: ``(forward, backward)``.
+
+    Args:
+        forward: runs the model's forward (loss computation included, see
+            :func:`training_loss`); the backward of its :func:`training_loss` is counted.
+
+    Returns:
+        The number of non-view aten ops of the forward and of the backward.
+    """
+    with KernelCounter() as fwd:
+        loss = training_loss(forward())
+    with KernelCounter() as bwd:
+        loss.backward()
+    return fwd.total, bwd.total
+
+
+# --------------------------------------------------------------------------- measuring
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_step(run: Callable[[], Any], params: Sequence[nn.Parameter], device: torch.device,
+                 amp: str = "fp32", warmup: int = 1, steps: int = 1, probe: Optional[PeakProbe] = None,
+                 saved: bool = True, kernels: bool = False) -> Dict[str, float]:
+    """Memory, time and kernel figures of the training step ``training_loss(run()).backward()``.
+
+    Order: ``warmup`` steps; the bytes saved for backward by one forward (``saved``); one
+    step between ``probe.reset()`` and ``probe.read()`` (``probe``), whether or not steps are
+    timed; ``steps`` timed steps; one step under :class:`KernelCounter` (``kernels``).
+    Gradients accumulate across the steps and are cleared at the end.
+
+    Args:
+        run: runs the forward of the model (e.g. ``lambda: model(x)`` or a detector's ``loss``).
+        params: the model's parameters (not counted as saved activations).
+        device: where the model runs (synchronised around timed steps on CUDA).
+        amp: ``'fp32'``, ``'bf16'`` or ``'fp16'`` (forward under ``torch.autocast``).
+        warmup: untimed steps first (lazy allocations, cudnn autotuning).
+        steps: timed steps; 0 for memory only.
+        probe: reads the peak memory of one step; ``None`` for no peak figure.
+        saved: also count the bytes saved for backward (one extra forward).
+        kernels: also count the dispatched kernels (one extra step).
+
+    Returns:
+        ``saved_bytes``, ``peak_bytes``, ``kernels_fwd``/``kernels_bwd``/``kernels`` where
+        requested, and ``step_s`` (median of the timed steps; NaN without any).
+
+    Raises:
+        ValueError: for an unknown ``amp`` or negative step counts.
+    """
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
+    if warmup < 0 or steps < 0:
+        raise ValueError(f"warmup and steps must be >= 0, got {warmup} and {steps}")
+    device = torch.device(device)
+    dtype = AMP_DTYPES[amp]
+
+    def forward() -> Any:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return run()
+
+    def step() -> None:
+        training_loss(forward()).backward()
+
+    for _ in range(warmup):
+        step()
+    res: Dict[str, float] = {}
+    if saved:
+        res["saved_bytes"] = saved_bytes(forward, exclude=params)
+    if probe is not None:
+        _sync(device)
+        probe.reset()
+        step()  # always one step after the reset: the peak is read from it, timed or not
+        res["peak_bytes"] = probe.read()
+    times: List[float] = []
+    for _ in range(steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    res["step_s"] = statistics.median(times) if times else math.nan
+    if kernels:
+        res["kernels_fwd"], res["kernels_bwd"] = count_step_kernels(forward)
+        res["kernels"] = res["kernels_fwd"] + res["kernels_bwd"]
+    for p in params:
+        p.grad = None
+    return res
+
+
+def interleaved_min_times(steps: Mapping[str, Callable[[], None]], rounds: int = 3,
+                          device: Optional[torch.device] = None,
+                          clock: Callable[[], float] = time.perf_counter) -> Dict[str, float]:
+    """Minimum wall time per step function over ``rounds`` interleaved rounds.
+
+    Each round runs every function once, in turn, so that slow drifts of the machine (other
+    processes, thermal state) spread over all of them instead of biasing the ones run last.
+    The callers warm each function up before (e.g. one untimed call each).
+
+    Args:
+        steps: name -> a function running one whole training step.
+        rounds: how many times each function is timed.
+        device: synchronised around each call when it is a CUDA device.
+        clock: the time source (seconds).
+
+    Returns:
+        name -> minimum seconds, in the order of ``steps``.
+
+    Raises:
+        ValueError: if ``rounds`` < 1.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    best = {name: math.inf for name in steps}
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            _sync(dev)
+            t0 = clock()
+            fn()
+            _sync(dev)
+            best[name] = min(best[name], clock() - t0)
+    return best
+
