@@ -39,3 +39,157 @@ def test_core_and_models_do_not_import_mm_modules():
                 for n in names:
                     assert n.split(".")[0] not in ("mmengine", "mmcv", "mmdet", "mmseg"), f"{f}: {n}"
                 assert not (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "print"), f"print in {f}"
+
+
+# --------------------------------------------------------------------------- tools <-> tests, layering
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+#: Calls that execute a file by path or widen the import path.
+_PATH_LOADERS = {"spec_from_file_location", "run_path", "SourceFileLoader", "load_source", "exec_module"}
+
+
+def _py_files(folder):
+    return sorted(p for p in (REPO / folder).rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _rel(path):
+    return str(path.relative_to(REPO)) if REPO in path.parents else str(path)
+
+
+def _imported_roots(tree):
+    """Top-level module names of the absolute imports of ``tree``."""
+    import ast
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield node, a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node, node.module.split(".")[0]
+
+
+def _call_name(node):
+    import ast
+    f = node.func
+    return f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+
+
+def _strings(node):
+    import ast
+    return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+def _is_sys_path_edit(node):
+    """``sys.path.insert/append/extend(...)`` or ``sys.path[...] = ...`` / ``sys.path += ...``."""
+    import ast
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        owner = node.func.value
+        return (node.func.attr in ("insert", "append", "extend") and isinstance(owner, ast.Attribute)
+                and owner.attr == "path" and getattr(owner.value, "id", "") == "sys")
+    if isinstance(node, (ast.Assign, ast.AugAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        for t in targets:
+            t = t.value if isinstance(t, ast.Subscript) else t
+            if isinstance(t, ast.Attribute) and t.attr == "path" and getattr(t.value, "id", "") == "sys":
+                return True
+    return False
+
+
+def _tools_violations(files, test_modules):
+    import ast
+    bad = []
+    for f in files:
+        tree = ast.parse(f.read_text(), str(f))
+        for node, root in _imported_roots(tree):
+            if root == "tests" or root in test_modules:
+                bad.append(f"{f.name}:{node.lineno} imports test code ({root})")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and _call_name(node) in _PATH_LOADERS:
+                bad.append(f"{f.name}:{node.lineno} loads a file by path ({_call_name(node)})")
+            if _is_sys_path_edit(node):
+                bad.append(f"{f.name}:{node.lineno} edits sys.path")
+    return bad
+
+
+def _tests_violations(files, tool_modules):
+    import ast
+    bad = []
+    for f in files:
+        tree = ast.parse(f.read_text(), str(f))
+        for node, root in _imported_roots(tree):
+            if root == "tools" or root in tool_modules:
+                bad.append(f"{_rel(f)}:{node.lineno} imports a tool ({root})")
+        for node in ast.walk(tree):
+            loads = isinstance(node, ast.Call) and _call_name(node) in _PATH_LOADERS
+            if (loads or _is_sys_path_edit(node)) and any("tools" in s for s in _strings(node)):
+                bad.append(f"{_rel(f)}:{node.lineno} loads tools/ by path")
+    return bad
+
+
+def test_tools_and_tests_do_not_import_each_other():
+    """Shared code lives in the package (revbifpn_mm.tooling), never across the tools/ - tests/ line."""
+    tool_files, test_files = _py_files("tools"), _py_files("tests")
+    tool_modules = {p.stem for p in tool_files}
+    test_modules = {p.stem for p in test_files}
+    assert not _tools_violations(tool_files, test_modules), _tools_violations(tool_files, test_modules)
+    assert not _tests_violations(test_files, tool_modules), _tests_violations(test_files, tool_modules)
+
+
+def test_boundary_scan_catches_crossings(tmp_path):
+    """The scan above sees the crossings it forbids (so that a clean result means something)."""
+    tool = tmp_path / "tool.py"
+    tool.write_text("import importlib.util, os, sys\n"
+                    "spec = importlib.util.spec_from_file_location('h', os.path.join('tests', 'x.py'))\n"
+                    "sys.path.insert(0, 'tests')\nfrom runner_configs import f\n")
+    test = tmp_path / "test_x.py"
+    test.write_text("import importlib.util, os\n"
+                    "s = importlib.util.spec_from_file_location('f', os.path.join('..', 'tools', 'f.py'))\n"
+                    "import fidelity\n")
+    assert len(_tools_violations([tool], {"runner_configs"})) == 3
+    assert len(_tests_violations([test], {"fidelity"})) == 2
+
+
+def _tooling_imports(files):
+    """``file:line`` of every import of revbifpn_mm.tooling (absolute or relative) in ``files``."""
+    import ast
+    bad = []
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            elif isinstance(node, ast.ImportFrom):  # relative: the last part names the sub-package
+                names = ["revbifpn_mm." + (node.module or a.name) for a in node.names]
+            if any(n == "revbifpn_mm.tooling" or n.startswith("revbifpn_mm.tooling.")
+                   or n.startswith("revbifpn_mm.tooling") for n in names):
+                bad.append(f"{_rel(f)}:{node.lineno}")
+    return bad
+
+
+def test_plugin_and_library_do_not_import_tooling(tmp_path):
+    """revbifpn_mm.tooling serves tools/ and the demo; the plugin (mm), models and core never import it."""
+    files = [REPO / "revbifpn_mm" / "__init__.py"] + [p for sub in ("core", "models", "mm")
+                                                      for p in _py_files(f"revbifpn_mm/{sub}")]
+    assert len(files) > 10
+    assert not _tooling_imports(files), f"imports of revbifpn_mm.tooling in the plugin/library: {_tooling_imports(files)}"
+    probe = tmp_path / "probe.py"  # the scan sees each spelling
+    probe.write_text("from ..tooling import dist\nfrom ..tooling.runner import x\nimport revbifpn_mm.tooling.synthetic\n"
+                     "from revbifpn_mm.tooling import curves\nfrom . import tooling\nfrom ..models import RevBiFPN\n")
+    assert len(_tooling_imports([probe])) == 5
+
+
+def test_compare_curves_runs_as_documented(tmp_path):
+    """`python tools/compare_curves.py` (the README's command) runs from the checkout: here up to its configs."""
+    import os
+    work = tmp_path / "curves"
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "compare_curves.py"), "--dry-run", "--iters", "2",
+                          "--images", "2", "--work-dir", str(work)], cwd=str(REPO), capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                             [str(REPO), os.environ.get("PYTHONPATH", "")])})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    for name in ("rev", "plain", "plain32"):
+        text = (work / f"{name}.py").read_text()
+        assert f"data_root = {str(work / 'synthetic_coco') + '/'!r}" in text, text
+    assert "memory_mode='plain'" in (work / "plain.py").read_text()
+    assert "stream_dtype='float32'" in (work / "plain32.py").read_text()
+    assert (work / "synthetic_coco" / "annotations" / "instances_train.json").is_file()

@@ -17,7 +17,7 @@ pytest.importorskip("mmdet")
 import torch  # noqa: E402
 
 from dist_helpers import free_port  # noqa: E402
-from runner_configs import deterministic_faster_rcnn  # noqa: E402
+from revbifpn_mm.tooling.curves import deterministic_faster_rcnn  # noqa: E402
 
 pytestmark = [pytest.mark.mm, pytest.mark.slow]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,14 +1,8 @@
 """Numerical fidelity of the reversible backward at depth and under bf16 autocast (CPU)."""
-import importlib.util
-import os
-
 import pytest
 import torch
 
-_spec = importlib.util.spec_from_file_location(
-    "fidelity", os.path.join(os.path.dirname(__file__), "..", "..", "tools", "fidelity.py"))
-fidelity = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fidelity)
+from revbifpn_mm.tooling import fidelity
 
 
 @pytest.mark.parametrize("arch", ["s0", "s3"])
