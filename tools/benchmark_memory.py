@@ -1,153 +1,86 @@
-"""Training activation memory and step time: RevBiFPN (reversible vs plain) against HRNet and ResNet.
+"""Training memory, step time and kernel count: RevBiFPN against HRNet and ResNet.
 
-Measures side by side, in one process:
-  * RevBiFPN S0-S6 backbones (trunk + per-scale output MBConvs), reversible and plain,
-    alone and with the RevBiFPNNeck / HRFPN adapters;
-  * HRNetV2p W18/W32/W48 and ResNet-50/101 backbones (mmdet's, or timm's where mmdet is
-    absent, e.g. on a bare GPU machine);
-  * Faster / Mask R-CNN detectors (RevBiFPN-S3 + RevBiFPNNeck, HRNetV2p-W18 + HRFPN,
-    ResNet-101 + FPN) when mmdet is installed;
-  * a depth sweep of the S0 width with 2/4/8/16 extension layers.
+Suites (``--suite``):
+  * ``backbones`` (default): RevBiFPN S0-S6 backbones, reversible and plain (float64 and
+    float32 residual streams, ``lean_recompute`` variants), alone and with the RevBiFPNNeck /
+    HRFPN adapters; HRNetV2p W18/W32/W48 and ResNet-50/101 (mmdet's, else timm's); a few
+    Faster / Mask R-CNN detectors; a depth sweep of the S0 width with 2-16 extension layers.
+    Each row is measured on its own: memory first, then ``--steps`` timed steps.
+  * ``fair-fight``: whole Faster / Mask R-CNN detectors as users would train them:
+    RevBiFPN S3 / S6 (this project's configs) against HRNetV2p-W18/W32 and ResNet-50/101-FPN
+    (mmdet's 1x configs), the baselines with and without ``with_cp=True``; backbone + neck
+    rows of the same models (``--amp fp32,bf16`` adds bf16 autocast rows); the papers' and
+    mmdet's COCO APs next to the measured figures.
+  * ``seg``: whole segmentors (backbone + decode head + loss), batch 1, at 512x1024 and
+    1024x2048: RevBiFPN S2/S4/S6 against HRNetV2-W18/W48 FCN (mmseg's Cityscapes configs),
+    HRNet also with ``with_cp=True``; BN training as the configs train it (SyncBN becomes
+    BN on one device) and frozen (``norm_eval=True``).
+  * ``kernels``: aten kernels dispatched per training step of RevBiFPN backbones, reversible
+    vs plain, frozen vs training BN (128x128, batch 2).
 
-Memory per sample: on CUDA ``torch.cuda.max_memory_allocated`` during the timed steps minus
-the memory allocated before them (parameters and gradients already allocated), divided by
-the batch (mmdet's convention). On CPU: the bytes autograd saves for backward during the
-forward, deduplicated by storage, parameters excluded (``SavedTensorCounter``), per sample;
-and, on Linux, the peak working set of one training step: the process's peak resident
-memory (VmHWM, reset through /proc/self/clear_refs) minus its resident memory before the
-step, with glibc told to serve every allocation above 64 KiB by mmap so that freed tensors
-leave the resident set at once. It tracks the CUDA figure (S3 backbone at 800x1344, code of
-commit e44f62b, CPU vs H200: 0.712 vs 0.710 GB/sample with float64 streams, 0.415 vs 0.473
-with float32 streams, 6.32 vs 6.37 plain). It under-reads small inputs: plain S0 with 16
-extension layers at 128x128 reads 0.055 GB against 0.120 GB saved for backward (at 512x512:
-1.84 vs 1.89), so read it at detection-sized inputs only.
-Step time: median wall time of forward + backward (loss = sum of mean(f^2) over outputs). On
-CPU the mmap threshold that the peak reading needs stays for the whole process (glibc serves
-later requests from freed heap chunks first, so it cannot be switched back and forth). It slows
-allocation-heavy steps by 20-40 % (S3 at 800x1344: 9.4 s against 7.7 s with glibc's defaults).
-``--no-peak`` leaves glibc alone: no peak column, undistorted CPU step times.
+Passes of ``fair-fight`` and ``seg`` (``--pass``):
+  * ``peak``: each model built, warmed up, measured and freed in turn, with the peak probe:
+    peak memory of one step, bytes saved for backward, kernels per step;
+  * ``time``: all models built first, warmed up, then stepped in turn for ``--rounds``
+    rounds without the probe; the minimum per model;
+  * ``all`` (default): ``time``, then ``peak`` in the same process. Each pass also writes its
+    own ``<out>/<pass>.json``; ``--pass report`` merges those of earlier runs.
+
+Figures (per sample = divided by the batch, mmdet's convention):
+  * peak: on CUDA ``max_memory_allocated`` during one training step minus the memory
+    allocated before it (parameters and gradients already allocated); on Linux CPUs the peak
+    resident set of one step minus the resident set before it, with glibc told to return
+    every freed allocation above 64 KiB at once (``revbifpn_mm.tooling.bench.RssPeakProbe``).
+    The CPU reading tracks the CUDA one at detection-sized inputs (S3 at 800x1344:
+    0.712 vs 0.710 GB/sample) and under-reads small ones. Its glibc setting lasts for the
+    whole process and slows CPU steps by 20-40 %: ``--no-peak`` leaves glibc alone.
+  * saved: bytes autograd saves for backward during the forward, deduplicated by storage,
+    parameters excluded (any device).
+  * kernels: aten ops dispatched by the forward + backward of one step after warm-up, views
+    and allocations excluded (``revbifpn_mm.tooling.bench.KernelCounter``). It does not
+    depend on the device; ``--no-kernels`` skips it (one extra step per row).
+  * step time: wall time of forward + backward (loss: the sum of the model's losses, or of
+    mean(f^2) over backbone outputs).
 
 Writes ``<out>/benchmark.json``, ``<out>/benchmark.md`` and ``<out>/benchmark.png``.
 
 Examples:
     python tools/benchmark_memory.py --quick                  # a few minutes on 2 CPU cores
     python tools/benchmark_memory.py --device cuda --amp fp32,bf16
+    python tools/benchmark_memory.py --suite fair-fight --pass time --out work_dirs/ff
+    python tools/benchmark_memory.py --suite fair-fight --pass peak --out work_dirs/ff
+    python tools/benchmark_memory.py --suite seg --seg-sizes 512x1024 --out work_dirs/seg
+    python tools/benchmark_memory.py --suite kernels --archs s0,s3
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
-import statistics
 import sys
-import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from revbifpn_mm.core import saved_bytes
 from revbifpn_mm.models import ARCH_SETTINGS, RevBiFPN
+from revbifpn_mm.tooling.bench import (Case, count_step_kernels, measure_case, merge_rows, peak_pass,
+                                       peak_probe_for, time_pass, training_loss)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GB = 1e9
 
 
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    logging.getLogger("benchmark").info(msg)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _loss(outs: Any) -> torch.Tensor:
-    if isinstance(outs, dict):  # mmdet/mmseg loss dict
-        total = 0
-        for k, v in outs.items():
-            if "loss" in k:
-                total = total + (sum(x.sum() for x in v) if isinstance(v, (list, tuple)) else v.sum())
-        return total
-    if isinstance(outs, torch.Tensor):
-        outs = [outs]
-    return sum(o.float().pow(2).mean() for o in outs)
-
-
-_M_MMAP_THRESHOLD = -3
-_PEAK_MMAP_THRESHOLD = 64 * 1024  # every tensor above 64 KiB is mmapped: freed at once
-
-
-def _libc():
-    import ctypes
-    return ctypes.CDLL("libc.so.6")
-
-
-def _cpu_peak_probe() -> bool:
-    """Prepare peak-RSS measurement (Linux + glibc); False where unavailable."""
-    try:
-        if not os.access("/proc/self/clear_refs", os.W_OK):
-            return False
-        return bool(_libc().mallopt(_M_MMAP_THRESHOLD, _PEAK_MMAP_THRESHOLD))  # fixed, no dynamic growth
-    except OSError:
-        return False
-
-
-def _vm(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
-def measure(run: Callable[[], Any], params: List[nn.Parameter], device: torch.device, batch: int,
-            amp: str, warmup: int, steps: int, timed: bool = True, peak_rss: bool = False) -> Dict[str, float]:
-    """Activation bytes per sample and median step time of ``loss(run()).backward()``.
-
-    With ``peak_rss`` (CPU, after :func:`_cpu_peak_probe`) also the peak working set of one step.
-    """
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-
-    def forward() -> Any:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            return run()
-
-    def step() -> None:
-        _loss(forward()).backward()
-
-    for _ in range(warmup):
-        step()
-    res: Dict[str, float] = {}
-    if device.type == "cuda":
-        _sync(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        res["saved_bytes"] = saved_bytes(forward, exclude=params)
-        if peak_rss:
-            base = _vm("VmRSS:")
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            step()
-            res["peak_gb_per_sample"] = (_vm("VmHWM:") - base) / batch / 1e9
-    times = []
-    for _ in range(steps if timed else 0):
-        _sync(device)
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    if device.type == "cuda":
-        res["saved_bytes"] = torch.cuda.max_memory_allocated(device) - base
-    res["mem_gb_per_sample"] = res["saved_bytes"] / batch / 1e9
-    res["step_s"] = statistics.median(times) if times else float("nan")
-    for p in params:
-        p.grad = None
-    return res
-
-
-# ------------------------------------------------------------------ builders
+# =========================================================================== building
 def build_revbifpn(arch: str, mode: str, neck: Optional[str], ext: Optional[int] = None,
-                   stream: str = "float64", lean: str = "neck"):
+                   stream: str = "float64", lean: str = "neck") -> nn.Module:
+    """A RevBiFPN backbone (with a neck from mmdet's registry when ``neck`` is given)."""
     body = RevBiFPN(arch, num_classes=0, num_ext_layers=ext, memory_mode=mode, stream_dtype=stream,
                     lean_recompute=lean)
     if neck is None:
@@ -157,8 +90,8 @@ def build_revbifpn(arch: str, mode: str, neck: Optional[str], ext: Optional[int]
     return nn.Sequential(body, n)
 
 
-def build_baseline(name: str):
-    """mmdet backbone where available, else timm (features_only), else None."""
+def build_baseline(name: str) -> Tuple[Optional[nn.Module], Optional[str]]:
+    """mmdet backbone where available, else timm (features_only), else ``(None, None)``."""
     try:
         from mmdet.registry import MODELS
         if name.startswith("hrnet"):
@@ -184,33 +117,59 @@ def build_baseline(name: str):
         return None, None
 
 
-def _mmdet_cfg(rel: str):
-    import mmdet
+def _mim_cfg(package: str, rel: str):
+    """A config shipped with mmdet / mmseg (``<package>/.mim/configs/<rel>``)."""
+    import importlib
+
     from mmengine.config import Config
-    return Config.fromfile(os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs", rel))
+    pkg = importlib.import_module(package)
+    return Config.fromfile(os.path.join(os.path.dirname(pkg.__file__), ".mim", "configs", rel))
 
 
-def build_detector(kind: str, backbone: str):
+DETECTOR_BACKBONES = ("revbifpn_s3", "revbifpn_s6", "hrnetv2p_w18", "hrnetv2p_w32", "r50_fpn", "r101_fpn")
+
+
+def detector_model_cfg(kind: str, backbone: str, with_cp: bool = False, lean: Optional[str] = None):
+    """The ``model`` config of a Faster / Mask R-CNN, without pretrained weights.
+
+    RevBiFPN: this project's ``configs/{kind}_rcnn_revbifpn_{arch}.py``; HRNetV2p and
+    ResNet-FPN: mmdet's 1x COCO configs. ``with_cp`` sets the baseline backbone's
+    ``with_cp`` (checkpointing inside its blocks); ``lean`` RevBiFPN's ``lean_recompute``.
+    """
+    if kind not in ("faster", "mask"):
+        raise ValueError(f"detector kind must be 'faster' or 'mask', got {kind!r}")
+    if backbone.startswith("revbifpn_"):
+        from mmengine.config import Config
+        if with_cp:
+            raise ValueError("RevBiFPN has no with_cp: its trunk is reversible already")
+        arch = backbone.split("_")[1]
+        cfg = Config.fromfile(os.path.join(REPO, "configs", f"{kind}_rcnn_revbifpn_{arch}.py"))
+        if lean is not None:
+            cfg.model.backbone.lean_recompute = lean
+    elif backbone.startswith("hrnetv2p_"):
+        cfg = _mim_cfg("mmdet", f"hrnet/{kind}-rcnn_hrnetv2p-{backbone.split('_')[1]}-1x_coco.py")
+    elif backbone in ("r50_fpn", "r101_fpn"):
+        cfg = _mim_cfg("mmdet", f"{kind}_rcnn/{kind}-rcnn_{backbone[:-4]}_fpn_1x_coco.py")
+    else:
+        raise ValueError(f"unknown detector backbone {backbone!r}; one of {DETECTOR_BACKBONES}")
+    model = cfg.model
+    model.backbone.init_cfg = None
+    model.pop("pretrained", None)
+    if with_cp:
+        model.backbone.with_cp = True
+    return model
+
+
+def build_detector(kind: str, backbone: str, with_cp: bool = False, lean: Optional[str] = None) -> nn.Module:
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
-    register_all_modules()
-    if backbone.startswith("revbifpn"):
-        arch = backbone.split("_")[1]
-        cfg = _mmdet_cfg(f"{kind}_rcnn/{kind}-rcnn_r50_fpn_1x_coco.py")
-        cfg.model.backbone = dict(type="RevBiFPN", arch=arch, norm_eval=True,
-                                  lean_recompute="all" if backbone.endswith("_lean") else "neck")
-        cfg.model.neck = dict(type="RevBiFPNNeck", in_channels=list(ARCH_SETTINGS[arch]["out_channels"]),
-                              out_channels=256)
-        cfg.model.data_preprocessor.pad_size_divisor = 32
-    elif backbone == "hrnetv2p_w18":
-        cfg = _mmdet_cfg(f"hrnet/{kind}-rcnn_hrnetv2p-w18-1x_coco.py")
-    else:
-        cfg = _mmdet_cfg(f"{kind}_rcnn/{kind}-rcnn_r101_fpn_1x_coco.py")
-    cfg.model.backbone.init_cfg = None
-    return MODELS.build(cfg.model)
+    register_all_modules(init_default_scope=False)
+    return MODELS.build(detector_model_cfg(kind, backbone, with_cp, lean))
 
 
-def detector_runner(model, batch: int, h: int, w: int, device: torch.device, with_mask: bool):
+def detector_runner(model: nn.Module, batch: int, h: int, w: int, device: torch.device,
+                    with_mask: bool) -> Callable[[], Any]:
+    """``run()`` computing the detector's loss dict on ``batch`` synthetic images with 5 boxes each."""
     from mmdet.testing import demo_mm_inputs
     packed = demo_mm_inputs(batch, [[3, h, w]] * batch, num_items=[5] * batch, with_mask=with_mask)
     data = model.data_preprocessor(packed, True)
@@ -219,149 +178,235 @@ def detector_runner(model, batch: int, h: int, w: int, device: torch.device, wit
     return lambda: model.loss(inputs, samples)
 
 
-# ---------------------------------------------------------------------- main
-def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small input, few models: minutes on 2 CPU cores")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--height", type=int, default=None, help="default 800 (quick: 256)")
-    ap.add_argument("--width", type=int, default=None, help="default 1344 (quick: 384)")
-    ap.add_argument("--batch", type=int, default=None, help="default 2 on CUDA, 1 on CPU")
-    ap.add_argument("--amp", default="fp32", help="comma list of fp32, bf16, fp16 (autocast)")
-    ap.add_argument("--archs", default=None, help="comma list, default s0..s6 (quick: s0,s3); 'none' for no rows")
-    ap.add_argument("--baselines", default=None,
-                    help="default hrnet_w18,hrnet_w32,hrnet_w48,resnet50,resnet101; 'none' for no rows")
-    ap.add_argument("--streams", default="float64",
-                    help="residual-stream dtypes of the reversible rows (comma list of float64, float32)")
-    ap.add_argument("--no-lean", action="store_true",
-                    help="skip the lean_recompute='all' and 'none' rows (the default is 'neck')")
-    ap.add_argument("--no-necks", action="store_true")
-    ap.add_argument("--no-detectors", action="store_true")
-    ap.add_argument("--no-sweep", action="store_true")
-    ap.add_argument("--no-time", action="store_true", help="memory only (CPU: forward only)")
-    ap.add_argument("--no-peak", action="store_true",
-                    help="CPU: skip the peak working set (its glibc setting slows steps by 20-40 %%)")
-    ap.add_argument("--warmup", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--out", default="work_dirs/benchmark")
-    args = ap.parse_args(argv)
+SEG_BACKBONES = ("revbifpn_s2", "revbifpn_s4", "revbifpn_s6", "hrnet_w18", "hrnet_w48")
+_SEG_HRNET_CFG = "hrnet/fcn_hr{w}_4xb2-40k_cityscapes-512x1024.py"
+_SEG_REVBIFPN_CFG = "configs/mmseg/fcn_revbifpn_{arch}_4xb2-40k_cityscapes-512x1024.py"
+SEG_HEADS = {"fcn": "FCNHead", "lean": "LeanFCNHead"}  # mmseg's; this project's (revbifpn_mm.mm)
 
-    device = torch.device(args.device)
-    cpu = device.type == "cpu"
-    H = args.height or (256 if args.quick else 800)
-    W = args.width or (384 if args.quick else 1344)
-    B = args.batch or (1 if cpu else 2)
-    archs = [a for a in (args.archs or ("s0,s3" if args.quick else "s0,s1,s2,s3,s4,s5,s6")).split(",")
-             if a and a != "none"]
-    baselines = [b for b in (args.baselines or ("hrnet_w18,resnet50" if args.quick else
-                                                "hrnet_w18,hrnet_w32,hrnet_w48,resnet50,resnet101")).split(",")
-                 if b and b != "none"]
-    amps = args.amp.split(",")
-    warmup = args.warmup if args.warmup is not None else (1 if cpu else 2)
-    steps = args.steps if args.steps is not None else (1 if cpu else 4)
-    timed = not args.no_time
-    peak_rss = cpu and not args.no_peak and _cpu_peak_probe()
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    try:
-        import revbifpn_mm.mm  # noqa: F401  registers RevBiFPNNeck (needs mmcv with ops)
-        from mmdet.utils import register_all_modules
-        register_all_modules(init_default_scope=False)
-        have_mm = True
-    except Exception as err:  # noqa: BLE001
-        log(f"[benchmark] mm stack unavailable ({type(err).__name__}: {err}); necks/detectors skipped")
-        have_mm = False
 
-    rows: List[Dict[str, Any]] = []
-    x = torch.randn(B, 3, H, W, device=device)
+def segmentor_model_cfg(backbone: str, head: str = "fcn", bn: str = "train", with_cp: bool = False):
+    """The ``model`` config of an FCN segmentor for Cityscapes, without pretrained weights.
 
-    def record(name: str, group: str, model: nn.Module, run: Callable[[], Any], amp: str, **extra: Any) -> None:
-        params = [p for p in model.parameters()]
-        n = sum(p.numel() for p in params)
-        log(f"[benchmark] {name} ({amp}) ...")
-        t0 = time.perf_counter()
-        try:
-            r = measure(run, params, device, B, amp, warmup, steps, timed, peak_rss)
-        except torch.OutOfMemoryError:
-            r = dict(mem_gb_per_sample=float("nan"), step_s=float("nan"), saved_bytes=float("nan"), oom=True)
-            torch.cuda.empty_cache()
-        row = dict(name=name, group=group, amp=amp, params_m=n / 1e6, **r, **extra)
-        rows.append(row)
-        peak = f", peak working set {row['peak_gb_per_sample']:.4f} GB/sample" if "peak_gb_per_sample" in row else ""
-        log(f"[benchmark]   {row['mem_gb_per_sample']:.4f} GB/sample{peak}, step {row['step_s']:.3f} s "
-            f"({time.perf_counter() - t0:.0f} s)")
+    RevBiFPN: this project's ``configs/mmseg/fcn_revbifpn_{arch}_4xb2-40k_cityscapes-512x1024.py``
+    (mmseg's ``fcn_hr18`` Cityscapes config with the backbone swapped: SyncBN training,
+    ``norm_eval=False``; the four outputs resized and concatenated, a 1x1 conv of their summed
+    width); HRNetV2-W18/W48: mmseg's ``fcn_hr{18,48}`` Cityscapes configs. ``head``: ``'fcn'``
+    (mmseg's FCNHead) or ``'lean'`` (this project's LeanFCNHead, same outputs); ``bn``:
+    ``'train'`` as configured or ``'frozen'`` (backbone ``norm_eval=True``); ``with_cp``:
+    HRNet's block checkpointing.
+    """
+    from mmengine.config import Config
+    if bn not in ("train", "frozen"):
+        raise ValueError(f"bn must be 'train' or 'frozen', got {bn!r}")
+    if head not in SEG_HEADS:
+        raise ValueError(f"head must be one of {sorted(SEG_HEADS)}, got {head!r}")
+    if backbone.startswith("revbifpn_"):
+        if with_cp:
+            raise ValueError("RevBiFPN has no with_cp: its trunk is reversible already")
+        arch = backbone.split("_")[1]
+        path = os.path.join(REPO, _SEG_REVBIFPN_CFG.format(arch=arch))
+        if os.path.exists(path):
+            cfg = Config.fromfile(path)
+        else:  # a checkout without configs/mmseg: the same swap, done here
+            cfg = _mim_cfg("mmseg", _SEG_HRNET_CFG.format(w=18))
+            in_channels = list(ARCH_SETTINGS[arch]["out_channels"])
+            cfg.model.backbone = dict(type="RevBiFPN", arch=arch, out_indices=(0, 1, 2, 3), out_type="neck",
+                                      norm_cfg=dict(type="SyncBN", eps=1e-3, requires_grad=True),
+                                      norm_eval=False, drop_path_rate=0.0)
+            cfg.model.decode_head.update(in_channels=in_channels, channels=sum(in_channels))
+    elif backbone in ("hrnet_w18", "hrnet_w48"):
+        cfg = _mim_cfg("mmseg", _SEG_HRNET_CFG.format(w=backbone.split("_w")[1]))
+        if with_cp:
+            cfg.model.backbone.with_cp = True
+    else:
+        raise ValueError(f"unknown segmentation backbone {backbone!r}; one of {SEG_BACKBONES}")
+    model = cfg.model
+    model.pretrained = None
+    model.backbone.init_cfg = None
+    model.decode_head.type = SEG_HEADS[head]
+    if bn == "frozen":
+        model.backbone.norm_eval = True
+    return model
 
-    for amp in amps:
-        for arch in archs:
+
+def build_segmentor(backbone: str, head: str = "fcn", bn: str = "train", with_cp: bool = False) -> nn.Module:
+    """An mmseg ``EncoderDecoder`` (see :func:`segmentor_model_cfg`); SyncBN becomes BN (one device)."""
+    from mmengine.model import revert_sync_batchnorm
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    return revert_sync_batchnorm(MODELS.build(segmentor_model_cfg(backbone, head, bn, with_cp)))
+
+
+def segmentor_runner(model: nn.Module, batch: int, h: int, w: int, device: torch.device,
+                     num_classes: int = 19) -> Callable[[], Any]:
+    """``run()`` computing the segmentor's loss dict on ``batch`` random images and label maps."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.randn(batch, 3, h, w, generator=g).to(device)
+    samples = []
+    for _ in range(batch):
+        s = SegDataSample(metainfo=dict(img_shape=(h, w), pad_shape=(h, w), ori_shape=(h, w)))
+        s.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, h, w), generator=g).to(device))
+        samples.append(s)
+    return lambda: model.loss(inputs, samples)
+
+
+# ---------------------------------------------------------------- suites (case lists)
+def backbone_cases(args, x: torch.Tensor, have_mm: bool) -> List[Case]:
+    B = x.shape[0]
+    cases: List[Case] = []
+
+    def add(name, group, make, amp, **info):
+        def build(make=make):
+            m = make().to(x.device)
+            m.train()  # (mmdet's HRNet.train returns None)
+            return m, (lambda: m(x))
+        cases.append(Case(name, group, build, amp, B, info))
+
+    for amp in args.amps:
+        for arch in args.archs:
             for mode in ("reversible", "plain"):
-                m = build_revbifpn(arch, mode, None).to(device).train()
-                record(f"revbifpn_{arch}_{mode}", "backbone", m, lambda m=m: m(x), amp, arch=arch, mode=mode)
-                del m
-            for stream in args.streams.split(","):
+                add(f"revbifpn_{arch}_{mode}", "backbone", lambda a=arch, md=mode: build_revbifpn(a, md, None),
+                    amp, arch=arch, mode=mode)
+            for stream in args.streams:
                 if stream != "float64" and amp == "fp32":
-                    m = build_revbifpn(arch, "reversible", None, stream=stream).to(device).train()
-                    record(_variant(arch, stream), "backbone-variant", m, lambda m=m: m(x),
-                           amp, arch=arch, mode="reversible", stream=stream)
-                    del m
+                    add(_variant(arch, stream), "backbone-variant",
+                        lambda a=arch, st=stream: build_revbifpn(a, "reversible", None, stream=st),
+                        amp, arch=arch, mode="reversible", stream=stream)
                 for lean in () if args.no_lean or amp != "fp32" else ("all", "none"):
-                    m = build_revbifpn(arch, "reversible", None, stream=stream, lean=lean).to(device).train()
-                    record(_variant(arch, stream, lean), "backbone-variant", m,
-                           lambda m=m: m(x), amp, arch=arch, mode="reversible", stream=stream, lean=lean)
-                    del m
+                    add(_variant(arch, stream, lean), "backbone-variant",
+                        lambda a=arch, st=stream, ln=lean: build_revbifpn(a, "reversible", None, stream=st, lean=ln),
+                        amp, arch=arch, mode="reversible", stream=stream, lean=lean)
             if have_mm and not args.no_necks:
                 for neck in ("RevBiFPNNeck", "HRFPN"):
-                    m = build_revbifpn(arch, "reversible", neck).to(device).train()
-                    record(f"revbifpn_{arch}_reversible+{neck}", "backbone+neck", m, lambda m=m: m(x), amp,
-                           arch=arch, mode="reversible", neck=neck)
-                    del m
-        for name in baselines:
-            m, src = build_baseline(name)
-            if m is None:
-                log(f"[benchmark] {name}: neither mmdet nor timm installed; skipped")
-                continue
-            m = m.to(device)
-            m.train()  # (mmdet's HRNet.train returns None)
-            record(f"{src}_{name}", "baseline", m, lambda m=m: m(x), amp)
-            del m
+                    add(f"revbifpn_{arch}_reversible+{neck}", "backbone+neck",
+                        lambda a=arch, nk=neck: build_revbifpn(a, "reversible", nk), amp,
+                        arch=arch, mode="reversible", neck=neck)
+        for name in args.baselines:
+            src = "mmdet" if have_mm else "timm"
+
+            def make(name=name):
+                m, _ = build_baseline(name)
+                if m is None:
+                    raise RuntimeError(f"{name}: neither mmdet nor timm installed")
+                return m
+            add(f"{src}_{name}", "baseline", make, amp)
     if have_mm and not args.no_detectors:
+        h, w = x.shape[-2:]
         for kind in ("faster", "mask"):
-            for bb in ("revbifpn_s3",) + (() if args.no_lean else ("revbifpn_s3_lean",)) + ("hrnetv2p_w18", "r101_fpn"):
-                model = build_detector(kind, bb).to(device)
-                model.train()
-                run = detector_runner(model, B, H, W, device, kind == "mask")
-                record(f"{kind}_rcnn_{bb}", "detector", model, run, "fp32", detector=kind, backbone=bb)
-                del model
-    if not args.no_sweep:
-        sh, sw, sb = (128, 128, 1) if args.quick else (512, 512, 4 if not cpu else 1)
-        xs = torch.randn(sb, 3, sh, sw, device=device)
-        for ext in (2, 4, 8, 16):
-            for mode in ("reversible", "plain"):
+            for bb, lean in (("revbifpn_s3", None),) + (() if args.no_lean else (("revbifpn_s3", "all"),)) + (
+                    ("hrnetv2p_w18", None), ("r101_fpn", None)):
+                cases.append(Case(f"{kind}_rcnn_{bb}" + ("_lean" if lean else ""), "detector",
+                                  _detector_builder(kind, bb, False, lean, B, h, w, x.device), "fp32", B,
+                                  dict(detector=kind, backbone=bb)))
+    return cases
+
+
+def sweep_cases(args, device: torch.device) -> List[Case]:
+    sh, sw, sb = (128, 128, 1) if args.quick else (512, 512, 4 if device.type != "cpu" else 1)
+    xs = torch.randn(sb, 3, sh, sw, device=device)
+    cases = []
+    for ext in (2, 4, 8, 16):
+        for mode in ("reversible", "plain"):
+            def build(ext=ext, mode=mode):
                 m = build_revbifpn("s0", mode, None, ext).to(device).train()
-                params = list(m.parameters())
-                log(f"[benchmark] sweep s0 ext={ext} {mode} ...")
-                r = measure(lambda m=m: m(xs), params, device, sb, "fp32", warmup, steps, timed, peak_rss)
-                rows.append(dict(name=f"sweep_s0_ext{ext}_{mode}", group="depth_sweep", amp="fp32", ext=ext,
-                                 mode=mode, params_m=sum(p.numel() for p in params) / 1e6, input=[sb, 3, sh, sw], **r))
-                del m
-
-    meta = dict(device=str(device), device_name=torch.cuda.get_device_name(device) if not cpu else "cpu",
-                torch=torch.__version__, input=[B, 3, H, W], warmup=warmup, steps=steps,
-                memory=("cuda max_memory_allocated - baseline" if not cpu else
-                        "bytes saved for backward (dedup by storage, params excluded)"),
-                peak=("peak RSS of one step - RSS before it (glibc mmap threshold 64 KiB)"
-                      if peak_rss else None),
-                threads=torch.get_num_threads(), quick=args.quick)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "benchmark.json"), "w") as f:
-        json.dump(dict(meta=meta, rows=rows), f, indent=1, default=float)
-    md = render_markdown(meta, rows)
-    with open(os.path.join(args.out, "benchmark.md"), "w") as f:
-        f.write(md)
-    plot(rows, os.path.join(args.out, "benchmark.png"), meta)
-    print(md)
-    return 0
+                return m, (lambda: m(xs))
+            cases.append(Case(f"sweep_s0_ext{ext}_{mode}", "depth_sweep", build, "fp32", sb,
+                              dict(ext=ext, mode=mode, input=[sb, 3, sh, sw])))
+    return cases
 
 
+def _detector_builder(kind: str, bb: str, cp: bool, lean: Optional[str], batch: int, h: int, w: int,
+                      device: torch.device):
+    def build():
+        torch.manual_seed(0)
+        model = build_detector(kind, bb, cp, lean).to(device)
+        model.train()
+        return model, detector_runner(model, batch, h, w, device, kind == "mask")
+    return build
+
+
+def _neck_builder(kind: str, bb: str, cp: bool, batch: int, h: int, w: int, device: torch.device):
+    def build():
+        torch.manual_seed(0)
+        det = build_detector(kind, bb, cp)
+        model = nn.Sequential(det.backbone, det.neck).to(device)
+        model.train()
+        x = torch.randn(batch, 3, h, w, device=device)
+        return model, (lambda: model(x))
+    return build
+
+
+def _cp_variants(bb: str, with_cp: str) -> Tuple[bool, ...]:
+    if bb.startswith("revbifpn_"):
+        return (False,)
+    return {"both": (False, True), "on": (True,), "off": (False,)}[with_cp]
+
+
+def fair_fight_cases(args, device: torch.device, batch: int, h: int, w: int) -> List[Case]:
+    cases = []
+    for amp in args.amps:
+        for bb in args.ff_backbones:
+            for cp in _cp_variants(bb, args.with_cp):
+                label = bb + ("+cp" if cp else "")
+                if not args.no_necks:
+                    cases.append(Case(f"{label} backbone+neck", "backbone+neck",
+                                      _neck_builder("faster", bb, cp, batch, h, w, device), amp, batch,
+                                      dict(backbone=bb, with_cp=cp)))
+                for kind in args.detectors:
+                    cases.append(Case(f"{kind}_rcnn {label}", "detector",
+                                      _detector_builder(kind, bb, cp, None, batch, h, w, device), amp, batch,
+                                      dict(detector=kind, backbone=bb, with_cp=cp)))
+    return cases
+
+
+def seg_cases(args, device: torch.device) -> List[Case]:
+    cases = []
+    for size in args.seg_sizes:
+        h, w = size
+        for bb in args.seg_backbones:
+            heads = args.seg_heads if bb.startswith("revbifpn_") else ("fcn",)
+            for cp in _cp_variants(bb, args.with_cp):
+                for bn in args.seg_bn:
+                    for head in heads:
+                        def build(bb=bb, head=head, bn=bn, cp=cp, h=h, w=w):
+                            torch.manual_seed(0)
+                            model = build_segmentor(bb, head, bn, cp).to(device)
+                            model.train()
+                            return model, segmentor_runner(model, 1, h, w, device)
+                        name = f"{bb}{'+cp' if cp else ''} {head} bn={bn} {h}x{w}"
+                        cases.append(Case(name, "segmentor", build, "fp32", 1,
+                                          dict(backbone=bb, with_cp=cp, head=head, bn=bn, size=[h, w])))
+    return cases
+
+
+def kernel_rows(archs: Sequence[str], device: torch.device, lean: Optional[str]) -> List[Dict[str, Any]]:
+    """Kernels per training step of RevBiFPN backbones: reversible vs plain, frozen vs training BN."""
+    rows = []
+    x = torch.randn(2, 3, 128, 128, device=device)
+    for arch in archs:
+        for mode in ("plain", "reversible"):
+            for bn in ("frozen", "train"):
+                torch.manual_seed(0)
+                kw = dict(lean_recompute=lean) if lean else {}
+                m = RevBiFPN(arch, num_classes=0, memory_mode=mode, **kw).to(device).train()
+                if bn == "frozen":
+                    for mod in m.modules():
+                        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                            mod.eval()
+                training_loss(m(x)).backward()  # warm-up
+                m.zero_grad(set_to_none=True)
+                fwd, bwd = count_step_kernels(lambda: m(x))
+                rows.append(dict(name=f"revbifpn_{arch} {mode} bn={bn}", group="kernels", amp="fp32", arch=arch,
+                                 mode=mode, bn=bn, lean=lean or "default", kernels_fwd=fwd, kernels_bwd=bwd,
+                                 kernels=fwd + bwd, input=list(x.shape)))
+                log(f"{rows[-1]['name']}: forward {fwd}, backward {bwd}, total {fwd + bwd}")
+    return rows
+
+
+# =========================================================================== reporting
 _LEAN_SUFFIX = {"neck": "", "all": "_lean", "none": "_nolean"}
 
 
@@ -380,61 +425,122 @@ def _ratio(rows, a: str, b: str, key: str, amp: str = "fp32") -> Optional[float]
     return ra[key] / rb[key]
 
 
-def render_markdown(meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def render_rows(meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> List[str]:
+    """The generic table: one line per row, the columns any row has."""
+    cols = [("params (M)", "params_m", ".3f"), ("saved GB/sample", "saved_gb_per_sample", ".4f"),
+            ("peak GB/sample", "peak_gb_per_sample", ".4f"), ("step s", "step_s", ".3f"),
+            ("kernels/step", "kernels", "d")]
+    if meta["suite"] == "kernels":
+        cols = [("forward kernels", "kernels_fwd", "d"), ("backward kernels", "kernels_bwd", "d")] + cols
+    cols = [c for c in cols if any(_fmt(r.get(c[1])) for r in rows)]
     out = [f"Device: {meta['device_name']} · torch {meta['torch']} · input {meta['input']} · "
-           f"memory = {meta['memory']}", "",
-           "| model | group | amp | params (M) | act. memory GB/sample | step s |", "|---|---|---|---|---|---|"]
-    if meta.get("peak"):
-        out[0] += f"; peak = {meta['peak']}"
-        out[2] = out[2].replace("| step s |", "| peak GB/sample | step s |")
-        out[3] += "---|"
+           f"{meta['threads']} threads", "",
+           "| model | group | amp | " + " | ".join(c[0] for c in cols) + " |",
+           "|---|---|---|" + "---|" * len(cols)]
     for r in rows:
-        peak = f"{r['peak_gb_per_sample']:.4f} | " if meta.get("peak") else ""
-        out.append(f"| {r['name']} | {r['group']} | {r['amp']} | {r['params_m']:.3f} | "
-                   f"{r['mem_gb_per_sample']:.4f} | {peak}{r['step_s']:.3f} |")
-    out.append("")
+        cells = [_fmt(r.get(k), f) for _, k, f in cols]
+        if r.get("error"):
+            cells[-1] = (cells[-1] + " " if cells[-1] else "") + f"failed: {r['error']}"
+        out.append(f"| {r['name']} | {r['group']} | {r['amp']} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def backbone_ratios(rows: List[Dict[str, Any]]) -> List[str]:
+    """Side-by-side ratios of the ``backbones`` suite (reversible vs plain, lean variants, ...)."""
     lines = []
+    mem = "peak_gb_per_sample" if any("peak_gb_per_sample" in r for r in rows) else "saved_gb_per_sample"
     for amp in sorted({r["amp"] for r in rows}):
         for arch in ARCH_SETTINGS:
-            mem = _ratio(rows, f"revbifpn_{arch}_plain", f"revbifpn_{arch}_reversible", "mem_gb_per_sample", amp)
+            for key, what in (("saved_gb_per_sample", "saved"), ("peak_gb_per_sample", "peak")):
+                r = _ratio(rows, f"revbifpn_{arch}_plain", f"revbifpn_{arch}_reversible", key, amp)
+                if r is not None:
+                    lines.append(f"- {arch} {amp}: plain/reversible {what} memory {r:.1f}x")
             t = _ratio(rows, f"revbifpn_{arch}_reversible", f"revbifpn_{arch}_plain", "step_s", amp)
-            if mem is not None:
-                lines.append(f"- {arch} {amp}: plain/reversible memory {mem:.1f}x; reversible/plain step time "
-                             f"{t:.2f}x" if t else f"- {arch} {amp}: plain/reversible memory {mem:.1f}x")
-            pk = _ratio(rows, f"revbifpn_{arch}_plain", f"revbifpn_{arch}_reversible", "peak_gb_per_sample", amp)
-            if pk is not None:
-                lines.append(f"- {arch} {amp}: plain/reversible peak working set {pk:.1f}x")
+            if t is not None:
+                lines.append(f"- {arch} {amp}: reversible/plain step time {t:.2f}x")
             for stream in ("float32", "float64"):
-                for key, what in (("mem_gb_per_sample", "memory"), ("peak_gb_per_sample", "peak"),
-                                  ("step_s", "step time")):
+                for key, what in ((mem, "memory"), ("step_s", "step time")):
                     for lean in ("all", "none"):
                         r = _ratio(rows, _variant(arch, stream, lean), _variant(arch, stream), key, amp)
                         if r is not None:
                             lines.append(f"- {arch} {amp} {stream} streams: lean_recompute='{lean}' / "
                                          f"default ('neck') {what} {r:.2f}x")
-        neck = _ratio(rows, "revbifpn_s3_reversible+RevBiFPNNeck", "revbifpn_s3_reversible+HRFPN",
-                      "mem_gb_per_sample", amp)
+        neck = _ratio(rows, "revbifpn_s3_reversible+RevBiFPNNeck", "revbifpn_s3_reversible+HRFPN", mem, amp)
         if neck is not None:
             lines.append(f"- s3 {amp}: backbone+RevBiFPNNeck / backbone+HRFPN memory {neck:.2f}x")
     for kind in ("faster", "mask"):
         for ours in ("revbifpn_s3", "revbifpn_s3_lean"):
             label = "RevBiFPN-S3" + (" (lean_recompute='all')" if ours.endswith("_lean") else "")
-            for key, what in (("mem_gb_per_sample", "memory"), ("peak_gb_per_sample", "peak working set")):
+            for key, what in (("saved_gb_per_sample", "saved"), ("peak_gb_per_sample", "peak")):
                 r = _ratio(rows, f"{kind}_rcnn_hrnetv2p_w18", f"{kind}_rcnn_{ours}", key)
                 if r is not None:
-                    lines.append(f"- {kind.title()} R-CNN: HRNetV2p-W18 / {label} {what} {r:.2f}x")
-    sweep = {(r["ext"], r["mode"]): r for r in rows if r["group"] == "depth_sweep"}
-    if (2, "reversible") in sweep and (16, "reversible") in sweep:
-        g = sweep[16, "reversible"]["saved_bytes"] / sweep[2, "reversible"]["saved_bytes"] - 1
-        gp = sweep[16, "plain"]["saved_bytes"] / sweep[2, "plain"]["saved_bytes"] - 1
-        lines.append(f"- depth sweep 2 -> 16 extension layers: reversible memory {100 * g:+.1f} %, "
-                     f"plain {100 * gp:+.1f} %")
-        if all("peak_gb_per_sample" in sweep[e, m] for e in (2, 16) for m in ("reversible", "plain")):
-            g, gp = (sweep[16, m]["peak_gb_per_sample"] / sweep[2, m]["peak_gb_per_sample"] - 1
-                     for m in ("reversible", "plain"))
-            lines.append(f"- depth sweep 2 -> 16 extension layers: reversible peak working set {100 * g:+.1f} %, "
+                    lines.append(f"- {kind.title()} R-CNN: HRNetV2p-W18 / {label} {what} memory {r:.2f}x")
+    sweep = {(r["ext"], r["mode"]): r for r in rows if r["group"] == "depth_sweep" and "error" not in r}
+    for key, what in (("saved_gb_per_sample", "saved"), ("peak_gb_per_sample", "peak")):
+        if all(key in sweep.get((e, m), {}) for e in (2, 16) for m in ("reversible", "plain")):
+            g, gp = (sweep[16, m][key] / sweep[2, m][key] - 1 for m in ("reversible", "plain"))
+            lines.append(f"- depth sweep 2 -> 16 extension layers: reversible {what} memory {100 * g:+.1f} %, "
                          f"plain {100 * gp:+.1f} %")
-    return "\n".join(out + ["Ratios (measured side by side in this run):"] + lines) + "\n"
+    return lines
+
+
+# COCO APs (1x schedule) quoted next to the measured figures: (box AP, mask AP), None = unknown.
+# "paper": the RevBiFPN paper's detection figures (its HRNet / ResNet entries are quoted from
+# the HRNet paper; its Mask R-CNN S3 entry and all box APs of Mask R-CNN from the results
+# table of the official repository); "mmdet": mmdet 3.x metafiles
+# (configs/{hrnet,faster_rcnn,mask_rcnn}/metafile.yml).
+COCO_AP: Dict[Tuple[str, str], Dict[str, Tuple[Optional[float], Optional[float]]]] = {
+    ("faster", "revbifpn_s3"): dict(paper=(38.7, None), mmdet=(None, None)),
+    ("faster", "revbifpn_s6"): dict(paper=(42.2, None), mmdet=(None, None)),
+    ("faster", "hrnetv2p_w18"): dict(paper=(36.2, None), mmdet=(36.9, None)),
+    ("faster", "hrnetv2p_w32"): dict(paper=(39.6, None), mmdet=(40.2, None)),
+    ("faster", "r50_fpn"): dict(paper=(None, None), mmdet=(37.4, None)),
+    ("faster", "r101_fpn"): dict(paper=(39.2, None), mmdet=(39.4, None)),
+    ("mask", "revbifpn_s3"): dict(paper=(39.4, 35.5), mmdet=(None, None)),
+    ("mask", "revbifpn_s6"): dict(paper=(43.3, 38.7), mmdet=(None, None)),
+    ("mask", "hrnetv2p_w18"): dict(paper=(37.1, 33.8), mmdet=(37.7, 34.2)),
+    ("mask", "hrnetv2p_w32"): dict(paper=(40.9, 36.7), mmdet=(41.2, 37.1)),
+    ("mask", "r50_fpn"): dict(paper=(None, None), mmdet=(38.2, 34.7)),
+    ("mask", "r101_fpn"): dict(paper=(None, 36.1), mmdet=(40.0, 36.1)),
+}
+
+
+def _ap(kind: str, bb: str, source: str, i: int) -> str:
+    v = COCO_AP.get((kind, bb), {}).get(source, (None, None))[i]
+    return "n/a" if v is None else f"{v:.1f}"
+
+
+def render_fair_fight(rows: List[Dict[str, Any]]) -> List[str]:
+    """The detector comparison: APs, peak, saved, step time, kernels per detector."""
+    out = []
+    for kind in ("faster", "mask"):
+        det = [r for r in rows if r.get("detector") == kind and r["group"] == "detector"]
+        if not det:
+            continue
+        title = "Faster R-CNN" if kind == "faster" else "Mask R-CNN"
+        ap_cols = "box AP paper | box AP mmdet |" + (" mask AP paper | mask AP mmdet |" if kind == "mask" else "")
+        out += [f"**{title}** (COCO APs: see the notes below the tables)", "",
+                f"| backbone | with_cp | amp | {ap_cols} peak GB/sample | saved GB/sample | step s | kernels/step |",
+                "|---|---|---|" + "---|" * (ap_cols.count("|") + 4)]
+        for r in det:
+            bb = r["backbone"]
+            aps = [_ap(kind, bb, "paper", 0), _ap(kind, bb, "mmdet", 0)]
+            if kind == "mask":
+                aps += [_ap(kind, bb, "paper", 1), _ap(kind, bb, "mmdet", 1)]
+            figs = [_fmt(r.get("peak_gb_per_sample"), ".3f"), _fmt(r.get("saved_gb_per_sample"), ".3f"),
+                    _fmt(r.get("step_s"), ".2f"), _fmt(r.get("kernels"), "d")]
+            if r.get("error"):
+                figs = ["failed: " + r["error"], "", "", ""]
+            cp = "yes" if r.get("with_cp") else ("" if bb.startswith("revbifpn") else "no")
+            out.append(f"| {bb} | {cp} | {r['amp']} | " + " | ".join(aps + figs) + " |")
+        out.append("")
+    return out
 
 
 def plot(rows: List[Dict[str, Any]], path: str, meta: Dict[str, Any]) -> None:
@@ -443,35 +549,276 @@ def plot(rows: List[Dict[str, Any]], path: str, meta: Dict[str, Any]) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log("[benchmark] matplotlib missing: no plot")
+        log("matplotlib missing: no plot")
         return
+    if meta["suite"] == "fair-fight":
+        return _plot_fair_fight(plt, rows, path, meta)
+    mem = "peak_gb_per_sample" if any("peak_gb_per_sample" in r for r in rows) else "saved_gb_per_sample"
+    what = "peak memory" if mem.startswith("peak") else "saved for backward"
+    ok = [r for r in rows if "error" not in r and r.get(mem) is not None]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     ax = axes[0]
-    for group, mode, style in (("backbone", "reversible", "o-"), ("backbone", "plain", "s--")):
-        pts = sorted((r["params_m"], r["mem_gb_per_sample"]) for r in rows
-                     if r["group"] == group and r.get("mode") == mode and r["amp"] == "fp32")
+    for mode, style in (("reversible", "o-"), ("plain", "s--")):
+        pts = sorted((r["params_m"], r[mem]) for r in ok
+                     if r["group"] == "backbone" and r.get("mode") == mode and r["amp"] == "fp32")
         if pts:
             ax.plot(*zip(*pts), style, label=f"RevBiFPN {mode}")
-    base = [r for r in rows if r["group"] == "baseline" and r["amp"] == "fp32"]
-    for r in base:
-        ax.plot(r["params_m"], r["mem_gb_per_sample"], "^", label=r["name"])
+    for r in ok:
+        if r["group"] in ("baseline", "segmentor") and r["amp"] == "fp32":
+            ax.plot(r["params_m"], r[mem], "^", label=r["name"])
     ax.set_xlabel("parameters (M)")
-    ax.set_ylabel("activation memory per sample (GB)")
+    ax.set_ylabel(f"{what} per sample (GB)")
     ax.set_yscale("log")
-    ax.set_title(f"backbones, input {meta['input'][2]}x{meta['input'][3]}")
-    ax.legend(fontsize=7)
+    ax.set_title(f"{meta['suite']}, input {meta['input']}")
+    ax.legend(fontsize=6)
     ax = axes[1]
     for mode, style in (("reversible", "o-"), ("plain", "s--")):
-        pts = sorted((r["ext"], r["mem_gb_per_sample"]) for r in rows if r["group"] == "depth_sweep" and r["mode"] == mode)
+        pts = sorted((r["ext"], r[mem]) for r in ok if r["group"] == "depth_sweep" and r["mode"] == mode)
         if pts:
             ax.plot(*zip(*pts), style, label=f"S0 width, {mode}")
     ax.set_xlabel("extension layers")
-    ax.set_ylabel("activation memory per sample (GB)")
+    ax.set_ylabel(f"{what} per sample (GB)")
     ax.set_title("depth sweep")
     ax.legend(fontsize=7)
-    fig.suptitle(f"{meta['device_name']} ({meta['memory']})", fontsize=9)
+    fig.suptitle(meta["device_name"], fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_fair_fight(plt, rows, path, meta) -> None:
+    """Per detector kind: paper box AP against peak memory, and against step time."""
+    kinds = [k for k in ("faster", "mask") if any(r.get("detector") == k for r in rows)]
+    if not kinds:
+        return
+    fig, axes = plt.subplots(len(kinds), 2, figsize=(12, 4.5 * len(kinds)), squeeze=False)
+    for ax_row, kind in zip(axes, kinds):
+        for ax, key, xlabel in ((ax_row[0], "peak_gb_per_sample", "peak memory per sample (GB)"),
+                                (ax_row[1], "step_s", "step time (s)")):
+            for r in rows:
+                if r.get("detector") != kind or r["group"] != "detector" or "error" in r or r["amp"] != "fp32":
+                    continue
+                src = COCO_AP.get((kind, r["backbone"]), {})
+                ap, marker = (src.get("paper") or (None,))[0], "o"
+                if ap is None:
+                    ap, marker = (src.get("mmdet") or (None,))[0], "s"  # square: mmdet's AP
+                x = r.get(key)
+                if ap is None or x is None or math.isnan(x):
+                    continue
+                ours = r["backbone"].startswith("revbifpn")
+                ax.plot(x, ap, marker, color="C3" if ours else ("C0" if r.get("with_cp") else "C7"),
+                        fillstyle="full" if r.get("with_cp") or ours else "none", markersize=8)
+                ax.annotate(r["backbone"] + (" cp" if r.get("with_cp") else ""), (x, ap), fontsize=7,
+                            xytext=(4, 3), textcoords="offset points")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("COCO box AP (paper; squares: mmdet)")
+            ax.set_title(f"{'Faster' if kind == 'faster' else 'Mask'} R-CNN, {meta['device_name']}, "
+                         f"input {meta['input']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+_FAIR_FIGHT_NOTES = """COCO APs, 1x schedule. "paper": the RevBiFPN paper (its HRNet and ResNet entries are
+quoted from the HRNet paper; the Mask R-CNN box APs and the S3 Mask R-CNN entry come from the
+results table of the official repository). "mmdet": the mmdet 3.x model zoo (metafile.yml of
+configs/hrnet, faster_rcnn, mask_rcnn). n/a: not published there. with_cp changes memory and
+time, not AP. Peak: the peak probe on, one step per model; step time: a separate pass without
+the probe, all models stepped in turn, minimum over the rounds.
+"""
+
+
+def report(out_dir: str, meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
+    """Write ``benchmark.json``, ``benchmark.md`` and ``benchmark.png``; return the markdown."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "benchmark.json"), "w") as f:
+        json.dump(dict(meta=meta, rows=rows), f, indent=1, default=float)
+    lines = render_rows(meta, rows)
+    if meta["suite"] == "fair-fight":
+        lines = render_fair_fight(rows) + [_FAIR_FIGHT_NOTES] + lines
+    elif meta["suite"] == "backbones":
+        lines += ["Ratios (measured side by side in this run):"] + backbone_ratios(rows)
+    md = "\n".join(lines) + "\n"
+    with open(os.path.join(out_dir, "benchmark.md"), "w") as f:
+        f.write(md)
+    plot(rows, os.path.join(out_dir, "benchmark.png"), meta)
+    return md
+
+
+# =========================================================================== main
+def _csv(value: Optional[str], default: str) -> List[str]:
+    return [v for v in (value or default).split(",") if v and v != "none"]
+
+
+def _size(text: str) -> Tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sizes are HxW, e.g. 512x1024; got {text!r}") from None
+    return h, w
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", default="backbones", choices=("backbones", "fair-fight", "seg", "kernels"))
+    ap.add_argument("--pass", dest="passes", default="all", choices=("all", "peak", "time", "report"),
+                    help="fair-fight / seg: the peak pass (probe on), the interleaved time pass (probe off), "
+                         "both (time first), or only merge <out>/peak.json and <out>/time.json")
+    ap.add_argument("--quick", action="store_true", help="small input, few models: minutes on 2 CPU cores")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--height", type=int, default=None, help="default 800 (quick: 256)")
+    ap.add_argument("--width", type=int, default=None, help="default 1344 (quick: 384)")
+    ap.add_argument("--batch", type=int, default=None, help="default 2 on CUDA, 1 on CPU")
+    ap.add_argument("--amp", default="fp32", help="comma list of fp32, bf16, fp16 (autocast)")
+    ap.add_argument("--archs", default=None, help="comma list, default s0..s6 (quick and kernels: s0,s3); "
+                                                  "'none' for no rows")
+    ap.add_argument("--baselines", default=None,
+                    help="default hrnet_w18,hrnet_w32,hrnet_w48,resnet50,resnet101; 'none' for no rows")
+    ap.add_argument("--streams", default="float64",
+                    help="residual-stream dtypes of the reversible rows (comma list of float64, float32)")
+    ap.add_argument("--lean", default=None, choices=("none", "neck", "all"),
+                    help="kernels suite: RevBiFPN's lean_recompute (default: the model's default)")
+    ap.add_argument("--no-lean", action="store_true",
+                    help="skip the lean_recompute='all' and 'none' rows (the default is 'neck')")
+    ap.add_argument("--no-necks", action="store_true", help="skip the backbone + neck rows")
+    ap.add_argument("--no-detectors", action="store_true")
+    ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--no-time", action="store_true", help="backbones suite: memory only, no timed steps")
+    ap.add_argument("--no-peak", action="store_true",
+                    help="no peak probe (on CPU its glibc setting slows steps by 20-40 %%)")
+    ap.add_argument("--no-kernels", action="store_true", help="no kernel count (one step per row less)")
+    ap.add_argument("--detectors", default="faster,mask", help="fair-fight: comma list of faster, mask")
+    ap.add_argument("--ff-backbones", default=",".join(DETECTOR_BACKBONES), help="fair-fight: comma list")
+    ap.add_argument("--with-cp", default="both", choices=("both", "on", "off"),
+                    help="fair-fight / seg: baseline rows with with_cp=True, False or both")
+    ap.add_argument("--seg-backbones", default=",".join(SEG_BACKBONES), help="seg: comma list")
+    ap.add_argument("--seg-sizes", default="512x1024,1024x2048", help="seg: comma list of HxW")
+    ap.add_argument("--seg-heads", default="fcn,lean", help="seg: RevBiFPN heads, comma list of fcn, lean")
+    ap.add_argument("--seg-bn", default="train,frozen", help="seg: comma list of train, frozen")
+    ap.add_argument("--rounds", type=int, default=3, help="time pass: interleaved rounds (minimum taken)")
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None, help="backbones suite: timed steps per row")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--out", default="work_dirs/benchmark")
+    args = ap.parse_args(argv)
+    cpu = args.device.startswith("cpu")
+    args.archs = _csv(args.archs, "s0,s3" if args.quick or args.suite == "kernels" else "s0,s1,s2,s3,s4,s5,s6")
+    args.baselines = _csv(args.baselines, "hrnet_w18,resnet50" if args.quick else
+                          "hrnet_w18,hrnet_w32,hrnet_w48,resnet50,resnet101")
+    args.amps = _csv(args.amp, "fp32")
+    args.streams = _csv(args.streams, "float64")
+    args.detectors = _csv(args.detectors, "faster,mask")
+    args.ff_backbones = _csv(args.ff_backbones, "")
+    args.seg_backbones = _csv(args.seg_backbones, "")
+    args.seg_sizes = [_size(s) for s in _csv(args.seg_sizes, "")]
+    args.seg_heads = _csv(args.seg_heads, "fcn")
+    args.seg_bn = _csv(args.seg_bn, "train")
+    for flag, values, allowed in (("--amp", args.amps, ("fp32", "bf16", "fp16")),
+                                  ("--detectors", args.detectors, ("faster", "mask")),
+                                  ("--ff-backbones", args.ff_backbones, DETECTOR_BACKBONES),
+                                  ("--seg-backbones", args.seg_backbones, SEG_BACKBONES),
+                                  ("--seg-heads", args.seg_heads, ("fcn", "lean")),
+                                  ("--seg-bn", args.seg_bn, ("train", "frozen")),
+                                  ("--archs", args.archs, tuple(ARCH_SETTINGS))):
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            ap.error(f"{flag}: unknown {bad}; choose from {', '.join(allowed)}")
+    args.height = args.height or (256 if args.quick else 800)
+    args.width = args.width or (384 if args.quick else 1344)
+    args.batch = args.batch or (1 if cpu else 2)
+    args.warmup = args.warmup if args.warmup is not None else (1 if cpu else 2)
+    args.steps = args.steps if args.steps is not None else (1 if cpu else 4)
+    if args.no_time:
+        args.steps = 0
+    return args
+
+
+def _load_mm() -> bool:
+    try:
+        import revbifpn_mm.mm  # noqa: F401  registers RevBiFPN and RevBiFPNNeck
+        from mmdet.utils import register_all_modules
+        register_all_modules(init_default_scope=False)
+        return True
+    except Exception as err:  # noqa: BLE001  any broken mm install: run the torch-only rows
+        log(f"mm stack unavailable ({type(err).__name__}: {err}); necks/detectors skipped")
+        return False
+
+
+def _meta(args, device: torch.device, peak: bool, input_shape) -> Dict[str, Any]:
+    cpu = device.type == "cpu"
+    return dict(suite=args.suite, device=str(device),
+                device_name=torch.cuda.get_device_name(device) if not cpu else "cpu",
+                torch=torch.__version__, input=list(input_shape), warmup=args.warmup, steps=args.steps,
+                rounds=args.rounds, threads=torch.get_num_threads(), quick=args.quick,
+                peak=(None if not peak else "cuda max_memory_allocated - allocated before the step"
+                      if not cpu else "peak RSS of one step - RSS before it (glibc mmap threshold 64 KiB)"),
+                saved="bytes saved for backward (dedup by storage, params excluded)",
+                kernels="aten ops of forward + backward, views excluded" if not args.no_kernels else None)
+
+
+def _read_pass(out_dir: str, name: str) -> List[Dict[str, Any]]:
+    path = os.path.join(out_dir, f"{name}.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)["rows"]
+
+
+def _write_pass(out_dir: str, name: str, meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump(dict(meta=meta, rows=rows), f, indent=1, default=float)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[benchmark] %(message)s", stream=sys.stderr)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    B, H, W = args.batch, args.height, args.width
+
+    if args.suite == "kernels":
+        rows = kernel_rows(args.archs, device, args.lean)
+        meta = _meta(args, device, False, (2, 3, 128, 128))
+        print(report(args.out, meta, rows))
+        return 0
+
+    have_mm = _load_mm()
+    if args.suite == "backbones":
+        probe = None if args.no_peak else peak_probe_for(device)
+        x = torch.randn(B, 3, H, W, device=device)
+        cases = backbone_cases(args, x, have_mm) + ([] if args.no_sweep else sweep_cases(args, device))
+        rows = [measure_case(c, device, args.warmup, args.steps, probe, not args.no_kernels) for c in cases]
+        print(report(args.out, _meta(args, device, probe is not None, (B, 3, H, W)), rows))
+        return 0
+
+    if not have_mm:
+        log(f"the {args.suite} suite needs mmdet / mmseg with mmcv's ops")
+        return 1
+    if args.suite == "fair-fight":
+        cases = fair_fight_cases(args, device, B, H, W)
+        shape: Any = (B, 3, H, W)
+    else:
+        cases = seg_cases(args, device)
+        shape = ["1x3x%dx%d" % s for s in args.seg_sizes]
+    if args.passes in ("all", "time"):
+        # before any probe: on CPU the probe's glibc setting would slow these steps
+        time_rows = time_pass(cases, device, args.rounds)
+        _write_pass(args.out, "time", _meta(args, device, False, shape), time_rows)
+    if args.passes in ("all", "peak"):
+        probe = None if args.no_peak else peak_probe_for(device)
+        rows = peak_pass(cases, device, args.warmup, probe, not args.no_kernels)
+        _write_pass(args.out, "peak", _meta(args, device, probe is not None, shape), rows)
+    rows = merge_rows(_read_pass(args.out, "peak"), _read_pass(args.out, "time"))
+    if not rows:
+        log(f"nothing to report: no peak.json or time.json in {args.out}")
+        return 1
+    peak = any("peak_gb_per_sample" in r for r in rows)
+    print(report(args.out, _meta(args, device, peak, shape), rows))
+    return 0
 
 
 if __name__ == "__main__":

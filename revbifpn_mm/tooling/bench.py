@@ -14,15 +14,21 @@ Figures of one training step ``loss(run()).backward()``:
       rounds with :func:`interleaved_min_times`);
     * the number of aten kernels dispatched by the forward and the backward
       (:class:`KernelCounter`), which does not depend on the device.
+
+Rows and passes: a :class:`Case` builds one model; :func:`peak_pass` measures cases one
+after the other (memory, kernels); :func:`time_pass` builds them all, then times them in
+turn without a probe; :func:`merge_rows` joins the two.
 """
 from __future__ import annotations
 
 import collections
 import ctypes
+import logging
 import math
 import os
 import statistics
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -31,9 +37,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from revbifpn_mm.core import saved_bytes
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["training_loss", "PeakProbe", "CudaPeakProbe", "RssPeakProbe", "peak_probe_for",
            "KernelCounter", "VIEW_OPS", "count_step_kernels", "measure_step", "interleaved_min_times",
-           "AMP_DTYPES"]
+           "AMP_DTYPES", "Case", "measure_case", "peak_pass", "time_pass", "merge_rows"]
 
 AMP_DTYPES: Dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -280,6 +288,8 @@ def measure_step(run: Callable[[], Any], params: Sequence[nn.Parameter], device:
         times.append(time.perf_counter() - t0)
     res["step_s"] = statistics.median(times) if times else math.nan
     if kernels:
+        for p in params:  # as after an optimizer's zero_grad(): no accumulation kernels counted
+            p.grad = None
         res["kernels_fwd"], res["kernels_bwd"] = count_step_kernels(forward)
         res["kernels"] = res["kernels_fwd"] + res["kernels_bwd"]
     for p in params:
@@ -321,3 +331,143 @@ def interleaved_min_times(steps: Mapping[str, Callable[[], None]], rounds: int =
             best[name] = min(best[name], clock() - t0)
     return best
 
+
+
+# --------------------------------------------------------------------------- rows and passes
+GB = 1e9
+_STEP_ERRORS = (RuntimeError, NotImplementedError, TypeError, KeyError, ValueError)
+"""What a case may raise while built or stepped and still leave the others measurable (e.g. an
+op without a kernel for the autocast dtype, a missing registry entry, out of memory)."""
+
+
+@dataclass
+class Case:
+    """One row of a benchmark: how to build the model and its ``run()``, and what to record.
+
+    Attributes:
+        name: row name (with ``amp``, the key that joins the rows of several passes).
+        group: the table the row belongs to (``'detector'``, ``'backbone'``, ...).
+        build: returns ``(model, run)``; ``run()`` computes the forward (or a loss dict).
+        amp: ``'fp32'``, ``'bf16'`` or ``'fp16'``.
+        batch: samples per step (memory is reported per sample).
+        info: recorded in the row as is (backbone, options, ...).
+    """
+
+    name: str
+    group: str
+    build: Callable[[], Tuple[nn.Module, Callable[[], Any]]]
+    amp: str = "fp32"
+    batch: int = 1
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+def _failed(case: Case, err: BaseException) -> Dict[str, Any]:
+    text = str(err).strip().splitlines()
+    msg = f"{type(err).__name__}: {text[0] if text else ''}"[:200]
+    logger.warning("%s (%s) failed: %s", case.name, case.amp, msg)
+    return dict(name=case.name, group=case.group, amp=case.amp, error=msg, **case.info)
+
+
+def measure_case(case: Case, device: torch.device, warmup: int = 1, steps: int = 0,
+                 probe: Optional[PeakProbe] = None, kernels: bool = False) -> Dict[str, Any]:
+    """Build one case, measure it with :func:`measure_step`, free it.
+
+    Returns:
+        A row: ``name``, ``group``, ``amp``, ``params_m``, ``saved_gb_per_sample``, ``step_s``,
+        ``peak_gb_per_sample`` (with ``probe``), ``kernels``/``kernels_fwd``/``kernels_bwd``
+        (with ``kernels``) and ``case.info``; or, where building or stepping raised, the
+        ``error`` instead of the figures.
+    """
+    logger.info("%s (%s) ...", case.name, case.amp)
+    t0 = time.perf_counter()
+    try:
+        model, run = case.build()
+        params = list(model.parameters())
+        r = measure_step(run, params, device, case.amp, warmup, steps, probe, kernels=kernels)
+    except torch.OutOfMemoryError as err:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return _failed(case, err)
+    except _STEP_ERRORS as err:
+        return _failed(case, err)
+    row: Dict[str, Any] = dict(name=case.name, group=case.group, amp=case.amp,
+                               params_m=sum(p.numel() for p in params) / 1e6,
+                               saved_gb_per_sample=r["saved_bytes"] / case.batch / GB, step_s=r["step_s"])
+    if "peak_bytes" in r:
+        row["peak_gb_per_sample"] = r["peak_bytes"] / case.batch / GB
+    for k in ("kernels", "kernels_fwd", "kernels_bwd"):
+        if k in r:
+            row[k] = int(r[k])
+    row.update(case.info)
+    logger.info("  saved %.4f GB/sample%s%s%s (%.0f s)", row["saved_gb_per_sample"],
+                f", peak {row['peak_gb_per_sample']:.4f} GB/sample" if "peak_gb_per_sample" in row else "",
+                f", step {row['step_s']:.3f} s" if not math.isnan(row["step_s"]) else "",
+                f", {row['kernels']} kernels" if "kernels" in row else "", time.perf_counter() - t0)
+    return row
+
+
+def peak_pass(cases: Sequence[Case], device: torch.device, warmup: int = 1, probe: Optional[PeakProbe] = None,
+              kernels: bool = True) -> List[Dict[str, Any]]:
+    """Each case in turn, built, measured (memory, kernels; no timed steps) and freed."""
+    return [measure_case(c, device, warmup, 0, probe, kernels) for c in cases]
+
+
+def time_pass(cases: Sequence[Case], device: torch.device, rounds: int = 3,
+              clock: Callable[[], float] = time.perf_counter) -> List[Dict[str, Any]]:
+    """Step times without any probe: all cases built first, then stepped in turn.
+
+    Each model is built and warmed up by one step (gradients cleared after every step),
+    then :func:`interleaved_min_times` steps them in turn for ``rounds`` rounds. A case whose
+    build or warm-up step raises gets an ``error`` row; the others are still timed.
+
+    Returns:
+        One row per case, in order: ``name``, ``group``, ``amp``, ``step_s`` (the minimum over
+        the rounds), ``case.info``; or ``error``.
+    """
+    steps: Dict[str, Callable[[], None]] = {}
+    rows: Dict[str, Dict[str, Any]] = {}
+    for c in cases:
+        key = f"{c.name}|{c.amp}"
+        logger.info("build + warm-up %s (%s)", c.name, c.amp)
+        try:
+            model, run = c.build()
+            dtype = AMP_DTYPES[c.amp]
+
+            def step(model: nn.Module = model, run: Callable[[], Any] = run,
+                     dtype: Optional[torch.dtype] = dtype) -> None:
+                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    out = run()
+                training_loss(out).backward()
+                model.zero_grad(set_to_none=True)
+            step()
+        except torch.OutOfMemoryError as err:
+            rows[key] = _failed(c, err)
+            continue
+        except _STEP_ERRORS as err:
+            rows[key] = _failed(c, err)
+            continue
+        steps[key] = step
+        rows[key] = dict(name=c.name, group=c.group, amp=c.amp, **c.info)
+    logger.info("timing %d models, %d interleaved rounds", len(steps), rounds)
+    if steps:
+        for key, sec in interleaved_min_times(steps, rounds, device, clock).items():
+            rows[key]["step_s"] = sec
+            logger.info("  %s: %.3f s", key, sec)
+    return list(rows.values())
+
+
+def merge_rows(*passes: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Rows of several passes joined on ``(name, amp)``, in first-seen order.
+
+    Later passes add their figures; a NaN ``step_s`` (a pass without timed steps) never
+    replaces a measured one.
+    """
+    out: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    for rows in passes:
+        for r in rows:
+            merged = out.setdefault((r["name"], r["amp"]), {})
+            for k, v in r.items():
+                if k == "step_s" and isinstance(v, float) and math.isnan(v) and k in merged:
+                    continue
+                merged[k] = v
+    return list(out.values())

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from revbifpn_mm.tooling.bench import (KernelCounter, PeakProbe, RssPeakProbe, count_step_kernels,
-                                       interleaved_min_times, measure_step, training_loss)
+from revbifpn_mm.tooling.bench import (Case, KernelCounter, PeakProbe, RssPeakProbe, count_step_kernels,
+                                       interleaved_min_times, measure_case, measure_step, merge_rows, peak_pass,
+                                       time_pass, training_loss)
 
 
 class _CallsSinceReset(PeakProbe):
@@ -117,6 +118,11 @@ def test_measure_step_counts_kernels_on_request():
     assert res["kernels"] == res["kernels_fwd"] + res["kernels_bwd"] > 0
     assert counter["calls"] == 1
     assert "peak_bytes" not in res and "saved_bytes" not in res
+    # after warm-up and timed steps (gradients accumulated) the count is the same: a step as
+    # after an optimizer's zero_grad(), no gradient accumulation kernels
+    again = measure_step(run, list(model.parameters()), torch.device("cpu"), warmup=1, steps=2,
+                         saved=False, kernels=True)
+    assert (again["kernels_fwd"], again["kernels_bwd"]) == (res["kernels_fwd"], res["kernels_bwd"])
 
 
 def test_interleaved_times_take_the_minimum_per_step_in_turn():
@@ -147,3 +153,56 @@ def test_measure_step_rejects_unknown_amp():
     model, run, _ = _counting_model()
     with pytest.raises(ValueError, match="amp must be one of"):
         measure_step(run, list(model.parameters()), torch.device("cpu"), amp="fp8")
+
+
+def _logged_cases(events, names=("a", "b"), broken=None):
+    cases = []
+    for name in names:
+        def build(name=name):
+            events.append(("build", name))
+            if name == broken:
+                raise RuntimeError(f"{name}: no kernel for this dtype\nsecond line")
+            torch.manual_seed(0)
+            model = nn.Linear(4, 2)
+            x = torch.randn(3, 4)
+
+            def run():
+                events.append(("step", name))
+                return model(x)
+            return model, run
+        cases.append(Case(name, "toy", build, info=dict(tag=name.upper())))
+    return cases
+
+
+def test_time_pass_builds_every_model_before_timing_and_survives_a_broken_one():
+    events = []
+    rows = time_pass(_logged_cases(events, ("a", "b", "c"), broken="b"), torch.device("cpu"), rounds=2)
+    first_timed = len([e for e in events if e[0] == "build"]) + 2  # builds + one warm-up step each (a, c)
+    assert all(e[0] == "build" or e[1] != "b" for e in events)
+    assert [e[0] for e in events[:first_timed]].count("build") == 3  # all built before the rounds
+    assert [e[1] for e in events[first_timed:]] == ["a", "c", "a", "c"]  # interleaved rounds
+    assert [r["name"] for r in rows] == ["a", "b", "c"]
+    assert rows[0]["step_s"] > 0 and rows[0]["tag"] == "A" and rows[2]["step_s"] > 0
+    assert rows[1]["error"] == "RuntimeError: b: no kernel for this dtype" and "step_s" not in rows[1]
+
+
+def test_peak_pass_then_time_pass_merge_into_one_row_per_case():
+    events = []
+    peak = peak_pass(_logged_cases(events), torch.device("cpu"), warmup=1, kernels=True)
+    times = time_pass(_logged_cases(events), torch.device("cpu"), rounds=1)
+    assert all(r["step_s"] != r["step_s"] for r in peak)  # NaN: the peak pass takes no timed steps
+    merged = merge_rows(peak, times)
+    assert [r["name"] for r in merged] == ["a", "b"]
+    for r, p, t in zip(merged, peak, times):
+        assert r["step_s"] == t["step_s"] > 0
+        assert r["kernels"] == p["kernels"] > 0 and r["saved_gb_per_sample"] == p["saved_gb_per_sample"] > 0
+    # the other order keeps the measured time too
+    assert [r["step_s"] for r in merge_rows(times, peak)] == [t["step_s"] for t in times]
+
+
+def test_measure_case_reports_failure_as_a_row():
+    events = []
+    (case,) = _logged_cases(events, ("x",), broken="x")
+    row = measure_case(case, torch.device("cpu"))
+    assert row == dict(name="x", group="toy", amp="fp32", error="RuntimeError: x: no kernel for this dtype",
+                       tag="X")
