@@ -50,9 +50,9 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         stream_dtype: ``'auto'`` (default: float64 residual streams, i.e. exact
             reconstruction, while BN trains; float32 with ``norm_eval``), ``'float64'``
             or ``'float32'``; see :class:`revbifpn_mm.core.RevSequential`.
-        lean_recompute: Which MBConvs checkpoint their middle inside the reversible
-            recomputation (smaller peak memory for extra compute, see :class:`MBConv`):
-            ``'neck'`` (default, the output MBConvs), ``'all'`` (True) or ``'none'`` (False).
+        lean_recompute: The lean recomputation policy, ``'neck'`` (default), ``'all'`` or
+            ``'none'``: which MBConvs keep a smaller working set inside the reversible
+            backward for extra compute (documented in :class:`revbifpn_mm.models.RevBiFPN`).
         check_finite: Raise a ``ValueError`` if the input holds NaN or Inf.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH[, prefix=...])`` loads an
             official or converted checkpoint; otherwise the official initialisation.
@@ -69,7 +69,7 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
                  num_ext_layers: Optional[int] = None,
                  memory_mode: str = "reversible",
                  stream_dtype: Optional[str] = "auto",
-                 lean_recompute: Union[bool, str] = "neck",
+                 lean_recompute: str = "neck",
                  check_finite: bool = False,
                  init_cfg: Optional[Dict[str, Any]] = None) -> None:
         if out_type not in ("neck", "trunk"):

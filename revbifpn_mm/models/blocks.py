@@ -115,17 +115,12 @@ class MBConv(nn.Module):
         norm_layer: Normalisation layer factory.
 
     Attributes:
-        lean_recompute: When True and the block is being recomputed by a reversible
-            backward (:func:`revbifpn_mm.core.is_recomputing`), the part between the
-            expansion conv and the projection conv (BN, Hardswish, depthwise conv, BN,
-            Hardswish, SE) is checkpointed: only its input is kept and it is run once
-            more while the block back-propagates. Inside that re-run each BN + Hardswish
-            pair is checkpointed as well (only the BN input is kept; the BN output is
-            recomputed for the Hardswish gradient). That removes 4-5 feature maps of
-            width ``Ce`` from the block's working set, which is the floor of reversible
-            training memory, for a second evaluation of these (cheap, mostly
-            elementwise) layers. Off by default; outside a reversible backward it has no
-            effect (so plain autograd never updates BN statistics twice).
+        lean_recompute: Whether this block is *lean*: set by the model's lean
+            recomputation policy (``RevBiFPN(lean_recompute=...)``, documented in
+            :class:`~revbifpn_mm.models.RevBiFPN`), not by hand. A lean block that is being
+            recomputed by a reversible backward (:func:`revbifpn_mm.core.is_recomputing`)
+            checkpoints the part between the expansion and the projection conv, and each
+            BN + Hardswish pair inside it; anywhere else the flag has no effect.
     """
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1,

@@ -17,7 +17,10 @@ from torch import Tensor, nn
 from ..core import MemoryMode, RecomputedPerScale, RevBlockGroup, RevResidualBlock, RevSequential, RevSilo, SpaceToDepth
 from .blocks import ConvNormAct, MBConv, NormLayer, default_norm_layer
 
-__all__ = ["ARCH_SETTINGS", "RevBiFPN", "ClassificationHead", "resolve_arch"]
+__all__ = ["ARCH_SETTINGS", "LEAN_RECOMPUTE_MODES", "RevBiFPN", "ClassificationHead", "resolve_arch"]
+
+#: Values of ``RevBiFPN(lean_recompute=...)``; the policy is documented in :class:`RevBiFPN`.
+LEAN_RECOMPUTE_MODES = ("neck", "all", "none")
 
 NUM_SCALES = 4
 #: Per-scale settings shared by every variant (spec section 8).
@@ -140,12 +143,27 @@ class RevBiFPN(nn.Module):
             BatchNorm is in training mode; the input's dtype when BN is frozen, as in
             detection with ``norm_eval``), ``'float64'``, ``'float32'`` or ``None``
             (the input's dtype). Transforms always compute in the parameters' dtype.
-        lean_recompute: Which MBConvs checkpoint their elementwise/depthwise middle
-            while the reversible backward recomputes them (see :class:`MBConv`): a
-            smaller working set, the floor of reversible training memory, for extra
-            compute. ``'neck'`` (default): the four per-scale output MBConvs, whose
-            full-resolution recomputation sets the peak, for about 3 % more step time;
-            ``'all'`` (or True): every MBConv; ``'none'`` (or False): none.
+        lean_recompute: The lean recomputation policy, one of :data:`LEAN_RECOMPUTE_MODES`.
+            While the reversible backward recomputes an MBConv, a *lean* MBConv
+            checkpoints its middle (expansion BN + Hardswish, depthwise conv + BN +
+            Hardswish, SE): it keeps only the middle's input and runs the middle once
+            more while it back-propagates, and inside that re-run each BN + Hardswish
+            pair keeps only the BN input. That removes 3-5 feature maps of the expanded
+            width from the block's working set, which sets the floor of reversible
+            training memory, for one more evaluation of these cheap, mostly elementwise
+            layers. Outside a reversible backward (plain mode, eval, ``no_grad``) the
+            policy has no effect; gradients are bitwise the same in every mode and BN
+            statistics are updated once per step.
+
+            * ``'neck'`` (default): the four per-scale output MBConvs, whose
+              full-resolution recomputation sets the peak of the backward, for about
+              3 % more step time;
+            * ``'all'``: every MBConv (trunk blocks and RevSilos too): lowers the peak
+              further only when a trunk recomputation sets it (float64 streams with
+              training BN), for more compute;
+            * ``'none'``: no MBConv (the fastest backward, the largest working set).
+
+            Change it later with :meth:`set_lean_recompute`.
         checkpoint: Path to an official ``.pth.tar`` checkpoint (or a state dict) to load.
 
     Attributes:
@@ -167,7 +185,7 @@ class RevBiFPN(nn.Module):
                  norm_layer: Optional[NormLayer] = None,
                  memory_mode: Union[str, MemoryMode] = MemoryMode.REVERSIBLE,
                  stream_dtype: Optional[Union[str, torch.dtype]] = "auto",
-                 lean_recompute: Union[bool, str] = "neck",
+                 lean_recompute: str = "neck",
                  checkpoint: Optional[Union[str, Dict[str, Tensor]]] = None) -> None:
         super().__init__()
         cfg = resolve_arch(arch, drop_path_rate=drop_path_rate, num_ext_layers=num_ext_layers,
@@ -245,12 +263,18 @@ class RevBiFPN(nn.Module):
                 nn.init.zeros_(m.bias)
 
     # ------------------------------------------------------------- running
-    def set_lean_recompute(self, mode: Union[bool, str] = "all") -> None:
-        """Set :attr:`MBConv.lean_recompute`: ``'all'``/True, ``'neck'`` or ``'none'``/False."""
-        modes = {True: "all", False: "none", "all": "all", "neck": "neck", "none": "none"}
-        if not isinstance(mode, (bool, str)) or mode not in modes:
-            raise ValueError(f"lean_recompute must be 'neck', 'all' (True) or 'none' (False), got {mode!r}")
-        self.lean_recompute = modes[mode]
+    def set_lean_recompute(self, mode: str) -> None:
+        """Set the lean recomputation policy: ``'neck'``, ``'all'`` or ``'none'`` (see the class docstring).
+
+        Raises:
+            ValueError: ``mode`` is not one of :data:`LEAN_RECOMPUTE_MODES`.
+        """
+        if not isinstance(mode, str) or mode not in LEAN_RECOMPUTE_MODES:
+            hint = (" (booleans are not accepted: use 'all' for True or 'none' for False)"
+                    if isinstance(mode, bool) else "")
+            raise ValueError(f"lean_recompute must be one of 'neck' (the default), 'all' or 'none', "
+                             f"got {mode!r}{hint}")
+        self.lean_recompute = mode
         neck = set(self.rev_stack.tail.modules()) if self.rev_stack.tail is not None else set()
         for m in self.rev_stack.modules():
             if isinstance(m, MBConv):

@@ -13,4 +13,7 @@ Modules:
     dist: distributed training on CPU-only PyTorch (gloo) through the mmengine runner.
     synthetic: the deterministic synthetic shapes dataset (COCO and MMSeg layouts);
         ``python -m revbifpn_mm.tooling.synthetic --root data/synthetic_coco``.
+    curves: deterministic training configs and loss curves (reversible vs plain).
+    fidelity: gradient fidelity of the reversible backward against plain autograd.
+    memory: the CPU peak working set of a piece of code (Linux + glibc).
 """

@@ -12,6 +12,7 @@ import torch
 from revbifpn_mm.core import SavedTensorCounter, is_recomputing
 from revbifpn_mm.models import RevBiFPN
 from revbifpn_mm.models.blocks import MBConv
+from revbifpn_mm.tooling.memory import peak_rss_supported
 
 
 def _step(model, x):
@@ -27,12 +28,39 @@ def test_lean_recompute_modes_select_the_mbconvs():
     assert model.lean_recompute == "neck"  # the default
     assert all(m.lean_recompute == (m in neck) for m in blocks)
     assert sum(m.lean_recompute for m in blocks) == 4
-    for mode, expect in ((True, "all"), ("all", "all"), (False, "none"), ("none", "none")):
+    for mode in ("all", "none"):
         model.set_lean_recompute(mode)
-        assert model.lean_recompute == expect
-        assert all(m.lean_recompute == (expect == "all") for m in blocks)
-    with pytest.raises(ValueError, match="lean_recompute must be 'neck', 'all'"):
-        RevBiFPN("s0", num_classes=0, lean_recompute="trunk")
+        assert model.lean_recompute == mode
+        assert all(m.lean_recompute == (mode == "all") for m in blocks)
+    model.set_lean_recompute("neck")
+    assert all(m.lean_recompute == (m in neck) for m in blocks)
+
+
+@pytest.mark.parametrize("bad", ["trunk", "Neck", None, 1, True, False])
+def test_lean_recompute_accepts_only_its_three_modes(bad):
+    """One policy, three spellings: anything else (booleans included) is an error naming the valid values."""
+    valid = "must be one of 'neck' \\(the default\\), 'all' or 'none'"
+    with pytest.raises(ValueError, match=valid):
+        RevBiFPN("s0", num_classes=0, lean_recompute=bad)
+    model = RevBiFPN("s0", num_classes=0)
+    with pytest.raises(ValueError, match=valid) as err:
+        model.set_lean_recompute(bad)
+    if isinstance(bad, bool):
+        assert "use 'all' for True or 'none' for False" in str(err.value)
+    assert model.lean_recompute == "neck"  # unchanged by the rejected call
+
+
+def test_one_lean_recompute_default():
+    """The model, the mm backbone and the policy's documentation agree on one default, 'neck'."""
+    import inspect
+    import pathlib
+    from revbifpn_mm.models import LEAN_RECOMPUTE_MODES
+    assert LEAN_RECOMPUTE_MODES == ("neck", "all", "none")
+    assert inspect.signature(RevBiFPN).parameters["lean_recompute"].default == "neck"
+    assert inspect.signature(RevBiFPN.set_lean_recompute).parameters["mode"].default is inspect.Parameter.empty
+    src = (pathlib.Path(__file__).resolve().parents[2] / "revbifpn_mm" / "mm" / "backbone.py").read_text()
+    assert 'lean_recompute: str = "neck"' in src  # the mm signature (mm may be absent here)
+    assert "Off by default" not in inspect.getdoc(MBConv)
 
 
 @pytest.mark.parametrize("mode", ["neck", "all"])
@@ -111,3 +139,118 @@ def test_lean_channel_scale_under_bf16_autocast():
     for a, b in zip(got, ref):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
+
+
+# --------------------------------------------------------------------------- the memory it saves
+def _output_mbconvs(model):
+    """The per-scale output MBConvs (stride 4, 8, 16, 32), which 'neck' makes lean."""
+    return [m for m in model.rev_stack.tail.modules() if isinstance(m, MBConv)]
+
+
+def _saved_in_recomputation(mode, frozen_bn, size):
+    """Bytes autograd saves inside the reversible backward's recomputation of each output MBConv."""
+    torch.manual_seed(0)
+    model = RevBiFPN("s0", num_classes=0, drop_path_rate=0.0, lean_recompute=mode).train()
+    if frozen_bn:
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+    blocks, counted, open_counters = _output_mbconvs(model), {}, {}
+    params = list(model.parameters())
+
+    def pre(block, args):
+        if is_recomputing() and torch.is_grad_enabled():
+            open_counters[block] = SavedTensorCounter(exclude=params).__enter__()
+
+    def post(block, args, out):
+        if block in open_counters:
+            c = open_counters.pop(block)
+            c.__exit__(None, None, None)
+            counted[blocks.index(block)] = c.nbytes
+
+    for b in blocks:
+        b.register_forward_pre_hook(pre)
+        b.register_forward_hook(post)
+    x = torch.randn(1 if frozen_bn else 2, 3, size, size)
+    sum(o.pow(2).mean() for o in model(x)).backward()
+    assert sorted(counted) == [0, 1, 2, 3], "each output MBConv is recomputed once in the backward"
+    return counted, blocks, x
+
+
+@pytest.mark.parametrize("frozen_bn", [True, False], ids=["frozen_bn", "train_bn"])
+def test_lean_recompute_drops_the_middle_from_the_recomputation(frozen_bn):
+    """'neck' keeps only the middle's input while an output MBConv is recomputed.
+
+    Without lean recomputation the recomputed depthwise conv + BN + Hardswish keep at least
+    two expanded-width maps for their backward (the BN input and the Hardswish input);
+    inside the checkpoint they are not kept, so each output MBConv's recomputation must
+    save at least those two maps less.
+    """
+    size = 128
+    none, blocks, x = _saved_in_recomputation("none", frozen_bn, size)
+    neck, _, _ = _saved_in_recomputation("neck", frozen_bn, size)
+    for h, block in enumerate(blocks):
+        side = size // 4 // 2 ** h
+        width = block.dw_conv.conv.out_channels  # the expanded width Ce
+        two_maps = 2 * x.shape[0] * width * side * side * x.element_size()
+        print(f"output MBConv {h}: saved in its recomputation {none[h] / 1e6:.2f} MB ('none') -> "
+              f"{neck[h] / 1e6:.2f} MB ('neck'); two Ce maps = {two_maps / 1e6:.2f} MB")
+        assert neck[h] <= none[h] - two_maps, (h, neck[h], none[h], two_maps)
+
+
+_PEAK_CODE = """
+import json, sys
+from revbifpn_mm.tooling.memory import enable_peak_rss, peak_rss_bytes
+if not enable_peak_rss():
+    print(json.dumps(None)); sys.exit(0)
+import torch
+from revbifpn_mm.models import RevBiFPN
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = RevBiFPN("s0", num_classes=0, drop_path_rate=0.0, lean_recompute=sys.argv[1]).train()
+for m in model.modules():  # the detection setting: frozen BN, float32 residual streams ('auto')
+    if isinstance(m, torch.nn.BatchNorm2d):
+        m.eval()
+x = torch.randn(1, 3, int(sys.argv[2]), int(sys.argv[2]))
+loss = lambda: sum(o.pow(2).mean() for o in model(x))
+loss().backward()  # warm-up: gradients allocated, allocator settled
+l = loss()
+print(json.dumps(peak_rss_bytes(l.backward)))
+"""
+
+
+def _backward_peak(mode, size):
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", _PEAK_CODE, mode, str(size)], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_lean_recompute_lowers_the_peak_of_the_backward():
+    """CPU peak working set of the reversible backward of S0 at 512x512 (frozen BN, fp32 streams).
+
+    Each reading runs in a fresh process (the peak counter is per process, and the
+    allocator's history shifts it). At this size the stride-4 output MBConv's
+    recomputation sets the peak, so 'neck' must lower it clearly: by at least 10 %, and
+    by at least one expanded-width map of that block, the smallest thing the lean path
+    removes there.
+    """
+    size = 512
+    if not peak_rss_supported():
+        pytest.skip("peak working set readings need Linux /proc (clear_refs)")
+    none, neck = _backward_peak("none", size), _backward_peak("neck", size)
+    assert none is not None and neck is not None, "glibc's mallopt is unavailable"
+    model = RevBiFPN("s0", num_classes=0)
+    one_map = _output_mbconvs(model)[0].dw_conv.conv.out_channels * (size // 4) ** 2 * 4
+    print(f"S0 {size}x{size} backward peak working set: 'none' {none / 1e6:.1f} MB, 'neck' {neck / 1e6:.1f} MB "
+          f"({1 - neck / none:.0%} less); one stride-4 Ce map {one_map / 1e6:.1f} MB")
+    assert neck <= 0.9 * none, (neck, none)
+    assert none - neck >= one_map, (none - neck, one_map)
