@@ -1,4 +1,8 @@
-"""`import revbifpn_mm`, the core and the models work with the mm stack blocked."""
+"""`import revbifpn_mm`, the core and the models work with the mm stack blocked; the layering of
+the package and the line between tools/ and tests/ hold."""
+import ast
+import os
+import pathlib
 import subprocess
 import sys
 
@@ -24,8 +28,6 @@ def test_core_and_models_import_without_mm_stack():
 
 
 def test_core_and_models_do_not_import_mm_modules():
-    import ast
-    import pathlib
     root = pathlib.Path(__file__).resolve().parents[1] / "revbifpn_mm"
     for sub in ("core", "models"):
         for f in (root / sub).rglob("*.py"):
@@ -42,7 +44,7 @@ def test_core_and_models_do_not_import_mm_modules():
 
 
 # --------------------------------------------------------------------------- tools <-> tests, layering
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[1]
 #: Calls that execute a file by path or widen the import path.
 _PATH_LOADERS = {"spec_from_file_location", "run_path", "SourceFileLoader", "load_source", "exec_module"}
 
@@ -57,7 +59,6 @@ def _rel(path):
 
 def _imported_roots(tree):
     """Top-level module names of the absolute imports of ``tree``."""
-    import ast
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for a in node.names:
@@ -67,19 +68,16 @@ def _imported_roots(tree):
 
 
 def _call_name(node):
-    import ast
     f = node.func
     return f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
 
 
 def _strings(node):
-    import ast
     return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
 
 
 def _is_sys_path_edit(node):
     """``sys.path.insert/append/extend(...)`` or ``sys.path[...] = ...`` / ``sys.path += ...``."""
-    import ast
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
         owner = node.func.value
         return (node.func.attr in ("insert", "append", "extend") and isinstance(owner, ast.Attribute)
@@ -94,7 +92,6 @@ def _is_sys_path_edit(node):
 
 
 def _tools_violations(files, test_modules):
-    import ast
     bad = []
     for f in files:
         tree = ast.parse(f.read_text(), str(f))
@@ -110,7 +107,6 @@ def _tools_violations(files, test_modules):
 
 
 def _tests_violations(files, tool_modules):
-    import ast
     bad = []
     for f in files:
         tree = ast.parse(f.read_text(), str(f))
@@ -149,7 +145,6 @@ def test_boundary_scan_catches_crossings(tmp_path):
 
 def _tooling_imports(files):
     """``file:line`` of every import of revbifpn_mm.tooling (absolute or relative) in ``files``."""
-    import ast
     bad = []
     for f in files:
         for node in ast.walk(ast.parse(f.read_text(), str(f))):
@@ -180,7 +175,6 @@ def test_plugin_and_library_do_not_import_tooling(tmp_path):
 
 def test_compare_curves_runs_as_documented(tmp_path):
     """`python tools/compare_curves.py` (the README's command) runs from the checkout: here up to its configs."""
-    import os
     work = tmp_path / "curves"
     out = subprocess.run([sys.executable, str(REPO / "tools" / "compare_curves.py"), "--dry-run", "--iters", "2",
                           "--images", "2", "--work-dir", str(work)], cwd=str(REPO), capture_output=True, text=True,
