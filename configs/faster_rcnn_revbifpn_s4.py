@@ -8,9 +8,11 @@
 #   frozen, affine parameters still trained), as MMDetection's HRNet backbone does by
 #   default (its `norm_eval=True`); with 2 images per GPU, batch statistics are too noisy.
 # * frozen_stages=-1: nothing frozen, as HRNet (whose default is also -1).
-# * Schedule: mmdet's 1x (SGD lr 0.02 for a total batch of 16 = 8 GPUs x 2 images,
-#   momentum 0.9, weight decay 1e-4, 500-iter linear warm-up, x0.1 at epochs 8 and 11).
-#   Use `--auto-scale-lr` with a different total batch size.
+# * Everything else comes from the mmdet base config unchanged: COCO 2017 under
+#   data/coco/, images padded to multiples of 32 (pad_size_divisor=32, which RevBiFPN
+#   needs), RPN / RoI heads, and the 1x schedule (SGD lr 0.02 for a total batch of
+#   16 = 8 GPUs x 2 images, momentum 0.9, weight decay 1e-4, 500-iter linear warm-up,
+#   x0.1 at epochs 8 and 11). Use `--auto-scale-lr` with a different total batch size.
 # * The ImageNet checkpoint (official `revbifpn_s4.pth.tar`) is expected in
 #   checkpoints/; override with
 #   --cfg-options model.backbone.init_cfg.checkpoint=PATH (or init_cfg=None: from scratch).
@@ -18,10 +20,7 @@ _base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
 
 custom_imports = dict(imports=['revbifpn_mm'], allow_failed_imports=False)
 
-data_root = 'data/coco/'
-
 model = dict(
-    data_preprocessor=dict(pad_size_divisor=32),  # RevBiFPN needs multiples of 32
     backbone=dict(
         _delete_=True,
         type='RevBiFPN',
@@ -39,23 +38,3 @@ model = dict(
         out_channels=256,
         num_outs=5))
 
-train_dataloader = dict(
-    dataset=dict(data_root=data_root, ann_file='annotations/instances_train2017.json',
-                 data_prefix=dict(img='train2017/')))
-val_dataloader = dict(
-    dataset=dict(data_root=data_root, ann_file='annotations/instances_val2017.json',
-                 data_prefix=dict(img='val2017/')))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
-test_evaluator = val_evaluator
-
-# 1x schedule, spelled out (identical to mmdet's schedule_1x.py).
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=12, val_interval=1)
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500),
-    dict(type='MultiStepLR', begin=0, end=12, by_epoch=True, milestones=[8, 11], gamma=0.1),
-]
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=0.0001))
-auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -149,3 +149,33 @@ def test_cli_helpers_fast(tmp_path, monkeypatch):
 
     with pytest.raises(DataError, match="empty"):
         check_built_datasets(_Runner(), ("train",))
+
+
+def _mmdet_base(tmp_path, rel):
+    """mmdet's config merged through ``mmdet::`` inheritance, as our configs see it."""
+    cfg = tmp_path / "mmdet_base.py"
+    cfg.write_text(f"_base_ = 'mmdet::{rel}'\n")
+    return Config.fromfile(str(cfg)).to_dict()
+
+
+@pytest.mark.parametrize("det,base", [("faster_rcnn", "faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py"),
+                                      ("mask_rcnn", "mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py")])
+def test_s4_configs_are_mmdet_base_with_backbone_and_neck_swapped(det, base, tmp_path):
+    """The merged S4 config equals mmdet's except model.backbone, model.neck and custom_imports,
+    and the file itself says nothing else (data, evaluators, schedule, pad_size_divisor=32
+    all come from the base)."""
+    import ast
+    path = CONFIG_DIR / f"{det}_revbifpn_s4.py"
+    ours = _load(path).to_dict()
+    theirs = _mmdet_base(tmp_path, base)
+    assert ours["model"]["data_preprocessor"]["pad_size_divisor"] == 32  # RevBiFPN needs multiples of 32
+    assert ours.pop("custom_imports") == dict(imports=["revbifpn_mm"], allow_failed_imports=False)
+    for d in (ours, theirs):
+        del d["model"]["backbone"], d["model"]["neck"]
+    assert ours == theirs
+
+    tree = ast.parse(path.read_text())
+    names = [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets]
+    assert sorted(names) == ["_base_", "custom_imports", "model"]
+    model = next(node.value for node in tree.body if isinstance(node, ast.Assign) and node.targets[0].id == "model")
+    assert sorted(k.arg for k in model.keywords) == ["backbone", "neck"]
