@@ -115,6 +115,12 @@ def main(argv=None):
     from revbifpn_mm.tooling.runner import DataError
     from revbifpn_mm.tooling.synthetic import generate_synthetic_coco
 
+    try:  # Faster/Mask R-CNN need mmcv's compiled ops: one clear message instead of a deep trace
+        from revbifpn_mm.mm import check_mmcv_ops
+        check_mmcv_ops()
+    except ImportError as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 2
     threads = args.threads or min(4, (os.cpu_count() or 2) // 2)
     torch.set_num_threads(max(1, threads))
     torch.set_flush_denormal(True)  # denormal gradients slow small CPU models down a lot

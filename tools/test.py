@@ -90,6 +90,12 @@ def main(argv=None):
     from revbifpn_mm.tooling.runner import (DataError, apply_cpu_dist_backend, build_runner, check_data,
                                  ensure_synthetic_data, register_scope, shutdown_distributed)
 
+    try:  # Faster/Mask R-CNN need mmcv's compiled ops: one clear message instead of a deep trace
+        from revbifpn_mm.mm import check_mmcv_ops
+        check_mmcv_ops()
+    except ImportError as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 2
     cfg, scope = build_cfg(args, register_scope)
     apply_cpu_dist_backend(cfg)
     for root in ensure_synthetic_data(cfg, ("test",)):

@@ -88,6 +88,12 @@ def main(argv=None):
                                  check_pretrained, ensure_synthetic_data, register_scope,
                                  shutdown_distributed)
 
+    try:  # Faster/Mask R-CNN need mmcv's compiled ops: one clear message instead of a deep trace
+        from revbifpn_mm.mm import check_mmcv_ops
+        check_mmcv_ops()
+    except ImportError as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 2
     cfg = build_cfg(args)
     scope = register_scope(cfg)
     apply_cpu_dist_backend(cfg)

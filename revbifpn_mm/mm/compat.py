@@ -10,24 +10,49 @@
   the real ``getattr`` would reopen arbitrary code execution, so the pickle's
   ``getattr`` global is mapped to :func:`_history_buffer_getattr`, which resolves
   only public methods of ``HistoryBuffer``.
-* mmcv must carry its compiled ops (``mmcv._ext``: RoIAlign, NMS, ...) for Faster/Mask
-  R-CNN; :func:`check_mmcv_ops` turns the deep import error into one clear message.
+* The mm layer itself needs mmengine and ``mmcv.cnn`` only (:func:`require_mm_stack` names
+  the fix when one is missing). mmcv must also carry its compiled ops (``mmcv._ext``:
+  RoIAlign, NMS, ...) for Faster/Mask R-CNN; :func:`check_mmcv_ops` turns the deep import
+  error into one clear message. It is called where the ops are needed (the tools'
+  pre-flight), not at import, so that the mm layer registers with mmcv-lite too.
 """
 from __future__ import annotations
 
 import importlib
 
-__all__ = ["ensure_torch_load_compat", "check_mmcv_ops", "MMCVOpsMissingError", "MMCV_FIX"]
+__all__ = ["ensure_torch_load_compat", "check_mmcv_ops", "require_mm_stack", "MMCVOpsMissingError",
+           "MMCV_FIX", "MMENGINE_FIX"]
 
 MMCV_FIX = ("run `bash tools/setup_env.sh` from the revbifpn_mm checkout (builds mmcv 2.1.0 with its ops "
             "once and caches the wheel), or build it yourself: `pip install 'setuptools<82' && "
             "MMCV_WITH_OPS=1 pip install --no-build-isolation --no-binary mmcv 'mmcv==2.1.0'`")
+
+MMENGINE_FIX = ("run `bash tools/setup_env.sh` from the revbifpn_mm checkout, or `pip install "
+                "'mmengine==0.10.7'` (then mmcv 2.1.0: see tools/setup_env.sh)")
 
 _done = False
 
 
 class MMCVOpsMissingError(ImportError):
     """mmcv is installed without its compiled ops."""
+
+
+def require_mm_stack() -> None:
+    """Raise an ImportError with the fix unless mmengine and ``mmcv.cnn`` import.
+
+    These are what the mm layer (registration, ``build_norm_layer``) needs; mmcv's
+    compiled ops are not (see :func:`check_mmcv_ops`).
+    """
+    try:
+        importlib.import_module("mmengine")
+    except ImportError as err:
+        raise ImportError(f"revbifpn_mm.mm needs mmengine, which cannot be imported ({err}). "
+                          f"Fix: {MMENGINE_FIX}") from err
+    try:
+        importlib.import_module("mmcv.cnn")
+    except ImportError as err:
+        raise ImportError(f"revbifpn_mm.mm needs mmcv 2.1.0 (mmcv.cnn), which cannot be imported ({err}). "
+                          f"Fix: {MMCV_FIX}") from err
 
 
 def check_mmcv_ops() -> None:

@@ -1,8 +1,6 @@
 """The mm layer: registry, backbone options, pretrained loading, the lean neck, detectors, mmseg."""
 import copy
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -187,14 +185,6 @@ def test_mmdet_necks_drop_in():
                     dict(type="FPN", in_channels=[48, 64, 128, 320], out_channels=32, num_outs=5)):
             outs = dm().build(cfg)(feats)
             assert len(outs) == 5 and all(o.shape[1] == 32 for o in outs)
-
-
-def test_import_without_mmcv_ops_gives_clear_error():
-    code = ("import sys; sys.modules['mmcv._ext'] = None\n"
-            "try:\n    import revbifpn_mm\nexcept ImportError as e:\n    print('ERR', e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert "ERR mmcv 2.1.0 is installed without its compiled ops" in out.stdout, out.stdout + out.stderr
-    assert "tools/setup_env.sh" in out.stdout
 
 
 def _detector_cfg(kind):
