@@ -21,7 +21,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["revbifpn_mm", "revbifpn_mm.*"]),
-    install_requires=["torch>=2.1", "numpy"],
+    install_requires=["torch>=2.5", "numpy"],
     extras_require={
         "mm": ["mmengine==0.10.7", "mmdet==3.3.0", "mmsegmentation==1.2.2", "pycocotools",
                "setuptools<82"],

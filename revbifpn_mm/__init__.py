@@ -1,6 +1,6 @@
 """revbifpn_mm: the reversible RevBiFPN backbone for MMDetection 3.x and MMSegmentation 1.x.
 
-``import revbifpn_mm`` needs only torch. When
+``import revbifpn_mm`` needs only torch (>= 2.5, checked here with a clear error). When
 mmengine and mmcv are both installed, the mm layer (registration of ``RevBiFPN`` and
 ``RevBiFPNNeck``) is imported too, so ``custom_imports=dict(imports=['revbifpn_mm'])`` is
 all a config needs. mmcv's compiled ops are not needed for that; the tools check them
@@ -11,9 +11,13 @@ and leaves the mm layer unregistered; ``import revbifpn_mm.mm`` raises that erro
 import importlib.util
 import warnings
 
-from .version import __version__
-from .models import (RevBiFPN, revbifpn_s0, revbifpn_s1, revbifpn_s2, revbifpn_s3, revbifpn_s4, revbifpn_s5,
-                     revbifpn_s6)
+from ._compat_torch import check_torch_version
+
+check_torch_version()
+
+from .version import __version__  # noqa: E402
+from .models import (RevBiFPN, revbifpn_s0, revbifpn_s1, revbifpn_s2, revbifpn_s3,  # noqa: E402
+                     revbifpn_s4, revbifpn_s5, revbifpn_s6)
 
 __all__ = ["__version__", "RevBiFPN", "revbifpn_s0", "revbifpn_s1", "revbifpn_s2", "revbifpn_s3",
            "revbifpn_s4", "revbifpn_s5", "revbifpn_s6"]
