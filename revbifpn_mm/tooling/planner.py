@@ -1,0 +1,656 @@
+"""Training-memory planner: will a detection or segmentation config fit on a GPU?
+
+Backs ``tools/plan_memory.py``. It measures rather than guesses: the real model of the config,
+built by its codebase (mmdet or mmseg), runs short training steps (forward, backward, optimizer
+step) on synthetic inputs of the config's training resolution at batch 1 and batch 2, each in
+a fresh process, and the planner extrapolates linearly in the batch.
+
+Method, per memory mode (reversible, plain):
+
+* **Fixed costs**: the bytes of the parameters and buffers, of the gradients and of the
+  optimizer state (e.g. SGD momentum: one buffer per parameter; Adam/AdamW: two), counted
+  tensor by tensor on the built model and the config's optimizer after one step.
+* **Step working set** (measured): the peak memory of the forward + backward above the
+  resident training state (parameters, gradients, optimizer state), and, separately, the peak
+  of the optimizer step (gradient clipping included). On CUDA it is read from
+  ``torch.cuda.max_memory_allocated``; on CPU from the process's peak resident set
+  (:class:`revbifpn_mm.tooling.bench.RssPeakProbe`; a fresh process per measurement because
+  the peak resident set only grows).
+* **Prediction** at batch ``b``::
+
+      allocated(b) = fixed + max(fb(1) + (b - 1) * (fb(2) - fb(1)), opt)
+      on_gpu(b)    = allocated(b) * (1 + fragmentation) + context
+
+  ``fb(b)`` is the forward + backward working set at batch ``b``, ``fb(2) - fb(1)`` the
+  activation memory per sample, ``opt`` the larger optimizer-step working set of the two runs.
+  ``context`` and ``fragmentation`` are an allowance for the CUDA context and the caching
+  allocator that no CPU measurement can see (:data:`CONTEXT_GB`, :data:`FRAGMENTATION`).
+
+Gradients are kept allocated between steps (``zero_grad(set_to_none=False)``), so they are
+counted as resident during the whole step: an upper bound by at most one gradient copy, as
+mmengine frees them between steps. Inputs are synthetic: random images, 8 random boxes (and
+masks) per image for detectors, a random label map for segmentors.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["PlanError", "NotMeasured", "Probe", "ModePlan", "Plan", "CONTEXT_GB", "FRAGMENTATION",
+           "BATCHES", "load_config", "training_shape", "probe", "probe_in_subprocess", "make_plan",
+           "render_plan", "available_ram_bytes"]
+
+GB = 1e9
+BATCHES: Tuple[int, ...] = (1, 2, 4, 8)
+CONTEXT_GB = 1.0
+"""GPU memory taken by the CUDA context (driver, kernels of torch/cuDNN/cuBLAS) outside the
+caching allocator. An assumption: a CUDA 12 context takes 0.3-0.6 GB with lazy module loading,
+more without; 1.0 GB leaves room for cuDNN/cuBLAS workspaces."""
+FRAGMENTATION = 0.10
+"""Fraction of the allocated peak added for the caching allocator (memory it reserves beyond
+what tensors use: block rounding and fragmentation). An assumption; on a CUDA device the probe
+also records ``torch.cuda.max_memory_reserved`` to check it."""
+ALLOWANCE_TEXT = ("CUDA context + caching-allocator fragmentation: {ctx:.1f} GB + {frag:.0%} of the "
+                  "allocated peak (an assumption, not measured here)")
+BOXES_PER_IMAGE = 8
+MODES = ("reversible", "plain")
+
+
+class PlanError(RuntimeError):
+    """The config cannot be planned: it does not load or build, or has no training resolution."""
+
+
+class NotMeasured(RuntimeError):
+    """A measurement could not be taken here (too little memory, unsupported precision)."""
+
+
+# --------------------------------------------------------------------------- config
+def load_config(path: str, cfg_options: Optional[Dict[str, Any]] = None) -> Any:
+    """Load an mmdet/mmseg config and register its codebase.
+
+    Args:
+        path: config file.
+        cfg_options: ``key=value`` overrides, as ``--cfg-options`` gives them.
+
+    Returns:
+        The mmengine ``Config``; its ``default_scope`` is ``'mmdet'`` or ``'mmseg'``.
+
+    Raises:
+        PlanError: the file is missing or does not parse, or its codebase is not supported.
+    """
+    from mmengine.config import Config
+
+    from revbifpn_mm.tooling.runner import register_scope
+
+    if not os.path.isfile(path):
+        raise PlanError(f"config file not found: {path}")
+    try:
+        cfg = Config.fromfile(path)
+        if cfg_options:
+            cfg.merge_from_dict(cfg_options)
+    except Exception as err:  # noqa: BLE001  (mmengine raises many types)
+        raise PlanError(f"config {path} does not load: {_one_line(err)}") from err
+    if "model" not in cfg:
+        raise PlanError(f"config {path} has no 'model'")
+    try:
+        register_scope(cfg)
+    except (ValueError, ImportError) as err:
+        raise PlanError(f"config {path}: {_one_line(err)}") from err
+    if cfg.get("default_scope", None) is None:
+        cfg.default_scope = "mmdet"
+    return cfg
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _pipeline(cfg: Any) -> List[Dict[str, Any]]:
+    ds = cfg.get("train_dataloader", {}).get("dataset", {})
+    while isinstance(ds, dict) and "pipeline" not in ds and "dataset" in ds:  # RepeatDataset & co
+        ds = ds["dataset"]
+    if isinstance(ds, dict) and ds.get("pipeline"):
+        return list(ds["pipeline"])
+    return list(cfg.get("train_pipeline", []) or [])
+
+
+def _pad(size: int, divisor: int) -> int:
+    return int(math.ceil(size / divisor) * divisor) if divisor > 1 else int(size)
+
+
+def training_shape(cfg: Any) -> Tuple[int, int, str]:
+    """The input size (height, width) of one training sample, after resizing, cropping and padding.
+
+    mmdet: the largest scale of the training pipeline's ``Resize`` / ``RandomResize`` /
+    ``RandomChoiceResize`` (``scale=(w, h)``; with ``keep_ratio`` a landscape image gets the
+    short side of the scale as its height and at most the long side as its width), cut by a
+    ``RandomCrop``, padded to ``pad_size_divisor``. mmseg: the crop size of ``RandomCrop``,
+    else the data preprocessor's fixed ``size``, else the resize scale, padded the same way.
+
+    Returns:
+        ``(height, width, description)``.
+
+    Raises:
+        PlanError: no training resolution can be read from the config (pass ``--shape H W``).
+    """
+    pre = cfg.model.get("data_preprocessor", {}) or {}
+    h = w = None
+    how = []
+    for t in _pipeline(cfg):
+        kind = t.get("type", "")
+        scales = None
+        if kind in ("Resize", "FixShapeResize", "RandomResize") and t.get("scale") is not None:
+            scales = t["scale"] if kind == "RandomResize" else [t["scale"]]
+        elif kind == "FixShapeResize" and t.get("width"):
+            scales = [(t["width"], t["height"])]
+        elif kind == "RandomChoiceResize" and t.get("scales"):
+            scales = t["scales"]
+        if scales is not None:
+            scales = [s if isinstance(s, (list, tuple)) else (s, s) for s in scales]
+            sw, sh = max(scales, key=lambda s: s[0] * s[1])
+            ratio = t.get("ratio_range")
+            if ratio is not None:  # mmseg RandomResize: scale * max ratio
+                sw, sh = sw * max(ratio), sh * max(ratio)
+            if t.get("keep_ratio", False):
+                h, w = min(sw, sh), max(sw, sh)
+                how.append(f"{kind} {tuple(t.get('scale', scales[0]))} keep_ratio: landscape {int(h)}x{int(w)}")
+            else:
+                w, h = sw, sh
+                how.append(f"{kind} to {int(h)}x{int(w)}")
+        elif kind in ("RandomCrop", "RandomCenterCropPad") and t.get("crop_size") is not None:
+            ch, cw = t["crop_size"] if cfg.default_scope == "mmseg" else tuple(reversed(t["crop_size"]))
+            h, w = (min(h, ch), min(w, cw)) if h is not None else (ch, cw)
+            how.append(f"{kind} {int(ch)}x{int(cw)}")
+    size = pre.get("size")
+    if size is not None:  # mmseg: every sample padded to this size
+        h, w = (max(h, size[0]), max(w, size[1])) if h is not None else tuple(size)
+        how.append(f"padded to size {size[0]}x{size[1]}")
+    if h is None:
+        raise PlanError("no training resolution in the config's training pipeline (no Resize / "
+                        "RandomResize / RandomCrop); pass --shape H W")
+    div = int(pre.get("pad_size_divisor", pre.get("size_divisor", 1)) or 1)
+    ph, pw = _pad(h, div), _pad(w, div)
+    if div > 1 and (ph, pw) != (int(h), int(w)):
+        how.append(f"padded to /{div}")
+    return ph, pw, ", ".join(how)
+
+
+# --------------------------------------------------------------------------- one measurement
+@dataclass
+class Probe:
+    """What one training-step measurement found (bytes)."""
+
+    mode: str
+    batch: int
+    shape: Tuple[int, int]
+    device: str
+    amp: bool
+    optimizer: str
+    params_bytes: int
+    buffers_bytes: int
+    grads_bytes: int
+    optim_bytes: int
+    fwd_bwd_bytes: int
+    optim_step_bytes: int
+    step_s: float
+    reserved_bytes: Optional[int] = None
+
+    @property
+    def fixed_bytes(self) -> int:
+        """Parameters, buffers, gradients and optimizer state."""
+        return self.params_bytes + self.buffers_bytes + self.grads_bytes + self.optim_bytes
+
+    @property
+    def peak_bytes(self) -> int:
+        """Peak of the whole training step: fixed costs plus the larger phase working set."""
+        return self.fixed_bytes + max(self.fwd_bwd_bytes, self.optim_step_bytes)
+
+
+def _storage_bytes(tensors: Sequence[Any]) -> int:
+    seen = set()
+    total = 0
+    for t in tensors:
+        st = t.untyped_storage()
+        if st.data_ptr() in seen:
+            continue
+        seen.add(st.data_ptr())
+        total += st.nbytes()
+    return total
+
+
+def _num_classes(node: Any) -> Optional[int]:
+    if isinstance(node, dict):
+        if isinstance(node.get("num_classes"), int):
+            return node["num_classes"]
+        for v in node.values():
+            found = _num_classes(v)
+            if found is not None:
+                return found
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            found = _num_classes(v)
+            if found is not None:
+                return found
+    return None
+
+
+def _inputs(cfg: Any, model: Any, batch: int, shape: Tuple[int, int], device: Any) -> Dict[str, Any]:
+    import torch
+
+    h, w = shape
+    classes = _num_classes(cfg.model) or 80
+    if cfg.default_scope == "mmseg":
+        from mmengine.structures import PixelData
+        from mmseg.structures import SegDataSample
+
+        gen = torch.Generator().manual_seed(0)
+        inputs, samples = [], []
+        for _ in range(batch):
+            inputs.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen))
+            s = SegDataSample()
+            s.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), scale_factor=(1.0, 1.0),
+                                flip=False, img_path="<synthetic>"))
+            s.gt_sem_seg = PixelData(data=torch.randint(0, classes, (1, h, w), generator=gen))
+            samples.append(s)
+        return dict(inputs=inputs, data_samples=samples)
+    from mmdet.testing import demo_mm_inputs
+
+    return demo_mm_inputs(batch, [(3, h, w)] * batch, num_items=[BOXES_PER_IMAGE] * batch,
+                          num_classes=max(2, classes), with_mask=bool(getattr(model, "with_mask", False)),
+                          device=str(device))
+
+
+def _set_mode(cfg: Any, mode: str) -> None:
+    backbone = cfg.model.get("backbone", {})
+    if backbone.get("type") == "RevBiFPN":
+        backbone["memory_mode"] = mode
+    elif mode != "plain":
+        raise NotMeasured(f"the backbone {backbone.get('type')!r} has no reversible mode")
+
+
+def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] = None,
+          amp: bool = False, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None) -> Probe:
+    """Measure one training step of the config's model, in this process.
+
+    On CPU the peak resident set only grows and glibc's allocation policy is changed for the
+    whole process (see :class:`revbifpn_mm.tooling.bench.RssPeakProbe`): call it in a fresh
+    process, e.g. through :func:`probe_in_subprocess`.
+
+    Args:
+        config: config file.
+        mode: ``'reversible'`` or ``'plain'`` (the backbone's ``memory_mode``).
+        batch: samples per step.
+        shape: ``(height, width)`` of the input; default :func:`training_shape`.
+        amp: autocast the forward (CPU: bfloat16, CUDA: float16).
+        device: ``'cpu'`` or a CUDA device.
+        cfg_options: config overrides.
+
+    Returns:
+        The :class:`Probe`.
+
+    Raises:
+        PlanError: the model or its optimizer does not build.
+        NotMeasured: the step does not fit in memory or the model rejects the precision.
+    """
+    import torch
+
+    from revbifpn_mm.tooling.bench import peak_probe_for
+
+    dev = torch.device(device)
+    peak = peak_probe_for(dev)  # first: on CPU it sets glibc's mmap threshold before the big allocations
+    if peak is None:
+        raise NotMeasured(f"no way to read peak memory on {dev} here (CPU needs Linux + glibc)")
+    cfg = load_config(config, cfg_options)
+    if shape is None:
+        shape = training_shape(cfg)[:2]
+    _set_mode(cfg, mode)
+    if cfg.model.get("backbone", {}).get("init_cfg") is not None:
+        cfg.model.backbone.init_cfg = None  # no checkpoint is needed to measure memory
+    registry = importlib.import_module(f"{cfg.default_scope}.registry")
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import DefaultScope
+
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        try:
+            model = registry.MODELS.build(cfg.model)
+            model.to(dev).train()
+        except Exception as err:  # noqa: BLE001
+            if _is_oom(_root_cause(err)):
+                raise NotMeasured(f"the model does not fit in the memory this process may use on {dev}") from err
+            raise PlanError(f"the model of {config} does not build: {_one_line(_root_cause(err))}") from err
+        optim_cfg = dict(cfg.optim_wrapper)
+        if optim_cfg.get("type") == "AmpOptimWrapper":  # autocast is handled here (amp=True)
+            amp = True
+            optim_cfg = {k: v for k, v in optim_cfg.items() if k not in ("loss_scale", "dtype")}
+            optim_cfg["type"] = "OptimWrapper"
+        try:
+            optim = build_optim_wrapper(model, optim_cfg)
+        except Exception as err:  # noqa: BLE001
+            raise PlanError(f"the optimizer of {config} does not build: {_one_line(_root_cause(err))}") from err
+    amp_dtype = (torch.bfloat16 if dev.type == "cpu" else torch.float16) if amp else None
+    packed = _inputs(cfg, model, batch, shape, dev)
+
+    def fwd_bwd() -> None:
+        data = model.data_preprocessor(packed, True)
+        with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            losses = model(**data, mode="loss")
+        loss, _ = model.parse_losses(losses)
+        optim.backward(loss)
+
+    def opt_step() -> None:
+        optim.step()
+        optim.zero_grad(set_to_none=False)
+
+    try:
+        fwd_bwd()  # warm-up: allocates the gradients and lazily initialised buffers
+        opt_step()  # ... and the optimizer state
+        start = time.perf_counter()
+        peak.reset()
+        fwd_bwd()
+        fb = peak.read()
+        reserved = None
+        if dev.type == "cuda":
+            reserved = torch.cuda.max_memory_reserved(dev)
+        peak.reset()
+        opt_step()
+        op = peak.read()
+        seconds = time.perf_counter() - start
+    except (RuntimeError, MemoryError) as err:
+        text = str(err)
+        if _is_oom(err):
+            raise NotMeasured(f"does not fit in the memory this process may use on {dev} at batch {batch}") from err
+        if amp and ("BFloat16" in text or "Half" in text or "dtype" in text):
+            raise NotMeasured(f"the model does not run under {amp_dtype} autocast on {dev.type}: "
+                              f"{_one_line(err)}") from err
+        raise
+    params = list(model.parameters())
+    state = [t for s in optim.optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
+    optimizer = type(optim.optimizer).__name__
+    return Probe(mode=mode, batch=batch, shape=tuple(shape), device=str(dev), amp=amp, optimizer=optimizer,
+                 params_bytes=_storage_bytes(params), buffers_bytes=_storage_bytes(list(model.buffers())),
+                 grads_bytes=_storage_bytes([p.grad for p in params if p.grad is not None]),
+                 optim_bytes=_storage_bytes(state), fwd_bwd_bytes=int(fb), optim_step_bytes=int(op),
+                 step_s=seconds, reserved_bytes=reserved)
+
+
+def _is_oom(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure (CUDA out of memory, CPU allocator or Python)."""
+    import torch
+
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(err)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of a chain (mmengine wraps build errors several times)."""
+    seen = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        nxt = err.__cause__ or err.__context__
+        if nxt is None:
+            break
+        err = nxt
+    return err
+
+
+# --------------------------------------------------------------------------- fresh processes
+def available_ram_bytes() -> int:
+    """``MemAvailable`` of this machine (Linux), or 0 where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] = None,
+                        amp: bool = False, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
+                        ram_limit_bytes: Optional[int] = None, threads: Optional[int] = None,
+                        timeout: Optional[float] = None) -> Probe:
+    """:func:`probe` in a fresh Python process (the peak resident set is per process).
+
+    Args:
+        ram_limit_bytes: address space the measuring process may add after start-up
+            (``RLIMIT_AS``); a step that needs more stops with :class:`NotMeasured` instead
+            of pushing the machine into swap or the OOM killer. ``None``: no limit.
+        threads: torch CPU threads of the measuring process.
+        timeout: seconds before the measurement is abandoned.
+        Other arguments: as :func:`probe`.
+
+    Raises:
+        PlanError, NotMeasured: as :func:`probe`, re-raised from the measuring process.
+    """
+    job = dict(config=config, mode=mode, batch=batch, shape=list(shape) if shape else None, amp=amp,
+               device=device, cfg_options=cfg_options or {}, ram_limit_bytes=ram_limit_bytes, threads=threads)
+    with tempfile.TemporaryDirectory(prefix="revbifpn_plan_") as tmp:
+        out = os.path.join(tmp, "probe.json")
+        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        proc = subprocess.run([sys.executable, "-m", "revbifpn_mm.tooling.planner", json.dumps(job), out],
+                              capture_output=True, text=True, env=env, timeout=timeout)
+        if not os.path.isfile(out):
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
+            if proc.returncode < 0 or proc.returncode == 137:
+                raise NotMeasured(f"the measuring process was killed (signal {-proc.returncode}), "
+                                  f"probably for lack of memory at batch {batch}")
+            raise RuntimeError("the measuring process failed:\n" + "\n".join(tail))
+        with open(out, encoding="utf-8") as f:
+            res = json.load(f)
+    if "error" in res:
+        cls = {"PlanError": PlanError, "NotMeasured": NotMeasured}.get(res["error"], RuntimeError)
+        raise cls(res["message"])
+    res["shape"] = tuple(res["shape"])
+    return Probe(**res)
+
+
+def _child(job_json: str, out: str) -> int:
+    """Entry of the measuring process: run :func:`probe`, write its result (or error) as JSON."""
+    job = json.loads(job_json)
+    import torch
+
+    if job.get("threads"):
+        torch.set_num_threads(int(job["threads"]))
+    try:
+        if job.get("ram_limit_bytes"):
+            import resource
+
+            load_config(job["config"], job["cfg_options"] or None)  # imports the codebase (maps its libraries)
+            with open("/proc/self/status") as f:
+                size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+            # thread stacks and malloc arenas reserve some address space without using memory: they
+            # come out of the allowance (conservative)
+            limit = size + int(job["ram_limit_bytes"])
+            resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+        res = asdict(probe(job["config"], job["mode"], job["batch"], tuple(job["shape"]) if job["shape"] else None,
+                           job["amp"], job["device"], job["cfg_options"] or None))
+    except (PlanError, NotMeasured) as err:
+        res = dict(error=type(err).__name__, message=str(err))
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(res, f)
+    return 0
+
+
+# --------------------------------------------------------------------------- plan
+@dataclass
+class ModePlan:
+    """Measurements of one memory mode at batch 1 and 2, and the predictions made from them."""
+
+    mode: str
+    probes: List[Probe] = field(default_factory=list)
+    skipped: Optional[str] = None
+
+    @property
+    def measured(self) -> bool:
+        """Whether both measurements were taken."""
+        return len(self.probes) == 2 and self.skipped is None
+
+    @property
+    def fixed_bytes(self) -> int:
+        """Parameters, buffers, gradients and optimizer state."""
+        return self.probes[0].fixed_bytes
+
+    @property
+    def per_sample_bytes(self) -> int:
+        """Activation memory per sample: forward + backward working set at batch 2 minus at batch 1."""
+        return self.probes[1].fwd_bwd_bytes - self.probes[0].fwd_bwd_bytes
+
+    @property
+    def step_constant_bytes(self) -> int:
+        """Batch-independent part of the forward + backward working set."""
+        return self.probes[0].fwd_bwd_bytes - self.per_sample_bytes
+
+    @property
+    def optim_step_bytes(self) -> int:
+        """Working set of the optimizer step (the larger of the two runs)."""
+        return max(p.optim_step_bytes for p in self.probes)
+
+    def allocated(self, batch: int) -> float:
+        """Predicted peak of allocated memory (tensors) at ``batch``, bytes."""
+        fb = self.probes[0].fwd_bwd_bytes + (batch - 1) * self.per_sample_bytes
+        return self.fixed_bytes + max(fb, self.optim_step_bytes)
+
+    def on_gpu(self, batch: int, context_gb: float = CONTEXT_GB, fragmentation: float = FRAGMENTATION) -> float:
+        """Predicted GPU memory at ``batch`` with the context/allocator allowance, bytes."""
+        return self.allocated(batch) * (1 + fragmentation) + context_gb * GB
+
+    def largest_batch(self, gpu_bytes: float, context_gb: float = CONTEXT_GB,
+                      fragmentation: float = FRAGMENTATION, cap: int = 4096) -> int:
+        """Largest batch whose prediction fits in ``gpu_bytes`` (0: not even batch 1; ``cap`` at most)."""
+        if self.on_gpu(1, context_gb, fragmentation) > gpu_bytes:
+            return 0
+        if self.per_sample_bytes <= 0:
+            return cap
+        per = self.per_sample_bytes * (1 + fragmentation)
+        b = int((gpu_bytes - self.on_gpu(1, context_gb, fragmentation)) // per) + 1
+        while b > 1 and self.on_gpu(b, context_gb, fragmentation) > gpu_bytes:
+            b -= 1
+        return min(b, cap)
+
+
+@dataclass
+class Plan:
+    """A memory plan of one config: one :class:`ModePlan` per memory mode."""
+
+    config: str
+    scope: str
+    shape: Tuple[int, int]
+    shape_source: str
+    amp: bool
+    device: str
+    modes: List[ModePlan]
+
+
+def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = False,
+              modes: Sequence[str] = MODES, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
+              ram_fraction: float = 0.6, threads: Optional[int] = None, log: Any = None) -> Plan:
+    """Measure the config at batch 1 and 2 in each memory mode, in fresh processes.
+
+    Plain mode runs only where it fits: the measuring process may use at most ``ram_fraction``
+    of the memory available when it starts (CPU); a step that needs more is reported as not
+    measured, with the reason.
+
+    Args:
+        config: config file.
+        shape: ``(height, width)``; default: the config's training resolution.
+        amp: autocast (CPU bfloat16 / CUDA float16).
+        modes: memory modes to measure.
+        device: ``'cpu'`` or a CUDA device.
+        cfg_options: config overrides.
+        ram_fraction: share of the available RAM one CPU measurement may take.
+        threads: torch threads of the measuring processes.
+        log: a callable taking one progress line, or ``None``.
+
+    Raises:
+        PlanError: the config does not load or build, or has no training resolution.
+    """
+    cfg = load_config(config, cfg_options)
+    if shape is None:
+        h, w, how = training_shape(cfg)
+    else:
+        h, w, how = int(shape[0]), int(shape[1]), "--shape"
+    plans = []
+    for mode in modes:
+        mp = ModePlan(mode)
+        plans.append(mp)
+        for batch in (1, 2):
+            limit = None
+            if device == "cpu":
+                limit = int(available_ram_bytes() * ram_fraction) or None
+            if log:
+                log(f"measuring {mode} at batch {batch}, {h}x{w}"
+                    + (f" (may use {limit / GB:.1f} GB)" if limit else ""))
+            try:
+                mp.probes.append(probe_in_subprocess(config, mode, batch, (h, w), amp, device, cfg_options,
+                                                     ram_limit_bytes=limit, threads=threads))
+            except NotMeasured as err:
+                where = f"this machine's available memory ({limit / GB:.1f} GB allowed)" if limit else device
+                mp.skipped = f"not measured at batch {batch}: {err}" + (
+                    f"; it needs more than {where}" if "fit" in str(err) else "")
+                break
+    return Plan(config=config, scope=cfg.default_scope, shape=(h, w), shape_source=how, amp=amp,
+                device=device, modes=plans)
+
+
+def render_plan(plan: Plan, gpu_gb: Sequence[float] = (24.0,), batches: Sequence[int] = BATCHES,
+                context_gb: float = CONTEXT_GB, fragmentation: float = FRAGMENTATION) -> str:
+    """The plan as text: fixed costs, per-sample activations, predictions and largest batches."""
+    lines = [f"config: {plan.config} ({plan.scope})",
+             f"input: {plan.shape[0]}x{plan.shape[1]} per sample ({plan.shape_source}); "
+             f"precision: {_precision(plan)}; measured on {plan.device}"]
+    done = [m for m in plan.modes if m.measured]
+    if done:
+        p = done[0].probes[0]
+        factor = p.optim_bytes / p.params_bytes if p.params_bytes else 0.0
+        lines.append(f"fixed costs: parameters + buffers {(p.params_bytes + p.buffers_bytes) / GB:.3f} GB, "
+                     f"gradients {p.grads_bytes / GB:.3f} GB, optimizer state ({p.optimizer}, "
+                     f"{factor:.1f}x parameters) {p.optim_bytes / GB:.3f} GB")
+    lines.append("allowance: " + ALLOWANCE_TEXT.format(ctx=context_gb, frag=fragmentation))
+    head = (f"{'mode':<11} {'fixed':>7} {'step':>7} {'/sample':>8} " + " ".join(f"{'b=' + str(b):>7}" for b in batches)
+            + "  " + "  ".join(f"{'max b @' + _gb(g):>10}" for g in gpu_gb))
+    lines += ["predicted GPU memory, GB (fixed + step constant + batch x per-sample activations, + allowance):",
+              head]
+    for m in plan.modes:
+        if not m.measured:
+            lines.append(f"{m.mode:<11} {m.skipped or 'not measured'}")
+            continue
+        step = max(m.step_constant_bytes, 0)
+        row = (f"{m.mode:<11} {m.fixed_bytes / GB:>7.3f} {step / GB:>7.3f} {m.per_sample_bytes / GB:>8.3f} "
+               + " ".join(f"{m.on_gpu(b, context_gb, fragmentation) / GB:>7.2f}" for b in batches) + "  "
+               + "  ".join(f"{m.largest_batch(g * GB, context_gb, fragmentation):>10d}" for g in gpu_gb))
+        lines.append(row)
+        if m.per_sample_bytes <= 0:
+            lines.append(f"{'':<11} warning: batch 2 needed no more memory than batch 1 (measurement noise at "
+                         "a small input?); the largest batch is not meaningful")
+    lines.append("step: batch-independent working set of forward+backward (or the optimizer step if larger); "
+                 "/sample: activation memory per sample")
+    return "\n".join(lines)
+
+
+def _gb(g: float) -> str:
+    return f"{g:g}GB"
+
+
+def _precision(plan: Plan) -> str:
+    if not plan.amp:
+        return "fp32"
+    if plan.device == "cpu":
+        return ("autocast bfloat16 on CPU (assumed to take the same activation bytes as CUDA float16 "
+                "autocast: an assumption)")
+    return "autocast float16"
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1], sys.argv[2]))

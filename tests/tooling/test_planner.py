@@ -1,0 +1,128 @@
+"""The memory planner (revbifpn_mm.tooling.planner, tools/plan_memory.py).
+
+* Its batch-4 prediction, made from measurements at batch 1 and 2, is within 10 % of the
+  peak measured at batch 4 (same method, fresh process) for a detector and a segmentor.
+* Its fixed costs count the optimizer state the optimizer really keeps (AdamW: two buffers
+  per parameter, SGD with momentum: one).
+* A config that does not build gives one clear error line naming the reason.
+* Plain mode is reported as not measured, with the reason, where it does not fit.
+* The largest batch follows the stated formula.
+
+The measurements run the quickstart S0 configs at 256x256 on the CPU (seconds per step).
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mmdet")
+pytest.importorskip("mmseg")
+
+from revbifpn_mm.tooling import planner  # noqa: E402
+from revbifpn_mm.tooling.bench import RssPeakProbe  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+QS_DET = str(ROOT / "configs" / "quickstart" / "faster_rcnn_revbifpn_s0_synthetic.py")
+QS_SEG = str(ROOT / "configs" / "quickstart" / "fcn_revbifpn_s0_synthetic_seg.py")
+SHAPE = (256, 256)
+TOLERANCE = 0.10
+
+needs_rss = pytest.mark.skipif(not RssPeakProbe.available(), reason="peak resident set needs Linux + glibc")
+pytestmark = pytest.mark.mm
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+
+
+def _probe(config, batch, **kw):
+    return planner.probe_in_subprocess(config, "reversible", batch, SHAPE, threads=1, timeout=600, **kw)
+
+
+@needs_rss
+@pytest.mark.parametrize("config", [QS_DET, QS_SEG], ids=["faster_rcnn", "fcn"])
+def test_batch4_prediction_within_10_percent_of_measurement(config):
+    probes = [_probe(config, b) for b in (1, 2)]
+    plan = planner.ModePlan("reversible", probes)
+    measured = _probe(config, 4)
+    assert plan.per_sample_bytes > 0, probes
+    predicted = plan.allocated(4)
+    err = abs(predicted - measured.peak_bytes) / measured.peak_bytes
+    detail = (f"predicted {predicted / 1e6:.1f} MB, measured {measured.peak_bytes / 1e6:.1f} MB "
+              f"(fixed {measured.fixed_bytes / 1e6:.1f} MB; fwd+bwd working set b=1/2/4: "
+              f"{probes[0].fwd_bwd_bytes / 1e6:.1f}/{probes[1].fwd_bwd_bytes / 1e6:.1f}/"
+              f"{measured.fwd_bwd_bytes / 1e6:.1f} MB)")
+    print(detail)
+    assert err <= TOLERANCE, detail
+    # the activation part alone, without the fixed costs that both sides share
+    act_pred = predicted - plan.fixed_bytes
+    act_meas = measured.peak_bytes - measured.fixed_bytes
+    assert abs(act_pred - act_meas) / act_meas <= TOLERANCE, detail
+
+
+@needs_rss
+def test_fixed_costs_count_the_optimizer_state():
+    adamw = _probe(QS_DET, 1)  # the quickstart uses AdamW
+    sgd = _probe(QS_DET, 1, cfg_options={"optim_wrapper.optimizer": dict(type="SGD", lr=0.01, momentum=0.9)})
+    assert adamw.optimizer == "AdamW" and sgd.optimizer == "SGD"
+    assert adamw.grads_bytes > 0 and adamw.grads_bytes <= adamw.params_bytes
+    assert adamw.optim_bytes == 2 * adamw.grads_bytes  # exp_avg + exp_avg_sq per trained parameter
+    assert sgd.optim_bytes == sgd.grads_bytes  # one momentum buffer per trained parameter
+    assert sgd.params_bytes == adamw.params_bytes
+
+
+def _tool(*args, timeout=600):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "plan_memory.py"), *args], cwd=str(ROOT), env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_config_that_does_not_build_gives_one_clear_error():
+    rc, out, err = _tool(QS_DET, "--quick", "--threads", "1", "--cfg-options", "model.backbone.arch=s9")
+    assert rc == 2, out + err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert "does not build" in errors[0] and "s9" in errors[0], errors[0]
+    assert "Traceback" not in err
+
+
+def test_missing_config_gives_one_clear_error(tmp_path):
+    rc, out, err = _tool(str(tmp_path / "nope.py"), "--quick")
+    assert rc == 2 and "error: config file not found" in err, out + err
+    assert "Traceback" not in err
+
+
+@needs_rss
+def test_plain_mode_not_measured_where_it_does_not_fit():
+    # 0.1 % of the available memory (tens of MB) cannot hold a plain training step
+    plan = planner.make_plan(QS_DET, shape=SHAPE, modes=("plain",), ram_fraction=0.001, threads=1)
+    (mode,) = plan.modes
+    assert not mode.measured
+    assert "does not fit" in mode.skipped and "available memory" in mode.skipped, mode.skipped
+    text = planner.render_plan(plan, (24,))
+    assert "plain" in text and "not measured" in text
+
+
+def _fake(batch, fb, fixed=1_000_000_000, opt=0):
+    return planner.Probe(mode="reversible", batch=batch, shape=SHAPE, device="cpu", amp=False, optimizer="SGD",
+                         params_bytes=fixed // 3, buffers_bytes=fixed - 3 * (fixed // 3), grads_bytes=fixed // 3,
+                         optim_bytes=fixed // 3, fwd_bwd_bytes=fb, optim_step_bytes=opt, step_s=0.0)
+
+
+def test_largest_batch_follows_the_formula():
+    gb = 1_000_000_000
+    plan = planner.ModePlan("reversible", [_fake(1, gb), _fake(2, 2 * gb)])
+    assert plan.per_sample_bytes == gb and plan.step_constant_bytes == 0
+    # on_gpu(b) = (1 GB fixed + b GB) * 1.1 + 1 GB context <= 24 GB  <=>  b <= 19.9
+    assert plan.largest_batch(24 * gb, context_gb=1.0, fragmentation=0.1) == 19
+    assert plan.on_gpu(19, 1.0, 0.1) <= 24 * gb < plan.on_gpu(20, 1.0, 0.1)
+    assert plan.largest_batch(2 * gb, context_gb=1.0, fragmentation=0.1) == 0  # not even batch 1
+    # an optimizer step larger than the forward + backward sets the floor of every batch
+    big_opt = planner.ModePlan("reversible", [_fake(1, gb, opt=5 * gb), _fake(2, 2 * gb, opt=5 * gb)])
+    assert big_opt.allocated(1) == big_opt.allocated(4) == 6 * gb
+    assert big_opt.allocated(8) == 9 * gb
