@@ -15,6 +15,7 @@ ensure_torch_load_compat()
 
 from .backbone import RevBiFPNBackbone  # noqa: E402
 from .neck import RevBiFPNNeck  # noqa: E402
+from .lean_fcn import build_lean_fcn_head  # noqa: E402,F401  (registers LeanFCNHead; imports mmseg on first build)
 
 __all__ = ["RevBiFPNBackbone", "RevBiFPNNeck", "MMCVOpsMissingError", "check_mmcv_ops",
            "ensure_torch_load_compat", "require_mm_stack"]

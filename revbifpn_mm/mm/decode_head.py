@@ -1,0 +1,95 @@
+"""``LeanFCNHead``: mmseg's HRNet-style ``FCNHead`` at a fraction of its activation memory.
+
+This module imports MMSegmentation (the head subclasses mmseg's ``FCNHead``). It is not
+imported by ``revbifpn_mm.mm``: configs use ``type='LeanFCNHead'``, which the builder
+registered in :mod:`revbifpn_mm.mm.lean_fcn` resolves by importing this module on first
+use, so the mm layer keeps working with mmdet alone.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Sequence
+
+from mmseg.models.decode_heads.fcn_head import FCNHead
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .lean_fcn import lean_fcn_forward
+
+__all__ = ["LeanFCNHead"]
+
+
+class LeanFCNHead(FCNHead):
+    """mmseg's HRNet FCN head (``FCNHead`` with ``resize_concat``, one 1x1 ConvModule) made lean.
+
+    ``FCNHead`` in the HRNet setting resizes all input levels to the first one's size
+    (stride 4), concatenates them (``sum(in_channels)`` channels: 2240 for RevBiFPN-S4,
+    3712 for S6) and applies a 1x1 conv + BN + ReLU, dropout and the 1x1 classifier,
+    keeping three full-width stride-4 tensors for backward (four with dropout). This
+    head computes the same function one block of ``chunk_channels`` channels at a time
+    (:func:`~revbifpn_mm.mm.lean_fcn.lean_fcn_forward`): each level is reduced at its own
+    resolution by its slice of the 1x1 weight (the conv commutes with bilinear resizing),
+    then resized and summed, normalised, activated and classified; the classifier sums
+    the blocks' contributions. No full-width stride-4 tensor is ever built, the backward
+    keeps only the inputs (and per-channel vectors) and recomputes each block.
+
+    The parameters, buffers and their names are ``FCNHead``'s (``convs.0.conv``,
+    ``convs.0.bn``, ``conv_seg``), so state dicts load both ways, and the outputs equal
+    ``FCNHead``'s up to float round-off, in train and eval mode, with SyncBN across
+    processes, dropout (the same mask as ``nn.Dropout2d`` for the same RNG state) and
+    the BN running statistics updated once per forward.
+
+    Args:
+        num_convs: Must be 1 (the HRNet FCN setting).
+        kernel_size: Must be 1.
+        concat_input: Must be False.
+        dilation: Must be 1.
+        chunk_channels: Channels computed at once (forward and backward). Defaults to 256.
+        **kwargs: ``BaseDecodeHead``'s arguments (``in_channels``, ``channels``,
+            ``num_classes``, ``in_index``, ``input_transform`` ('resize_concat' or None),
+            ``norm_cfg`` (BN, SyncBN or None), ``act_cfg`` (ReLU or None), ...).
+    """
+
+    def __init__(self, num_convs: int = 1, kernel_size: int = 1, concat_input: bool = False,
+                 dilation: int = 1, chunk_channels: int = 256, **kwargs: Any) -> None:
+        wrong = {k: v for k, v, ok in (("num_convs", num_convs, 1), ("kernel_size", kernel_size, 1),
+                                        ("concat_input", concat_input, False), ("dilation", dilation, 1))
+                 if v != ok}
+        if wrong:
+            raise ValueError(f"LeanFCNHead supports only the HRNet FCN setting num_convs=1, kernel_size=1, "
+                             f"concat_input=False, dilation=1; got {wrong}. Use type='FCNHead' for "
+                             "other settings")
+        if kwargs.get("input_transform") not in ("resize_concat", None):
+            raise ValueError("LeanFCNHead needs input_transform='resize_concat' (or None for one input), "
+                             f"got {kwargs.get('input_transform')!r}")
+        if not isinstance(chunk_channels, int) or chunk_channels < 1:
+            raise ValueError(f"chunk_channels must be a positive int, got {chunk_channels!r}")
+        super().__init__(num_convs=1, kernel_size=1, concat_input=False, dilation=1, **kwargs)
+        self.chunk_channels = chunk_channels
+        module = self.convs[0]
+        conv = module.conv
+        if type(conv) is not nn.Conv2d or conv.groups != 1:
+            raise ValueError(f"LeanFCNHead needs a plain 1x1 nn.Conv2d (conv_cfg=None), got {conv}")
+        if module.with_norm and not isinstance(module.norm, _BatchNorm):
+            raise ValueError(f"LeanFCNHead supports norm_cfg BN, SyncBN or None, got {self.norm_cfg!r}: "
+                             "use type='FCNHead' for other norms")
+        if module.with_activation and type(module.activate) is not nn.ReLU:
+            raise ValueError(f"LeanFCNHead supports act_cfg=dict(type='ReLU') or None, got {self.act_cfg!r}: "
+                             "use type='FCNHead' for other activations")
+        if tuple(module.order[:2]) != ("conv", "norm"):
+            raise ValueError(f"LeanFCNHead needs the ConvModule order ('conv', 'norm', 'act'), got {module.order}")
+        self._level_channels: List[int] = (list(kwargs["in_channels"]) if self.input_transform == "resize_concat"
+                                           else [int(self.in_channels)])
+
+    def forward(self, inputs: Sequence[Tensor]) -> Tensor:
+        """Segmentation logits at the first input level's resolution, as ``FCNHead.forward``."""
+        feats = ([inputs[i] for i in self.in_index] if self.input_transform == "resize_concat"
+                 else [inputs[self.in_index]])
+        got = [int(x.shape[1]) for x in feats]
+        if got != self._level_channels:
+            raise ValueError(f"LeanFCNHead got inputs with channels {got}, but in_channels="
+                             f"{self._level_channels}: set decode_head.in_channels to the backbone's "
+                             "out_channels (e.g. RevBiFPN 's4' gives [192, 256, 512, 1280])")
+        module = self.convs[0]
+        return lean_fcn_forward(feats, module.conv, module.norm if module.with_norm else None,
+                                module.with_activation, self.dropout, self.conv_seg, self.chunk_channels,
+                                self.align_corners)

@@ -1,0 +1,343 @@
+"""The computation of ``LeanFCNHead``: HRNet's FCN head, one channel chunk at a time.
+
+mmseg's HRNet FCN head computes, from levels ``x_i`` (``x_0`` at stride 4)::
+
+    s   = W cat_i(resize(x_i)) + b                  (1x1 conv, C = sum(C_i) channels)
+    out = W_seg dropout(relu(bn(s))) + b_seg        (K classes)
+
+Every step is exact one block of output channels ``c`` at a time:
+
+* ``s_c = b_c + sum_i resize(W_{c,i} x_i)``: a 1x1 conv commutes with bilinear resizing
+  (one is linear over channels, the other over pixels), so each level is reduced at its
+  own resolution, by the rows ``c`` of its slice ``W_i`` of the weight;
+* BN (batch statistics included), ReLU and the Dropout2d mask act per channel;
+* ``out = b_seg + sum_c W_seg[:, c] d_c`` is a sum over the chunks.
+
+So no full-width stride-4 tensor (``s``, ``bn(s)``, ``relu(...)``) ever exists: the forward
+keeps a ``C_chunk``-channel block at a time, and for backward only the inputs ``x_i`` and
+per-channel vectors are saved; the backward recomputes each block from them.
+
+PyTorch and mmengine only. The module also registers ``LeanFCNHead`` in mmengine's root
+``MODELS`` as a builder that imports the class (and with it MMSegmentation) on first use,
+so that ``import revbifpn_mm`` registers the head without importing mmseg.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from mmengine.registry import MODELS
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = ["build_lean_fcn_head", "lean_fcn_forward"]
+
+_DIMS = (0, 2, 3)  # BN reduces over batch and space
+
+
+def _vec(v: Tensor) -> Tensor:
+    """A per-channel vector as a (1, C, 1, 1) tensor."""
+    return v.view(1, -1, 1, 1)
+
+
+def _chunks(channels: int, chunk: int) -> List[Tuple[int, int]]:
+    return [(c, min(c + chunk, channels)) for c in range(0, channels, chunk)]
+
+
+@dataclass
+class _Spec:
+    """The non-tensor settings of one call."""
+
+    splits: List[int]  # input channels of each level (the column blocks of W)
+    align_corners: bool
+    chunk: int
+    norm: Optional[_BatchNorm]
+    batch_stats: bool  # BN normalises with batch statistics (and backpropagates through them)
+    update_stats: bool  # ... and moves its running statistics
+    group: Any  # process group of a synchronised BN, or None
+    relu: bool
+    acc: torch.dtype  # dtype of the per-chunk arithmetic: the inputs', at least float32
+
+
+def _level_sum(feats: Sequence[Tensor], weights: Sequence[Tensor], bias: Optional[Tensor],
+               spec: _Spec) -> Tensor:
+    """``b + sum_i resize(W_i x_i)`` for one block of output channels, in the inputs' dtype."""
+    size = feats[0].shape[2:]
+    out: Optional[Tensor] = None
+    for x, w in zip(reversed(feats), reversed(weights)):  # coarse levels first: small tensors
+        r = F.conv2d(x, w.to(x.dtype))
+        if r.shape[2:] != size:
+            r = F.interpolate(r, size=size, mode="bilinear", align_corners=spec.align_corners)
+        out = r if out is None else out + r
+    assert out is not None
+    if bias is not None:
+        out = out + _vec(bias.to(out.dtype))
+    return out
+
+
+def _rows(weight: Tensor, c0: int, c1: int, splits: List[int]) -> List[Tensor]:
+    """Rows ``c0:c1`` of the 1x1 conv weight, split into the levels' column blocks."""
+    return list(torch.split(weight[c0:c1], splits, dim=1))
+
+
+def _gather_stats(mean: Tensor, var: Tensor, count: int, group: Any) -> Tuple[Tensor, Tensor, int]:
+    """Combine per-rank ``(mean_i, var_i, n_i)``: ``mean = sum n_i mean_i / N``,
+    ``var = sum n_i (var_i + (mean_i - mean)^2) / N`` (biased), as SyncBatchNorm does."""
+    c = mean.numel()
+    packed = torch.cat([mean, var, mean.new_tensor([float(count)])])
+    gathered = [torch.empty_like(packed) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, packed, group=group)
+    stacked = torch.stack(gathered)
+    n = stacked[:, -1:]
+    total = n.sum(0)
+    means, variances = stacked[:, :c], stacked[:, c:2 * c]
+    mean = (n * means).sum(0) / total
+    var = (n * (variances + (means - mean) ** 2)).sum(0) / total
+    return mean, var, int(total.item())
+
+
+def _activate(s: Tensor, scale: Optional[Tensor], shift: Optional[Tensor], mask: Optional[Tensor],
+              relu: bool, acc: torch.dtype) -> Tensor:
+    """``mask * relu(s * scale + shift)``, computed in ``acc`` (``s`` is not modified)."""
+    y = s.to(acc)
+    if scale is not None and shift is not None:
+        y = torch.addcmul(_vec(shift), y, _vec(scale))
+    elif y is s and (relu or mask is not None):
+        y = y.clone()
+    if relu:
+        y.clamp_(min=0)
+    if mask is not None:
+        y *= mask
+    return y
+
+
+class _LeanFCN(torch.autograd.Function):
+    """``W_seg mask relu(bn(b + sum_i resize(W_i x_i))) + b_seg`` in channel chunks (module docstring).
+
+    Saves the inputs ``x_i``, the weights and per-channel vectors (batch mean, inverse
+    std, the dropout mask) for backward. BN in training mode: the statistics of each
+    chunk are computed (and, with a process group, combined over ranks) in the forward,
+    the running statistics move once, after the last chunk; the backward is train-mode
+    BN's (through the statistics), with its two per-channel sums all-reduced over the
+    ranks per chunk, as ``torch.nn.SyncBatchNorm`` does.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, spec: _Spec, weight: Tensor, bias: Optional[Tensor], gamma: Optional[Tensor],
+                beta: Optional[Tensor], w_seg: Tensor, b_seg: Optional[Tensor], mask: Optional[Tensor],
+                *feats: Tensor) -> Tensor:
+        norm = spec.norm
+        n, _, h, w = feats[0].shape
+        channels = weight.shape[0]
+        acc = spec.acc
+        out = feats[0].new_zeros((n, w_seg.shape[0], h, w), dtype=acc)
+        w_seg32 = w_seg.to(acc)
+        mean = invstd = var_all = None
+        if norm is not None:
+            if spec.batch_stats:
+                mean = feats[0].new_empty(channels, dtype=acc)
+                invstd = torch.empty_like(mean)
+                var_all = torch.empty_like(mean)
+            else:
+                mean = norm.running_mean.to(acc, copy=True)
+                invstd = torch.rsqrt(norm.running_var.to(acc) + norm.eps)
+        count = local_count = feats[0].numel() // feats[0].shape[1]
+        for c0, c1 in _chunks(channels, spec.chunk):
+            s = _level_sum(feats, _rows(weight, c0, c1, spec.splits), None if bias is None else bias[c0:c1], spec)
+            scale = shift = None
+            if norm is not None:
+                if spec.batch_stats:
+                    var, m = torch.var_mean(s.to(acc), dim=_DIMS, correction=0)
+                    if spec.group is not None:
+                        m, var, count = _gather_stats(m, var, local_count, spec.group)
+                    mean[c0:c1], var_all[c0:c1] = m, var
+                    invstd[c0:c1] = torch.rsqrt(var + norm.eps)
+                scale, shift = _scale_shift(gamma, beta, mean, invstd, c0, c1)
+            d = _activate(s, scale, shift, None if mask is None else mask[:, c0:c1].to(acc), spec.relu, acc)
+            del s
+            out += F.conv2d(d, w_seg32[:, c0:c1])
+            del d
+        if b_seg is not None:
+            out += _vec(b_seg.to(acc))
+        if norm is not None and spec.update_stats:
+            _update_running_stats(norm, mean, var_all, count)
+        ctx.spec, ctx.count, ctx.n_feats, ctx.has_b_seg = spec, count, len(feats), b_seg is not None
+        ctx.save_for_backward(weight, bias, gamma, beta, w_seg, mean, invstd, mask, *feats)
+        return out.to(feats[0].dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
+        weight, bias, gamma, beta, w_seg, mean, invstd, mask, *feats = ctx.saved_tensors
+        spec: _Spec = ctx.spec
+        with_norm = mean is not None
+        acc = spec.acc
+        g = grad_out.to(acc)
+        g_flat = g.flatten(2)  # N, K, HW
+        w_seg32 = w_seg.to(acc)
+        grad_w_seg = torch.empty_like(w_seg32)
+        grad_weight = torch.empty_like(weight)
+        grad_bias = None if bias is None else torch.empty_like(bias)
+        grad_gamma = None if gamma is None or not with_norm else torch.empty_like(mean)
+        grad_beta = None if beta is None or not with_norm else torch.empty_like(mean)
+        need_x = [ctx.needs_input_grad[8 + i] for i in range(ctx.n_feats)]
+        grad_feats: List[Optional[Tensor]] = [torch.zeros_like(x) if need else None
+                                              for x, need in zip(feats, need_x)]
+        xs = [x.detach().requires_grad_(need) for x, need in zip(feats, need_x)]
+        for c0, c1 in _chunks(weight.shape[0], spec.chunk):
+            rows = [w.detach().requires_grad_() for w in _rows(weight, c0, c1, spec.splits)]
+            with torch.enable_grad():
+                s = _level_sum(xs, rows, None, spec)
+            s_val = s.detach() if bias is None else s.detach() + _vec(bias[c0:c1].to(s.dtype))
+            scale = shift = None
+            if with_norm:
+                scale, shift = _scale_shift(gamma, beta, mean, invstd, c0, c1)
+            m_c = None if mask is None else mask[:, c0:c1].to(acc)
+            d = _activate(s_val, scale, shift, m_c, spec.relu, acc)
+            grad_w_seg[:, c0:c1] = torch.matmul(g_flat, d.flatten(2).transpose(1, 2)).sum(0)[..., None, None]
+            gy = F.conv2d(g, w_seg32[:, c0:c1].transpose(0, 1))  # W_seg[:, c]^T g
+            if m_c is not None:
+                gy *= m_c
+            if spec.relu:  # mask entries are 0 or 1/(1-p) > 0, so d != 0 exactly where the ReLU passed
+                gy *= d != 0
+            del d
+            if with_norm:
+                inv = _vec(invstd[c0:c1])
+                xhat = (s_val.to(acc) - _vec(mean[c0:c1])) * inv
+                sums = torch.cat([gy.sum(_DIMS), (gy * xhat).sum(_DIMS)])
+                k = c1 - c0
+                if grad_beta is not None:
+                    grad_beta[c0:c1] = sums[:k]
+                if grad_gamma is not None:
+                    grad_gamma[c0:c1] = sums[k:]
+                if spec.batch_stats:
+                    if spec.group is not None:
+                        dist.all_reduce(sums, group=spec.group)
+                    sums /= ctx.count
+                    gy -= _vec(sums[:k])
+                    gy -= xhat * _vec(sums[k:])
+                del xhat
+                gy *= inv if gamma is None else inv * _vec(gamma[c0:c1].to(acc))
+            del s_val
+            if grad_bias is not None:
+                grad_bias[c0:c1] = gy.sum(_DIMS).to(grad_bias.dtype)
+            wanted = [x for x, need in zip(xs, need_x) if need] + rows
+            grads = torch.autograd.grad(s, wanted, gy.to(s.dtype))
+            del s, gy
+            it = iter(grads)
+            for i, need in enumerate(need_x):
+                if need:
+                    grad_feats[i] += next(it)
+            grad_weight[c0:c1] = torch.cat([gw.to(weight.dtype) for gw in it], dim=1)
+
+        def cast(grad: Optional[Tensor], ref: Optional[Tensor]) -> Optional[Tensor]:
+            return None if grad is None or ref is None else grad.to(ref.dtype)
+
+        grad_b_seg = g.sum(_DIMS) if ctx.has_b_seg else None
+        return (None, grad_weight, grad_bias, cast(grad_gamma, gamma), cast(grad_beta, beta),
+                grad_w_seg.to(w_seg.dtype), cast(grad_b_seg, w_seg), None, *grad_feats)
+
+
+def _scale_shift(gamma: Optional[Tensor], beta: Optional[Tensor], mean: Tensor, invstd: Tensor,
+                 c0: int, c1: int) -> Tuple[Tensor, Tensor]:
+    """``bn(s) = s * scale + shift``: ``scale = gamma * invstd``, ``shift = beta - mean * scale``."""
+    scale = invstd[c0:c1] if gamma is None else gamma[c0:c1].to(invstd.dtype) * invstd[c0:c1]
+    shift = -mean[c0:c1] * scale
+    if beta is not None:
+        shift = shift + beta[c0:c1].to(invstd.dtype)
+    return scale, shift
+
+
+def _update_running_stats(norm: _BatchNorm, mean: Tensor, var: Tensor, count: int) -> None:
+    """Move the running statistics as ``_BatchNorm.forward`` does (unbiased variance)."""
+    with torch.no_grad():
+        if norm.num_batches_tracked is not None:
+            norm.num_batches_tracked.add_(1)
+        if norm.momentum is None:  # cumulative moving average
+            factor = 1.0 / float(norm.num_batches_tracked)
+        else:
+            factor = norm.momentum
+        unbiased = var * (count / max(count - 1, 1))
+        norm.running_mean.mul_(1 - factor).add_(mean.to(norm.running_mean.dtype), alpha=factor)
+        norm.running_var.mul_(1 - factor).add_(unbiased.to(norm.running_var.dtype), alpha=factor)
+
+
+def _sync_group(norm: _BatchNorm) -> Any:
+    """The process group whose batch statistics ``norm`` combines, or None (no sync).
+
+    As ``torch.nn.SyncBatchNorm``: a SyncBatchNorm in training mode, with
+    ``torch.distributed`` initialised and more than one rank in its group.
+    """
+    if not isinstance(norm, nn.SyncBatchNorm) or not norm.training:
+        return None
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    group = norm.process_group or dist.group.WORLD
+    return group if dist.get_world_size(group) > 1 else None
+
+
+def lean_fcn_forward(feats: Sequence[Tensor], conv: nn.Conv2d, norm: Optional[_BatchNorm], relu: bool,
+                     dropout: Optional[nn.Module], conv_seg: nn.Conv2d, chunk_channels: int,
+                     align_corners: bool) -> Tensor:
+    """``conv_seg(dropout(relu(norm(conv(cat_i resize(feats_i))))))`` without full-width tensors.
+
+    Equal to running mmseg's ``FCNHead`` in the HRNet setting on ``feats`` (train or eval
+    mode; ``norm`` a BatchNorm, a ``SyncBatchNorm`` or None), including the running
+    statistics, which move exactly once per call, and the Dropout2d mask, drawn as
+    ``nn.Dropout2d`` draws it.
+
+    Args:
+        feats: The levels, the first one at the output resolution; the others are resized to it.
+        conv: The 1x1 conv over the concatenation (``in_channels = sum`` of the levels').
+        norm: The BatchNorm after it, or None.
+        relu: Whether a ReLU follows.
+        dropout: ``nn.Dropout2d`` before the classifier, or None.
+        conv_seg: The 1x1 classifier.
+        chunk_channels: Channels of ``conv``'s output computed at once.
+        align_corners: ``align_corners`` of the bilinear resize.
+
+    Returns:
+        The logits, N x K x H x W at ``feats[0]``'s resolution.
+    """
+    batch_stats = update_stats = False
+    group = None
+    if norm is not None:
+        batch_stats = norm.training or (norm.running_mean is None and norm.running_var is None)
+        update_stats = norm.training and norm.track_running_stats
+        group = _sync_group(norm) if batch_stats else None
+    spec = _Spec(splits=[int(x.shape[1]) for x in feats], align_corners=align_corners, chunk=chunk_channels,
+                 norm=norm, batch_stats=batch_stats, update_stats=update_stats, group=group, relu=relu,
+                 acc=torch.promote_types(feats[0].dtype, torch.float32))
+    mask = None
+    if dropout is not None and dropout.training:
+        # the Bernoulli draws nn.Dropout2d makes on an N x C x H x W input: one per (sample, channel)
+        mask = dropout(feats[0].new_ones((feats[0].shape[0], conv.out_channels, 1, 1)))
+    gamma = beta = None
+    if norm is not None:
+        gamma, beta = norm.weight, norm.bias
+    with torch.autocast(device_type=feats[0].device.type, enabled=False):  # the Function picks its dtypes
+        return _LeanFCN.apply(spec, conv.weight, conv.bias, gamma, beta, conv_seg.weight, conv_seg.bias, mask,
+                              *feats)
+
+
+@MODELS.register_module(name="LeanFCNHead")
+def build_lean_fcn_head(**kwargs: Any) -> nn.Module:
+    """Build :class:`revbifpn_mm.mm.decode_head.LeanFCNHead` (``type='LeanFCNHead'`` in configs).
+
+    Registered as a builder so that mmseg is imported only when the head is built.
+
+    Args:
+        **kwargs: ``LeanFCNHead``'s arguments.
+
+    Returns:
+        The head.
+    """
+    try:
+        import mmseg.models  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"LeanFCNHead is an MMSegmentation decode head, and mmseg cannot be imported ({err}). "
+                          "Fix: `pip install 'mmsegmentation==1.2.2'` (or run `bash tools/setup_env.sh`)") from err
+    from .decode_head import LeanFCNHead
+    return LeanFCNHead(**kwargs)
