@@ -2,6 +2,8 @@
 
     python tools/quickstart.py                # Faster R-CNN, then Mask R-CNN
     python tools/quickstart.py --skip-mask    # Faster R-CNN only
+    python tools/quickstart.py --seg          # ... then also the MMSegmentation FCN (mIoU)
+    python tools/quickstart.py --tasks seg    # only the segmentation quickstart
 
 1. writes the synthetic shapes dataset (circle / square / triangle, COCO format) to
    data/synthetic_coco (skipped when it is already there);
@@ -9,7 +11,12 @@
    (configs/quickstart/faster_rcnn_revbifpn_s0_synthetic.py) and evaluates COCO
    bbox mAP with mmdet's CocoMetric on the validation images;
 3. does the same for Mask R-CNN (bbox and segm mAP) unless --skip-mask;
-4. prints a summary: mAPs, wall time, checkpoints, and the commands to go further.
+4. with --seg (or --tasks ...,seg) trains the MMSegmentation FCN quickstart
+   (configs/quickstart/fcn_revbifpn_s0_synthetic_seg.py) on the label maps of the same
+   images and evaluates mIoU with mmseg's IoUMetric;
+5. draws each model's predictions on the first validation images (ground truth left,
+   prediction right) with mmdet's / mmseg's visualizer into <work-dir>/<model>/predictions/;
+6. prints a summary: mAPs / mIoU, wall time, checkpoints, pictures, and the commands to go further.
 """
 import argparse
 import json
@@ -25,7 +32,11 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = {
     "faster": osp.join(REPO, "configs", "quickstart", "faster_rcnn_revbifpn_s0_synthetic.py"),
     "mask": osp.join(REPO, "configs", "quickstart", "mask_rcnn_revbifpn_s0_synthetic.py"),
+    "seg": osp.join(REPO, "configs", "quickstart", "fcn_revbifpn_s0_synthetic_seg.py"),
 }
+RUN_NAMES = {"faster": "faster_rcnn_revbifpn_s0", "mask": "mask_rcnn_revbifpn_s0", "seg": "fcn_revbifpn_s0"}
+LABELS = {"faster": "Faster R-CNN", "mask": "Mask R-CNN", "seg": "FCN (mmseg)"}
+METRIC_KEYS = ("coco/bbox_mAP", "coco/bbox_mAP_50", "coco/segm_mAP", "coco/segm_mAP_50", "mIoU", "aAcc", "mAcc")
 
 
 def parse_args(argv=None):
@@ -38,6 +49,12 @@ def parse_args(argv=None):
     parser.add_argument("--iters", type=int, default=None,
                         help="training iterations of each model (default: the configs' max_iters)")
     parser.add_argument("--skip-mask", action="store_true", help="train only Faster R-CNN")
+    parser.add_argument("--seg", action="store_true",
+                        help="also train + evaluate (mIoU) the MMSegmentation FCN quickstart")
+    parser.add_argument("--tasks", default=None,
+                        help="comma list of faster, mask, seg to run instead (default faster,mask)")
+    parser.add_argument("--num-pictures", type=int, default=4,
+                        help="validation images to draw predictions on, per model (0: none)")
     parser.add_argument("--data-root", default=DEFAULT_DATA_ROOT,
                         help="where the synthetic dataset is (generated when absent)")
     parser.add_argument("--num-train", type=int, default=200, help="training images to generate")
@@ -85,7 +102,8 @@ def run_one(name, config, args, data_root):
     for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
         cfg[key].dataset.data_root = root
     for key in ("val_evaluator", "test_evaluator"):
-        cfg[key].ann_file = root + "annotations/instances_val.json"
+        if "ann_file" in cfg[key]:  # CocoMetric; mmseg's IoUMetric reads the label maps
+            cfg[key].ann_file = root + "annotations/instances_val.json"
     if args.iters is not None:
         set_iters(cfg, args.iters)
     cfg.work_dir = osp.join(args.work_dir, name)
@@ -101,11 +119,42 @@ def run_one(name, config, args, data_root):
     seconds = time.perf_counter() - start
     hub = runner.message_hub
     metrics = {}
-    for key in ("bbox_mAP", "bbox_mAP_50", "segm_mAP", "segm_mAP_50"):
-        if f"val/coco/{key}" in hub.log_scalars:
-            metrics[key] = float(hub.get_scalar(f"val/coco/{key}").current())
+    for key in METRIC_KEYS:
+        if f"val/{key}" in hub.log_scalars:
+            metrics[key.split("/")[-1]] = float(hub.get_scalar(f"val/{key}").current())
     ckpt = osp.join(cfg.work_dir, f"iter_{iters}.pth")
-    return metrics, seconds, ckpt
+    pictures = []
+    if args.num_pictures > 0:
+        from revbifpn_mm.tooling.pictures import save_prediction_pictures
+
+        pictures = save_prediction_pictures(runner.model, runner.val_dataloader.dataset,
+                                            osp.join(cfg.work_dir, "predictions"), num=args.num_pictures)
+    return metrics, seconds, ckpt, pictures
+
+
+def select_tasks(args):
+    """The quickstart runs to do, in order, from --tasks / --skip-mask / --seg."""
+    if args.tasks:
+        names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        bad = [t for t in names if t not in CONFIGS]
+        if bad or not names:
+            raise SystemExit(f"--tasks: unknown task(s) {bad or args.tasks!r}; choose from {', '.join(CONFIGS)}")
+    else:
+        names = ["faster"] + ([] if args.skip_mask else ["mask"])
+    if args.seg and "seg" not in names:
+        names.append("seg")
+    return [n for n in CONFIGS if n in names]
+
+
+def describe(name, metrics):
+    """One summary line of a run's metrics."""
+    nan = float("nan")
+    if name == "seg":
+        return f"mIoU {metrics.get('mIoU', nan):.1f} (aAcc {metrics.get('aAcc', nan):.1f})"
+    line = f"bbox mAP {metrics.get('bbox_mAP', nan):.3f} (AP50 {metrics.get('bbox_mAP_50', nan):.3f})"
+    if "segm_mAP" in metrics:
+        line += f"  segm mAP {metrics['segm_mAP']:.3f}"
+    return line
 
 
 def main(argv=None):
@@ -131,45 +180,46 @@ def main(argv=None):
           f"{info['num_images']['val']} val images, classes {', '.join(info['classes'])})", flush=True)
 
     results = {}
-    names = ["faster"] + ([] if args.skip_mask else ["mask"])
+    names = select_tasks(args)
     for name in names:
         try:
-            results[name] = run_one(f"{name}_rcnn_revbifpn_s0", CONFIGS[name], args, args.data_root)
+            results[name] = run_one(RUN_NAMES[name], CONFIGS[name], args, args.data_root)
         except DataError as err:
             print(f"ERROR: {err}", file=sys.stderr)
             return 2
-        metrics, seconds, _ = results[name]
-        shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-        print(f"[quickstart] {name} R-CNN done in {seconds:.0f}s: {shown}", flush=True)
+        metrics, seconds, _, pictures = results[name]
+        print(f"[quickstart] {LABELS[name]} done in {seconds:.0f}s: {describe(name, metrics)}", flush=True)
+        for path in pictures:
+            print(f"[quickstart] predictions drawn: {path}", flush=True)
 
     print("\n==================== RevBiFPN quickstart summary ====================")
     print(f"dataset: {info['root']} (synthetic shapes, {info['num_images']['val']} val images)")
     for name in names:
-        metrics, seconds, ckpt = results[name]
-        label = "Faster R-CNN" if name == "faster" else "Mask R-CNN"
-        line = f"{label:<13} RevBiFPN-S0  bbox mAP {metrics.get('bbox_mAP', float('nan')):.3f}" \
-               f" (AP50 {metrics.get('bbox_mAP_50', float('nan')):.3f})"
-        if "segm_mAP" in metrics:
-            line += f"  segm mAP {metrics['segm_mAP']:.3f}"
-        line += f"  train+eval {seconds / 60:.1f} min"
-        print(line)
+        metrics, seconds, ckpt, pictures = results[name]
+        print(f"{LABELS[name]:<13} RevBiFPN-S0  {describe(name, metrics)}  train+eval {seconds / 60:.1f} min")
         print(f"{'':<13} checkpoint {ckpt}")
+        if pictures:
+            print(f"{'':<13} predictions {osp.dirname(pictures[0])}/ ({len(pictures)} pictures: "
+                  "ground truth left, prediction right)")
     total = time.perf_counter() - total
     print(f"total wall time: {total / 60:.1f} min (torch threads: {torch.get_num_threads()})")
-    summary = {name: dict(metrics=results[name][0], seconds=results[name][1], checkpoint=results[name][2])
-               for name in names}
+    summary = {name: dict(metrics=results[name][0], seconds=results[name][1], checkpoint=results[name][2],
+                          pictures=results[name][3]) for name in names}
     summary["total_seconds"] = total
     os.makedirs(args.work_dir, exist_ok=True)
     with open(osp.join(args.work_dir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
-    first = results["faster"][2]
+    first = names[0]
     extra = ""
     if osp.normpath(args.data_root) != osp.normpath(DEFAULT_DATA_ROOT):
         root = args.data_root.rstrip("/") + "/"
-        extra = (f" --cfg-options test_dataloader.dataset.data_root={root} "
-                 f"test_evaluator.ann_file={root}annotations/instances_val.json")
+        extra = f" --cfg-options test_dataloader.dataset.data_root={root}"
+        if first != "seg":
+            extra += f" test_evaluator.ann_file={root}annotations/instances_val.json"
     print("next: python tools/test.py "
-          f"{osp.relpath(CONFIGS['faster'])} {first} --show-dir vis{extra}   # draws the predictions")
+          f"{osp.relpath(CONFIGS[first])} {results[first][2]} --show-dir vis{extra}   # draws all predictions")
+    if "seg" not in names:
+        print("      python tools/quickstart.py --tasks seg   # the MMSegmentation quickstart (mIoU)")
     print("      python tools/train.py configs/faster_rcnn_revbifpn_s4.py   # COCO (see the README)")
     return 0
 
