@@ -9,6 +9,8 @@
 # iterations at 4 GPUs x 4 images of 512x512 crops.
 # Images are padded to multiples of 32 at test time (data_preprocessor.test_cfg), as
 # RevBiFPN needs; the prediction is cropped back to the image.
+# The ImageNet checkpoint is the official file by URL: downloaded once into the torch
+# hub cache, SHA-256 checked on every run (docs/model_zoo.md).
 _base_ = 'mmseg::hrnet/fcn_hr18_4xb4-160k_ade20k-512x512.py'
 
 custom_imports = dict(imports=['revbifpn_mm'], allow_failed_imports=False)
@@ -28,7 +30,8 @@ model = dict(
         out_type='neck',
         norm_cfg=dict(type='SyncBN', eps=1e-3, requires_grad=True),
         norm_eval=False,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/revbifpn_s2.pth.tar')),
+        drop_path_rate=0.0,  # none in fine-tuning, as mmseg's HRNet configs (S2's ImageNet rate is 0.0 too)
+        init_cfg=dict(type='Pretrained', checkpoint='https://cerebras-public.s3.us-west-2.amazonaws.com/revbifpn/revbifpn_s2.pth.tar')),
     decode_head=dict(
         in_channels=in_channels,
         in_index=(0, 1, 2, 3),

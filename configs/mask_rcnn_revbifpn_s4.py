@@ -2,7 +2,8 @@
 #
 # Same backbone/neck choices as faster_rcnn_revbifpn_s4.py (see there): the paper's
 # setting of MMDetection's HRNet configs (norm_eval=True, frozen_stages=-1, HRFPN-style
-# neck); everything else, including data/coco/, pad_size_divisor=32 and the 1x schedule
+# neck), no stochastic depth (drop_path_rate=0.0), the official ImageNet checkpoint by
+# URL (downloaded once, SHA-256 checked); everything else, including data/coco/, pad_size_divisor=32 and the 1x schedule
 # (SGD lr 0.02 / batch 16, momentum 0.9, wd 1e-4), comes from the mmdet base unchanged.
 _base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
 
@@ -18,7 +19,8 @@ model = dict(
         frozen_stages=-1,
         norm_cfg=dict(type='BN', eps=1e-3, requires_grad=True),
         norm_eval=True,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/revbifpn_s4.pth.tar')),
+        drop_path_rate=0.0,  # no stochastic depth in fine-tuning (ImageNet: 0.1), see above
+        init_cfg=dict(type='Pretrained', checkpoint='https://cerebras-public.s3.us-west-2.amazonaws.com/revbifpn/revbifpn_s4.pth.tar')),
     neck=dict(
         _delete_=True,
         type='RevBiFPNNeck',

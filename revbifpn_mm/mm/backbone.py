@@ -5,13 +5,15 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from mmcv.cnn import build_norm_layer
+from mmengine.dist import barrier, get_dist_info
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..models.pretrained import extract_state_dict, load_official_checkpoint
+from ..models.pretrained import (ChecksumMismatchError, extract_state_dict, fetch_checkpoint,
+                                 load_official_checkpoint, official_sha256, sha256_file)
 from ..models.revbifpn import RevBiFPN as _RevBiFPNNet
 
 __all__ = ["RevBiFPNBackbone"]
@@ -54,8 +56,10 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
             ``'none'``: which MBConvs keep a smaller working set inside the reversible
             backward for extra compute (documented in :class:`revbifpn_mm.models.RevBiFPN`).
         check_finite: Raise a ``ValueError`` if the input holds NaN or Inf.
-        init_cfg: ``dict(type='Pretrained', checkpoint=PATH[, prefix=...])`` loads an
-            official or converted checkpoint; otherwise the official initialisation.
+        init_cfg: ``dict(type='Pretrained', checkpoint=URL_OR_PATH[, prefix=...][, sha256=...])``
+            loads an official or converted checkpoint (URLs are downloaded once and
+            checked against their SHA-256, see :meth:`init_weights`); otherwise the
+            official initialisation.
     """
 
     def __init__(self,
@@ -128,7 +132,16 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
 
     # -------------------------------------------------------------- init
     def init_weights(self) -> None:
-        """Load ``init_cfg``'s ``Pretrained`` checkpoint (official layout) or keep the official init."""
+        """Load ``init_cfg``'s ``Pretrained`` checkpoint (official layout) or keep the official init.
+
+        ``checkpoint`` is a local path, or an ``http(s)://`` URL that is downloaded once
+        into the torch hub cache (``$TORCH_HOME/hub/checkpoints``) and checked against its
+        SHA-256 on every use (see :func:`revbifpn_mm.models.pretrained.fetch_checkpoint`):
+        the published digest for the official URLs, or an optional ``sha256`` key of
+        ``init_cfg`` for any other file (a local path is then checked too). Under
+        ``torch.distributed`` rank 0 downloads first; the other ranks then find the file
+        in a shared cache, or download it themselves.
+        """
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get("type") == "Pretrained":
             from mmengine.runner.checkpoint import CheckpointLoader
@@ -138,12 +151,16 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
             logger = MMLogger.get_current_instance()
             ckpt = cfg.get("checkpoint")
             if not ckpt:
-                raise ValueError("init_cfg type='Pretrained' needs a 'checkpoint' path")
-            _check_checkpoint_path(ckpt)
+                raise ValueError("init_cfg type='Pretrained' needs a 'checkpoint' path or URL")
+            path = _resolve_checkpoint(str(ckpt), cfg.get("sha256"))
+            where = ckpt if path == ckpt else f"{ckpt} (cached at {path})"
+            if path != ckpt and cfg.get("sha256") is None and official_sha256(str(ckpt)) is None:
+                logger.warning(f"RevBiFPN: {ckpt} is not an official checkpoint URL and init_cfg has no "
+                               "sha256: the downloaded file is used unverified")
             try:
-                obj = CheckpointLoader.load_checkpoint(ckpt, map_location="cpu")
+                obj = CheckpointLoader.load_checkpoint(path, map_location="cpu")
             except Exception as err:  # noqa: BLE001
-                raise RuntimeError(f"could not read RevBiFPN checkpoint {ckpt!r} "
+                raise RuntimeError(f"could not read RevBiFPN checkpoint {where} "
                                    f"({type(err).__name__}: {err}); the file is truncated or not a "
                                    "PyTorch checkpoint") from err
             sd = extract_state_dict(obj, source=str(ckpt))
@@ -157,7 +174,7 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
             if len(res.missing_keys) == len(self.state_dict()):
                 raise ValueError(f"{ckpt!r} holds no RevBiFPN weights (no key matched); for a full "
                                  "detector checkpoint use load_from or init_cfg prefix='backbone.'")
-            logger.info(f"RevBiFPN: loaded {ckpt} ({len(sd) - len(res.unexpected_keys)} tensors; "
+            logger.info(f"RevBiFPN: loaded {where} ({len(sd) - len(res.unexpected_keys)} tensors; "
                         f"skipped {len(res.skipped_keys)} head keys)")
             if res.missing_keys:
                 logger.warning(f"RevBiFPN: missing keys in {ckpt}: {res.missing_keys}")
@@ -183,7 +200,46 @@ def _check_checkpoint_path(ckpt: str) -> None:
         return
     if not os.path.isfile(ckpt):
         raise FileNotFoundError(
-            f"RevBiFPN pretrained checkpoint not found: {ckpt!r}. Download the official ImageNet "
-            "weights (revbifpn_s#.pth.tar from the RevBiFPN release) and set the path with "
-            "--cfg-options model.backbone.init_cfg.checkpoint=PATH, or train from scratch with "
+            f"RevBiFPN pretrained checkpoint not found: {ckpt!r}. Use the official ImageNet "
+            "weights by URL (as the configs in configs/ do; the list is in docs/model_zoo.md and "
+            "revbifpn_mm.models.OFFICIAL_WEIGHTS) or a local copy, set with --cfg-options "
+            "model.backbone.init_cfg.checkpoint=URL_OR_PATH, or train from scratch with "
             "model.backbone.init_cfg=None")
+
+
+def _resolve_checkpoint(ckpt: str, sha256: Optional[str]) -> str:
+    """The local file (or mmengine scheme) to load for ``init_cfg.checkpoint``.
+
+    http(s) URLs are fetched into the cache and verified; local paths must exist and are
+    verified when ``sha256`` is given; other schemes (``open-mmlab://`` ...) go to mmengine.
+    """
+    if ckpt.startswith(("http://", "https://")):
+        return _fetch_rank0_first(ckpt, sha256)
+    _check_checkpoint_path(ckpt)
+    if sha256 is not None:
+        if "://" in ckpt:
+            raise ValueError(f"init_cfg sha256 works with http(s) URLs and local files, not {ckpt!r}")
+        got, want = sha256_file(ckpt), str(sha256).strip().lower()
+        if got != want:
+            raise ChecksumMismatchError(f"checkpoint {ckpt!r} has SHA-256 {got}, but init_cfg sha256 "
+                                        f"is {want}: wrong or corrupted file")
+    return ckpt
+
+
+def _fetch_rank0_first(url: str, sha256: Optional[str]) -> str:
+    """:func:`fetch_checkpoint` on rank 0, then on the other ranks (no duplicate downloads).
+
+    Rank 0 reaches the barrier even when its fetch fails, so the other ranks never hang:
+    they then try themselves and raise the same clear error.
+    """
+    rank, world_size = get_dist_info()
+    if world_size == 1:
+        return fetch_checkpoint(url, sha256)
+    if rank == 0:
+        try:
+            return fetch_checkpoint(url, sha256)
+        finally:
+            barrier()
+    barrier()
+    return fetch_checkpoint(url, sha256)
+

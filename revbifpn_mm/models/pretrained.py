@@ -1,19 +1,192 @@
-"""Loading the official RevBiFPN checkpoints (``revbifpn_s#.pth.tar``).
+"""The official RevBiFPN checkpoints (``revbifpn_s#.pth.tar``): where they are and how to load them.
 
 The released files are raw state dicts whose keys are exactly the parameter names
 of :class:`~revbifpn_mm.models.RevBiFPN` (``rev_stack.*``, ``head.*``), so no key
 conversion is needed. Wrapped (``{'state_dict': ...}``) and prefixed
 (``module.``, ``backbone.``) variants are accepted too.
+
+:data:`OFFICIAL_WEIGHTS` lists the download URL and SHA-256 digest of each file;
+:func:`fetch_checkpoint` downloads a URL into the torch hub cache (the directory
+mmdet/mmengine use for their ``Pretrained`` URLs) and checks its digest. Nothing
+here touches the network or the disk at import; only :func:`fetch_checkpoint` does.
 """
 from __future__ import annotations
 
+import hashlib
+import http.client
 import os
-from typing import Dict, List, Mapping, NamedTuple, Union
+import re
+import urllib.error
+import urllib.parse
+import uuid
+from typing import Dict, List, Mapping, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["load_official_checkpoint", "read_state_dict", "extract_state_dict", "LoadResult"]
+__all__ = ["load_official_checkpoint", "read_state_dict", "extract_state_dict", "LoadResult",
+           "OfficialWeights", "OFFICIAL_WEIGHTS", "official_sha256", "sha256_file", "cached_path",
+           "fetch_checkpoint", "ChecksumMismatchError", "CheckpointDownloadError"]
+
+
+class OfficialWeights(NamedTuple):
+    """One released ImageNet checkpoint (figures from the official RevBiFPN README)."""
+
+    url: str
+    sha256: str
+    top1: float
+    """ImageNet top-1 accuracy (%) at ``resolution``."""
+    params_m: float
+    """Parameters of the ImageNet classifier, in millions."""
+    resolution: int
+    """Training and evaluation resolution on ImageNet."""
+
+
+_OFFICIAL_URL = "https://cerebras-public.s3.us-west-2.amazonaws.com/revbifpn/revbifpn_{}.pth.tar"
+
+OFFICIAL_WEIGHTS: Dict[str, OfficialWeights] = {
+    "s0": OfficialWeights(_OFFICIAL_URL.format("s0"),
+                          "a9ee012a2670003ea18deca1afaed7c1323ffaafc83b0a30874d262bf2403cfa", 72.8, 3.42, 224),
+    "s1": OfficialWeights(_OFFICIAL_URL.format("s1"),
+                          "584b0c3ea677ac5eff6c0f54b4b683973e7533bfde334155cd770aef041673c4", 75.9, 5.11, 256),
+    "s2": OfficialWeights(_OFFICIAL_URL.format("s2"),
+                          "62ff9387b498550d31e248742a002be22cb29e800cd387ec9c93b6da7418dcc8", 79.0, 10.6, 256),
+    "s3": OfficialWeights(_OFFICIAL_URL.format("s3"),
+                          "1695576b09ee9fc584df616abaf0762188122468825cc92b5abfeec63b609d25", 81.1, 19.6, 288),
+    "s4": OfficialWeights(_OFFICIAL_URL.format("s4"),
+                          "61d7b65524000bb147aac26ad559906a2380e55a499d9d420063cc2b9e2ef42a", 83.0, 48.7, 320),
+    "s5": OfficialWeights(_OFFICIAL_URL.format("s5"),
+                          "d7713a25c7f62bf4b9ebaa2693a7b6896e7965c6647cbd1d98eddeae8b74cdc3", 83.7, 82.0, 352),
+    "s6": OfficialWeights(_OFFICIAL_URL.format("s6"),
+                          "31f355d5fb54610ad9051d08d0ec10bb0d33f40c0936352cb863b9f9a3d4fa09", 84.2, 142.3, 352),
+}
+"""Official ImageNet checkpoints by arch: URL, SHA-256 of the whole file, top-1, params, resolution."""
+
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+class ChecksumMismatchError(RuntimeError):
+    """A checkpoint file's SHA-256 differs from the expected digest."""
+
+
+class CheckpointDownloadError(RuntimeError):
+    """A checkpoint URL could not be downloaded (offline, unreachable, HTTP error)."""
+
+
+def official_sha256(url: str) -> Optional[str]:
+    """The SHA-256 of an official checkpoint URL, or None for any other URL."""
+    for entry in OFFICIAL_WEIGHTS.values():
+        if entry.url == url:
+            return entry.sha256
+    return None
+
+
+def sha256_file(path: Union[str, os.PathLike], chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks (about 1 s per GB on one core)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_path(url: str, cache_dir: Optional[Union[str, os.PathLike]] = None) -> str:
+    """Where :func:`fetch_checkpoint` keeps ``url``: ``<cache_dir>/<file name of the URL>``.
+
+    ``cache_dir`` defaults to ``torch.hub.get_dir()/checkpoints``, i.e.
+    ``$TORCH_HOME/hub/checkpoints`` (``~/.cache/torch/hub/checkpoints``), where mmengine's
+    ``Pretrained`` init caches URLs too.
+    """
+    name = os.path.basename(urllib.parse.urlparse(url).path)
+    if not name:
+        raise ValueError(f"checkpoint URL {url!r} does not end in a file name")
+    root = os.fspath(cache_dir) if cache_dir is not None else os.path.join(torch.hub.get_dir(), "checkpoints")
+    return os.path.join(root, name)
+
+
+def _check_digest(path: str, expected: str, url: str, cache_file: str) -> None:
+    """Raise :class:`ChecksumMismatchError` unless ``path`` hashes to ``expected``.
+
+    ``path`` is either the cache file itself or a fresh download not yet moved there.
+    """
+    got = sha256_file(path)
+    if got == expected:
+        return
+    if path != cache_file:  # a fresh download: never let it into the cache
+        os.remove(path)
+        raise ChecksumMismatchError(
+            f"the file downloaded from {url} has SHA-256 {got}, expected {expected}; it was not "
+            f"saved to {cache_file!r}. The server sent another file than the published one: check "
+            "the URL, or the sha256 given with it")
+    raise ChecksumMismatchError(
+        f"cached checkpoint {cache_file!r} has SHA-256 {got}, expected {expected} (for {url}): the "
+        "file is corrupted, incomplete or another file. Delete it and rerun to download it again")
+
+
+def fetch_checkpoint(url: str, sha256: Optional[str] = None,
+                     cache_dir: Optional[Union[str, os.PathLike]] = None, progress: bool = True) -> str:
+    """Download ``url`` once into the cache, check its SHA-256, and return the local path.
+
+    The first call downloads into :func:`cached_path` (a temporary file, renamed once
+    complete and verified, so a broken download never looks cached); later calls reuse
+    the cached file. The expected digest is ``sha256`` if given, else the digest
+    :data:`OFFICIAL_WEIGHTS` lists for an official URL; with a digest, the file is
+    hashed after the download and again on every later use (about 1 s per GB), so a
+    corrupted or replaced cache file is refused rather than loaded. Without a digest (a
+    non-official URL and no ``sha256``) the file is used unverified.
+
+    Args:
+        url: ``http://`` or ``https://`` URL of the checkpoint file.
+        sha256: Expected SHA-256 (64 hex digits) of the whole file. Needed to verify
+            non-official URLs; for an official URL it must equal the listed digest.
+        cache_dir: Directory of the cached files. Defaults to
+            ``torch.hub.get_dir()/checkpoints`` (honours ``$TORCH_HOME``).
+        progress: Show a download progress bar on stderr. Defaults to True.
+
+    Returns:
+        The path of the verified local file.
+
+    Raises:
+        ValueError: ``url`` is not an http(s) URL, or ``sha256`` is malformed or
+            contradicts the official digest of ``url``.
+        CheckpointDownloadError: The download failed (offline, unreachable host, HTTP
+            error); the message says where to put a copy of the file by hand.
+        ChecksumMismatchError: The downloaded or cached file does not have the expected
+            digest; the message names both digests and the file.
+    """
+    if urllib.parse.urlparse(url).scheme not in ("http", "https"):
+        raise ValueError(f"fetch_checkpoint needs an http:// or https:// URL, got {url!r}")
+    official = official_sha256(url)
+    if sha256 is not None:
+        sha256 = str(sha256).strip().lower()
+        if not _SHA256_RE.fullmatch(sha256):
+            raise ValueError(f"sha256 must be 64 hex digits (the SHA-256 of the whole file), got {sha256!r}")
+        if official is not None and sha256 != official:
+            raise ValueError(f"sha256 {sha256} contradicts the published digest {official} of {url}; "
+                             "drop the sha256 key to use the published one")
+    expected = sha256 or official
+    dst = cached_path(url, cache_dir)
+    if os.path.isfile(dst):
+        if expected:
+            _check_digest(dst, expected, url, dst)
+        return dst
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    tmp = f"{dst}.{uuid.uuid4().hex}.download"
+    try:
+        torch.hub.download_url_to_file(url, tmp, progress=progress)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise CheckpointDownloadError(
+            f"could not download {url} ({type(err).__name__}: {err}). Without internet access, "
+            f"fetch the file on another machine and put it at {dst!r} (the cache directory, "
+            "$TORCH_HOME/hub/checkpoints); it is then used from there, its SHA-256 checked. Or "
+            "use a local copy instead of the URL (in an mmdet/mmseg config: --cfg-options "
+            "model.backbone.init_cfg.checkpoint=PATH)") from err
+    if expected:
+        _check_digest(tmp, expected, url, dst)
+    os.replace(tmp, dst)
+    return dst
 
 _PREFIXES = ("module.", "backbone.", "model.")
 
@@ -36,9 +209,10 @@ def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, Tensor]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"RevBiFPN checkpoint not found: {path!r}. Download the official ImageNet weights "
-            "(revbifpn_s0.pth.tar ... revbifpn_s6.pth.tar, from the RevBiFPN release) and pass "
-            "their path, or build the model without a checkpoint.")
+            f"RevBiFPN checkpoint not found: {path!r}. The official ImageNet weights are listed in "
+            "revbifpn_mm.models.OFFICIAL_WEIGHTS (URL and SHA-256 of revbifpn_s0.pth.tar ... "
+            "revbifpn_s6.pth.tar); fetch_checkpoint(url) downloads and verifies one. Or build the "
+            "model without a checkpoint.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with context

@@ -68,13 +68,17 @@ def test_config_loads_and_builds(path):
         assert dp.test_cfg.size_divisor == 32
         assert list(cfg.model.decode_head.in_channels) == OUT_CHANNELS[arch]
     if "quickstart" not in str(path):
-        ckpt = backbone.init_cfg.checkpoint
-        assert ckpt == f"checkpoints/revbifpn_{arch}.pth.tar"
+        # the official weights, by URL (downloaded once, SHA-256 checked: test_pretrained_url.py)
+        from revbifpn_mm.models.pretrained import OFFICIAL_WEIGHTS
+        assert dict(backbone.init_cfg) == dict(type="Pretrained", checkpoint=OFFICIAL_WEIGHTS[arch].url)
 
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.backbone.init_cfg = None  # no checkpoint needed to build
     model = _registry(scope).build(model_cfg)
     assert tuple(model.backbone.out_channels) == tuple(OUT_CHANNELS[arch])
+    if "quickstart" not in str(path):  # no stochastic depth in fine-tuning (see test_drop_path_rate_...)
+        probs = [m.drop_prob for m in model.backbone.modules() if hasattr(m, "drop_prob")]
+        assert probs and max(probs) == 0.0
     if scope == "mmdet":
         assert model.neck.in_channels == list(model.backbone.out_channels)
         if "quickstart" not in str(path):
@@ -149,6 +153,23 @@ def test_cli_helpers_fast(tmp_path, monkeypatch):
 
     with pytest.raises(DataError, match="empty"):
         check_built_datasets(_Runner(), ("train",))
+
+
+FINETUNE_CONFIGS = [p for p in CONFIGS if "quickstart" not in str(p)]
+
+
+@pytest.mark.parametrize("path", FINETUNE_CONFIGS, ids=_rel)
+def test_drop_path_rate_is_written_in_every_finetuning_config(path):
+    """drop_path_rate=0.0 in each file, with its reason, instead of the ImageNet rate (S6: 0.3).
+
+    The paper fine-tuned with mmdet's HRNetV2p configs (backbone swapped), which have
+    no stochastic depth, as mmseg's HRNet configs; users can raise it with
+    --cfg-options model.backbone.drop_path_rate=...
+    """
+    import re
+    assert re.search(r"drop_path_rate=0\.0,\s*#\s*\S", path.read_text()), \
+        f"{_rel(path)} must state drop_path_rate=0.0 and why"
+    assert _load(path).model.backbone.drop_path_rate == 0.0
 
 
 def _mmdet_base(tmp_path, rel):
