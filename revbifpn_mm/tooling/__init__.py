@@ -15,5 +15,4 @@ Modules:
         ``python -m revbifpn_mm.tooling.synthetic --root data/synthetic_coco``.
     curves: deterministic training configs and loss curves (reversible vs plain).
     fidelity: gradient fidelity of the reversible backward against plain autograd.
-    memory: the CPU peak working set of a piece of code (Linux + glibc).
 """

@@ -12,7 +12,7 @@ import torch
 from revbifpn_mm.core import SavedTensorCounter, is_recomputing
 from revbifpn_mm.models import RevBiFPN
 from revbifpn_mm.models.blocks import MBConv
-from revbifpn_mm.tooling.memory import peak_rss_supported
+from revbifpn_mm.tooling.bench import RssPeakProbe
 
 
 def _step(model, x):
@@ -200,9 +200,8 @@ def test_lean_recompute_drops_the_middle_from_the_recomputation(frozen_bn):
 
 _PEAK_CODE = """
 import json, sys
-from revbifpn_mm.tooling.memory import enable_peak_rss, peak_rss_bytes
-if not enable_peak_rss():
-    print(json.dumps(None)); sys.exit(0)
+from revbifpn_mm.tooling.bench import RssPeakProbe
+probe = RssPeakProbe()  # before the model's allocations: pins glibc's mmap threshold
 import torch
 from revbifpn_mm.models import RevBiFPN
 torch.set_num_threads(1)
@@ -215,7 +214,9 @@ x = torch.randn(1, 3, int(sys.argv[2]), int(sys.argv[2]))
 loss = lambda: sum(o.pow(2).mean() for o in model(x))
 loss().backward()  # warm-up: gradients allocated, allocator settled
 l = loss()
-print(json.dumps(peak_rss_bytes(l.backward)))
+probe.reset()
+l.backward()
+print(json.dumps(probe.read()))
 """
 
 
@@ -244,10 +245,9 @@ def test_lean_recompute_lowers_the_peak_of_the_backward():
     removes there.
     """
     size = 512
-    if not peak_rss_supported():
-        pytest.skip("peak working set readings need Linux /proc (clear_refs)")
+    if not RssPeakProbe.available():
+        pytest.skip("peak working set readings need Linux /proc/self/clear_refs and glibc")
     none, neck = _backward_peak("none", size), _backward_peak("neck", size)
-    assert none is not None and neck is not None, "glibc's mallopt is unavailable"
     model = RevBiFPN("s0", num_classes=0)
     one_map = _output_mbconvs(model)[0].dw_conv.conv.out_channels * (size // 4) ** 2 * 4
     print(f"S0 {size}x{size} backward peak working set: 'none' {none / 1e6:.1f} MB, 'neck' {neck / 1e6:.1f} MB "
