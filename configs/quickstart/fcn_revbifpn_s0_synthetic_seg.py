@@ -1,9 +1,10 @@
 # Quickstart (MMSegmentation): FCN head on RevBiFPN-S0 features, trained on the label
 # maps of the embedded synthetic shapes dataset (background, circle, square, triangle).
 #
-# The structure of fcn_revbifpn_s2_ade20k.py (HRNet-FCN style: resize_concat of the four
-# backbone outputs, 1x1 conv, classifier), made CPU-friendly: 256x256 images, random
-# initialisation, plain BN in train mode, a narrow head and a short AdamW schedule.
+# The structure of configs/mmseg/ (mmseg's HRNet FCN: resize_concat of the four backbone
+# outputs, 1x1 conv + BN + ReLU, classifier, computed by LeanFCNHead), made CPU-friendly:
+# 256x256 images, random initialisation, plain BN in train mode, a narrow head and a short
+# AdamW schedule.
 # Data: data/synthetic_coco/seg/{img,ann}/{train,val} (tools/train.py generates it).
 _base_ = ['mmseg::_base_/models/fcn_hr18.py', 'mmseg::_base_/default_runtime.py']
 
@@ -30,6 +31,7 @@ model = dict(
         norm_eval=False,
         init_cfg=None),
     decode_head=dict(
+        type='LeanFCNHead',
         in_channels=in_channels,
         in_index=(0, 1, 2, 3),
         channels=128,

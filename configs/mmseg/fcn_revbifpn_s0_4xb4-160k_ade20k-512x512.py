@@ -1,0 +1,11 @@
+# fcn_revbifpn_s4_4xb4-160k_ade20k-512x512.py with RevBiFPN-S0: arch, channels and ImageNet weights changed.
+_base_ = './fcn_revbifpn_s4_4xb4-160k_ade20k-512x512.py'
+
+model = dict(
+    backbone=dict(
+        arch='s0',
+        drop_path_rate=0.0,  # as the S4 file: mmseg's HRNet configs have no stochastic depth
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='https://cerebras-public.s3.us-west-2.amazonaws.com/revbifpn/revbifpn_s0.pth.tar')),
+    decode_head=dict(in_channels=[48, 64, 128, 320], channels=560))

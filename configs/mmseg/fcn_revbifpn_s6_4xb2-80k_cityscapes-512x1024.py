@@ -1,0 +1,11 @@
+# fcn_revbifpn_s4_4xb2-80k_cityscapes-512x1024.py with RevBiFPN-S6: arch, channels and ImageNet weights changed.
+_base_ = './fcn_revbifpn_s4_4xb2-80k_cityscapes-512x1024.py'
+
+model = dict(
+    backbone=dict(
+        arch='s6',
+        drop_path_rate=0.0,  # as the S4 file: mmseg's HRNet configs have no stochastic depth
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint='https://cerebras-public.s3.us-west-2.amazonaws.com/revbifpn/revbifpn_s6.pth.tar')),
+    decode_head=dict(in_channels=[320, 416, 848, 2128], channels=3712))
