@@ -59,7 +59,8 @@ class _Spec:
     update_stats: bool  # ... and moves its running statistics
     group: Any  # process group of a synchronised BN, or None
     relu: bool
-    acc: torch.dtype  # dtype of the per-chunk arithmetic: the inputs', at least float32
+    conv_dtype: torch.dtype  # dtype of the level reductions and of the output (autocast's, if active)
+    acc: torch.dtype  # dtype of BN, activation and classifier: the inputs', at least float32
 
 
 def _level_sum(feats: Sequence[Tensor], weights: Sequence[Tensor], bias: Optional[Tensor],
@@ -68,7 +69,7 @@ def _level_sum(feats: Sequence[Tensor], weights: Sequence[Tensor], bias: Optiona
     size = feats[0].shape[2:]
     out: Optional[Tensor] = None
     for x, w in zip(reversed(feats), reversed(weights)):  # coarse levels first: small tensors
-        r = F.conv2d(x, w.to(x.dtype))
+        r = F.conv2d(x.to(spec.conv_dtype), w.to(spec.conv_dtype))
         if r.shape[2:] != size:
             r = F.interpolate(r, size=size, mode="bilinear", align_corners=spec.align_corners)
         out = r if out is None else out + r
@@ -166,7 +167,7 @@ class _LeanFCN(torch.autograd.Function):
             _update_running_stats(norm, mean, var_all, count)
         ctx.spec, ctx.count, ctx.n_feats, ctx.has_b_seg = spec, count, len(feats), b_seg is not None
         ctx.save_for_backward(weight, bias, gamma, beta, w_seg, mean, invstd, mask, *feats)
-        return out.to(feats[0].dtype)
+        return out.to(spec.conv_dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
@@ -264,6 +265,20 @@ def _update_running_stats(norm: _BatchNorm, mean: Tensor, var: Tensor, count: in
         norm.running_var.mul_(1 - factor).add_(unbiased.to(norm.running_var.dtype), alpha=factor)
 
 
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype autocast gives convolutions on ``device_type`` now, or None if it is off."""
+    if device_type not in ("cpu", "cuda"):
+        return None
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return None
+    except TypeError:  # torch < 2.4: per-device functions
+        if device_type == "cuda":
+            return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+
+
 def _sync_group(norm: _BatchNorm) -> Any:
     """The process group whose batch statistics ``norm`` combines, or None (no sync).
 
@@ -309,6 +324,7 @@ def lean_fcn_forward(feats: Sequence[Tensor], conv: nn.Conv2d, norm: Optional[_B
         group = _sync_group(norm) if batch_stats else None
     spec = _Spec(splits=[int(x.shape[1]) for x in feats], align_corners=align_corners, chunk=chunk_channels,
                  norm=norm, batch_stats=batch_stats, update_stats=update_stats, group=group, relu=relu,
+                 conv_dtype=_autocast_dtype(feats[0].device.type) or feats[0].dtype,
                  acc=torch.promote_types(feats[0].dtype, torch.float32))
     mask = None
     if dropout is not None and dropout.training:
@@ -317,7 +333,9 @@ def lean_fcn_forward(feats: Sequence[Tensor], conv: nn.Conv2d, norm: Optional[_B
     gamma = beta = None
     if norm is not None:
         gamma, beta = norm.weight, norm.bias
-    with torch.autocast(device_type=feats[0].device.type, enabled=False):  # the Function picks its dtypes
+    # The Function picks its dtypes: autocast's for the level reductions (spec.conv_dtype),
+    # at least float32 for BN, activation and classifier.
+    with torch.autocast(device_type=feats[0].device.type, enabled=False):
         return _LeanFCN.apply(spec, conv.weight, conv.bias, gamma, beta, conv_seg.weight, conv_seg.bias, mask,
                               *feats)
 

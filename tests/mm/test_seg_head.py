@@ -289,3 +289,19 @@ def test_registered_without_importing_mmseg():
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ImportError: LeanFCNHead is an MMSegmentation decode head" in out.stdout
     assert "pip install 'mmsegmentation==1.2.2'" in out.stdout
+
+
+def test_autocast_runs_the_reductions_in_the_autocast_dtype():
+    """Under (CPU bfloat16) autocast the head returns what FCNHead returns: autocast's dtype,
+    as close to the float32 result as FCNHead's, and backpropagates."""
+    ref, lean = make_pair()
+    feats = make_feats()
+    want32 = ref(feats).detach()
+    for head in (ref, lean):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = head(feats)
+        assert out.dtype == torch.bfloat16
+        rel = ((out.float() - want32).abs().max() / want32.abs().max()).item()
+        assert rel < 0.02, (type(head).__name__, rel)
+        out.float().sum().backward()
+        assert all(torch.isfinite(p.grad).all() for p in head.parameters())
