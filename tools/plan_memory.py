@@ -1,7 +1,7 @@
 """Will it fit? Predict the training memory of a detection or segmentation config on a GPU.
 
     python tools/plan_memory.py configs/faster_rcnn_revbifpn_s3.py --gpu-mem 12 24 80
-    python tools/plan_memory.py configs/fcn_revbifpn_s2_ade20k.py --amp
+    python tools/plan_memory.py configs/mmseg/fcn_revbifpn_s2_4xb4-160k_ade20k-512x512.py --amp
     python tools/plan_memory.py CONFIG --shape 512 512 --modes reversible
 
 It builds the config's real model and optimizer and measures short training steps at the
