@@ -82,7 +82,7 @@ def official_sha256(url: str) -> Optional[str]:
 
 
 def sha256_file(path: Union[str, os.PathLike], chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (about 1 s per GB on one core)."""
+    """Hex SHA-256 of a file, read in chunks (about 1 GB/s on one core)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk_size), b""):
