@@ -369,8 +369,10 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
         if _is_oom(err):
             raise NotMeasured(f"does not fit in the memory this process may use on {dev} at batch {batch}") from err
         if amp and ("BFloat16" in text or "Half" in text or "dtype" in text):
-            raise NotMeasured(f"the model does not run under {amp_dtype} autocast on {dev.type}: "
-                              f"{_one_line(err)}") from err
+            where = _failing_op(err)
+            raise NotMeasured(f"the model does not run under {amp_dtype} autocast on {dev.type}"
+                              + (f" ({where} rejects it)" if where else "") + f": {_one_line(err)}; "
+                              "measure fp32, or --amp on a CUDA device (--device cuda)") from err
         raise
     params = list(model.parameters())
     state = [t for s in optim.optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
@@ -380,6 +382,18 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
                  grads_bytes=_storage_bytes([p.grad for p in params if p.grad is not None]),
                  optim_bytes=_storage_bytes(state), fwd_bwd_bytes=int(fb), optim_step_bytes=int(op),
                  step_s=seconds, reserved_bytes=reserved)
+
+
+def _failing_op(err: BaseException) -> Optional[str]:
+    """The mmcv op (e.g. ``'mmcv.ops.nms'``) in whose code ``err`` was raised, if any."""
+    import traceback
+
+    name = None
+    for frame in traceback.extract_tb(err.__traceback__):
+        path = frame.filename.replace(os.sep, "/")
+        if "/mmcv/ops/" in path:
+            name = "mmcv.ops." + os.path.splitext(os.path.basename(path))[0]
+    return name
 
 
 def _is_oom(err: BaseException) -> bool:

@@ -126,3 +126,13 @@ def test_largest_batch_follows_the_formula():
     big_opt = planner.ModePlan("reversible", [_fake(1, gb, opt=5 * gb), _fake(2, 2 * gb, opt=5 * gb)])
     assert big_opt.allocated(1) == big_opt.allocated(4) == 6 * gb
     assert big_opt.allocated(8) == 9 * gb
+
+
+@needs_rss
+def test_amp_on_cpu_names_the_op_that_rejects_bfloat16():
+    # mmcv 2.1's CPU NMS (in the RPN) takes float32 only: the plan says so instead of a traceback
+    rc, out, err = _tool(QS_DET, "--quick", "--amp", "--modes", "reversible", "--threads", "1")
+    assert rc == 0, out + err
+    row = next(line for line in out.splitlines() if line.startswith("reversible"))
+    assert "not measured" in row and "bfloat16 autocast" in row and "mmcv.ops." in row and "rejects it" in row, row
+    assert "Traceback" not in err
