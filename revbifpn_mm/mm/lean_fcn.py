@@ -65,7 +65,7 @@ class _Spec:
 
 def _level_sum(feats: Sequence[Tensor], weights: Sequence[Tensor], bias: Optional[Tensor],
                spec: _Spec) -> Tensor:
-    """``b + sum_i resize(W_i x_i)`` for one block of output channels, in the inputs' dtype."""
+    """``b + sum_i resize(W_i x_i)`` for one block of output channels, in ``spec.conv_dtype``."""
     size = feats[0].shape[2:]
     out: Optional[Tensor] = None
     for x, w in zip(reversed(feats), reversed(weights)):  # coarse levels first: small tensors
