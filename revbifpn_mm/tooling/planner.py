@@ -149,7 +149,10 @@ def training_shape(cfg: Any) -> Tuple[int, int, str]:
         kind = t.get("type", "")
         scales = None
         if kind in ("Resize", "FixShapeResize", "RandomResize") and t.get("scale") is not None:
-            scales = t["scale"] if kind == "RandomResize" else [t["scale"]]
+            scale = t["scale"]
+            # one (w, h) or an int, or (RandomResize) a list of two (w, h) bounding a range
+            nested = isinstance(scale, (list, tuple)) and scale and isinstance(scale[0], (list, tuple))
+            scales = list(scale) if nested else [scale]
         elif kind == "FixShapeResize" and t.get("width"):
             scales = [(t["width"], t["height"])]
         elif kind == "RandomChoiceResize" and t.get("scales"):
@@ -322,7 +325,7 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
     with DefaultScope.overwrite_default_scope(cfg.default_scope):
         try:
             model = registry.MODELS.build(cfg.model)
-            model.to(dev).train()
+            model.to(dev).train()  # SyncBN without a process group runs as BN: the same memory per device
         except Exception as err:  # noqa: BLE001
             if _is_oom(_root_cause(err)):
                 raise NotMeasured(f"the model does not fit in the memory this process may use on {dev}") from err

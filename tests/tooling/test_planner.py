@@ -136,3 +136,25 @@ def test_amp_on_cpu_names_the_op_that_rejects_bfloat16():
     row = next(line for line in out.splitlines() if line.startswith("reversible"))
     assert "not measured" in row and "bfloat16 autocast" in row and "mmcv.ops." in row and "rejects it" in row, row
     assert "Traceback" not in err
+
+
+def test_training_shape_follows_the_pipeline():
+    det = planner.load_config(str(ROOT / "configs" / "faster_rcnn_revbifpn_s3.py"))
+    # mmdet's Resize scale is (w, h) = (1333, 800), keep_ratio: a landscape image is 800 high and
+    # at most 1333 wide, padded to the data preprocessor's multiple of 32
+    assert planner.training_shape(det)[:2] == (800, 1344)
+    det.train_dataloader.dataset.pipeline[2] = dict(type="RandomResize", scale=[(1333, 640), (1333, 800)],
+                                                    keep_ratio=True)
+    assert planner.training_shape(det)[:2] == (800, 1344)  # the largest scale of the range
+    seg = planner.load_config(QS_SEG)
+    assert planner.training_shape(seg)[:2] == (256, 256)  # data_preprocessor size
+    seg.model.data_preprocessor.pop("size")
+    seg.train_dataloader.dataset.pipeline.insert(
+        2, dict(type="RandomResize", scale=(1024, 512), ratio_range=(0.5, 2.0), keep_ratio=True))
+    assert planner.training_shape(seg)[:2] == (1024, 2048)  # scale x the largest ratio
+    seg.train_dataloader.dataset.pipeline.insert(3, dict(type="RandomCrop", crop_size=(512, 1024)))
+    assert planner.training_shape(seg)[:2] == (512, 1024)  # mmseg's crop_size is (h, w)
+    seg.train_dataloader.dataset.pipeline = [dict(type="LoadImageFromFile")]
+    with pytest.raises(planner.PlanError, match="--shape"):
+        planner.training_shape(seg)
+
