@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from torch import Tensor, nn
@@ -31,6 +32,15 @@ class RevBiFPNNeck(BaseModule):
     ``HRFPN`` state dict loads as it is, and the outputs equal HRFPN's up to float
     round-off; only the activation memory differs.
 
+    With ``lean=True`` (default) the stride-4 sum ``r`` (``out_channels`` wide, the
+    largest tensor of the neck) is not kept for the backward pass either: the 3x3
+    convolutions and the pooling need it, so it is recomputed from the inputs (a few
+    1x1 convolutions at each level's own resolution, under 3 % of the neck's MACs)
+    when the backward reaches the neck (selective checkpointing: the 3x3 convolutions
+    are not re-run). Outputs and gradients are bitwise those of ``lean=False``. A
+    training-mode norm in the reduction would update its statistics twice, so the
+    lean path is taken only when the reduction has no norm or its norm is frozen.
+
     Args:
         in_channels: Channels of each input level (the backbone's ``out_channels``).
         out_channels: Channels of every output level. Defaults to 256.
@@ -38,11 +48,14 @@ class RevBiFPNNeck(BaseModule):
         pooling_type: ``'AVG'`` or ``'MAX'``. Defaults to ``'AVG'``.
         conv_cfg: Conv config of the ConvModules. Defaults to None.
         stride: Stride of the 3x3 output convs. Defaults to 1.
+        lean: Recompute the stride-4 reduction in the backward instead of keeping it
+            (see above). Defaults to True.
         init_cfg: Defaults to Caffe2Xavier on the convs (as HRFPN).
     """
 
     def __init__(self, in_channels: Sequence[int], out_channels: int = 256, num_outs: int = 5,
                  pooling_type: str = "AVG", conv_cfg: Optional[Dict[str, Any]] = None, stride: int = 1,
+                 lean: bool = True,
                  init_cfg: Optional[Dict[str, Any]] = dict(type="Caffe2Xavier", layer="Conv2d")) -> None:
         super().__init__(init_cfg)
         if not isinstance(in_channels, (list, tuple)) or not in_channels:
@@ -59,6 +72,7 @@ class RevBiFPNNeck(BaseModule):
             ConvModule(out_channels, out_channels, kernel_size=3, padding=1, stride=stride,
                        conv_cfg=conv_cfg, act_cfg=None) for _ in range(num_outs))
         self.pooling = F.max_pool2d if pooling_type == "MAX" else F.avg_pool2d
+        self.lean = bool(lean)
 
     def _check(self, inputs: Sequence[Tensor]) -> None:
         got = [int(x.shape[1]) for x in inputs]
@@ -76,6 +90,13 @@ class RevBiFPNNeck(BaseModule):
     def forward(self, inputs: Sequence[Tensor]) -> Tuple[Tensor, ...]:
         """Return ``num_outs`` maps with ``out_channels`` channels (strides 4, 8, ...)."""
         self._check(inputs)
+        norm = self.reduction_conv.norm if self.reduction_conv.with_norm else None
+        if self.lean and torch.is_grad_enabled() and (norm is None or not norm.training):
+            return checkpoint(self._forward, *inputs, use_reentrant=False,
+                              context_fn=_keep_output_convs)
+        return self._forward(*inputs)
+
+    def _forward(self, *inputs: Tensor) -> Tuple[Tensor, ...]:
         conv = self.reduction_conv.conv
         weights = torch.split(conv.weight, self.in_channels, dim=1)
         out: Optional[Tensor] = None
@@ -92,3 +113,15 @@ class RevBiFPNNeck(BaseModule):
         outs: List[Tensor] = [out] + [self.pooling(out, kernel_size=2 ** i, stride=2 ** i)
                                       for i in range(1, self.num_outs)]
         return tuple(conv_i(o) for conv_i, o in zip(self.fpn_convs, outs))
+
+
+def _save_spatial_convs(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+    """Selective-checkpoint policy: keep the outputs of the spatial (3x3) convolutions, so
+    the backward re-runs only the cheap 1x1 reduction, upsampling and pooling."""
+    if op is torch.ops.aten.convolution.default and args[1].shape[-1] > 1:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _keep_output_convs():
+    return create_selective_checkpoint_contexts(_save_spatial_convs)
