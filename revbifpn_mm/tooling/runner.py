@@ -178,14 +178,22 @@ def ensure_synthetic_data(cfg: Any, splits: Sequence[str] = ("train", "val", "te
     return generated
 
 
-def data_help(scope: str, split: str = "train") -> str:
-    """How to provide the dataset of an mmdet (COCO) or mmseg (ADE20K) config."""
-    if scope == "mmseg":
+def data_help(scope: str, split: str = "train", dataset_type: Optional[str] = None) -> str:
+    """How to provide the dataset of an mmdet (COCO) or mmseg (ADE20K, Cityscapes) config."""
+    if scope == "mmseg" and dataset_type == "CityscapesDataset":
+        where = ("Put Cityscapes under data/cityscapes/: leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and "
+                 "gtFine/{train,val}/<city>/*_gtFine_labelTrainIds.png (make the labelTrainIds maps with "
+                 "mmseg's `tools/dataset_converters/cityscapes.py data/cityscapes`), e.g. `mkdir -p data && "
+                 "ln -s /path/to/cityscapes data/cityscapes`, or point the config at your copy with "
+                 f"`--cfg-options {_SPLIT_KEYS[split]}.dataset.data_root=/path/to/cityscapes` (and the same "
+                 "for val_dataloader / test_dataloader).")
+    elif scope == "mmseg":
         where = ("Put ADE20K (ADEChallengeData2016) under data/ade/ADEChallengeData2016/ "
                  "(images/{training,validation}/*.jpg, annotations/{training,validation}/*.png), e.g. "
                  "`mkdir -p data/ade && ln -s /path/to/ADEChallengeData2016 data/ade/`, or point the "
                  f"config at your copy with `--cfg-options {_SPLIT_KEYS[split]}.dataset.data_root=/path/to/"
                  "ADEChallengeData2016` (and the same for val_dataloader / test_dataloader).")
+    if scope == "mmseg":
         quick = ("To try RevBiFPN segmentation without downloading a dataset: `python tools/train.py "
                  "configs/quickstart/fcn_revbifpn_s0_synthetic_seg.py` (uses a generated dataset).")
         return f"{where}\n{quick}"
@@ -235,7 +243,9 @@ def check_data(cfg: Any, splits: Sequence[str], scope: Optional[str] = None) -> 
     scope = scope or cfg.get("default_scope", None) or "mmdet"
     problems: List[str] = []
     first_split = None
+    dataset_type = None
     for split, where, ds in dataset_cfgs(cfg, splits):
+        dataset_type = dataset_type or ds.get("type")
         root = ds.get("data_root")
         if root is not None and _is_remote(str(root)):
             continue
@@ -296,7 +306,7 @@ def check_data(cfg: Any, splits: Sequence[str], scope: Optional[str] = None) -> 
             if p not in seen:
                 seen.append(p)
         raise DataError("Dataset not found:\n  - " + "\n  - ".join(seen) + "\n"
-                        + data_help(scope, first_split or "train"))
+                        + data_help(scope, first_split or "train", dataset_type))
 
 
 def check_pretrained(cfg: Any) -> None:
@@ -312,8 +322,9 @@ def check_pretrained(cfg: Any) -> None:
     if not osp.isfile(ckpt):
         raise FileNotFoundError(
             f"Backbone pretrained checkpoint not found: {ckpt!r} (model.backbone.init_cfg.checkpoint). "
-            "Download the official ImageNet weights (revbifpn_s#.pth.tar from the RevBiFPN release) into "
-            "checkpoints/, or set the path with `--cfg-options model.backbone.init_cfg.checkpoint=PATH`, "
+            "Use the official ImageNet weights by URL (the configs in configs/ name them; they are downloaded "
+            "and checked on first use, see docs/model_zoo.md), or set a local path with "
+            "`--cfg-options model.backbone.init_cfg.checkpoint=PATH`, "
             "or train from scratch with `--cfg-options model.backbone.init_cfg=None`; fine-tuning a "
             "whole trained model instead uses `--cfg-options load_from=PATH`.")
 

@@ -165,3 +165,15 @@ def test_s0_segmentor_trains_one_step_and_predicts():
     with torch.no_grad():
         out = model.predict(inputs, samples)
     assert out[0].pred_sem_seg.data.shape == (1, 64, 128)
+
+
+@pytest.mark.parametrize("family, expect", [("cityscapes", "data/cityscapes"), ("ade20k", "data/ade")])
+def test_missing_dataset_message_names_the_right_dataset(family, expect, tmp_path, monkeypatch):
+    from revbifpn_mm.tooling.runner import DataError, check_data
+
+    name = next(p.name for p in (ROOT / "configs" / "mmseg").glob(f"fcn_revbifpn_s0_*_{family}-*.py"))
+    cfg = Config.fromfile(str(ROOT / "configs" / "mmseg" / name))
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    with pytest.raises(DataError) as err:
+        check_data(cfg, ["train"], scope="mmseg")
+    assert expect in str(err.value), str(err.value)
