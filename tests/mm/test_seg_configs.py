@@ -167,8 +167,9 @@ def test_s0_segmentor_trains_one_step_and_predicts():
     assert out[0].pred_sem_seg.data.shape == (1, 64, 128)
 
 
-@pytest.mark.parametrize("family, expect", [("cityscapes", "data/cityscapes"), ("ade20k", "data/ade")])
-def test_missing_dataset_message_names_the_right_dataset(family, expect, tmp_path, monkeypatch):
+@pytest.mark.parametrize("family, expect, other", [("cityscapes", "leftImg8bit/{train,val}", "ADE20K"),
+                                                   ("ade20k", "ADEChallengeData2016", "Cityscapes")])
+def test_missing_dataset_message_names_the_right_dataset(family, expect, other, tmp_path, monkeypatch):
     from revbifpn_mm.tooling.runner import DataError, check_data
 
     name = next(p.name for p in (ROOT / "configs" / "mmseg").glob(f"fcn_revbifpn_s0_*_{family}-*.py"))
@@ -176,4 +177,4 @@ def test_missing_dataset_message_names_the_right_dataset(family, expect, tmp_pat
     monkeypatch.chdir(tmp_path)  # no data/ here
     with pytest.raises(DataError) as err:
         check_data(cfg, ["train"], scope="mmseg")
-    assert expect in str(err.value), str(err.value)
+    assert expect in str(err.value) and other not in str(err.value), str(err.value)
