@@ -23,8 +23,10 @@ Passes of ``fair-fight`` and ``seg`` (``--pass``):
     peak memory of one step, bytes saved for backward, kernels per step;
   * ``time``: all models built first, warmed up, then stepped in turn for ``--rounds``
     rounds without the probe; the minimum per model;
-  * ``all`` (default): ``time``, then ``peak`` in the same process. Each pass also writes its
-    own ``<out>/<pass>.json``; ``--pass report`` merges those of earlier runs.
+  * ``all`` (default): ``time``, then ``peak`` in the same process.
+  Each pass writes ``<out>/<pass>.json`` (keeping the rows of other models from earlier runs,
+  so a pass can run in parts, e.g. one ``--amp`` at a time); the report merges both files;
+  ``--pass report`` only rewrites it.
 
 Figures (per sample = divided by the batch, mmdet's convention):
   * peak: on CUDA ``max_memory_allocated`` during one training step minus the memory
@@ -161,10 +163,13 @@ def detector_model_cfg(kind: str, backbone: str, with_cp: bool = False, lean: Op
 
 
 def build_detector(kind: str, backbone: str, with_cp: bool = False, lean: Optional[str] = None) -> nn.Module:
+    """A Faster / Mask R-CNN (see :func:`detector_model_cfg`), built in mmdet's registry scope."""
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+    from mmengine.registry import DefaultScope
     register_all_modules(init_default_scope=False)
-    return MODELS.build(detector_model_cfg(kind, backbone, with_cp, lean))
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        return MODELS.build(detector_model_cfg(kind, backbone, with_cp, lean))
 
 
 def detector_runner(model: nn.Module, batch: int, h: int, w: int, device: torch.device,
@@ -232,10 +237,12 @@ def segmentor_model_cfg(backbone: str, head: str = "fcn", bn: str = "train", wit
 def build_segmentor(backbone: str, head: str = "fcn", bn: str = "train", with_cp: bool = False) -> nn.Module:
     """An mmseg ``EncoderDecoder`` (see :func:`segmentor_model_cfg`); SyncBN becomes BN (one device)."""
     from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
     register_all_modules(init_default_scope=False)
-    return revert_sync_batchnorm(MODELS.build(segmentor_model_cfg(backbone, head, bn, with_cp)))
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        return revert_sync_batchnorm(MODELS.build(segmentor_model_cfg(backbone, head, bn, with_cp)))
 
 
 def segmentor_runner(model: nn.Module, batch: int, h: int, w: int, device: torch.device,
@@ -765,9 +772,13 @@ def _read_pass(out_dir: str, name: str) -> List[Dict[str, Any]]:
 
 
 def _write_pass(out_dir: str, name: str, meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> None:
+    """Write ``<out>/<name>.json``; rows of earlier runs with other (name, amp) keys stay, so
+    that a pass can be run in parts (e.g. one ``--amp`` or ``--detectors`` at a time)."""
+    kept = {(r["name"], r["amp"]): r for r in _read_pass(out_dir, name)}
+    kept.update({(r["name"], r["amp"]): r for r in rows})
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-        json.dump(dict(meta=meta, rows=rows), f, indent=1, default=float)
+        json.dump(dict(meta=meta, rows=list(kept.values())), f, indent=1, default=float)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

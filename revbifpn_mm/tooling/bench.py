@@ -28,6 +28,7 @@ import math
 import os
 import statistics
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -364,6 +365,11 @@ class Case:
 def _failed(case: Case, err: BaseException) -> Dict[str, Any]:
     text = str(err).strip().splitlines()
     msg = f"{type(err).__name__}: {text[0] if text else ''}"[:200]
+    frames = traceback.extract_tb(err.__traceback__)
+    if frames:  # where it was raised, e.g. an mmcv op without a kernel for the dtype
+        last = frames[-1]
+        where = os.sep.join(last.filename.split(os.sep)[-3:])
+        msg += f" (in {last.name}, {where})"
     logger.warning("%s (%s) failed: %s", case.name, case.amp, msg)
     return dict(name=case.name, group=case.group, amp=case.amp, error=msg, **case.info)
 
