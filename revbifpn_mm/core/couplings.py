@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.dropout import _DropoutNd
 
 from .op import RevOp, apply_transform, vjp
 from .state import CallState
@@ -30,18 +31,25 @@ Tensors = List[Tensor]
 def _is_stochastic(module: nn.Module) -> bool:
     """True when ``module`` draws random numbers in its current mode.
 
-    The sub-modules that can be random (those with a ``drop_prob`` and dropouts) are
-    listed once per module; their current probability and mode are read every call.
+    Random sub-modules are those with a positive ``drop_prob`` attribute (stochastic depth) and
+    dropouts (every ``nn.Dropout*`` / ``AlphaDropout``) with ``p > 0``, in training mode.
+    The sub-modules are walked on every call, never cached: they may be replaced after
+    the first call (SyncBN conversion, a new dropout), and a stale list would skip the
+    RNG replay of a new random module, i.e. give silently wrong gradients.
     """
     if not module.training:
         return False
-    cands = module.__dict__.get("_random_modules")
-    if cands is None:
-        cands = [m for m in module.modules() if hasattr(m, "drop_prob") or isinstance(m, nn.Dropout)]
-        module.__dict__["_random_modules"] = cands
-    for m in cands:
-        if m.training and (getattr(m, "drop_prob", 0.0) > 0.0 or (isinstance(m, nn.Dropout) and m.p > 0)):
+    stack = [module]  # a plain walk: Module.modules() builds a name for every sub-module
+    while stack:
+        m = stack.pop()
+        if m is None:  # a registered ``None`` child (e.g. an MBConv without expansion)
+            continue
+        # ``drop_prob`` read from the instance dict: a missing attribute through
+        # Module.__getattr__ costs an exception per module, on every forward
+        if m.training and ((m.__dict__.get("drop_prob") or 0.0) > 0.0
+                           or (isinstance(m, _DropoutNd) and m.p > 0)):
             return True
+        stack.extend(m._modules.values())
     return False
 
 

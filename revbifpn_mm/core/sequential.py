@@ -1,12 +1,13 @@
 """The reversible sequential container and its per-segment autograd Functions."""
 from __future__ import annotations
 
+import warnings
 from enum import Enum
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
 from .op import RevOp, apply_transform, vjp
 from .state import CallState, frozen_bn_statistics
@@ -87,14 +88,71 @@ def _share_storage(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
     return any(t.untyped_storage().data_ptr() in ptrs for t in a)
 
 
+class InPlaceReuseDisabledWarning(RuntimeWarning):
+    """The reversible backward cannot reuse its stored outputs in place on this torch build."""
+
+
+_warned_no_keep_graph_query = False
+
+
 def _graph_retained() -> bool:
     """Whether the running backward keeps the graph (``retain_graph``/``create_graph``).
 
     Asks the autograd engine (the query AOTAutograd uses to free its saved tensors);
-    where it is unavailable the answer is True, i.e. the saved tensors stay untouched.
+    where it is unavailable the answer is True, i.e. the saved tensors stay untouched
+    (gradients stay exact, the in-place reuse of the stored outputs is lost), and an
+    :class:`InPlaceReuseDisabledWarning` says so once per process.
     """
+    global _warned_no_keep_graph_query
     query = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-    return True if query is None else bool(query())
+    if query is not None:
+        return bool(query())
+    if not _warned_no_keep_graph_query:
+        _warned_no_keep_graph_query = True
+        warnings.warn(
+            f"revbifpn_mm: torch {torch.__version__} has no torch._C._autograd."
+            "_get_current_graph_task_keep_graph, so the reversible backward cannot tell whether the "
+            "graph is retained and never updates its stored outputs in place: gradients are exact, "
+            "but the backward keeps one extra copy of the trunk outputs", InPlaceReuseDisabledWarning,
+            stacklevel=2)
+    return True
+
+
+def _uses_input_statistics(m: nn.Module) -> bool:
+    """Whether ``m`` normalises with statistics of its current input (in its current mode).
+
+    BatchNorm in training mode (or without running statistics) does, with the batch's
+    statistics; InstanceNorm, GroupNorm, LayerNorm and RMSNorm do with per-sample ones. A small
+    error in the input (the float32 reconstruction error of a reversible backward) is
+    then amplified in the gradients, which ``stream_dtype='auto'`` counters.
+    """
+    if isinstance(m, _BatchNorm):
+        return m.training or m.running_mean is None
+    if isinstance(m, _NormBase):  # InstanceNorm*
+        return m.training or not m.track_running_stats
+    return isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.RMSNorm))
+
+
+def _unfreezable_statistics(m: nn.Module) -> bool:
+    """Whether ``m`` updates running statistics that :func:`frozen_bn_statistics` cannot freeze.
+
+    Only torch's ``_BatchNorm`` family can run without updating them; any other module that
+    keeps a ``running_mean`` (InstanceNorm with ``track_running_stats``, mmcv's ``MMSyncBN``,
+    a custom BN) would update them a second time during the recomputation.
+    """
+    if isinstance(m, _BatchNorm) or not m.training:
+        return False
+    return m._buffers.get("running_mean") is not None and bool(m.__dict__.get("track_running_stats", True))
+
+
+def _submodules(module: nn.Module):
+    """``module`` and all its sub-modules (a plain walk: ``Module.modules()`` builds a name for each)."""
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        if m is not None:
+            yield m
+            stack.extend(m._modules.values())
 
 
 class _Tape:
@@ -148,6 +206,12 @@ class _RevSegment(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *douts: Tensor):  # type: ignore[override]
+        if torch.is_grad_enabled():  # the engine enables grad mode in backward only for create_graph=True
+            raise RuntimeError(
+                "double backward (create_graph=True, e.g. a gradient penalty) is not supported through "
+                "the reversible path of RevSequential: its backward reconstructs activations without "
+                "building a graph, so the second-order term would silently be dropped. Train this "
+                "model with memory_mode='plain' (or call set_memory_mode('plain') on it) for such losses")
         container: RevSequential = ctx.container
         tape: _Tape = ctx.tape
         state = tape.state
@@ -201,8 +265,17 @@ class RevSequential(nn.Module):
     harmless with frozen BatchNorm (the detection setting: 7e-8 relative gradient
     error), but training-mode BatchNorm amplifies it in the gradients of the first
     layers (4.5e-3 for S3 at 256x256, batch 2). ``'auto'`` (default) therefore uses
-    float64 streams exactly when a BatchNorm of the container is in training mode and
+    float64 streams exactly when a module of the container normalises with statistics
+    of its current input (a BatchNorm in training mode; GroupNorm, InstanceNorm and
+    LayerNorm always, since they normalise each sample with its own statistics) and
     the input's dtype otherwise (half the stored bytes).
+
+    The reversible path supports first-order gradients only: a backward with
+    ``create_graph=True`` (double backward, e.g. a gradient penalty) raises a
+    ``RuntimeError``; use ``memory_mode='plain'`` for such losses. Running statistics
+    are updated once per step for torch's BatchNorm family; a training module that
+    keeps other running statistics (InstanceNorm with ``track_running_stats``, mmcv's
+    ``MMSyncBN``) is refused by the reversible forward with a ``ValueError``.
 
     Args:
         ops: The invertible operations, applied in order.
@@ -242,8 +315,8 @@ class RevSequential(nn.Module):
         if self.stream_dtype != "auto":
             return self.stream_dtype  # type: ignore[return-value]
         # read from the live modules on every call: BN layers may be replaced (e.g. SyncBN conversion)
-        training_bn = any(isinstance(m, _BatchNorm) and m.training for m in self.modules())
-        return torch.float64 if training_bn else None
+        amplifies = any(_uses_input_statistics(m) for m in _submodules(self))
+        return torch.float64 if amplifies else None
 
     def _to_stream(self, xs: Sequence[Tensor]) -> List[Tensor]:
         dtype = self.resolved_stream_dtype()
@@ -288,6 +361,14 @@ class RevSequential(nn.Module):
         return tuple(y.to(xs[0].dtype) for y in ys)
 
     def _forward_reversible(self, xs: List[Tensor], params: List[Tensor]) -> Tuple[Tensor, ...]:
+        bad = next((m for m in _submodules(self) if _unfreezable_statistics(m)), None)
+        if bad is not None:
+            name = next(n for n, m in self.named_modules() if m is bad)
+            raise ValueError(
+                f"{name or 'the container'} ({type(bad).__name__}) updates running statistics that the "
+                "reversible backward cannot freeze during its recomputation (they would be updated twice "
+                "per step): use torch's BatchNorm / SyncBatchNorm or GroupNorm, set "
+                "track_running_stats=False, or use memory_mode='plain'")
         tape = _Tape(CallState(xs, params), xs[0].dtype)
         h = self._to_stream(xs)
         for k in range(self.num_segments):
