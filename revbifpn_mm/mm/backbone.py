@@ -45,6 +45,9 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         frozen_stages: Stages ``1..frozen_stages`` are frozen; ``-1`` freezes nothing.
         norm_cfg: Normalisation config; BN eps is 1e-3 as in the official network
             (mmcv's default would be 1e-5). ``type='SyncBN'`` for synchronised BN.
+            Accepted: torch BatchNorms (``'BN'``, ``'SyncBN'``, ...) and ``'GN'``
+            (``num_groups=8`` divides every arch's channel counts); ``'MMSyncBN'``,
+            ``'LN'`` and other types are refused with a ``ValueError`` (see docs/design.md).
         norm_eval: Keep every BatchNorm in eval mode during training.
         drop_path_rate: Maximum stochastic-depth rate (default: the arch's value).
         num_ext_layers: Override of the number of 4-scale layers.
@@ -80,9 +83,10 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
             raise ValueError(f"out_type must be 'neck' or 'trunk', got {out_type!r}")
         norm_cfg = dict(norm_cfg or dict(type="BN", eps=1e-3, momentum=0.1, requires_grad=True))
         norm_cfg.setdefault("eps", 1e-3)
+        _check_norm_cfg(norm_cfg)
 
         def norm_layer(num_features: int) -> nn.Module:  # honours norm_cfg's requires_grad
-            return build_norm_layer(norm_cfg, num_features)[1]
+            return _build_checked_norm(norm_cfg, num_features)
 
         super().__init__(arch=arch, num_classes=0, drop_path_rate=drop_path_rate,
                          num_ext_layers=num_ext_layers, with_neck=out_type == "neck",
@@ -243,3 +247,57 @@ def _fetch_rank0_first(url: str, sha256: Optional[str]) -> str:
     barrier()
     return fetch_checkpoint(url, sha256)
 
+
+_MMSYNCBN_FIX = ("use norm_cfg=dict(type='SyncBN', ...) (torch's SyncBatchNorm, which RevBiFPN freezes during "
+                 "its recomputation and norm_eval / stream_dtype='auto' see), or 'BN' for one process")
+
+
+def _check_norm_cfg(norm_cfg: Dict[str, Any]) -> None:
+    """Refuse, before anything is built, a ``norm_cfg`` that RevBiFPN cannot train correctly.
+
+    mmcv's ``MMSyncBN`` is refused by name: it is no torch ``_BatchNorm``, so the reversible
+    recomputation would update its running statistics a second time per step, and
+    ``norm_eval`` and ``stream_dtype='auto'`` would not see it; building it also needs an
+    initialised process group.
+    """
+    if not isinstance(norm_cfg, dict) or "type" not in norm_cfg:
+        raise ValueError(f"norm_cfg must be a dict with a 'type' (e.g. dict(type='BN')), got {norm_cfg!r}")
+    kind = norm_cfg["type"]
+    mmcv_sync_bn = kind == "MMSyncBN" or (isinstance(kind, type) and kind.__name__ == "SyncBatchNorm"
+                                          and kind.__module__.split(".")[0] == "mmcv")
+    if mmcv_sync_bn:
+        raise ValueError("norm_cfg type 'MMSyncBN' (mmcv's SyncBatchNorm) is not supported by RevBiFPN: it is "
+                         "not a torch BatchNorm, so the reversible backward would update its running statistics "
+                         "twice per step and norm_eval / stream_dtype='auto' would ignore it (it also needs an "
+                         f"initialised process group and CUDA). Fix: {_MMSYNCBN_FIX}")
+    if (kind == "GN" or kind is nn.GroupNorm) and "num_groups" not in norm_cfg:
+        raise ValueError("norm_cfg type 'GN' needs num_groups, e.g. dict(type='GN', num_groups=8) (8 divides the "
+                         "channel counts of every RevBiFPN arch)")
+
+
+def _build_checked_norm(norm_cfg: Dict[str, Any], num_features: int) -> nn.Module:
+    """``build_norm_layer(norm_cfg, num_features)``, refusing layers RevBiFPN does not handle.
+
+    Accepted are torch's BatchNorm family (running statistics frozen during the
+    recomputation, seen by ``norm_eval`` and ``stream_dtype='auto'``) and GroupNorm
+    (no running statistics; per-sample statistics, so ``'auto'`` carries float64 streams).
+    """
+    kind = norm_cfg["type"]
+    name = kind if isinstance(kind, str) else getattr(kind, "__name__", repr(kind))
+    try:
+        layer = build_norm_layer(norm_cfg, num_features)[1]
+    except ValueError as err:
+        if "num_groups" in norm_cfg:
+            raise ValueError(f"norm_cfg {name!r} with num_groups={norm_cfg['num_groups']}: a RevBiFPN layer has "
+                             f"{num_features} channels, which num_groups does not divide ({err}). Fix: "
+                             "num_groups=8 (or 4, 2, 1) divides the channel counts of every arch") from err
+        raise
+    if isinstance(layer, (_BatchNorm, nn.GroupNorm)):
+        return layer
+    if isinstance(layer, nn.LayerNorm):
+        raise ValueError(f"norm_cfg type {name!r} builds nn.LayerNorm({num_features}), which normalises the last "
+                         "axis (the width) of RevBiFPN's NCHW feature maps, not the channels. Fix: "
+                         "norm_cfg=dict(type='GN', num_groups=1) normalises each sample over (C, H, W); "
+                         "or use 'BN' / 'SyncBN'")
+    raise ValueError(f"norm_cfg type {name!r} builds {type(layer).__name__}, which RevBiFPN does not support: the "
+                     "reversible backward handles torch BatchNorms ('BN', 'SyncBN', ...) and GroupNorm ('GN') only")
