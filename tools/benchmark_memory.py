@@ -821,8 +821,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         _write_pass(args.out, "time", _meta(args, device, False, shape), time_rows)
     if args.passes in ("all", "peak"):
         probe = None if args.no_peak else peak_probe_for(device)
-        rows = peak_pass(cases, device, args.warmup, probe, not args.no_kernels)
-        _write_pass(args.out, "peak", _meta(args, device, probe is not None, shape), rows)
+        meta = _meta(args, device, probe is not None, shape)
+        for case in cases:  # written row by row: rows measured before a crash (e.g. out of RAM) stay
+            _write_pass(args.out, "peak", meta, peak_pass([case], device, args.warmup, probe, not args.no_kernels))
     rows = merge_rows(_read_pass(args.out, "peak"), _read_pass(args.out, "time"))
     if not rows:
         log(f"nothing to report: no peak.json or time.json in {args.out}")
