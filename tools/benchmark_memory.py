@@ -527,7 +527,8 @@ def render_fair_fight(rows: List[Dict[str, Any]]) -> List[str]:
     """The detector comparison: APs, peak, saved, step time, kernels per detector."""
     out = []
     for kind in ("faster", "mask"):
-        det = [r for r in rows if r.get("detector") == kind and r["group"] == "detector"]
+        det = sorted((r for r in rows if r.get("detector") == kind and r["group"] == "detector"),
+                     key=lambda r: (DETECTOR_BACKBONES.index(r["backbone"]), bool(r.get("with_cp")), r["amp"] != "fp32"))
         if not det:
             continue
         title = "Faster R-CNN" if kind == "faster" else "Mask R-CNN"
@@ -763,12 +764,12 @@ def _meta(args, device: torch.device, peak: bool, input_shape) -> Dict[str, Any]
                 kernels="aten ops of forward + backward, views excluded" if not args.no_kernels else None)
 
 
-def _read_pass(out_dir: str, name: str) -> List[Dict[str, Any]]:
+def _read_pass(out_dir: str, name: str, part: str = "rows") -> Any:
     path = os.path.join(out_dir, f"{name}.json")
     if not os.path.exists(path):
-        return []
+        return [] if part == "rows" else {}
     with open(path) as f:
-        return json.load(f)["rows"]
+        return json.load(f)[part]
 
 
 def _write_pass(out_dir: str, name: str, meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> None:
@@ -829,7 +830,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         log(f"nothing to report: no peak.json or time.json in {args.out}")
         return 1
     peak = any("peak_gb_per_sample" in r for r in rows)
-    print(report(args.out, _meta(args, device, peak, shape), rows))
+    stored = _read_pass(args.out, "peak", "meta") or _read_pass(args.out, "time", "meta")
+    meta = dict(stored, **{k: v for k, v in _meta(args, device, peak, shape).items() if k not in stored})
+    print(report(args.out, meta, rows))  # (the measured input and device, also for --pass report)
     return 0
 
 
