@@ -642,6 +642,10 @@ def render_plan(plan: Plan, gpu_gb: Sequence[float] = (24.0,), batches: Sequence
     for m in plan.modes:
         if not m.measured:
             lines.append(f"{m.mode:<11} {m.skipped or 'not measured'}")
+            if m.probes:  # batch 1 fitted: its measured peak, no prediction from one point
+                p = m.probes[0]
+                lines.append(f"{'':<11} (batch 1 measured: {p.peak_bytes / GB:.2f} GB allocated at its peak, "
+                             f"{(p.peak_bytes * (1 + fragmentation)) / GB + context_gb:.2f} GB with the allowance)")
             continue
         step = max(m.step_constant_bytes, 0)
         row = (f"{m.mode:<11} {m.fixed_bytes / GB:>7.3f} {step / GB:>7.3f} {m.per_sample_bytes / GB:>8.3f} "
