@@ -158,3 +158,17 @@ def test_training_shape_follows_the_pipeline():
     with pytest.raises(planner.PlanError, match="--shape"):
         planner.training_shape(seg)
 
+
+
+def test_render_names_allowance_and_shows_partial_plain_measurement():
+    gb = 1_000_000_000
+    rev = planner.ModePlan("reversible", [_fake(1, gb), _fake(2, 2 * gb)])
+    plain = planner.ModePlan("plain", [_fake(1, 6 * gb)], skipped="not measured at batch 2: does not fit")
+    plan = planner.Plan(config="x.py", scope="mmdet", shape=(800, 1344), shape_source="test", amp=False,
+                        device="cpu", modes=[rev, plain])
+    text = planner.render_plan(plan, (12, 24), context_gb=1.0, fragmentation=0.1)
+    assert "CUDA context + caching-allocator fragmentation: 1.0 GB + 10%" in text
+    row = next(line for line in text.splitlines() if line.startswith("reversible"))
+    assert row.split()[-2:] == ["9", "19"]  # largest batches on 12 and 24 GB
+    assert "not measured at batch 2" in text
+    assert "batch 1 measured: 7.00 GB allocated" in text  # 1 GB fixed + 6 GB working set; no prediction
