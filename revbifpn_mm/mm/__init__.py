@@ -1,7 +1,9 @@
-"""The OpenMMLab layer: registers ``RevBiFPN`` (backbone) and ``RevBiFPNNeck`` in mmengine's root
-``MODELS`` registry, which both ``mmdet.registry.MODELS`` and ``mmseg.registry.MODELS`` resolve.
+"""The OpenMMLab layer: registers ``RevBiFPN`` (backbone), ``RevBiFPNNeck`` and ``LeanFCNHead``
+(segmentation decode head) in mmengine's root ``MODELS`` registry, which both
+``mmdet.registry.MODELS`` and ``mmseg.registry.MODELS`` resolve.
 
-Only this sub-package imports mmengine and mmcv; mmdet and mmseg are never imported here.
+Only this sub-package imports mmengine and mmcv; mmdet is never imported here, and mmseg
+only when a ``LeanFCNHead`` is built.
 It needs mmengine and ``mmcv.cnn`` (an ImportError names the fix otherwise), not mmcv's
 compiled ops: :func:`check_mmcv_ops` checks those where they are used (the tools call it
 before building a detector). Importing it also allow-lists mmengine's checkpoint types
