@@ -73,11 +73,13 @@ def _config(det, arch):
 def _build_meta(model_cfg):
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+    from mmengine.registry import DefaultScope
     register_all_modules(init_default_scope=False)
     cfg = copy.deepcopy(model_cfg)
     if "backbone" in cfg:
         cfg.backbone.init_cfg = None
-    with torch.device("meta"):
+    # mmdet's scope explicitly: an earlier test may have left mmseg's as the default scope
+    with torch.device("meta"), DefaultScope.overwrite_default_scope("mmdet"):
         return MODELS.build(cfg).eval()
 
 
