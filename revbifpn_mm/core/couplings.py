@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.dropout import _DropoutNd
 
-from .op import RevOp, apply_transform, vjp
+from .op import RevOp, apply_transform, submodules, vjp
 from .state import CallState
 
 __all__ = ["TriangularCoupling", "RevResidualBlock", "RevSilo", "RevBlockGroup"]
@@ -39,18 +39,11 @@ def _is_stochastic(module: nn.Module) -> bool:
     """
     if not module.training:
         return False
-    stack = [module]  # a plain walk: Module.modules() builds a name for every sub-module
-    while stack:
-        m = stack.pop()
-        if m is None:  # a registered ``None`` child (e.g. an MBConv without expansion)
-            continue
-        # ``drop_prob`` read from the instance dict: a missing attribute through
-        # Module.__getattr__ costs an exception per module, on every forward
-        if m.training and ((m.__dict__.get("drop_prob") or 0.0) > 0.0
-                           or (isinstance(m, _DropoutNd) and m.p > 0)):
-            return True
-        stack.extend(m._modules.values())
-    return False
+    # ``drop_prob`` read from the instance dict: a missing attribute through
+    # Module.__getattr__ costs an exception per module, on every forward
+    return any(m.training and ((m.__dict__.get("drop_prob") or 0.0) > 0.0
+                               or (isinstance(m, _DropoutNd) and m.p > 0))
+               for m in submodules(module))
 
 
 class TriangularCoupling(nn.Module):

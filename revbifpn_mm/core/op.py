@@ -1,7 +1,7 @@
 """Base class of invertible operations on tuples of tensors."""
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -9,7 +9,7 @@ from torch.autograd.graph import get_gradient_edge
 
 from .state import CallState, recomputing
 
-__all__ = ["RevOp", "vjp", "compute_dtype", "apply_transform"]
+__all__ = ["RevOp", "vjp", "compute_dtype", "apply_transform", "submodules"]
 
 Tensors = List[Tensor]
 
@@ -41,6 +41,20 @@ class RevOp(nn.Module):
     def backward_pass(self, ys: Sequence[Tensor], dys: Sequence[Tensor],
                       state: CallState) -> Tuple[Tensors, Tensors]:  # noqa: D102
         raise NotImplementedError
+
+
+def submodules(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` and all its sub-modules, skipping ``None`` children.
+
+    A plain walk over ``_modules``: ``Module.modules()`` builds a name for every sub-module,
+    and the reversible path walks its modules on every call.
+    """
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        if m is not None:
+            yield m
+            stack.extend(m._modules.values())
 
 
 def compute_dtype(module: nn.Module, x: Tensor) -> torch.dtype:

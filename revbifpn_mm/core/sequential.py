@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
-from .op import RevOp, apply_transform, vjp
+from .op import RevOp, apply_transform, submodules, vjp
 from .state import CallState, frozen_bn_statistics
 
 __all__ = ["MemoryMode", "RevSequential", "RecomputedPerScale"]
@@ -143,16 +143,6 @@ def _unfreezable_statistics(m: nn.Module) -> bool:
     if isinstance(m, _BatchNorm) or not m.training:
         return False
     return m._buffers.get("running_mean") is not None and bool(m.__dict__.get("track_running_stats", True))
-
-
-def _submodules(module: nn.Module):
-    """``module`` and all its sub-modules (a plain walk: ``Module.modules()`` builds a name for each)."""
-    stack = [module]
-    while stack:
-        m = stack.pop()
-        if m is not None:
-            yield m
-            stack.extend(m._modules.values())
 
 
 class _Tape:
@@ -315,7 +305,7 @@ class RevSequential(nn.Module):
         if self.stream_dtype != "auto":
             return self.stream_dtype  # type: ignore[return-value]
         # read from the live modules on every call: BN layers may be replaced (e.g. SyncBN conversion)
-        amplifies = any(_uses_input_statistics(m) for m in _submodules(self))
+        amplifies = any(_uses_input_statistics(m) for m in submodules(self))
         return torch.float64 if amplifies else None
 
     def _to_stream(self, xs: Sequence[Tensor]) -> List[Tensor]:
@@ -361,7 +351,7 @@ class RevSequential(nn.Module):
         return tuple(y.to(xs[0].dtype) for y in ys)
 
     def _forward_reversible(self, xs: List[Tensor], params: List[Tensor]) -> Tuple[Tensor, ...]:
-        bad = next((m for m in _submodules(self) if _unfreezable_statistics(m)), None)
+        bad = next((m for m in submodules(self) if _unfreezable_statistics(m)), None)
         if bad is not None:
             name = next(n for n, m in self.named_modules() if m is bad)
             raise ValueError(
