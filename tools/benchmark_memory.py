@@ -131,12 +131,14 @@ def _mim_cfg(package: str, rel: str):
 DETECTOR_BACKBONES = ("revbifpn_s3", "revbifpn_s6", "hrnetv2p_w18", "hrnetv2p_w32", "r50_fpn", "r101_fpn")
 
 
-def detector_model_cfg(kind: str, backbone: str, with_cp: bool = False, lean: Optional[str] = None):
+def detector_model_cfg(kind: str, backbone: str, with_cp: bool = False, lean: Optional[str] = None,
+                       fold: Optional[bool] = None):
     """The ``model`` config of a Faster / Mask R-CNN, without pretrained weights.
 
     RevBiFPN: this project's ``configs/{kind}_rcnn_revbifpn_{arch}.py``; HRNetV2p and
     ResNet-FPN: mmdet's 1x COCO configs. ``with_cp`` sets the baseline backbone's
-    ``with_cp`` (checkpointing inside its blocks); ``lean`` RevBiFPN's ``lean_recompute``.
+    ``with_cp`` (checkpointing inside its blocks); ``lean`` RevBiFPN's ``lean_recompute``;
+    ``fold`` RevBiFPN's ``fold_frozen_bn`` (``None``: the config's default).
     """
     if kind not in ("faster", "mask"):
         raise ValueError(f"detector kind must be 'faster' or 'mask', got {kind!r}")
@@ -148,6 +150,8 @@ def detector_model_cfg(kind: str, backbone: str, with_cp: bool = False, lean: Op
         cfg = Config.fromfile(os.path.join(REPO, "configs", f"{kind}_rcnn_revbifpn_{arch}.py"))
         if lean is not None:
             cfg.model.backbone.lean_recompute = lean
+        if fold is not None:
+            cfg.model.backbone.fold_frozen_bn = fold
     elif backbone.startswith("hrnetv2p_"):
         cfg = _mim_cfg("mmdet", f"hrnet/{kind}-rcnn_hrnetv2p-{backbone.split('_')[1]}-1x_coco.py")
     elif backbone in ("r50_fpn", "r101_fpn"):
@@ -162,14 +166,15 @@ def detector_model_cfg(kind: str, backbone: str, with_cp: bool = False, lean: Op
     return model
 
 
-def build_detector(kind: str, backbone: str, with_cp: bool = False, lean: Optional[str] = None) -> nn.Module:
+def build_detector(kind: str, backbone: str, with_cp: bool = False, lean: Optional[str] = None,
+                   fold: Optional[bool] = None) -> nn.Module:
     """A Faster / Mask R-CNN (see :func:`detector_model_cfg`), built in mmdet's registry scope."""
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.registry import DefaultScope
     register_all_modules(init_default_scope=False)
     with DefaultScope.overwrite_default_scope("mmdet"):
-        return MODELS.build(detector_model_cfg(kind, backbone, with_cp, lean))
+        return MODELS.build(detector_model_cfg(kind, backbone, with_cp, lean, fold))
 
 
 def detector_runner(model: nn.Module, batch: int, h: int, w: int, device: torch.device,
@@ -269,6 +274,10 @@ def backbone_cases(args, x: torch.Tensor, have_mm: bool) -> List[Case]:
         def build(make=make):
             m = make().to(x.device)
             m.train()  # (mmdet's HRNet.train returns None)
+            if args.bn == "frozen":  # as detection trains (norm_eval=True)
+                for mod in m.modules():
+                    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                        mod.eval()
             return m, (lambda: m(x))
         cases.append(Case(name, group, build, amp, B, info))
 
@@ -326,10 +335,10 @@ def sweep_cases(args, device: torch.device) -> List[Case]:
 
 
 def _detector_builder(kind: str, bb: str, cp: bool, lean: Optional[str], batch: int, h: int, w: int,
-                      device: torch.device):
+                      device: torch.device, fold: Optional[bool] = None):
     def build():
         torch.manual_seed(0)
-        model = build_detector(kind, bb, cp, lean).to(device)
+        model = build_detector(kind, bb, cp, lean, fold).to(device)
         model.train()
         return model, detector_runner(model, batch, h, w, device, kind == "mask")
     return build
@@ -362,10 +371,16 @@ def fair_fight_cases(args, device: torch.device, batch: int, h: int, w: int) -> 
                     cases.append(Case(f"{label} backbone+neck", "backbone+neck",
                                       _neck_builder("faster", bb, cp, batch, h, w, device), amp, batch,
                                       dict(backbone=bb, with_cp=cp)))
+                folds: Tuple[Optional[bool], ...] = (None,)
+                if bb.startswith("revbifpn_") and args.fold != "auto":
+                    folds = {"off": (False,), "both": (None, False)}[args.fold]
                 for kind in args.detectors:
-                    cases.append(Case(f"{kind}_rcnn {label}", "detector",
-                                      _detector_builder(kind, bb, cp, None, batch, h, w, device), amp, batch,
-                                      dict(detector=kind, backbone=bb, with_cp=cp)))
+                    for fold in folds:
+                        cases.append(Case(f"{kind}_rcnn {label}" + (" fold=off" if fold is False else ""),
+                                          "detector",
+                                          _detector_builder(kind, bb, cp, None, batch, h, w, device, fold),
+                                          amp, batch, dict(detector=kind, backbone=bb, with_cp=cp,
+                                                           fold_frozen_bn=fold if fold is not None else "auto")))
     return cases
 
 
@@ -398,7 +413,9 @@ def kernel_rows(archs: Sequence[str], device: torch.device, lean: Optional[str])
             for bn in ("frozen", "train"):
                 torch.manual_seed(0)
                 kw = dict(lean_recompute=lean) if lean else {}
-                m = RevBiFPN(arch, num_classes=0, memory_mode=mode, **kw).to(device).train()
+                # the policy a GPU runs: frozen BN not folded (the CPU default folds it)
+                m = RevBiFPN(arch, num_classes=0, memory_mode=mode, fold_frozen_bn=False,
+                             **kw).to(device).train()
                 if bn == "frozen":
                     for mod in m.modules():
                         if isinstance(mod, nn.modules.batchnorm._BatchNorm):
@@ -671,7 +688,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--suite", default="backbones", choices=("backbones", "fair-fight", "seg", "kernels"))
     ap.add_argument("--pass", dest="passes", default="all", choices=("all", "peak", "time", "report"),
                     help="fair-fight / seg: the peak pass (probe on), the interleaved time pass (probe off), "
-                         "both (time first), or only merge <out>/peak.json and <out>/time.json")
+                         "both (time first), or only merge <out>/peak.json and <out>/time.json; "
+                         "backbones: 'time' for interleaved step times only")
     ap.add_argument("--quick", action="store_true", help="small input, few models: minutes on 2 CPU cores")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--height", type=int, default=None, help="default 800 (quick: 256)")
@@ -702,6 +720,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--seg-backbones", default=",".join(SEG_BACKBONES), help="seg: comma list")
     ap.add_argument("--seg-sizes", default="512x1024,1024x2048", help="seg: comma list of HxW")
     ap.add_argument("--seg-heads", default="fcn,lean", help="seg: RevBiFPN heads, comma list of fcn, lean")
+    ap.add_argument("--fold", default="auto", choices=("auto", "off", "both"),
+                    help="fair-fight: RevBiFPN's fold_frozen_bn, the default ('auto': folded on CPU), "
+                         "off, or both rows side by side")
+    ap.add_argument("--bn", default="train", choices=("train", "frozen"),
+                    help="backbones suite: BatchNorm training (default) or frozen (norm_eval, as in detection)")
     ap.add_argument("--seg-bn", default="train,frozen", help="seg: comma list of train, frozen")
     ap.add_argument("--rounds", type=int, default=3, help="time pass: interleaved rounds (minimum taken)")
     ap.add_argument("--warmup", type=int, default=None)
@@ -803,6 +826,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         probe = None if args.no_peak else peak_probe_for(device)
         x = torch.randn(B, 3, H, W, device=device)
         cases = backbone_cases(args, x, have_mm) + ([] if args.no_sweep else sweep_cases(args, device))
+        if args.passes == "time":  # interleaved step times only, no probe
+            rows = time_pass(cases, device, args.rounds)
+            print(report(args.out, _meta(args, device, False, (B, 3, H, W)), rows))
+            return 0
         rows = [measure_case(c, device, args.warmup, args.steps, probe, not args.no_kernels) for c in cases]
         print(report(args.out, _meta(args, device, probe is not None, (B, 3, H, W)), rows))
         return 0

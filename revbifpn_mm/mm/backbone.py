@@ -58,6 +58,9 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         lean_recompute: The lean recomputation policy, ``'neck'`` (default), ``'all'`` or
             ``'none'``: which MBConvs keep a smaller working set inside the reversible
             backward for extra compute (documented in :class:`revbifpn_mm.models.RevBiFPN`).
+        fold_frozen_bn: Fold eval-mode BatchNorms (``norm_eval``) into their convolutions:
+            ``'auto'`` (default, CPU only), ``True`` or ``False`` (documented in
+            :class:`revbifpn_mm.models.RevBiFPN`).
         check_finite: Raise a ``ValueError`` if the input holds NaN or Inf.
         init_cfg: ``dict(type='Pretrained', checkpoint=URL_OR_PATH[, prefix=...][, sha256=...])``
             loads an official or converted checkpoint (URLs are downloaded once and
@@ -77,6 +80,7 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
                  memory_mode: str = "reversible",
                  stream_dtype: Optional[str] = "auto",
                  lean_recompute: str = "neck",
+                 fold_frozen_bn: Union[bool, str] = "auto",
                  check_finite: bool = False,
                  init_cfg: Optional[Dict[str, Any]] = None) -> None:
         if out_type not in ("neck", "trunk"):
@@ -91,7 +95,7 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         super().__init__(arch=arch, num_classes=0, drop_path_rate=drop_path_rate,
                          num_ext_layers=num_ext_layers, with_neck=out_type == "neck",
                          norm_layer=norm_layer, memory_mode=memory_mode, stream_dtype=stream_dtype,
-                         lean_recompute=lean_recompute)
+                         lean_recompute=lean_recompute, fold_frozen_bn=fold_frozen_bn)
         self.init_cfg = init_cfg
         self.out_type = out_type
         self.out_indices = tuple(out_indices)

@@ -5,7 +5,9 @@ the number of dispatched kernels. One recomputation of every transform sets a fl
 ``(forward + forward + plain backward) / (forward + plain backward)``, about 1.44x for
 S0/S3 with frozen BN; the reversible step must stay close to it (at most 1.47x, the
 speed issue's target) with the detection default (frozen BN, ``lean_recompute='neck'``).
-The count is device-independent, so this is not a timed test.
+The count is device-independent, so this is not a timed test. It counts the policy a GPU
+runs: frozen BN is not folded into the convolutions (``fold_frozen_bn=False``; the CPU
+default folds it, which about doubles the tiny kernels per step for fewer passes over maps).
 """
 from __future__ import annotations
 
@@ -38,9 +40,9 @@ class _KernelCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _count(arch: str, mode: str, frozen_bn: bool):
+def _count(arch: str, mode: str, frozen_bn: bool, fold: bool = False):
     torch.manual_seed(0)
-    model = RevBiFPN(arch, num_classes=0)
+    model = RevBiFPN(arch, num_classes=0, fold_frozen_bn=fold)
     model.set_memory_mode(mode)
     model.train()
     if frozen_bn:
