@@ -62,7 +62,7 @@ import logging
 import math
 import os
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -81,10 +81,10 @@ def log(msg: str) -> None:
 
 # =========================================================================== building
 def build_revbifpn(arch: str, mode: str, neck: Optional[str], ext: Optional[int] = None,
-                   stream: str = "float64", lean: str = "neck") -> nn.Module:
+                   stream: str = "float64", lean: str = "neck", fold: Union[bool, str] = "auto") -> nn.Module:
     """A RevBiFPN backbone (with a neck from mmdet's registry when ``neck`` is given)."""
     body = RevBiFPN(arch, num_classes=0, num_ext_layers=ext, memory_mode=mode, stream_dtype=stream,
-                    lean_recompute=lean)
+                    lean_recompute=lean, fold_frozen_bn=fold)
     if neck is None:
         return body
     from mmdet.registry import MODELS
@@ -283,9 +283,16 @@ def backbone_cases(args, x: torch.Tensor, have_mm: bool) -> List[Case]:
 
     for amp in args.amps:
         for arch in args.archs:
+            # frozen BN: the detection setting, streams as the model's default picks them (float32)
+            main_stream = "auto" if args.bn == "frozen" else "float64"
             for mode in ("reversible", "plain"):
-                add(f"revbifpn_{arch}_{mode}", "backbone", lambda a=arch, md=mode: build_revbifpn(a, md, None),
+                add(f"revbifpn_{arch}_{mode}", "backbone",
+                    lambda a=arch, md=mode: build_revbifpn(a, md, None, stream=main_stream),
                     amp, arch=arch, mode=mode)
+                if args.fold != "auto" and args.bn == "frozen":  # the same rows without folding
+                    add(f"revbifpn_{arch}_{mode}_nofold", "backbone-variant",
+                        lambda a=arch, md=mode: build_revbifpn(a, md, None, stream=main_stream, fold=False),
+                        amp, arch=arch, mode=mode, fold_frozen_bn=False)
             for stream in args.streams:
                 if stream != "float64" and amp == "fp32":
                     add(_variant(arch, stream), "backbone-variant",
@@ -721,10 +728,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--seg-sizes", default="512x1024,1024x2048", help="seg: comma list of HxW")
     ap.add_argument("--seg-heads", default="fcn,lean", help="seg: RevBiFPN heads, comma list of fcn, lean")
     ap.add_argument("--fold", default="auto", choices=("auto", "off", "both"),
-                    help="fair-fight: RevBiFPN's fold_frozen_bn, the default ('auto': folded on CPU), "
-                         "off, or both rows side by side")
+                    help="fair-fight, and backbones with --bn frozen: RevBiFPN's fold_frozen_bn, the "
+                         "default ('auto': folded on CPU), off, or both rows side by side")
     ap.add_argument("--bn", default="train", choices=("train", "frozen"),
-                    help="backbones suite: BatchNorm training (default) or frozen (norm_eval, as in detection)")
+                    help="backbones suite: BatchNorm training (default; float64 streams) or frozen (norm_eval, "
+                         "as in detection; the model's default streams, float32)")
     ap.add_argument("--seg-bn", default="train,frozen", help="seg: comma list of train, frozen")
     ap.add_argument("--rounds", type=int, default=3, help="time pass: interleaved rounds (minimum taken)")
     ap.add_argument("--warmup", type=int, default=None)
@@ -823,13 +831,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     have_mm = _load_mm()
     if args.suite == "backbones":
-        probe = None if args.no_peak else peak_probe_for(device)
         x = torch.randn(B, 3, H, W, device=device)
         cases = backbone_cases(args, x, have_mm) + ([] if args.no_sweep else sweep_cases(args, device))
-        if args.passes == "time":  # interleaved step times only, no probe
+        if args.passes == "time":  # interleaved step times only; no probe (its glibc setting slows CPU steps)
             rows = time_pass(cases, device, args.rounds)
             print(report(args.out, _meta(args, device, False, (B, 3, H, W)), rows))
             return 0
+        probe = None if args.no_peak else peak_probe_for(device)
         rows = [measure_case(c, device, args.warmup, args.steps, probe, not args.no_kernels) for c in cases]
         print(report(args.out, _meta(args, device, probe is not None, (B, 3, H, W)), rows))
         return 0
