@@ -570,7 +570,8 @@ def render_fair_fight(rows: List[Dict[str, Any]]) -> List[str]:
             if r.get("error"):
                 figs = ["failed: " + r["error"], "", "", ""]
             cp = "yes" if r.get("with_cp") else ("" if bb.startswith("revbifpn") else "no")
-            out.append(f"| {bb} | {cp} | {r['amp']} | " + " | ".join(aps + figs) + " |")
+            label = bb + (" (BN not folded)" if r.get("fold_frozen_bn") is False else "")
+            out.append(f"| {label} | {cp} | {r['amp']} | " + " | ".join(aps + figs) + " |")
         out.append("")
     return out
 
