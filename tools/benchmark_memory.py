@@ -61,6 +61,7 @@ import json
 import logging
 import math
 import os
+import subprocess
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -696,7 +697,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--suite", default="backbones", choices=("backbones", "fair-fight", "seg", "kernels"))
     ap.add_argument("--pass", dest="passes", default="all", choices=("all", "peak", "time", "report"),
                     help="fair-fight / seg: the peak pass (probe on), the interleaved time pass (probe off), "
-                         "both (time first), or only merge <out>/peak.json and <out>/time.json; "
+                         "both (time first; on CPU the peak pass then runs in a fresh process), or only merge <out>/peak.json and <out>/time.json; "
                          "backbones: 'time' for interleaved step times only")
     ap.add_argument("--quick", action="store_true", help="small input, few models: minutes on 2 CPU cores")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -814,6 +815,22 @@ def _write_pass(out_dir: str, name: str, meta: Dict[str, Any], rows: List[Dict[s
         json.dump(dict(meta=meta, rows=list(kept.values())), f, indent=1, default=float)
 
 
+def _with_pass(argv: List[str], name: str) -> List[str]:
+    """``argv`` with its ``--pass`` option replaced by ``--pass name``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--pass":
+            skip = True
+            continue
+        if a.startswith("--pass="):
+            continue
+        out.append(a)
+    return out + ["--pass", name]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[benchmark] %(message)s", stream=sys.stderr)
@@ -856,7 +873,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         # before any probe: on CPU the probe's glibc setting would slow these steps
         time_rows = time_pass(cases, device, args.rounds)
         _write_pass(args.out, "time", _meta(args, device, False, shape), time_rows)
-    if args.passes in ("all", "peak"):
+    if args.passes == "all" and device.type == "cpu" and not args.no_peak:
+        # The CPU probe reads the growth of the resident set; after the time pass this
+        # process holds freed heap pages that glibc hands out again, so a peak read here
+        # would be too low. The peak pass runs in a fresh process instead.
+        argv_peak = _with_pass(sys.argv[1:] if argv is None else list(argv), "peak")
+        rc = subprocess.call([sys.executable, os.path.abspath(__file__)] + argv_peak)
+        if rc:
+            log(f"the peak pass (a fresh process) failed with exit status {rc}")
+            return rc
+    elif args.passes in ("all", "peak"):
         probe = None if args.no_peak else peak_probe_for(device)
         meta = _meta(args, device, probe is not None, shape)
         for case in cases:  # written row by row: rows measured before a crash (e.g. out of RAM) stay
