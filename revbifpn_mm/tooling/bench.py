@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import gc
 import logging
 import math
 import os
@@ -362,6 +363,16 @@ class Case:
     info: Dict[str, Any] = field(default_factory=dict)
 
 
+def _release() -> None:
+    """Free what a failed case left behind. The traceback of an exception raised mid-step
+    holds the partial forward's tensors in reference cycles (frames <-> traceback), which
+    only the cyclic collector frees: without this, each failing case (e.g. a bf16 detector
+    that mmcv's CPU ops reject) kept gigabytes alive and skewed the next cases' peaks."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _failed(case: Case, err: BaseException) -> Dict[str, Any]:
     text = str(err).strip().splitlines()
     msg = f"{type(err).__name__}: {text[0] if text else ''}"[:200]
@@ -386,16 +397,18 @@ def measure_case(case: Case, device: torch.device, warmup: int = 1, steps: int =
     """
     logger.info("%s (%s) ...", case.name, case.amp)
     t0 = time.perf_counter()
+    failed: Optional[Dict[str, Any]] = None
     try:
         model, run = case.build()
         params = list(model.parameters())
         r = measure_step(run, params, device, case.amp, warmup, steps, probe, kernels=kernels)
     except torch.OutOfMemoryError as err:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return _failed(case, err)
+        failed = _failed(case, err)
     except _STEP_ERRORS as err:
-        return _failed(case, err)
+        failed = _failed(case, err)
+    if failed is not None:
+        _release()
+        return failed
     row: Dict[str, Any] = dict(name=case.name, group=case.group, amp=case.amp,
                                params_m=sum(p.numel() for p in params) / 1e6,
                                saved_gb_per_sample=r["saved_bytes"] / case.batch / GB, step_s=r["step_s"])
@@ -448,9 +461,11 @@ def time_pass(cases: Sequence[Case], device: torch.device, rounds: int = 3,
             step()
         except torch.OutOfMemoryError as err:
             rows[key] = _failed(c, err)
-            continue
         except _STEP_ERRORS as err:
             rows[key] = _failed(c, err)
+        if "error" in rows.get(key, {}):
+            model = run = step = None  # type: ignore[assignment]
+            _release()
             continue
         steps[key] = step
         rows[key] = dict(name=c.name, group=c.group, amp=c.amp, **c.info)

@@ -210,3 +210,39 @@ def test_measure_case_reports_failure_as_a_row():
     assert row == dict(name="x", group="toy", amp="fp32", tag="X")
     # the first line of the message and where it was raised (here: the test's build function)
     assert error == f"RuntimeError: x: no kernel for this dtype (in build, tests/tooling/{os.path.basename(__file__)})"
+
+
+def _case_failing_mid_step(alive):
+    """A case whose forward allocates a tensor, then raises (as an mmcv op rejecting a dtype)."""
+    import weakref
+
+    def build():
+        model = nn.Linear(4, 2)
+
+        def run():
+            big = torch.ones(1024, 1024, requires_grad=True) * 2  # part of the forward's graph
+            alive.append(weakref.ref(big))
+            hold = [big]
+            hold.append(hold)  # frames of real forwards sit in reference cycles like this one
+            raise RuntimeError("expected scalar type Float but found BFloat16")
+        return model, run
+    return Case("failing", "toy", build)
+
+
+@pytest.mark.parametrize("which", ["measure_case", "time_pass"])
+def test_a_failed_step_leaves_nothing_alive(which):
+    """A case that fails mid-step must not keep its partial forward alive: each bf16 detector
+    rejected by mmcv's CPU ops used to keep gigabytes, which skewed the following peaks."""
+    import gc
+    gc.disable()  # as between the collector's runs in a long benchmark
+    try:
+        alive = []
+        case = _case_failing_mid_step(alive)
+        if which == "measure_case":
+            row = measure_case(case, torch.device("cpu"))
+        else:
+            (row,) = time_pass([case], torch.device("cpu"), rounds=1)
+        assert row["error"].startswith("RuntimeError: expected scalar type Float")
+        assert alive and alive[0]() is None, "the failed step's tensors are still alive"
+    finally:
+        gc.enable()
