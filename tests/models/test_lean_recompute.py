@@ -206,7 +206,8 @@ import torch
 from revbifpn_mm.models import RevBiFPN
 torch.set_num_threads(1)
 torch.manual_seed(0)
-model = RevBiFPN("s0", num_classes=0, drop_path_rate=0.0, lean_recompute=sys.argv[1]).train()
+fold = {"True": True, "False": False}.get(sys.argv[3], sys.argv[3])
+model = RevBiFPN("s0", num_classes=0, drop_path_rate=0.0, lean_recompute=sys.argv[1], fold_frozen_bn=fold).train()
 for m in model.modules():  # the detection setting: frozen BN, float32 residual streams ('auto')
     if isinstance(m, torch.nn.BatchNorm2d):
         m.eval()
@@ -220,7 +221,7 @@ print(json.dumps(probe.read()))
 """
 
 
-def _backward_peak(mode, size):
+def _backward_peak(mode, size, fold="auto"):
     import json
     import os
     import pathlib
@@ -229,28 +230,35 @@ def _backward_peak(mode, size):
     root = pathlib.Path(__file__).resolve().parents[2]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", _PEAK_CODE, mode, str(size)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", _PEAK_CODE, mode, str(size), str(fold)], capture_output=True, text=True,
                          timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_lean_recompute_lowers_the_peak_of_the_backward():
+@pytest.mark.parametrize("fold", [False, "auto"])
+def test_lean_recompute_lowers_the_peak_of_the_backward(fold):
     """CPU peak working set of the reversible backward of S0 at 512x512 (frozen BN, fp32 streams).
 
     Each reading runs in a fresh process (the peak counter is per process, and the
     allocator's history shifts it). At this size the stride-4 output MBConv's
-    recomputation sets the peak, so 'neck' must lower it clearly: by at least 10 %, and
-    by at least one expanded-width map of that block, the smallest thing the lean path
-    removes there.
+    recomputation sets the peak, so 'neck' must lower it clearly. With BN not folded (the
+    GPU default) the lean path also drops the BN outputs: at least 10 % less, and at least
+    one expanded-width map of that block, the smallest thing it removes there (measured:
+    23.1 -> 15.7 MB). Folding frozen BN (the CPU default) removes those BN outputs by
+    itself, which lowers the 'none' reading (measured: 17.7 -> 15.7 MB, 11 %); 'neck' must
+    still lower the peak by at least 5 %.
     """
     size = 512
     if not RssPeakProbe.available():
         pytest.skip("peak working set readings need Linux /proc/self/clear_refs and glibc")
-    none, neck = _backward_peak("none", size), _backward_peak("neck", size)
+    none, neck = _backward_peak("none", size, fold), _backward_peak("neck", size, fold)
     model = RevBiFPN("s0", num_classes=0)
     one_map = _output_mbconvs(model)[0].dw_conv.conv.out_channels * (size // 4) ** 2 * 4
-    print(f"S0 {size}x{size} backward peak working set: 'none' {none / 1e6:.1f} MB, 'neck' {neck / 1e6:.1f} MB "
-          f"({1 - neck / none:.0%} less); one stride-4 Ce map {one_map / 1e6:.1f} MB")
-    assert neck <= 0.9 * none, (neck, none)
-    assert none - neck >= one_map, (none - neck, one_map)
+    print(f"S0 {size}x{size}, fold_frozen_bn={fold}, backward peak working set: 'none' {none / 1e6:.1f} MB, "
+          f"'neck' {neck / 1e6:.1f} MB ({1 - neck / none:.0%} less); one stride-4 Ce map {one_map / 1e6:.1f} MB")
+    if fold is False:
+        assert neck <= 0.9 * none, (neck, none)
+        assert none - neck >= one_map, (none - neck, one_map)
+    else:
+        assert neck <= 0.95 * none, (neck, none)
