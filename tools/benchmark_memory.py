@@ -71,6 +71,7 @@ from torch import nn
 from revbifpn_mm.models import ARCH_SETTINGS, RevBiFPN
 from revbifpn_mm.tooling.bench import (Case, count_step_kernels, measure_case, merge_rows, peak_pass,
                                        peak_probe_for, time_pass, training_loss)
+from revbifpn_mm.tooling.fidelity import set_bn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GB = 1e9
@@ -274,11 +275,7 @@ def backbone_cases(args, x: torch.Tensor, have_mm: bool) -> List[Case]:
     def add(name, group, make, amp, **info):
         def build(make=make):
             m = make().to(x.device)
-            m.train()  # (mmdet's HRNet.train returns None)
-            if args.bn == "frozen":  # as detection trains (norm_eval=True)
-                for mod in m.modules():
-                    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                        mod.eval()
+            set_bn(m, frozen=args.bn == "frozen")  # frozen: as detection trains (norm_eval=True)
             return m, (lambda: m(x))
         cases.append(Case(name, group, build, amp, B, info))
 
@@ -422,12 +419,8 @@ def kernel_rows(archs: Sequence[str], device: torch.device, lean: Optional[str])
                 torch.manual_seed(0)
                 kw = dict(lean_recompute=lean) if lean else {}
                 # the policy a GPU runs: frozen BN not folded (the CPU default folds it)
-                m = RevBiFPN(arch, num_classes=0, memory_mode=mode, fold_frozen_bn=False,
-                             **kw).to(device).train()
-                if bn == "frozen":
-                    for mod in m.modules():
-                        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                            mod.eval()
+                m = RevBiFPN(arch, num_classes=0, memory_mode=mode, fold_frozen_bn=False, **kw).to(device)
+                set_bn(m, frozen=bn == "frozen")
                 training_loss(m(x)).backward()  # warm-up
                 m.zero_grad(set_to_none=True)
                 fwd, bwd = count_step_kernels(lambda: m(x))

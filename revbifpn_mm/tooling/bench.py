@@ -448,6 +448,7 @@ def time_pass(cases: Sequence[Case], device: torch.device, rounds: int = 3,
     for c in cases:
         key = f"{c.name}|{c.amp}"
         logger.info("build + warm-up %s (%s)", c.name, c.amp)
+        failed: Optional[Dict[str, Any]] = None
         try:
             model, run = c.build()
             dtype = AMP_DTYPES[c.amp]
@@ -460,10 +461,11 @@ def time_pass(cases: Sequence[Case], device: torch.device, rounds: int = 3,
                 model.zero_grad(set_to_none=True)
             step()
         except torch.OutOfMemoryError as err:
-            rows[key] = _failed(c, err)
+            failed = _failed(c, err)
         except _STEP_ERRORS as err:
-            rows[key] = _failed(c, err)
-        if "error" in rows.get(key, {}):
+            failed = _failed(c, err)
+        if failed is not None:
+            rows[key] = failed
             model = run = step = None  # type: ignore[assignment]
             _release()
             continue
