@@ -32,14 +32,14 @@ Figures (per sample = divided by the batch, mmdet's convention):
   * peak: on CUDA ``max_memory_allocated`` during one training step minus the memory
     allocated before it (parameters and gradients already allocated); on Linux CPUs the peak
     resident set of one step minus the resident set before it, with glibc told to return
-    every freed allocation above 64 KiB at once (``revbifpn_mm.tooling.bench.RssPeakProbe``).
+    every freed allocation above 64 KiB at once (``revbifpn_mm.core.memory.RssPeakProbe``).
     The CPU reading tracks the CUDA one at detection-sized inputs (S3 at 800x1344:
     0.712 vs 0.710 GB/sample) and under-reads small ones. Its glibc setting lasts for the
     whole process and slows CPU steps by 20-40 %: ``--no-peak`` leaves glibc alone.
   * saved: bytes autograd saves for backward during the forward, deduplicated by storage,
     parameters excluded (any device).
   * kernels: aten ops dispatched by the forward + backward of one step after warm-up, views
-    and allocations excluded (``revbifpn_mm.tooling.bench.KernelCounter``). It does not
+    and allocations excluded (``revbifpn_mm.core.memory.KernelCounter``). It does not
     depend on the device; ``--no-kernels`` skips it (one extra step per row).
   * step time: wall time of forward + backward (loss: the sum of the model's losses, or of
     mean(f^2) over backbone outputs).
@@ -69,9 +69,9 @@ import torch
 from torch import nn
 
 from revbifpn_mm.models import ARCH_SETTINGS, RevBiFPN
-from revbifpn_mm.tooling.bench import (Case, count_step_kernels, measure_case, merge_rows, peak_pass,
-                                       peak_probe_for, time_pass, training_loss)
-from revbifpn_mm.tooling.fidelity import set_bn
+from bench.measure import Case, count_step_kernels, measure_case, merge_rows, peak_pass, time_pass, training_loss
+from revbifpn_mm.core.memory import peak_probe_for
+from fidelity import set_bn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GB = 1e9

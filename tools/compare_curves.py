@@ -17,8 +17,8 @@ import pathlib
 import subprocess
 import sys
 
-from revbifpn_mm.tooling.curves import curve_config, max_relative_divergence, read_losses
-from revbifpn_mm.tooling.synthetic import generate_synthetic_coco
+from curves import curve_config, max_relative_divergence, read_losses
+from synthetic_data import generate_synthetic_coco
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
 RUNS = (("rev", "reversible", "auto"), ("plain", "plain", "auto"), ("plain32", "plain", "float32"))

@@ -18,7 +18,7 @@ import sys
 
 from mmengine.config import DictAction
 
-from revbifpn_mm.tooling import planner
+from revbifpn_mm.mm import planner
 
 
 def parse_args(argv=None):

@@ -6,7 +6,7 @@
 Builds the detectors first (RevBiFPN reversible and plain, the baselines with and without
 ``with_cp``), then steps them in turn for ``--rounds`` rounds and prints, for each one's
 fastest step, the seconds of backbone / neck / heads in the forward and in the backward
-(``revbifpn_mm.tooling.phases``). The RevBiFPN backbone's backward contains its
+(``phases``). The RevBiFPN backbone's backward contains its
 recomputation: reversible minus plain is what the recomputation costs.
 """
 import argparse
@@ -16,7 +16,7 @@ import os
 import torch
 
 import benchmark_memory as B  # noqa: E402  (tools/ is on sys.path when run as a script)
-from revbifpn_mm.tooling.phases import PHASES, interleaved_phases
+from phases import PHASES, interleaved_phases
 
 
 def main(argv=None) -> int:

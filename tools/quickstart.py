@@ -93,7 +93,7 @@ def set_iters(cfg, iters):
 def run_one(name, config, args, data_root):
     """Train one quickstart config; return (metrics, train seconds, checkpoint path)."""
     from mmengine.config import Config
-    from revbifpn_mm.tooling.runner import build_runner, check_data, register_scope
+    from preflight import build_runner, check_data, register_scope
 
     cfg = Config.fromfile(config)
     if args.cfg_options:
@@ -125,7 +125,7 @@ def run_one(name, config, args, data_root):
     ckpt = osp.join(cfg.work_dir, f"iter_{iters}.pth")
     pictures = []
     if args.num_pictures > 0:
-        from revbifpn_mm.tooling.pictures import save_prediction_pictures
+        from pictures import save_prediction_pictures
 
         pictures = save_prediction_pictures(runner.model, runner.val_dataloader.dataset,
                                             osp.join(cfg.work_dir, "predictions"), num=args.num_pictures)
@@ -161,8 +161,8 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
-    from revbifpn_mm.tooling.runner import DataError
-    from revbifpn_mm.tooling.synthetic import generate_synthetic_coco
+    from preflight import DataError
+    from synthetic_data import generate_synthetic_coco
 
     try:  # Faster/Mask R-CNN need mmcv's compiled ops: one clear message instead of a deep trace
         from revbifpn_mm.mm import check_mmcv_ops

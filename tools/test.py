@@ -36,7 +36,7 @@ def parse_args(argv=None):
     parser.add_argument("--wait-time", type=float, default=2, help="the interval of show (s)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction,
                         help="override settings of the config, key=value")
-    from revbifpn_mm.tooling.runner import parse_with_launcher
+    from preflight import parse_with_launcher
     return parse_with_launcher(parser, argv)
 
 
@@ -87,7 +87,7 @@ def build_cfg(args, scope_of):
 
 def main(argv=None):
     args = parse_args(argv)
-    from revbifpn_mm.tooling.runner import (DataError, apply_cpu_dist_backend, build_runner, check_data,
+    from preflight import (DataError, apply_cpu_dist_backend, build_runner, check_data,
                                  ensure_synthetic_data, register_scope, shutdown_distributed)
 
     try:  # Faster/Mask R-CNN need mmcv's compiled ops: one clear message instead of a deep trace

@@ -33,7 +33,7 @@ def parse_args(argv=None):
     parser.add_argument("--cfg-options", nargs="+", action=DictAction,
                         help="override settings of the config, key=value (e.g. "
                              "train_dataloader.dataset.data_root=/data/coco/)")
-    from revbifpn_mm.tooling.runner import parse_with_launcher
+    from preflight import parse_with_launcher
     return parse_with_launcher(parser, argv)
 
 
@@ -84,7 +84,7 @@ def build_cfg(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    from revbifpn_mm.tooling.runner import (DataError, apply_cpu_dist_backend, build_runner, check_data,
+    from preflight import (DataError, apply_cpu_dist_backend, build_runner, check_data,
                                  check_pretrained, ensure_synthetic_data, register_scope,
                                  shutdown_distributed)
 

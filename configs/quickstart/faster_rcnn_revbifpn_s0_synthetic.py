@@ -3,7 +3,7 @@
 # CPU-friendly: 256x256 images, random initialisation (no checkpoint needed), fewer
 # RPN proposals and RoIs, a narrower neck/head, and a short iteration-based AdamW
 # schedule that learns the three classes (circle/square/triangle) in a few minutes
-# on 2 CPU cores. The dataset is written by `python -m revbifpn_mm.tooling.synthetic`
+# on 2 CPU cores. The dataset is written by `python tools/synthetic_data.py`
 # (tools/train.py, tools/test.py and tools/quickstart.py generate it when absent).
 _base_ = '../faster_rcnn_revbifpn_s0.py'
 

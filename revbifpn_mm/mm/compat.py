@@ -19,9 +19,10 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
-__all__ = ["ensure_torch_load_compat", "check_mmcv_ops", "require_mm_stack", "MMCVOpsMissingError",
-           "MMCV_FIX", "MMENGINE_FIX"]
+__all__ = ["ensure_torch_load_compat", "check_mmcv_ops", "require_mm_stack", "register_scope",
+           "MMCVOpsMissingError", "MMCV_FIX", "MMENGINE_FIX"]
 
 MMCV_FIX = ("run `bash tools/setup_env.sh` from the revbifpn_mm checkout (builds mmcv 2.1.0 with its ops "
             "once and caches the wheel), or build it yourself: `pip install 'setuptools<82' && "
@@ -122,3 +123,19 @@ def ensure_torch_load_compat() -> None:
         except (TypeError, ValueError, AttributeError):  # pragma: no cover - older torch
             pass
     _done = True
+
+
+def register_scope(cfg: Any) -> str:
+    """Register the modules of the config's codebase (``default_scope``) and return the scope.
+
+    Raises:
+        ValueError: ``default_scope`` is neither ``'mmdet'`` nor ``'mmseg'``.
+        ImportError: The codebase is not installed.
+    """
+    scope = cfg.get("default_scope", None) or "mmdet"
+    if scope not in ("mmdet", "mmseg"):
+        raise ValueError(f"default_scope {scope!r} is not supported by these tools; use an MMDetection "
+                         "('mmdet') or MMSegmentation ('mmseg') config")
+    module = importlib.import_module(f"{scope}.utils")
+    module.register_all_modules(init_default_scope=False)
+    return scope

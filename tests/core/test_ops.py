@@ -9,6 +9,7 @@ from torch import nn
 from revbifpn_mm.core import (CallState, RecomputedPerScale, RevBlockGroup, RevResidualBlock, RevSequential,
                               RevSilo, SpaceToDepth, TriangularCoupling, depth_to_space, space_to_depth)
 from revbifpn_mm.models import MBConv
+from fidelity import randomize_affine_
 
 torch.set_default_dtype(torch.float32)
 
@@ -30,13 +31,7 @@ def make_silo(chs=(4, 6, 8), n_in=2, p=0.0):
 
 
 def randomize(module, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
-    return module
+    return randomize_affine_(module, torch.Generator().manual_seed(seed))
 
 
 def inputs(chs, size=16, batch=2, dtype=torch.float64, seed=0):

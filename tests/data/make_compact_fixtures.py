@@ -1,4 +1,6 @@
-"""Build tests/data/revbifpn_{s0,s1}_compact.pt from ../shared/reference (run from the repo root).
+"""Build tests/data/revbifpn_{s0,s1}_compact.pt from ../shared/reference.
+
+Run from the repo root: ``PYTHONPATH=tools python tests/data/make_compact_fixtures.py``.
 
 Keeps what the equivalence tests need in a few MB: BN buffers (the parameters are
 regenerated from the documented recipe and verified by hash), expected outputs, the
@@ -11,8 +13,8 @@ import importlib.util
 
 import torch
 
-_spec = importlib.util.spec_from_file_location(
-    "fixtures", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures.py"))
+_spec = importlib.util.spec_from_file_location(  # the reference recipe lives in the test suite's conftest
+    "conftest", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conftest.py"))
 _fx = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_fx)
 DATA, SHARED_REF, SPECS = _fx.DATA, _fx.SHARED_REF, _fx.SPECS

@@ -1,7 +1,7 @@
 """torchrun worker of ``test_seg_head.py``: one DDP step of a SyncBN ``LeanFCNHead`` on CPU.
 
 Usage: ``torchrun --nproc_per_node W tests/mm/seg_head_sync_worker.py IN.pt OUT_DIR`` (with
-``tests`` on PYTHONPATH). Each rank takes its contiguous slice (``sizes`` in IN.pt) of the global
+``tests/mm`` on PYTHONPATH). Each rank takes its contiguous slice (``sizes`` in IN.pt) of the global
 batch and of the output gradient, and saves its output, input gradients, DDP-averaged parameter gradients,
 state dict, and how often torch's SyncBN kernels ran.
 """

@@ -1,7 +1,7 @@
 """torchrun worker of ``test_sync_bn.py``: two SGD steps of a SyncBN RevBiFPN under DDP.
 
 Usage: ``torchrun --nproc_per_node W tests/mm/sync_bn_worker.py INIT.pt DATA.pt OUT_DIR``
-(with ``tests`` on PYTHONPATH). Each rank takes its contiguous slice of every global
+(with ``tests/mm`` on PYTHONPATH). Each rank takes its contiguous slice of every global
 batch in DATA.pt, runs the reversible backbone (BN in training mode, synchronised), and
 saves the DDP-averaged gradients of the first step plus its final state dict.
 """

@@ -23,13 +23,6 @@ from torch import nn  # noqa: E402
 pytestmark = pytest.mark.mm
 
 
-def _models():
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    register_all_modules(init_default_scope=False)
-    return MODELS
-
-
 def _grads_after_step(backbone: nn.Module, x: torch.Tensor, checkpointed=()):
     """Parameter name -> whether it got a non-zero gradient from one step of backbone + a trainable head."""
     from mmengine.runner import turn_on_activation_checkpointing
@@ -46,13 +39,13 @@ def _grads_after_step(backbone: nn.Module, x: torch.Tensor, checkpointed=()):
             for n, p in backbone.named_parameters() if p.requires_grad}
 
 
-def _resnet():
+def _resnet(mm_build):
     torch.manual_seed(0)
-    return _models().build(dict(type="ResNet", depth=18, num_stages=4, out_indices=(0, 1, 2, 3),
-                                frozen_stages=1, norm_eval=True))
+    return mm_build(dict(type="ResNet", depth=18, num_stages=4, out_indices=(0, 1, 2, 3),
+                     frozen_stages=1, norm_eval=True))
 
 
-def _hrnet():
+def _hrnet(mm_build):
     torch.manual_seed(0)
     extra = dict(
         stage1=dict(num_modules=1, num_branches=1, block="BOTTLENECK", num_blocks=(1,), num_channels=(16,)),
@@ -60,7 +53,7 @@ def _hrnet():
         stage3=dict(num_modules=1, num_branches=3, block="BASIC", num_blocks=(1, 1, 1), num_channels=(8, 16, 32)),
         stage4=dict(num_modules=1, num_branches=4, block="BASIC", num_blocks=(1, 1, 1, 1),
                     num_channels=(8, 16, 32, 64)))
-    return _models().build(dict(type="HRNet", extra=extra))
+    return mm_build(dict(type="HRNet", extra=extra))
 
 
 def _stage_got_grads(grads, prefix):
@@ -69,23 +62,23 @@ def _stage_got_grads(grads, prefix):
     return stage
 
 
-def test_mmengine_reentrant_checkpointing_drops_frozen_input_stage_grads_resnet():
+def test_mmengine_reentrant_checkpointing_drops_frozen_input_stage_grads_resnet(mm_build):
     x = torch.randn(1, 3, 64, 64)
-    plain = _grads_after_step(_resnet(), x)
+    plain = _grads_after_step(_resnet(mm_build), x)
     for layer in ("layer2", "layer3", "layer4"):
         assert all(_stage_got_grads(plain, layer)), f"{layer} should train without checkpointing"
-    ckpt = _grads_after_step(_resnet(), x, checkpointed=("layer2", "layer3", "layer4"))
+    ckpt = _grads_after_step(_resnet(mm_build), x, checkpointed=("layer2", "layer3", "layer4"))
     for layer in ("layer2", "layer3", "layer4"):
         assert not any(_stage_got_grads(ckpt, layer)), f"{layer} got gradients: upstream behaviour changed"
 
 
-def test_mmengine_reentrant_checkpointing_drops_list_input_stage_grads_hrnet():
+def test_mmengine_reentrant_checkpointing_drops_list_input_stage_grads_hrnet(mm_build):
     # nothing frozen: HRNet's stages take a list of tensors, which the reentrant variant ignores
     x = torch.randn(1, 3, 64, 64)
-    plain = _grads_after_step(_hrnet(), x)
+    plain = _grads_after_step(_hrnet(mm_build), x)
     for stage in ("stage2", "stage3", "stage4", "layer1", "conv1"):
         assert all(_stage_got_grads(plain, stage)), f"{stage} should train without checkpointing"
-    ckpt = _grads_after_step(_hrnet(), x, checkpointed=("stage2", "stage3", "stage4"))
+    ckpt = _grads_after_step(_hrnet(mm_build), x, checkpointed=("stage2", "stage3", "stage4"))
     for stage in ("stage2", "stage3", "stage4"):
         assert not any(_stage_got_grads(ckpt, stage)), f"{stage} got gradients: upstream behaviour changed"
     # the graph is cut before stage2: the stem and layer1 stop training as well

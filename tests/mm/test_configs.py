@@ -26,18 +26,6 @@ def _load(path):
     return Config.fromfile(str(path))
 
 
-def _registry(scope):
-    if scope == "mmseg":
-        pytest.importorskip("mmseg")
-        from mmseg.registry import MODELS
-        from mmseg.utils import register_all_modules
-    else:
-        from mmdet.registry import MODELS
-        from mmdet.utils import register_all_modules
-    register_all_modules(init_default_scope=False)
-    return MODELS
-
-
 def test_expected_configs_exist():
     names = {_rel(p) for p in CONFIGS}
     for det in ("faster_rcnn", "mask_rcnn"):
@@ -50,7 +38,7 @@ def test_expected_configs_exist():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=_rel)
-def test_config_loads_and_builds(path):
+def test_config_loads_and_builds(path, mm_build):
     cfg = _load(path)
     assert cfg.custom_imports == dict(imports=["revbifpn_mm"], allow_failed_imports=False)
     scope = cfg.default_scope
@@ -74,7 +62,7 @@ def test_config_loads_and_builds(path):
 
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.backbone.init_cfg = None  # no checkpoint needed to build
-    model = _registry(scope).build(model_cfg)
+    model = mm_build(model_cfg, scope)
     assert tuple(model.backbone.out_channels) == tuple(OUT_CHANNELS[arch])
     if "quickstart" not in str(path):  # no stochastic depth in fine-tuning (see test_drop_path_rate_...)
         probs = [m.drop_prob for m in model.backbone.modules() if hasattr(m, "drop_prob")]
@@ -133,7 +121,7 @@ def test_quickstart_configs_use_the_synthetic_data_and_coco_metric():
 
 def test_cli_helpers_fast(tmp_path, monkeypatch):
     """check_data / check_built_datasets on a config without files: clear DataError, no traceback needed."""
-    from revbifpn_mm.tooling.runner import DataError, check_built_datasets, check_data
+    from preflight import DataError, check_built_datasets, check_data
 
     cfg = _load(CONFIG_DIR / "faster_rcnn_revbifpn_s0.py")
     monkeypatch.chdir(tmp_path)  # no data/coco here

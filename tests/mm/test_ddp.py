@@ -16,8 +16,7 @@ import pytest
 pytest.importorskip("mmdet")
 import torch  # noqa: E402
 
-from dist_helpers import free_port  # noqa: E402
-from revbifpn_mm.tooling.curves import deterministic_faster_rcnn  # noqa: E402
+from curves import deterministic_faster_rcnn  # noqa: E402
 
 pytestmark = [pytest.mark.mm, pytest.mark.slow]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -64,11 +63,8 @@ def _backbone(ckpt):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from revbifpn_mm.tooling.synthetic import generate_synthetic_coco
-    root = tmp_path_factory.mktemp("ddp_data") / "synthetic_coco"
-    generate_synthetic_coco(str(root), num_train=6, num_val=2, image_size=(128, 128), seed=3)
-    return str(root) + "/"
+def data(synthetic_coco):
+    return synthetic_coco(6, 2, (128, 128), seed=3)
 
 
 def _run(cmd, env=None):
@@ -78,13 +74,13 @@ def _run(cmd, env=None):
     return out
 
 
-def test_ddp_gradients_equal_single_process(tmp_path, data):
+def test_ddp_gradients_equal_single_process(tmp_path, data, free_port):
     probe = _write_cfg(tmp_path, "probe", iters=1, acc=1, data=data, init=None)
     init_path, init = _initial_checkpoint(tmp_path, probe)
     ddp_cfg = _write_cfg(tmp_path, "ddp", iters=1, acc=1, data=data, init=init_path)
     one_cfg = _write_cfg(tmp_path, "one", iters=2, acc=2, data=data, init=init_path)
     _run(["bash", "tools/dist_train.sh", ddp_cfg, "2", "--work-dir", str(tmp_path / "ddp")],
-         env={"PORT": str(free_port()), "PYTHON": sys.executable})
+         env={"PORT": str(free_port), "PYTHON": sys.executable})
     _run([sys.executable, "tools/train.py", one_cfg, "--work-dir", str(tmp_path / "one")])
     after_ddp = _backbone(str(tmp_path / "ddp" / "iter_1.pth"))
     after_one = _backbone(str(tmp_path / "one" / "iter_2.pth"))
@@ -101,11 +97,11 @@ def test_ddp_gradients_equal_single_process(tmp_path, data):
     assert worst <= 1e-4, f"DDP vs single-process backbone gradient: max rel diff {worst:.2e}"
 
 
-def test_sync_bn_trains_under_runner_ddp(tmp_path, data):
+def test_sync_bn_trains_under_runner_ddp(tmp_path, data, free_port):
     """norm_cfg=dict(type='SyncBN'), BN training, 2 ranks through tools/dist_train.sh.
 
     torch's SyncBatchNorm has no CPU kernels; the config's ``custom_imports`` load the
-    test-only CPU kernels (``tests/cpu_sync_bn.py``; exactness is tested in
+    test-only CPU kernels (``tests/mm/cpu_sync_bn.py``; exactness is tested in
     ``test_sync_bn.py``) in every rank. Two iterations must finish (no hang: the
     recomputed forward issues SyncBN collectives while DDP reduces gradients) and leave
     every BN with ``num_batches_tracked == 2``: statistics updated once per step.
@@ -113,9 +109,9 @@ def test_sync_bn_trains_under_runner_ddp(tmp_path, data):
     extra = "custom_imports = dict(imports=['revbifpn_mm', 'cpu_sync_bn_enable'], allow_failed_imports=False)"
     cfg = _write_cfg(tmp_path, "syncbn", iters=2, acc=1, data=data, init=None, norm="SyncBN",
                      norm_eval=False, extra=extra)
-    tests_dir = os.path.join(ROOT, "tests")
+    tests_dir = os.path.join(ROOT, "tests", "mm")
     _run(["bash", "tools/dist_train.sh", cfg, "2", "--work-dir", str(tmp_path / "syncbn")],
-               env={"PORT": str(free_port()), "PYTHONPATH": os.pathsep.join([tests_dir, ROOT]),
+               env={"PORT": str(free_port), "PYTHONPATH": os.pathsep.join([tests_dir, ROOT]),
                     "PYTHON": sys.executable})
     sd = torch.load(str(tmp_path / "syncbn" / "iter_2.pth"), map_location="cpu", weights_only=False)["state_dict"]
     tracked = {k: int(v) for k, v in sd.items() if k.startswith("backbone.") and k.endswith("num_batches_tracked")}
@@ -128,7 +124,7 @@ def test_sync_bn_on_cpu_distributed_is_a_clear_error():
     """Without CPU kernels, a distributed CPU launch with SyncBN stops before building anything."""
     from mmengine.config import Config
 
-    from revbifpn_mm.tooling.dist import cpu_sync_bn_available, prepare_cpu_distributed
+    from cpu_dist import cpu_sync_bn_available, prepare_cpu_distributed
     if torch.cuda.is_available() or cpu_sync_bn_available():
         pytest.skip("this torch runs SyncBN here")
     cfg = Config(dict(model=dict(type="FasterRCNN", backbone=dict(type="RevBiFPN", norm_cfg=dict(type="SyncBN")))))

@@ -57,12 +57,8 @@ def det_options(root, iters, **extra):
 
 
 @pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    from revbifpn_mm.tooling.synthetic import generate_synthetic_coco
-
-    root = tmp_path_factory.mktemp("e2e") / "synthetic_coco"
-    generate_synthetic_coco(root, num_train=8, num_val=4, image_size=(256, 256), seed=1)
-    return root
+def tiny_root(synthetic_coco):
+    return synthetic_coco(8, 4, (256, 256), seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +157,7 @@ def test_missing_coco_gives_clear_error_in_test_tool(tmp_path):
 
 
 def test_empty_dataset_gives_clear_error(tmp_path):
-    from revbifpn_mm.tooling.synthetic import generate_synthetic_coco
+    from synthetic_data import generate_synthetic_coco
 
     root = tmp_path / "synthetic_coco"
     generate_synthetic_coco(root, num_train=0, num_val=2)

@@ -92,13 +92,6 @@ def local_official(server, fixture_ckpt, monkeypatch):
     return url
 
 
-def _registry():
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    register_all_modules(init_default_scope=False)
-    return MODELS
-
-
 def _config_model(url):
     """The model config of configs/faster_rcnn_revbifpn_s0.py with the URL's host swapped."""
     from mmengine.config import Config
@@ -126,11 +119,11 @@ def test_config_checkpoints_are_the_official_urls():
             assert dict(cfg.model.backbone.init_cfg) == dict(type="Pretrained", checkpoint=entry.url)
 
 
-def test_first_run_downloads_second_uses_cache(torch_home, local_official, server, fixture_ckpt):
+def test_first_run_downloads_second_uses_cache(torch_home, local_official, server, fixture_ckpt, mm_build):
     _, sd, digest = fixture_ckpt
     path = f"/revbifpn/{NAME}"
     # the detector of the shipped config, as tools/train.py builds and initialises it
-    model = _registry().build(_config_model(local_official))
+    model = mm_build(_config_model(local_official))
     model.init_weights()
     assert server.hits == {path: 1}
     _assert_loaded(model.backbone, sd)
@@ -138,35 +131,35 @@ def test_first_run_downloads_second_uses_cache(torch_home, local_official, serve
     assert hashlib.sha256(cached.read_bytes()).hexdigest() == digest
     assert [p.name for p in cached.parent.iterdir()] == [NAME]  # no temporary file left behind
 
-    backbone = _registry().build(_config_model(local_official).backbone)
+    backbone = mm_build(_config_model(local_official).backbone)
     backbone.init_weights()
     assert server.hits == {path: 1}, "the cached file was not reused"
     _assert_loaded(backbone, sd)
 
 
-def test_corrupted_cache_is_refused(torch_home, local_official, server, fixture_ckpt):
+def test_corrupted_cache_is_refused(torch_home, local_official, server, fixture_ckpt, mm_build):
     _, _, digest = fixture_ckpt
     cfg = _config_model(local_official).backbone
-    _registry().build(cfg).init_weights()
+    mm_build(cfg).init_weights()
     cached = _cache_file(torch_home)
     data = bytearray(cached.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte inside a tensor: torch.load alone would not notice
     cached.write_bytes(bytes(data))
     bad = hashlib.sha256(bytes(data)).hexdigest()
     with pytest.raises(ChecksumMismatchError) as err:
-        _registry().build(cfg).init_weights()
+        mm_build(cfg).init_weights()
     msg = str(err.value)
     assert digest in msg and bad in msg and str(cached) in msg and "Delete it" in msg
     assert server.hits == {f"/revbifpn/{NAME}": 1}  # refused, not silently downloaded again
     assert cached.read_bytes() == bytes(data)  # and left for the user to inspect
 
 
-def test_server_sending_another_file_is_refused(torch_home, local_official, server, monkeypatch):
+def test_server_sending_another_file_is_refused(torch_home, local_official, server, monkeypatch, mm_build):
     wrong = "0" * 64
     monkeypatch.setitem(pretrained.OFFICIAL_WEIGHTS, "s0",
                         pretrained.OFFICIAL_WEIGHTS["s0"]._replace(sha256=wrong))
     with pytest.raises(ChecksumMismatchError) as err:
-        _registry().build(_config_model(local_official).backbone).init_weights()
+        mm_build(_config_model(local_official).backbone).init_weights()
     msg = str(err.value)
     assert wrong in msg and local_official in msg and "not saved" in msg
     cache_dir = _cache_file(torch_home).parent
@@ -180,7 +173,7 @@ def _closed_port():
 
 
 @pytest.mark.parametrize("where", ["unreachable", "404"])
-def test_offline_error_names_url_and_cache_path(torch_home, server, where, monkeypatch):
+def test_offline_error_names_url_and_cache_path(torch_home, server, where, monkeypatch, mm_build):
     if where == "unreachable":
         url = f"http://127.0.0.1:{_closed_port()}/revbifpn/{NAME}"
     else:
@@ -188,14 +181,14 @@ def test_offline_error_names_url_and_cache_path(torch_home, server, where, monke
     monkeypatch.setitem(pretrained.OFFICIAL_WEIGHTS, "s0",
                         pretrained.OFFICIAL_WEIGHTS["s0"]._replace(url=url))
     with pytest.raises(CheckpointDownloadError) as err:
-        _registry().build(_config_model(url).backbone).init_weights()
+        mm_build(_config_model(url).backbone).init_weights()
     msg = str(err.value)
     target = torch_home / "hub" / "checkpoints" / os.path.basename(url)
     assert url in msg and str(target) in msg and "model.backbone.init_cfg.checkpoint=PATH" in msg
     assert not target.exists()
 
 
-def test_file_placed_by_hand_is_used_offline(torch_home, fixture_ckpt, monkeypatch):
+def test_file_placed_by_hand_is_used_offline(torch_home, fixture_ckpt, monkeypatch, mm_build):
     """The offline recipe of the error message: copy the file into the cache, no network."""
     root, sd, digest = fixture_ckpt
     url = f"http://127.0.0.1:{_closed_port()}/revbifpn/{NAME}"
@@ -203,16 +196,16 @@ def test_file_placed_by_hand_is_used_offline(torch_home, fixture_ckpt, monkeypat
     target = _cache_file(torch_home)
     target.parent.mkdir(parents=True)
     target.write_bytes((root / "revbifpn" / NAME).read_bytes())
-    b = _registry().build(_config_model(url).backbone)
+    b = mm_build(_config_model(url).backbone)
     b.init_weights()
     _assert_loaded(b, sd)
 
 
-def test_sha256_key_verifies_other_urls_and_local_files(torch_home, server, fixture_ckpt, tmp_path):
+def test_sha256_key_verifies_other_urls_and_local_files(torch_home, server, fixture_ckpt, tmp_path, mm_build):
     root, sd, digest = fixture_ckpt
     url = f"http://127.0.0.1:{server.server_address[1]}/revbifpn/{NAME}"  # not in the official table
     assert pretrained.official_sha256(url) is None
-    build = _registry().build
+    build = mm_build
     b = build(dict(type="RevBiFPN", arch="s0", init_cfg=dict(type="Pretrained", checkpoint=url, sha256=digest)))
     b.init_weights()
     _assert_loaded(b, sd)

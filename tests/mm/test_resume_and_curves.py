@@ -12,18 +12,15 @@ import pytest
 
 pytest.importorskip("mmdet")
 
-from revbifpn_mm.tooling.curves import curve_config, max_relative_divergence, read_losses  # noqa: E402
+from curves import curve_config, max_relative_divergence, read_losses  # noqa: E402
 
 pytestmark = [pytest.mark.mm, pytest.mark.slow]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from revbifpn_mm.tooling.synthetic import generate_synthetic_coco
-    root = tmp_path_factory.mktemp("resume_data") / "synthetic_coco"
-    generate_synthetic_coco(str(root), num_train=16, num_val=2, image_size=(128, 128), seed=5)
-    return str(root) + "/"
+def data(synthetic_coco):
+    return synthetic_coco(16, 2, (128, 128), seed=5)
 
 
 def _cfg(tmp_path, name, data, iters, ckpt, mode="reversible", total=None, stream="auto"):

@@ -116,20 +116,17 @@ def test_other_sizes_change_only_arch_channels_and_weights(arch, family):
     assert re.search(r"drop_path_rate=0\.0,\s*#\s*\S", (SEG_DIR / _name(arch, family)).read_text())
 
 
-def _build(cfg_model):
-    from mmseg.registry import MODELS
-    from mmseg.utils import register_all_modules
-    register_all_modules(init_default_scope=False)
+def _build(cfg_model, mm_build):
     model_cfg = copy.deepcopy(cfg_model)
     model_cfg.backbone.init_cfg = None  # nothing downloaded
-    return MODELS.build(model_cfg)
+    return mm_build(model_cfg, "mmseg")
 
 
 @pytest.mark.parametrize("arch", OUT_CHANNELS)
-def test_builds_in_mmseg_scope(arch):
+def test_builds_in_mmseg_scope(arch, mm_build):
     from revbifpn_mm.mm.decode_head import LeanFCNHead
     cfg = _load(SEG_DIR / _name(arch, "4xb2-40k_cityscapes-512x1024"))
-    model = _build(cfg.model)
+    model = _build(cfg.model, mm_build)
     assert type(model).__name__ == "EncoderDecoder"
     assert list(model.backbone.out_channels) == OUT_CHANNELS[arch]
     assert type(model.decode_head) is LeanFCNHead
@@ -138,13 +135,13 @@ def test_builds_in_mmseg_scope(arch):
     assert isinstance(model.decode_head.convs[0].bn, torch.nn.SyncBatchNorm)
 
 
-def test_s0_segmentor_trains_one_step_and_predicts():
+def test_s0_segmentor_trains_one_step_and_predicts(mm_build):
     """The S0 Cityscapes segmentor: one SGD step at 64x128 on CPU, then whole-image inference."""
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
     cfg = _load(SEG_DIR / _name("s0", "4xb2-40k_cityscapes-512x1024"))
     torch.manual_seed(0)
-    model = _build(cfg.model)
+    model = _build(cfg.model, mm_build)
     model.init_weights()  # backbone init_cfg is None: random init, no download
     model.train()
     inputs = torch.randn(2, 3, 64, 128)
@@ -170,7 +167,7 @@ def test_s0_segmentor_trains_one_step_and_predicts():
 @pytest.mark.parametrize("family, expect, other", [("cityscapes", "leftImg8bit/{train,val}", "ADE20K"),
                                                    ("ade20k", "ADEChallengeData2016", "Cityscapes")])
 def test_missing_dataset_message_names_the_right_dataset(family, expect, other, tmp_path, monkeypatch):
-    from revbifpn_mm.tooling.runner import DataError, check_data
+    from preflight import DataError, check_data
 
     name = next(p.name for p in (ROOT / "configs" / "mmseg").glob(f"fcn_revbifpn_s0_*_{family}-*.py"))
     cfg = Config.fromfile(str(ROOT / "configs" / "mmseg" / name))

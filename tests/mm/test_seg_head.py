@@ -18,7 +18,6 @@ import revbifpn_mm.mm  # noqa: E402,F401
 from revbifpn_mm.core import SavedTensorCounter  # noqa: E402
 from revbifpn_mm.mm.decode_head import LeanFCNHead  # noqa: E402
 
-from dist_helpers import free_port  # noqa: E402
 
 pytestmark = [pytest.mark.mm]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -222,7 +221,7 @@ def test_inference_without_grad_matches_and_saves_nothing():
 WORLD = 2
 
 
-def test_sync_bn_under_ddp_equals_global_batch_bn(tmp_path):
+def test_sync_bn_under_ddp_equals_global_batch_bn(tmp_path, free_port):
     """Two gloo ranks (1 and 3 images), SyncBN in the lean head, DDP: equal to FCNHead with
     BN on the global batch.
 
@@ -239,10 +238,10 @@ def test_sync_bn_under_ddp_equals_global_batch_bn(tmp_path):
                tmp_path / "in.pt")
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
-           "--master_port", str(free_port()), "tests/mm/seg_head_sync_worker.py",
+           "--master_port", str(free_port), "tests/mm/seg_head_sync_worker.py",
            str(tmp_path / "in.pt"), str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests"), ROOT, os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests", "mm"), ROOT, os.environ.get("PYTHONPATH", "")])}
     try:
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     except subprocess.TimeoutExpired as err:

@@ -1,6 +1,6 @@
 """SyncBN under multi-process DDP through the reversible trunk (2 gloo ranks, CPU).
 
-torch's ``SyncBatchNorm`` has no CPU kernels; ``tests/cpu_sync_bn.py`` supplies CPU
+torch's ``SyncBatchNorm`` has no CPU kernels; ``tests/mm/cpu_sync_bn.py`` supplies CPU
 versions of its five per-device kernels (checked against ``F.batch_norm`` below) while
 the module, its autograd Function and its collectives (an ``all_gather`` in forward, an
 ``all_reduce`` in backward) stay torch's own. In the reversible backward every block's
@@ -19,7 +19,6 @@ pytest.importorskip("mmdet")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dist_helpers import free_port  # noqa: E402
 from sync_bn_common import BACKBONE, loss_fn  # noqa: E402
 
 pytestmark = [pytest.mark.mm]
@@ -57,7 +56,7 @@ def test_cpu_sync_bn_kernels_equal_batch_norm():
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_sync_bn_ddp_equals_global_batch_bn(tmp_path):
+def test_sync_bn_ddp_equals_global_batch_bn(tmp_path, free_port):
     from mmengine.registry import MODELS
 
     import revbifpn_mm.mm  # noqa: F401
@@ -70,10 +69,10 @@ def test_sync_bn_ddp_equals_global_batch_bn(tmp_path):
     torch.save(batches, tmp_path / "data.pt")
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
-           "--master_port", str(free_port()), "tests/mm/sync_bn_worker.py",
+           "--master_port", str(free_port), "tests/mm/sync_bn_worker.py",
            str(tmp_path / "init.pt"), str(tmp_path / "data.pt"), str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests"), ROOT, os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests", "mm"), ROOT, os.environ.get("PYTHONPATH", "")])}
     try:
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     except subprocess.TimeoutExpired as err:

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from fixtures import SPECS, full_available, load_fixture, loss_weights
 from revbifpn_mm.models import RevBiFPN
 
 # Parameters whose true train-mode gradient is exactly zero (reference README): absolute check only.
@@ -17,31 +16,25 @@ ZERO_GRAD = {
     | {f"head.pyramid_heads.{h}.project_conv.norm.bias" for h in range(3)},
     "s1": {f"rev_stack.15.g.xform_{p}.0.project_conv.norm.bias" for p in ("0_1", "0_2", "1_2")},
 }
-CASES = [(a, "compact") for a in SPECS] + [
-    pytest.param(a, "full", marks=pytest.mark.skipif(not full_available(a), reason="../shared/reference absent"))
-    for a in SPECS]
+#: (arch, source): the compact copy always, the full reference files where they are (CI).
+CASES = [(a, src) for src in ("compact", "full") for a in ("s0", "s1")]
+NUM_CLASSES = {"s0": 1000, "s1": 0}
 
 
-@pytest.fixture(scope="module")
-def fixture_cache(tmp_path_factory):
-    cache = {}
-
-    def get(arch, source):
-        if (arch, source) not in cache:
-            cache[(arch, source)] = load_fixture(arch, str(tmp_path_factory.mktemp(arch)), source)
-        return cache[(arch, source)]
-    return get
+@pytest.fixture
+def fixture_cache(official):
+    return official
 
 
 def _model(arch, ckpt, mode="reversible"):
-    nc = SPECS[arch][1]
+    nc = NUM_CLASSES[arch]
     m = RevBiFPN(arch, num_classes=nc, checkpoint=ckpt, memory_mode=mode)
     if m.head is not None:
         m.head.dropout.p = 0.0
     return m
 
 
-def _loss(arch, model, x):
+def _loss(arch, model, x, loss_weights):
     feats = model.forward_features(x)
     outs = list(feats) + ([model.head(feats)] if model.head is not None else [])
     ws = loss_weights(arch, [o.shape for o in outs])
@@ -100,11 +93,11 @@ def _check_param_grads(arch, model, exp, full_grads, stats_key=None):
 
 @pytest.mark.parametrize("arch,source", CASES)
 @pytest.mark.parametrize("mode", ["reversible", "plain"])
-def test_train_step_matches_official(arch, source, mode, fixture_cache):
+def test_train_step_matches_official(arch, source, mode, fixture_cache, reference_loss_weights):
     ckpt, exp, full_grads = fixture_cache(arch, source)
     model = _model(arch, ckpt, mode).train()
     x = exp["input"].clone().requires_grad_(True)
-    loss = _loss(arch, model, x)
+    loss = _loss(arch, model, x, reference_loss_weights)
     assert abs(loss.item() - exp["train_loss"].item()) <= 1e-2
     loss.backward()
     gref = exp["grad_input"]
@@ -122,14 +115,14 @@ def test_train_step_matches_official(arch, source, mode, fixture_cache):
 
 
 @pytest.mark.parametrize("arch,source", CASES)
-def test_norm_eval_step_matches_official(arch, source, fixture_cache):
+def test_norm_eval_step_matches_official(arch, source, fixture_cache, reference_loss_weights):
     ckpt, exp, _ = fixture_cache(arch, source)
     model = _model(arch, ckpt).train()
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.eval()
     x = exp["input"].clone().requires_grad_(True)
-    loss = _loss(arch, model, x)
+    loss = _loss(arch, model, x, reference_loss_weights)
     assert abs(loss.item() - exp["norm_eval_loss"].item()) <= 1e-2
     loss.backward()
     gref = exp["norm_eval_grad_input"]

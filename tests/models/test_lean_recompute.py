@@ -12,7 +12,7 @@ import torch
 from revbifpn_mm.core import SavedTensorCounter, is_recomputing
 from revbifpn_mm.models import RevBiFPN
 from revbifpn_mm.models.blocks import MBConv
-from revbifpn_mm.tooling.bench import RssPeakProbe
+from revbifpn_mm.core.memory import RssPeakProbe
 
 
 def _step(model, x):
@@ -200,7 +200,7 @@ def test_lean_recompute_drops_the_middle_from_the_recomputation(frozen_bn):
 
 _PEAK_CODE = """
 import json, sys
-from revbifpn_mm.tooling.bench import RssPeakProbe
+from revbifpn_mm.core.memory import RssPeakProbe
 probe = RssPeakProbe()  # before the model's allocations: pins glibc's mmap threshold
 import torch
 from revbifpn_mm.models import RevBiFPN

@@ -1,4 +1,4 @@
-"""The quickstart's prediction pictures (revbifpn_mm.tooling.pictures).
+"""The quickstart's prediction pictures (pictures).
 
 An untrained model of each quickstart config (Faster R-CNN, Mask R-CNN, FCN) on two
 validation images of a tiny synthetic dataset: one PNG per image, ground truth left and
@@ -19,12 +19,8 @@ pytestmark = pytest.mark.mm
 
 
 @pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    from revbifpn_mm.tooling.synthetic import generate_synthetic_coco
-
-    root = tmp_path_factory.mktemp("pictures") / "synthetic_coco"
-    generate_synthetic_coco(root, num_train=2, num_val=3, image_size=SIZE, seed=2)
-    return root
+def tiny_root(synthetic_coco):
+    return synthetic_coco(2, 3, SIZE, seed=2)
 
 
 def _model_and_dataset(config, root):
@@ -34,7 +30,7 @@ def _model_and_dataset(config, root):
     from mmengine.config import Config
     from mmengine.registry import DefaultScope
 
-    from revbifpn_mm.tooling.runner import register_scope
+    from revbifpn_mm.mm.compat import register_scope
 
     cfg = Config.fromfile(str(config))
     scope = register_scope(cfg)
@@ -56,7 +52,7 @@ def test_pictures_are_written_at_the_image_size(name, tiny_root, tmp_path):
     import mmcv
     from PIL import Image
 
-    from revbifpn_mm.tooling.pictures import save_prediction_pictures
+    from pictures import save_prediction_pictures
 
     model, dataset, scope = _model_and_dataset(QS / name, tiny_root)
     model.train()
@@ -78,7 +74,7 @@ def test_pictures_are_written_at_the_image_size(name, tiny_root, tmp_path):
 
 
 def test_bad_num_is_rejected(tiny_root, tmp_path):
-    from revbifpn_mm.tooling.pictures import save_prediction_pictures
+    from pictures import save_prediction_pictures
 
     model, dataset, _ = _model_and_dataset(QS / "faster_rcnn_revbifpn_s0_synthetic.py", tiny_root)
     with pytest.raises(ValueError, match="num must be >= 1"):

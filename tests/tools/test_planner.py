@@ -1,4 +1,4 @@
-"""The memory planner (revbifpn_mm.tooling.planner, tools/plan_memory.py).
+"""The memory planner (revbifpn_mm.mm.planner, tools/plan_memory.py).
 
 * Its batch-4 prediction, made from measurements at batch 1 and 2, is within 10 % of the
   peak measured at batch 4 (same method, fresh process) for a detector and a segmentor.
@@ -20,8 +20,8 @@ import pytest
 pytest.importorskip("mmdet")
 pytest.importorskip("mmseg")
 
-from revbifpn_mm.tooling import planner  # noqa: E402
-from revbifpn_mm.tooling.bench import RssPeakProbe  # noqa: E402
+from revbifpn_mm.mm import planner  # noqa: E402
+from revbifpn_mm.core.memory import RssPeakProbe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 QS_DET = str(ROOT / "configs" / "quickstart" / "faster_rcnn_revbifpn_s0_synthetic.py")

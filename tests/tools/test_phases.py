@@ -1,10 +1,10 @@
-"""``revbifpn_mm.tooling.phases``: the phases of a detector step are timed where they happen."""
+"""``phases``: the phases of a detector step are timed where they happen."""
 import time
 
 import torch
 from torch import nn
 
-from revbifpn_mm.tooling.phases import PHASES, time_phases
+from phases import PHASES, time_phases
 
 
 class _Slow(nn.Module):

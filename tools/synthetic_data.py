@@ -21,14 +21,14 @@ Only numpy, Pillow and the standard library are used; importing this module
 touches neither the disk nor the network.
 
 Example:
-    >>> from revbifpn_mm.tooling.synthetic import generate_synthetic_coco
+    >>> from synthetic_data import generate_synthetic_coco
     >>> info = generate_synthetic_coco('data/synthetic_coco')  # doctest: +SKIP
     >>> info['train_ann_file']  # doctest: +SKIP
     'data/synthetic_coco/annotations/instances_train.json'
 
 Command line::
 
-    python -m revbifpn_mm.tooling.synthetic --root data/synthetic_coco
+    python tools/synthetic_data.py --root data/synthetic_coco
 """
 from __future__ import annotations
 
@@ -451,7 +451,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         Process exit status.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m revbifpn_mm.tooling.synthetic",
+        prog="python tools/synthetic_data.py",
         description="Generate the deterministic synthetic shapes dataset (COCO + MMSeg layouts).",
     )
     parser.add_argument("--root", default="data/synthetic_coco", help="output directory")

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Mapping, Sequence
 import torch
 from torch import nn
 
-from .bench import training_loss
+from bench.measure import training_loss
 
 __all__ = ["PHASES", "time_phases", "interleaved_phases"]
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from revbifpn_mm.tooling import synthetic
-from revbifpn_mm.tooling.synthetic import CLASSES, generate_synthetic_coco
+import synthetic_data as synthetic
+from synthetic_data import CLASSES, generate_synthetic_coco
 
 SMALL = dict(num_train=6, num_val=3, image_size=(96, 128), seed=3)
 

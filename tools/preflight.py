@@ -18,11 +18,12 @@ mmengine is imported lazily, mmdet / mmseg only by :func:`register_scope`.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import os.path as osp
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from revbifpn_mm.mm.compat import register_scope
 
 __all__ = [
     "DataError",
@@ -56,23 +57,6 @@ class DataError(RuntimeError):
     """A dataset of the config is missing, incomplete or empty (the message says how to fix it)."""
 
 
-# --------------------------------------------------------------------------- scope
-def register_scope(cfg: Any) -> str:
-    """Register the modules of the config's codebase (``default_scope``) and return the scope.
-
-    Raises:
-        ValueError: ``default_scope`` is neither ``'mmdet'`` nor ``'mmseg'``.
-        ImportError: The codebase is not installed.
-    """
-    scope = cfg.get("default_scope", None) or "mmdet"
-    if scope not in ("mmdet", "mmseg"):
-        raise ValueError(f"default_scope {scope!r} is not supported by these tools; use an MMDetection "
-                         "('mmdet') or MMSegmentation ('mmseg') config")
-    module = importlib.import_module(f"{scope}.utils")
-    module.register_all_modules(init_default_scope=False)
-    return scope
-
-
 def parse_with_launcher(parser: Any, argv: Optional[Sequence[str]] = None) -> Any:
     """Add mmengine's ``--launcher`` / ``--local-rank`` options to ``parser`` and parse ``argv``.
 
@@ -89,7 +73,7 @@ def parse_with_launcher(parser: Any, argv: Optional[Sequence[str]] = None) -> An
 
 
 def apply_cpu_dist_backend(cfg: Any) -> bool:
-    """Make a distributed config runnable on a machine without CUDA (see :mod:`revbifpn_mm.tooling.dist`).
+    """Make a distributed config runnable on a machine without CUDA (see :mod:`cpu_dist`).
 
     Returns True if the config was changed.
     """
@@ -154,7 +138,7 @@ def ensure_synthetic_data(cfg: Any, splits: Sequence[str] = ("train", "val", "te
     """Generate the synthetic dataset for every ``.../synthetic_coco`` data root that is absent.
 
     A root counts as absent when it does not exist or is an empty directory; an
-    existing dataset is left alone (:func:`revbifpn_mm.tooling.synthetic.generate_synthetic_coco`
+    existing dataset is left alone (:func:`synthetic_data.generate_synthetic_coco`
     is idempotent and safe against concurrent writers, e.g. several DDP ranks).
 
     Returns:
@@ -273,7 +257,7 @@ def check_data(cfg: Any, splits: Sequence[str], scope: Optional[str] = None) -> 
                     raise DataError(
                         f"The {split} dataset is empty: {path!r} ({where}.ann_file) lists 0 images. "
                         "Point the config at a dataset with images"
-                        + (f" (regenerate the synthetic one with `python -m revbifpn_mm.tooling.synthetic "
+                        + (f" (regenerate the synthetic one with `python tools/synthetic_data.py "
                            f"--root {root} --overwrite`)" if _is_synthetic_root(root) else "") + ".")
         prefix = ds.get("data_prefix") or {}
         if isinstance(prefix, dict):

@@ -14,7 +14,7 @@ Method, per memory mode (reversible, plain):
   resident training state (parameters, gradients, optimizer state), and, separately, the peak
   of the optimizer step (gradient clipping included). On CUDA it is read from
   ``torch.cuda.max_memory_allocated``; on CPU from the process's peak resident set
-  (:class:`revbifpn_mm.tooling.bench.RssPeakProbe`; a fresh process per measurement because
+  (:class:`revbifpn_mm.core.memory.RssPeakProbe`; a fresh process per measurement because
   the peak resident set only grows).
 * **Prediction** at batch ``b``::
 
@@ -88,7 +88,7 @@ def load_config(path: str, cfg_options: Optional[Dict[str, Any]] = None) -> Any:
     """
     from mmengine.config import Config
 
-    from revbifpn_mm.tooling.runner import register_scope
+    from .compat import register_scope
 
     if not os.path.isfile(path):
         raise PlanError(f"config file not found: {path}")
@@ -285,7 +285,7 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
     """Measure one training step of the config's model, in this process.
 
     On CPU the peak resident set only grows and glibc's allocation policy is changed for the
-    whole process (see :class:`revbifpn_mm.tooling.bench.RssPeakProbe`): call it in a fresh
+    whole process (see :class:`revbifpn_mm.core.memory.RssPeakProbe`): call it in a fresh
     process, e.g. through :func:`probe_in_subprocess`.
 
     Args:
@@ -306,7 +306,7 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
     """
     import torch
 
-    from revbifpn_mm.tooling.bench import peak_probe_for
+    from ..core.memory import peak_probe_for
 
     dev = torch.device(device)
     peak = peak_probe_for(dev)  # first: on CPU it sets glibc's mmap threshold before the big allocations
@@ -456,7 +456,7 @@ def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tupl
     with tempfile.TemporaryDirectory(prefix="revbifpn_plan_") as tmp:
         out = os.path.join(tmp, "probe.json")
         env = dict(os.environ, PYTHONWARNINGS="ignore")
-        proc = subprocess.run([sys.executable, "-m", "revbifpn_mm.tooling.planner", json.dumps(job), out],
+        proc = subprocess.run([sys.executable, "-m", "revbifpn_mm.mm.planner", json.dumps(job), out],
                               capture_output=True, text=True, env=env, timeout=timeout)
         if not os.path.isfile(out):
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]

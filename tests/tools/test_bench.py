@@ -1,5 +1,5 @@
-"""The measuring code of the benchmark (revbifpn_mm.tooling.bench): peak probes, kernel count,
-interleaved timing, the memory-only step."""
+"""The measuring code of the benchmark (tools/bench/measure.py) and the probes it uses
+(revbifpn_mm.core.memory): peak probes, kernel count, interleaved timing, the memory-only step."""
 import os
 import subprocess
 import sys
@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from revbifpn_mm.tooling.bench import (Case, KernelCounter, PeakProbe, RssPeakProbe, count_step_kernels,
-                                       interleaved_min_times, measure_case, measure_step, merge_rows, peak_pass,
-                                       time_pass, training_loss)
+import bench.measure
+from bench.measure import (Case, count_step_kernels, interleaved_min_times, measure_case, measure_step, merge_rows,
+                           peak_pass, time_pass, training_loss)
+from revbifpn_mm.core.memory import KernelCounter, PeakProbe, RssPeakProbe
 
 
 class _CallsSinceReset(PeakProbe):
@@ -56,7 +57,8 @@ def test_peak_is_read_from_a_step_after_the_reset_timed_or_not(steps):
 _RSS_SCRIPT = textwrap.dedent("""
     import json, torch
     from torch import nn
-    from revbifpn_mm.tooling.bench import RssPeakProbe, measure_step
+    from revbifpn_mm.core.memory import RssPeakProbe
+    from bench.measure import measure_step
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
@@ -76,7 +78,9 @@ _RSS_SCRIPT = textwrap.dedent("""
 def test_cpu_peak_memory_only_reads_the_same_as_timed():
     # Own process: the probe changes glibc's allocation policy for the whole process.
     import json
-    proc = subprocess.run([sys.executable, "-c", _RSS_SCRIPT], capture_output=True, text=True, timeout=300)
+    tools = os.path.dirname(os.path.dirname(os.path.abspath(bench.measure.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tools, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _RSS_SCRIPT], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     mem_only, timed = res["0"], res["2"]
@@ -209,7 +213,7 @@ def test_measure_case_reports_failure_as_a_row():
     error = row.pop("error")
     assert row == dict(name="x", group="toy", amp="fp32", tag="X")
     # the first line of the message and where it was raised (here: the test's build function)
-    assert error == f"RuntimeError: x: no kernel for this dtype (in build, tests/tooling/{os.path.basename(__file__)})"
+    assert error == f"RuntimeError: x: no kernel for this dtype (in build, tests/tools/{os.path.basename(__file__)})"
 
 
 def _case_failing_mid_step(alive):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from revbifpn_mm.tooling import fidelity
+import fidelity
 
 
 @pytest.mark.parametrize("arch", ["s0", "s3"])

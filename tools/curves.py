@@ -41,7 +41,7 @@ def quickstart_config(name: str = "faster_rcnn_revbifpn_s0_synthetic.py") -> str
     Raises:
         FileNotFoundError: The package is not run from a checkout (``configs/`` is absent).
     """
-    path = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), "configs", "quickstart", name)
+    path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "configs", "quickstart", name)
     if not osp.isfile(path):
         raise FileNotFoundError(f"quickstart config {path!r} not found: the curve configs derive from the "
                                 "configs/ folder of a revbifpn_mm checkout; run from the repository")
