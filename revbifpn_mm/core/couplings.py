@@ -18,32 +18,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.dropout import _DropoutNd
 
-from .op import RevOp, apply_transform, submodules, vjp
+from .op import RevOp, _compute_dtype, apply_transform, vjp
 from .state import CallState
 
 __all__ = ["TriangularCoupling", "RevResidualBlock", "RevSilo", "RevBlockGroup"]
 
 Tensors = List[Tensor]
-
-
-def _is_stochastic(module: nn.Module) -> bool:
-    """True when ``module`` draws random numbers in its current mode.
-
-    Random sub-modules are those with a positive ``drop_prob`` attribute (stochastic depth) and
-    dropouts (every ``nn.Dropout*`` / ``AlphaDropout``) with ``p > 0``, in training mode.
-    The sub-modules are walked on every call, never cached: they may be replaced after
-    the first call (SyncBN conversion, a new dropout), and a stale list would skip the
-    RNG replay of a new random module, i.e. give silently wrong gradients.
-    """
-    if not module.training:
-        return False
-    # ``drop_prob`` read from the instance dict: a missing attribute through
-    # Module.__getattr__ costs an exception per module, on every forward
-    return any(m.training and ((m.__dict__.get("drop_prob") or 0.0) > 0.0
-                               or (isinstance(m, _DropoutNd) and m.p > 0))
-               for m in submodules(module))
 
 
 class TriangularCoupling(nn.Module):
@@ -72,23 +53,33 @@ class TriangularCoupling(nn.Module):
             self.add_module(f"xform_{i}_{j}", transforms[(i, j)])
         if n_out > n_in and not any(j == n_in for _, j in self.pairs):
             raise ValueError("an expanding coupling needs transforms into the new stream")
+        #: ``(i, [j, ...])``: each source with its targets, in the sorted order of the pairs
+        self.sources: List[Tuple[int, List[int]]] = []
+        for (i, j) in self.pairs:
+            if not self.sources or self.sources[-1][0] != i:
+                self.sources.append((i, []))
+            self.sources[-1][1].append(j)
 
     def transform(self, i: int, j: int) -> nn.Module:
         """The transform ``T_ij``."""
         return getattr(self, f"xform_{i}_{j}")
 
     def forward(self, xs: Sequence[Tensor], state: Optional[CallState] = None) -> Tensors:
-        """Apply the coupling. Transforms run source-major (``i`` then ``j``), the
-        same order as in :meth:`backward_pass`, so recorded RNG replays exactly."""
+        """Apply the coupling. Transforms run source-major (``i`` then ``j``), the same order as
+        in :meth:`backward_pass`, so recorded RNG replays exactly. Each source is cast from the
+        stream to its transforms' dtype once."""
         if state is not None:
-            state.push_rng(_is_stochastic(self))
+            state.rng.push(id(self) in state.stochastic)
         ys: List[Optional[Tensor]] = list(xs[: self.n_in]) + [None] * (self.n_out - self.n_in)
-        for (i, j) in self.pairs:
-            t = apply_transform(self.transform(i, j), xs[i])
-            if ys[j] is None:
-                ys[j] = t.to(xs[0].dtype)
-            else:
-                ys[j] = ys[j] + t
+        for i, targets in self.sources:
+            cast: Dict[torch.dtype, Tensor] = {}
+            for j in targets:
+                module = self.transform(i, j)
+                dtype = (state is not None and state.compute_dtype) or _compute_dtype(module, xs[i])
+                if dtype not in cast:
+                    cast[dtype] = xs[i].to(dtype)
+                t = module(cast[dtype])
+                ys[j] = t.to(xs[0].dtype) if ys[j] is None else ys[j] + t
         return ys  # type: ignore[return-value]
 
     def inverse(self, ys: Sequence[Tensor]) -> Tensors:
@@ -103,30 +94,33 @@ class TriangularCoupling(nn.Module):
                       state: CallState) -> Tuple[Tensors, Tensors]:
         """Reconstruct the inputs and their gradients in one sweep over the sources.
 
-        When source ``i`` is visited, every contribution of sources ``< i`` has
-        already been subtracted from stream ``i``, so ``x_i`` is exact. Its gradient
-        starts as ``dy_i`` (identity path) and receives ``J_ij^T dy_j`` from every
-        target ``j``; the recomputed ``T_ij(x_i)`` is subtracted from stream ``j``.
+        When source ``i`` is visited, every contribution of sources ``< i`` has already been
+        subtracted from stream ``i``, so ``x_i`` is exact. Its gradient starts as ``dy_i``
+        (identity path) and receives ``J_ij^T dy_j`` from every target ``j``; the recomputed
+        ``T_ij(x_i)`` is subtracted from stream ``j``.
 
-        The lists ``ys`` and ``dys`` are consumed: they become the returned ``xs`` and
-        ``dxs`` (updated in place, in place on the tensors too where ``state`` owns
-        them). This is exact because the pairs run in sorted order: ``dy_j`` is read
-        (as a target) before stream ``j``'s own gradient accumulates (as a source),
-        and ``x_j`` is complete before it is read as a source.
+        The lists ``ys`` and ``dys`` are consumed: they become the returned ``xs`` and ``dxs``
+        (updated in place, in place on the tensors too where ``state.streams`` owns them). This
+        is exact because the sources run in increasing order: ``dy_j`` is read (as a target)
+        before stream ``j``'s own gradient accumulates (as a source), and ``x_j`` is complete
+        before it is read as a source.
         """
         xs, dxs = ys, dys
-        with state.replay_rng():
-            for (i, j) in self.pairs:
-                sub = _subtract_from(xs, j, state) if j < self.n_in else None
-                dxs[i] = state.add(dxs[i], vjp(self.transform(i, j), xs[i], dxs[j], state, sub))
+        with state.rng.replay():
+            for i, targets in self.sources:
+                xi = xs[i].to(state.compute_dtype) if state.compute_dtype is not None else xs[i]  # cast once
+                for j in targets:  # one transform at a time: the smallest working set
+                    sub = _subtract_from(xs, j, state) if j < self.n_in else None
+                    dxs[i] = state.streams.add(dxs[i], vjp(self.transform(i, j), xi, dxs[j], state, sub))
+                del xi
         del xs[self.n_in:], dxs[self.n_in:]  # an expanding coupling's new stream
         return xs, dxs
 
 
 def _subtract_from(xs: Tensors, j: int, state: CallState) -> Callable[[Tensor], None]:
-    """``t -> xs[j] = xs[j] - t`` (in place where ``state`` owns ``xs[j]``)."""
+    """``t -> xs[j] = xs[j] - t`` (in place where ``state.streams`` owns ``xs[j]``)."""
     def sub(t: Tensor) -> None:
-        xs[j] = state.sub(xs[j], t)
+        xs[j] = state.streams.sub(xs[j], t)
     return sub
 
 
@@ -171,21 +165,10 @@ class RevResidualBlock(RevOp):
         del ys[0], dys[0]
         (b, a), (db, da) = self.g.backward_pass([b, a], [db, da], state)
         (a, b), (da, db) = self.f.backward_pass([a, b], [da, db], state)
-        ys.append(_merge(a, b, state))
+        ys.append(state.streams.join(a, b))
         del a, b
-        dys.append(_merge(da, db, state))
+        dys.append(state.streams.join(da, db))
         return ys, dys
-
-
-def _merge(a: Tensor, b: Tensor, state: CallState) -> Tensor:
-    """``cat([a, b], dim=1)``; no copy when ``a``, ``b`` are still the two halves of one owned tensor."""
-    base = a._base
-    joined = (a.shape[0], a.shape[1] + b.shape[1], *a.shape[2:])
-    if (base is not None and b._base is base and state.owns(a) and base.is_contiguous()
-            and base.shape == joined and a.data_ptr() == base.data_ptr()
-            and b.data_ptr() == base[:, a.shape[1]:].data_ptr()):
-        return base
-    return state.own(torch.cat([a, b], dim=1))
 
 
 class RevBlockGroup(RevOp):

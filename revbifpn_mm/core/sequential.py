@@ -1,30 +1,25 @@
-"""The reversible sequential container and its per-segment autograd Functions."""
+"""The reversible sequential container and the autograd Function of one reversible segment.
+
+Forward of the container: ``y = tail(op_{n-1}(... op_1(op_0(x))))``; inverse of the trunk:
+``x = op_0^{-1}(... op_{n-1}^{-1}(y))`` (the tail is not invertible; it is recomputed).
+"""
 from __future__ import annotations
 
-import warnings
-from enum import Enum
-from typing import List, Optional, Sequence, Tuple, Union
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
+from torch.nn.modules.dropout import _DropoutNd
 
-from .op import RevOp, apply_transform, submodules, vjp
-from .state import CallState, frozen_bn_statistics
+from .couplings import TriangularCoupling
+from .op import RevOp, apply_transform, trainable_params, vjp
+from .policy import MemoryMode, RunPolicy
+from .state import CallState
 
-__all__ = ["MemoryMode", "RevSequential", "RecomputedPerScale"]
-
-
-class MemoryMode(str, Enum):
-    """How a :class:`RevSequential` trains.
-
-    ``REVERSIBLE``: store only the outputs; reconstruct every intermediate activation
-    in the backward pass (activation memory constant in depth). ``PLAIN``: ordinary
-    autograd (stores every activation; for debugging and as a reference).
-    """
-
-    REVERSIBLE = "reversible"
-    PLAIN = "plain"
+__all__ = ["RevSequential", "RecomputedPerScale", "random_couplings"]
 
 
 class RecomputedPerScale(nn.Module):
@@ -48,30 +43,17 @@ class RecomputedPerScale(nn.Module):
     def forward(self, ys: Sequence[Tensor]) -> List[Tensor]:  # noqa: D102
         return [apply_transform(self.transform(h), y) for h, y in enumerate(ys)]
 
-    def backward_pass(self, ys: Sequence[Tensor], douts: Sequence[Tensor],
-                      state: CallState) -> List[Tensor]:
-        """Gradients with respect to the tail inputs ``ys`` (parameters go to ``state``).
+    def backward_pass(self, ys: Sequence[Tensor], douts: Sequence[Tensor], state: CallState) -> List[Tensor]:
+        """Gradients with respect to the tail inputs ``ys`` (parameters go to ``state.grads``).
 
-        They are fresh buffers, handed to ``state`` so that the trunk's backward
+        They are fresh buffers, handed to ``state.streams`` so that the trunk's backward
         accumulates into them in place (unless one aliases its incoming gradient).
         """
         dys = []
         for h, (y, d) in enumerate(zip(ys, douts)):
-            dy = vjp(self.transform(h), y, d, state)
-            dys.append(dy if _share_storage([dy], [d]) else state.own(dy))
+            dy = vjp(self.transform(h), y, d, state, lean=state.lean)
+            dys.append(dy if _share_storage([dy], [d]) else state.streams.own(dy))
         return dys
-
-
-def _parse_stream_dtype(value: Union[None, str, torch.dtype]) -> Union[None, str, torch.dtype]:
-    """Validate a ``stream_dtype`` argument; names become torch dtypes, ``'auto'`` stays."""
-    if value is None or value == "auto":
-        return value
-    names = {"float64": torch.float64, "float32": torch.float32}
-    if isinstance(value, str) and value in names:
-        return names[value]
-    if value in names.values():
-        return value
-    raise ValueError(f"stream_dtype must be 'auto', 'float64', 'float32' or None, got {value!r}")
 
 
 def _run_ops(ops: Sequence[RevOp], xs: Sequence[Tensor], state: Optional[CallState]) -> List[Tensor]:
@@ -88,109 +70,167 @@ def _share_storage(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
     return any(t.untyped_storage().data_ptr() in ptrs for t in a)
 
 
-class InPlaceReuseDisabledWarning(RuntimeWarning):
-    """The reversible backward cannot reuse its stored outputs in place on this torch build."""
-
-
-_warned_no_keep_graph_query = False
-
-
 def _graph_retained() -> bool:
-    """Whether the running backward keeps the graph (``retain_graph``/``create_graph``).
-
-    Asks the autograd engine (the query AOTAutograd uses to free its saved tensors);
-    where it is unavailable the answer is True, i.e. the saved tensors stay untouched
-    (gradients stay exact, the in-place reuse of the stored outputs is lost), and an
-    :class:`InPlaceReuseDisabledWarning` says so once per process.
-    """
-    global _warned_no_keep_graph_query
-    query = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-    if query is not None:
-        return bool(query())
-    if not _warned_no_keep_graph_query:
-        _warned_no_keep_graph_query = True
-        warnings.warn(
-            f"revbifpn_mm: torch {torch.__version__} has no torch._C._autograd."
-            "_get_current_graph_task_keep_graph, so the reversible backward cannot tell whether the "
-            "graph is retained and never updates its stored outputs in place: gradients are exact, "
-            "but the backward keeps one extra copy of the trunk outputs", InPlaceReuseDisabledWarning,
-            stacklevel=2)
-    return True
+    """Whether the running backward keeps the graph (``retain_graph`` / ``create_graph``): the
+    autograd engine's own query (the one AOTAutograd uses to free its saved tensors)."""
+    return bool(torch._C._autograd._get_current_graph_task_keep_graph())
 
 
-def _uses_input_statistics(m: nn.Module) -> bool:
-    """Whether ``m`` normalises with statistics of its current input (in its current mode).
+@dataclass
+class _Walk:
+    """What one forward needs to know about the live modules, from one walk over them.
 
-    BatchNorm in training mode (or without running statistics) does, with the batch's
-    statistics; InstanceNorm, GroupNorm, LayerNorm and RMSNorm do with per-sample ones. A small
-    error in the input (the float32 reconstruction error of a reversible backward) is
-    then amplified in the gradients, which ``stream_dtype='auto'`` counters.
-    """
-    if isinstance(m, _BatchNorm):
-        return m.training or m.running_mean is None
-    if isinstance(m, _NormBase):  # InstanceNorm*
-        return m.training or not m.track_running_stats
-    return isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.RMSNorm))
+    * whether a module normalises with statistics of its current input: a BatchNorm in
+      training mode (or without running statistics), InstanceNorm unless it tracks running
+      statistics in eval mode, GroupNorm, LayerNorm and RMSNorm always. A small error in the
+      input (the float32 reconstruction error) is then amplified in the gradients, which
+      ``stream_dtype='auto'`` counters with float64 streams;
+    * a training module keeping running statistics that only torch's ``_BatchNorm`` family can
+      freeze (InstanceNorm with ``track_running_stats``, mmcv's ``MMSyncBN``, a custom BN):
+      the recomputation would update them a second time, so the reversible path refuses it;
+    * which couplings draw random numbers: a sub-module with a positive ``drop_prob``
+      (stochastic depth) or a dropout with ``p > 0``, in training mode;
+    * the trainable parameters and the training BatchNorms of each segment.
 
-
-def _unfreezable_statistics(m: nn.Module) -> bool:
-    """Whether ``m`` updates running statistics that :func:`frozen_bn_statistics` cannot freeze.
-
-    Only torch's ``_BatchNorm`` family can run without updating them; any other module that
-    keeps a ``running_mean`` (InstanceNorm with ``track_running_stats``, mmcv's ``MMSyncBN``,
-    a custom BN) would update them a second time during the recomputation.
-    """
-    if isinstance(m, _BatchNorm) or not m.training:
-        return False
-    return m._buffers.get("running_mean") is not None and bool(m.__dict__.get("track_running_stats", True))
-
-
-class _Tape:
-    """Per-call state shared by the segments of one reversible call.
-
-    ``handoff[k]`` carries the outputs of segment ``k`` reconstructed by segment ``k + 1``'s
-    backward, so that no segment but the last stores anything.
+    Modules are walked on every call, never cached: they may be replaced after the first call
+    (SyncBN conversion, a new dropout, a changed ``drop_prob``), and a stale view would, e.g.,
+    skip the RNG replay of a new random module: silently wrong gradients.
     """
 
-    def __init__(self, state: CallState, out_dtype: torch.dtype) -> None:
-        self.state = state
-        self.out_dtype = out_dtype
-        self.handoff: dict = {}
+    input_statistics: bool = False
+    unfreezable: Optional[nn.Module] = None
+    stochastic: set = field(default_factory=set)
+    params: List[List[Tensor]] = field(default_factory=list)  # trainable parameters per segment
+    training_bns: List[List[_BatchNorm]] = field(default_factory=list)  # BNs to freeze per segment
+    compute_dtype: Optional[torch.dtype] = None  # the parameters' dtype, when they all share one
+
+    @classmethod
+    def of(cls, segments: Sequence[Sequence[nn.Module]]) -> "_Walk":
+        walk = cls()
+        dtypes = set()
+        for segment in segments:
+            params: List[Tensor] = []
+            bns: List[_BatchNorm] = []
+            stack = [(m, None) for m in segment]
+            while stack:
+                m, coupling = stack.pop()
+                if m is None:
+                    continue
+                kind = _kind(type(m))
+                if kind == _COUPLING:
+                    coupling = m
+                elif kind == _BN:
+                    if m.training and m.track_running_stats:
+                        bns.append(m)
+                    if not walk.input_statistics and (m.training or m.running_mean is None):
+                        walk.input_statistics = True
+                elif kind == _INSTANCE_NORM:
+                    walk.input_statistics = walk.input_statistics or m.training or not m.track_running_stats
+                elif kind == _PER_SAMPLE_NORM:
+                    walk.input_statistics = True
+                if m.training:
+                    if coupling is not None and ((m.__dict__.get("drop_prob") or 0.0) > 0.0
+                                                 or (kind == _DROPOUT and m.p > 0)):
+                        walk.stochastic.add(id(coupling))
+                    if (kind != _BN and walk.unfreezable is None and m._buffers.get("running_mean") is not None
+                            and m.__dict__.get("track_running_stats", True)):
+                        walk.unfreezable = m
+                for p in m._parameters.values():
+                    if p is not None:
+                        dtypes.add(p.dtype)
+                        if p.requires_grad:
+                            params.append(p)
+                stack.extend((c, coupling) for c in m._modules.values())
+            walk.params.append(params)
+            walk.training_bns.append(bns)
+        floating = [d for d in dtypes if d.is_floating_point]
+        walk.compute_dtype = floating[0] if len(floating) == 1 else None
+        return walk
+
+
+_COUPLING, _BN, _INSTANCE_NORM, _PER_SAMPLE_NORM, _DROPOUT, _OTHER = range(6)
+_KINDS: dict = {}
+
+
+def _kind(cls: type) -> int:
+    """What the walk needs to know about a module class (cached per class)."""
+    kind = _KINDS.get(cls)
+    if kind is None:
+        kind = (_COUPLING if issubclass(cls, TriangularCoupling) else _BN if issubclass(cls, _BatchNorm)
+                else _INSTANCE_NORM if issubclass(cls, _NormBase)
+                else _PER_SAMPLE_NORM if issubclass(cls, (nn.GroupNorm, nn.LayerNorm, nn.RMSNorm))
+                else _DROPOUT if issubclass(cls, _DropoutNd) else _OTHER)
+        _KINDS[cls] = kind
+    return kind
+
+
+def random_couplings(*modules: nn.Module) -> frozenset:
+    """``id`` of every coupling inside ``modules`` that draws random numbers in its current mode
+    (what a :class:`CallState` needs to record and replay their RNG states)."""
+    return frozenset(_Walk.of([list(modules)]).stochastic)
+
+
+@contextlib.contextmanager
+def _frozen_statistics(bns: Sequence[_BatchNorm]) -> Iterator[None]:
+    """Training-mode BatchNorms that normalise with batch statistics without updating their running
+    ones: the recomputation runs in here, so each step updates them once (standard PyTorch
+    semantics; the official implementation updates them a second time)."""
+    for m in bns:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
+
+
+@dataclass
+class _Segment:
+    """One reversible segment of one call: its ops, its place in the run, the call's state."""
+
+    ops: List[RevOp]
+    tail: Optional["RecomputedPerScale"]  # the tail, when it is reversible and follows this segment
+    state: CallState
+    index: int
+    first: bool  # the first segment of a run of reversible ones: its inputs come from elsewhere
+    last: bool  # the last of the run: it stores its outputs
+    n_in: int
+    out_dtype: Optional[torch.dtype]  # the container's output dtype, when this segment ends the container
+    bns: List[_BatchNorm]
+    begins_backward: bool = False  # the call's last reversible segment: its backward runs first
 
 
 class _RevSegment(torch.autograd.Function):
-    """Runs one segment of a :class:`RevSequential` without storing its activations.
+    """Runs one segment without storing its activations.
 
-    Inputs are ``(container, tape, k, n_in, *xs, *params)``. The segment's parameters
-    are inputs of the Function, so autograd sees them: they receive gradients even when
-    the image does not require grad, ``torch.autograd.grad`` works on them, and each
-    segment hands its parameter gradients to autograd as soon as its backward is done
-    (DDP's hooks fire per segment, and no full-model gradient buffer is held). Only
-    the last segment saves tensors: the trunk outputs (``save_for_backward``). Every
-    other segment receives its outputs, reconstructed, from the next segment's backward.
-    The last segment's backward updates the saved outputs in place (they are its first
-    working buffers) only when they are private (neither returned nor inputs) and the
-    engine does not keep the graph; otherwise it leaves them untouched.
+    Inputs are ``(segment, *xs, *params)``. The segment's parameters are inputs of the
+    Function, so autograd sees them: they receive gradients even when the image does not
+    require grad, ``torch.autograd.grad`` works on them, and each segment hands its parameter
+    gradients to autograd as soon as its backward is done (DDP's hooks fire per segment, and
+    no full-model gradient buffer is held). Only the last segment of a reversible run saves
+    tensors: its outputs (``save_for_backward``); every other one receives its outputs,
+    reconstructed, from the next segment's backward (``state.handoff``). The saved outputs
+    become the backward's first working buffers only when they are private (neither returned
+    nor inputs) and the engine does not keep the graph.
     """
 
     @staticmethod
-    def forward(ctx, container: "RevSequential", tape: _Tape, k: int, n_in: int,  # type: ignore[override]
-                *args: Tensor):
-        xs, params = list(args[:n_in]), args[n_in:]
-        last = k == container.num_segments - 1
+    def forward(ctx, seg: _Segment, *args: Tensor):  # type: ignore[override]
+        xs = list(args[:seg.n_in])
         with torch.no_grad():
-            ys = _run_ops(container.segment(k), xs, tape.state)
-            if last:
-                outs = container.tail(ys) if container.tail is not None else [y.to(tape.out_dtype) for y in ys]
+            ys = _run_ops(seg.ops, xs, seg.state)
+            if seg.last:
+                if seg.tail is not None:
+                    outs = seg.tail(ys)
+                else:
+                    outs = [y.to(seg.out_dtype) for y in ys] if seg.out_dtype is not None else ys
                 ctx.save_for_backward(*ys)
-                # The backward may reuse the saved outputs as its working buffers when nobody
-                # else can see them: not returned, not the inputs, and no retained graph.
                 ctx.private = not _share_storage(ys, list(outs) + xs)
             else:
                 outs = ys
-        ctx.container, ctx.tape, ctx.k, ctx.n_in, ctx.last = container, tape, k, n_in, last
+        ctx.seg = seg
         ctx.in_dtypes = [x.dtype for x in xs]
-        ctx.param_ids = [id(p) for p in params]
+        ctx.param_ids = [id(p) for p in args[seg.n_in:]]
         ctx.set_materialize_grads(True)
         return tuple(outs)
 
@@ -202,117 +242,99 @@ class _RevSegment(torch.autograd.Function):
                 "the reversible path of RevSequential: its backward reconstructs activations without "
                 "building a graph, so the second-order term would silently be dropped. Train this "
                 "model with memory_mode='plain' (or call set_memory_mode('plain') on it) for such losses")
-        container: RevSequential = ctx.container
-        tape: _Tape = ctx.tape
-        state = tape.state
-        if ctx.last:
+        seg: _Segment = ctx.seg
+        state = seg.state
+        if seg.begins_backward:
             state.begin_backward()
+        if seg.last:
             ys = list(ctx.saved_tensors)
-            if ctx.private and not _graph_retained():
-                ys = [state.own(y) for y in ys]  # freed after this backward anyway: update in place
+            if ctx.private and state.reuse_buffers and not _graph_retained():
+                ys = [state.streams.own(y) for y in ys]  # freed after this backward anyway: update in place
         else:
-            ys = tape.handoff.pop(ctx.k)
-        ops = container.segment(ctx.k)
-        modules = list(ops) + ([container.tail] if ctx.last and container.tail is not None else [])
-        need_inputs = any(ctx.needs_input_grad[4:4 + ctx.n_in])
-        with torch.no_grad(), frozen_bn_statistics(*modules):
-            if ctx.last and container.tail is not None:
-                dys = container.tail.backward_pass(ys, list(douts), state)
-            else:
-                dys = list(douts)
+            ys = state.handoff.pop(seg.index)
+        need = ctx.needs_input_grad[1:1 + seg.n_in]
+        with torch.no_grad(), _frozen_statistics(seg.bns):
+            dys = seg.tail.backward_pass(ys, list(douts), state) if seg.tail is not None else list(douts)
+            if state.compute_dtype is not None:  # gradients need no float64 streams: the transforms' dtype
+                dys = [d.to(state.compute_dtype) if d.is_floating_point() else d for d in dys]
             del douts  # the op lists below are consumed, so replaced tensors are freed at once
-            # Without an input gradient, ops below the first trainable one (frozen
-            # stages, the parameter-free stem) need neither reconstruction nor backward.
-            stop = 0 if need_inputs else next(
-                (i for i, op in enumerate(ops) if any(p.requires_grad for p in op.parameters())), len(ops))
-            for op in reversed(ops[stop:]):
+            # Without an input gradient, ops below the first trainable one (frozen stages, the
+            # parameter-free stem) need neither reconstruction nor backward.
+            stop = 0 if any(need) else next((i for i, op in enumerate(seg.ops) if trainable_params(op)), len(seg.ops))
+            for op in reversed(seg.ops[stop:]):
                 ys, dys = op.backward_pass(ys, dys, state)
-        if need_inputs and ctx.k > 0:
-            tape.handoff[ctx.k - 1] = ys
-        dxs = [dx.to(dt) if need_inputs and need else None
-               for dx, dt, need in zip(dys, ctx.in_dtypes, ctx.needs_input_grad[4:4 + ctx.n_in])]
-        pgrads = [state.grads.pop(pid, None) for pid in ctx.param_ids]
-        return (None, None, None, None, *dxs, *pgrads)
+        if any(need) and not seg.first:
+            state.handoff[seg.index - 1] = ys
+        dxs = [dx.to(dt) if n else None for dx, dt, n in zip(dys, ctx.in_dtypes, need)]
+        return (None, *dxs, *state.grads.pop(ctx.param_ids))
 
 
 class RevSequential(nn.Module):
     """A sequence of :class:`RevOp` s, optionally followed by a recomputed tail.
 
-    Children are registered as ``"0"``, ``"1"``, ... and the tail as ``recomp_op``
-    (the official checkpoint layout of ``rev_stack``).
+    Children are registered as ``"0"``, ``"1"``, ... and the tail as ``recomp_op`` (the
+    official checkpoint layout of ``rev_stack``). The ops are grouped into *segments*
+    (``segment_sizes``), each the unit of one autograd Function in a reversible call.
 
-    In training with autograd enabled and :attr:`memory_mode` ``'reversible'``, one
-    autograd Function runs everything and stores only the trunk outputs; the backward
-    pass reconstructs each op's inputs from its outputs. Otherwise (``'plain'`` mode,
-    ``eval()``, or ``torch.no_grad()``) the ops run with ordinary autograd.
+    How it trains is its :attr:`policy` (:class:`~revbifpn_mm.core.RunPolicy`, documented
+    there). In training with autograd enabled and ``memory_mode='reversible'``, each reversible
+    segment is one autograd Function; only the outputs of the last reversible segment of a run
+    are stored, and the backward reconstructs each op's inputs from its outputs. Segments named
+    by ``plain_segments`` (the tail counting as the last one) run with ordinary autograd. Eval mode, ``torch.no_grad()`` and
+    ``memory_mode='plain'`` take the ordinary path everywhere.
 
-    The residual streams between ops can be carried in float64 while every transform
-    computes in its parameters' dtype. Additive couplings are then inverted to float64
-    round-off, so the inputs recomputed in the backward pass are bitwise those of the
-    forward (fp32 or autocast) and the reversible gradients match plain autograd to the
-    transforms' own precision. With streams in the input's dtype (float32) the
-    reconstruction error grows towards the stem (about 5e-5 relative for RevBiFPN-S3):
-    harmless with frozen BatchNorm (the detection setting: 7e-8 relative gradient
-    error), but training-mode BatchNorm amplifies it in the gradients of the first
-    layers (4.5e-3 for S3 at 256x256, batch 2). ``'auto'`` (default) therefore uses
-    float64 streams exactly when a module of the container normalises with statistics
-    of its current input (a BatchNorm in training mode; GroupNorm, InstanceNorm and
-    LayerNorm always, since they normalise each sample with its own statistics) and
-    the input's dtype otherwise (half the stored bytes).
+    With float64 residual streams (``stream_dtype``) additive couplings are inverted to float64
+    round-off, so the inputs recomputed in the backward are bitwise those of the forward and the
+    reversible gradients match plain autograd to the transforms' own precision; with float32
+    streams the reconstruction error grows towards the stem (about 5e-5 relative for
+    RevBiFPN-S3), harmless with frozen BatchNorm but amplified by training-mode BatchNorm.
 
     The reversible path supports first-order gradients only: a backward with
-    ``create_graph=True`` (double backward, e.g. a gradient penalty) raises a
-    ``RuntimeError``; use ``memory_mode='plain'`` for such losses. Running statistics
-    are updated once per step for torch's BatchNorm family; a training module that
-    keeps other running statistics (InstanceNorm with ``track_running_stats``, mmcv's
-    ``MMSyncBN``) is refused by the reversible forward with a ``ValueError``.
+    ``create_graph=True`` raises a ``RuntimeError``. Running statistics are updated once per
+    step for torch's BatchNorm family; a training module that keeps other running statistics
+    (InstanceNorm with ``track_running_stats``, mmcv's ``MMSyncBN``) is refused by the
+    reversible forward with a ``ValueError``.
 
     Args:
         ops: The invertible operations, applied in order.
         tail: Optional non-invertible per-scale module applied to the trunk outputs.
-        memory_mode: ``'reversible'`` (default) or ``'plain'``.
-        stream_dtype: dtype of the residual streams: ``'auto'`` (default, see above),
-            ``'float64'`` / ``'float32'`` or the torch dtype, or ``None`` (the input's dtype).
-        ops_per_segment: Ops per autograd Function in reversible mode (parameter
-            gradients are released to autograd segment by segment). Defaults to 3.
+        policy: The run policy (default: ``RunPolicy()``, fully reversible).
+        segment_sizes: Ops per segment, summing to ``len(ops)``. Defaults to segments of 3 ops
+            (smaller segments hand their parameter gradients to autograd sooner).
+        **policy_fields: Fields of :class:`RunPolicy` (e.g. ``memory_mode='plain'``), applied
+            on top of ``policy``.
     """
 
     def __init__(self, ops: Sequence[RevOp], tail: Optional[RecomputedPerScale] = None,
-                 memory_mode: Union[str, MemoryMode] = MemoryMode.REVERSIBLE,
-                 stream_dtype: Union[None, str, torch.dtype] = "auto", ops_per_segment: int = 3) -> None:
+                 policy: Optional[RunPolicy] = None, segment_sizes: Optional[Sequence[int]] = None,
+                 **policy_fields: object) -> None:
         super().__init__()
         self.num_ops = len(ops)
         for i, op in enumerate(ops):
             self.add_module(str(i), op)
         self.recomp_op = tail
-        self.memory_mode = MemoryMode(memory_mode)
-        self.stream_dtype = _parse_stream_dtype(stream_dtype)
-        if ops_per_segment < 1:
-            raise ValueError(f"ops_per_segment must be >= 1, got {ops_per_segment}")
-        self.ops_per_segment = ops_per_segment
+        self.policy = (policy or RunPolicy()).replace(**policy_fields)
+        sizes = list(segment_sizes) if segment_sizes is not None else [3] * (-(-self.num_ops // 3))
+        if segment_sizes is None and self.num_ops % 3:
+            sizes[-1] = self.num_ops % 3
+        if any(s < 1 for s in sizes) or sum(sizes) != self.num_ops:
+            raise ValueError(f"segment_sizes must be positive and sum to the {self.num_ops} ops, got {sizes}")
+        self.segment_sizes = sizes
 
     @property
     def num_segments(self) -> int:
-        """Number of reversible segments (autograd Functions per call)."""
-        return -(-self.num_ops // self.ops_per_segment)
+        """Number of trunk segments (autograd Functions per fully reversible call)."""
+        return len(self.segment_sizes)
+
+    @property
+    def budget_segments(self) -> int:
+        """Trunk segments plus the tail: what :attr:`RunPolicy.plain_segments` counts."""
+        return self.num_segments + (self.tail is not None)
 
     def segment(self, k: int) -> List[RevOp]:
-        """The ops of segment ``k``."""
-        return self.ops()[k * self.ops_per_segment:(k + 1) * self.ops_per_segment]
-
-    def resolved_stream_dtype(self) -> Optional[torch.dtype]:
-        """The stream dtype of the next call (``'auto'`` resolved against the BN modes)."""
-        if self.stream_dtype != "auto":
-            return self.stream_dtype  # type: ignore[return-value]
-        # read from the live modules on every call: BN layers may be replaced (e.g. SyncBN conversion)
-        amplifies = any(_uses_input_statistics(m) for m in submodules(self))
-        return torch.float64 if amplifies else None
-
-    def _to_stream(self, xs: Sequence[Tensor]) -> List[Tensor]:
-        dtype = self.resolved_stream_dtype()
-        if dtype is None:
-            return list(xs)
-        return [x.to(torch.promote_types(x.dtype, dtype)) for x in xs]
+        """The ops of trunk segment ``k``."""
+        start = sum(self.segment_sizes[:k])
+        return self.ops()[start:start + self.segment_sizes[k]]
 
     @property
     def tail(self) -> Optional[RecomputedPerScale]:
@@ -323,13 +345,14 @@ class RevSequential(nn.Module):
         """The invertible ops in forward order."""
         return [getattr(self, str(i)) for i in range(self.num_ops)]
 
+    @property
+    def memory_mode(self) -> MemoryMode:
+        """The policy's memory mode."""
+        return self.policy.memory_mode  # type: ignore[return-value]
+
     def set_memory_mode(self, mode: Union[str, MemoryMode]) -> None:
         """Switch between ``'reversible'`` and ``'plain'`` autograd."""
-        try:
-            self.memory_mode = MemoryMode(mode)
-        except ValueError:
-            raise ValueError(f"unknown memory mode {mode!r}; expected one of "
-                             f"{[m.value for m in MemoryMode]}") from None
+        self.policy = self.policy.replace(memory_mode=mode)
 
     def inverse(self, ys: Sequence[Tensor]) -> List[Tensor]:
         """Invert the trunk (the tail is not invertible and is not involved)."""
@@ -338,37 +361,74 @@ class RevSequential(nn.Module):
             xs = op.inverse(xs)
         return xs
 
+    def resolved_stream_dtype(self) -> Optional[torch.dtype]:
+        """The stream dtype of the next call (``'auto'`` resolved against the live modules)."""
+        return self.policy.resolve_stream_dtype(_Walk.of(self._segments()).input_statistics)
+
+    def _segments(self) -> List[List[nn.Module]]:
+        segments: List[List[nn.Module]] = [list(self.segment(k)) for k in range(self.num_segments)]
+        return segments + ([[self.tail]] if self.tail is not None else [])
+
+    def _to_stream(self, xs: Sequence[Tensor], dtype: Optional[torch.dtype]) -> List[Tensor]:
+        return list(xs) if dtype is None else [x.to(torch.promote_types(x.dtype, dtype)) for x in xs]
+
     def forward(self, xs: Sequence[Tensor]) -> Tuple[Tensor, ...]:
         """Run the ops (and the tail) on the list of input scales."""
         xs = list(xs)
-        if self.memory_mode is MemoryMode.REVERSIBLE and self.training and torch.is_grad_enabled():
-            params = [p for p in self.parameters() if p.requires_grad]
-            if params or any(x.requires_grad for x in xs):
-                return self._forward_reversible(xs, params)
-        ys = _run_ops(self.ops(), self._to_stream(xs), None)
-        if self.tail is not None:
-            return tuple(self.tail(ys))
-        return tuple(y.to(xs[0].dtype) for y in ys)
-
-    def _forward_reversible(self, xs: List[Tensor], params: List[Tensor]) -> Tuple[Tensor, ...]:
-        bad = next((m for m in submodules(self) if _unfreezable_statistics(m)), None)
-        if bad is not None:
+        segments = self._segments()
+        walk = _Walk.of(segments)  # the policy resolved against the live modules, once per call
+        stream = self.policy.resolve_stream_dtype(walk.input_statistics)
+        plain = self.policy.plain_mask(len(segments))
+        reversible = self.training and torch.is_grad_enabled() and not all(plain) and (
+            any(walk.params) or any(x.requires_grad for x in xs))
+        if not reversible:
+            ys = _run_ops(self.ops(), self._to_stream(xs, stream), None)
+            return tuple(self.tail(ys) if self.tail is not None else (y.to(xs[0].dtype) for y in ys))
+        if walk.unfreezable is not None:
+            bad = walk.unfreezable
             name = next(n for n, m in self.named_modules() if m is bad)
             raise ValueError(
                 f"{name or 'the container'} ({type(bad).__name__}) updates running statistics that the "
                 "reversible backward cannot freeze during its recomputation (they would be updated twice "
                 "per step): use torch's BatchNorm / SyncBatchNorm or GroupNorm, set "
                 "track_running_stats=False, or use memory_mode='plain'")
-        tape = _Tape(CallState(xs, params), xs[0].dtype)
-        h = self._to_stream(xs)
-        for k in range(self.num_segments):
-            last = k == self.num_segments - 1
-            seg_params = [p for op in self.segment(k) for p in op.parameters() if p.requires_grad]
-            if last and self.tail is not None:
-                seg_params += [p for p in self.tail.parameters() if p.requires_grad]
-            if not last and not seg_params and not any(t.requires_grad for t in h):
+        return self._forward_reversible(xs, stream, plain, walk)
+
+    def _forward_reversible(self, xs: List[Tensor], stream: Optional[torch.dtype], plain: List[bool],
+                            walk: _Walk) -> Tuple[Tensor, ...]:
+        state = CallState(xs, [p for ps in walk.params for p in ps], self.policy.reuse_buffers,
+                          frozenset(walk.stochastic), self.policy.lean_recompute, walk.compute_dtype)
+        out_dtype = xs[0].dtype
+        n = self.num_segments
+        tail_plain = self.tail is None or plain[n]
+        h = self._to_stream(xs, stream)
+        first = True  # the next reversible segment starts a run
+        seg = None
+        for k in range(n):
+            last = k == n - 1
+            if plain[k]:
+                h = _run_ops(self.segment(k), h, None)
+                first = True
+                continue
+            params = walk.params[k]
+            if not last and not params and not any(t.requires_grad for t in h):
                 with torch.no_grad():  # frozen segment below everything trainable: no backward at all
                     h = _run_ops(self.segment(k), h, None)
                 continue
-            h = _RevSegment.apply(self, tape, k, len(h), *h, *seg_params)
-        return tuple(h)
+            with_tail = last and not tail_plain
+            ends = last and self.tail is None  # the container's outputs: cast to the input's dtype inside
+            seg = _Segment(self.segment(k), self.tail if with_tail else None, state, k, first,
+                           last or plain[k + 1], len(h), out_dtype if ends else None,
+                           walk.training_bns[k] + (walk.training_bns[n] if with_tail else []))
+            if with_tail:
+                params = params + walk.params[n]
+            h = list(_RevSegment.apply(seg, *h, *params))
+            first = False
+        if not tail_plain and plain[n - 1]:  # a reversible tail after a plain trunk: a segment of its own
+            seg = _Segment([], self.tail, state, n, True, True, len(h), None, walk.training_bns[n])
+            h = list(_RevSegment.apply(seg, *h, *walk.params[n]))
+        if seg is not None:
+            seg.begins_backward = True
+        if self.tail is not None:
+            return tuple(self.tail(h)) if tail_plain else tuple(h)
+        return tuple(y.to(out_dtype) for y in h)  # no-op casts unless the last segment was plain

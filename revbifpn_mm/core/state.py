@@ -1,14 +1,22 @@
-"""Per-call state of a reversible forward: RNG replay, autocast replay, gradients.
+"""Per-call state of a reversible forward, consumed by its backward.
 
-Everything that the backward pass of one reversible call needs besides the
-stored output tensors lives in a :class:`CallState` attached to the autograd
-context of that call, never on modules. Two forwards before one backward
-therefore each replay their own random masks and autocast settings.
+Everything the backward of one call needs besides the stored output tensors lives in a
+:class:`CallState` on the autograd context of that call, never on modules: two forwards
+before one backward each replay their own random masks and autocast settings. Its parts
+are independent:
+
+* :class:`RngReplay`: the RNG state before each stochastic coupling, replayed in the
+  recomputation (stochastic depth, dropout);
+* :class:`AutocastReplay`: the forward's autocast state, re-entered for each recomputed
+  forward (the backward itself runs outside autocast, as plain autograd's does);
+* :class:`GradSink`: the parameter gradients of the recomputed pieces, summed per parameter
+  and handed to autograd segment by segment;
+* :class:`Streams` / :class:`OwnedStreams`: the arithmetic on the residual streams, out of
+  place, or (the default) in place on the buffers the backward allocated itself.
 """
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import weakref
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -17,102 +25,144 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["CallState", "frozen_bn_statistics", "is_recomputing", "recomputing"]
-
-_RECOMPUTING: contextvars.ContextVar[bool] = contextvars.ContextVar("revbifpn_recomputing", default=False)
-
-
-def is_recomputing() -> bool:
-    """True while a reversible backward recomputes a transform's forward (inside :func:`vjp`).
-
-    Transforms may then trade compute for memory (e.g. checkpoint their elementwise
-    parts): BatchNorm running statistics are frozen during that recomputation (see
-    :func:`frozen_bn_statistics`), so a nested recomputation cannot update them twice.
-    """
-    return _RECOMPUTING.get()
-
-
-@contextlib.contextmanager
-def recomputing() -> Iterator[None]:
-    """Context in which :func:`is_recomputing` is True."""
-    token = _RECOMPUTING.set(True)
-    try:
-        yield
-    finally:
-        _RECOMPUTING.reset(token)
+__all__ = ["CallState", "RngReplay", "AutocastReplay", "GradSink", "Streams", "OwnedStreams",
+           "frozen_bn_statistics"]
 
 _RngState = Tuple[Tensor, Dict[int, Tensor]]
 
 
+class RngReplay:
+    """RNG states recorded before each coupling of a forward, replayed last-in-first-out.
+
+    A ``None`` entry stands for a deterministic coupling, so that pushes and replays always
+    pair up (forward order reversed in the backward pass).
+    """
+
+    def __init__(self, cuda_devices: Sequence[int]) -> None:
+        self.cuda_devices = list(cuda_devices)
+        self._stack: List[Optional[_RngState]] = []
+        self._cursor = 0
+
+    def push(self, stochastic: bool) -> None:
+        """Record the RNG state before a coupling runs (only if it draws random numbers)."""
+        if not stochastic:
+            self._stack.append(None)
+            return
+        self._stack.append((torch.get_rng_state(), {d: torch.cuda.get_rng_state(d) for d in self.cuda_devices}))
+
+    def rewind(self) -> None:
+        """Start a backward pass: replay from the last recorded state."""
+        self._cursor = len(self._stack)
+
+    @contextlib.contextmanager
+    def replay(self) -> Iterator[None]:
+        """Re-install the state recorded by the matching :meth:`push` (the global RNG streams
+        are forked, so the replay does not disturb them)."""
+        self._cursor -= 1
+        if self._cursor < 0:
+            raise RuntimeError("reversible backward: RNG replay out of sync with the forward")
+        entry = self._stack[self._cursor]
+        if entry is None:
+            yield
+            return
+        cpu, cuda = entry
+        with torch.random.fork_rng(devices=list(cuda), enabled=True, device_type="cuda"):
+            torch.set_rng_state(cpu)
+            for d, s in cuda.items():
+                torch.cuda.set_rng_state(s, d)
+            yield
+
+
+class AutocastReplay:
+    """The autocast state of the forward on ``device_type``; calling it gives a context that
+    re-enters it (for the recomputed forwards)."""
+
+    def __init__(self, device_type: str) -> None:
+        self.device_type = device_type
+        self.enabled = torch.is_autocast_enabled(device_type)
+        self.dtype = torch.get_autocast_dtype(device_type)
+
+    def __call__(self) -> contextlib.AbstractContextManager:
+        if torch.is_autocast_enabled(self.device_type) == self.enabled and (
+                not self.enabled or torch.get_autocast_dtype(self.device_type) == self.dtype):
+            return contextlib.nullcontext()  # already the forward's state
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+
+class GradSink:
+    """Sums the parameter gradients of recomputed pieces, for the parameters a call returns."""
+
+    def __init__(self, params: Sequence[Tensor]) -> None:
+        self.wanted = {id(p) for p in params}
+        self.by_id: Dict[int, Tensor] = {}
+
+    def add(self, params: Sequence[Tensor], grads: Sequence[Optional[Tensor]]) -> None:
+        """Add ``grads`` (None entries are skipped) to the sums of ``params``."""
+        for p, g in zip(params, grads):
+            if g is None or id(p) not in self.wanted:
+                continue
+            prev = self.by_id.get(id(p))
+            if prev is None:
+                self.by_id[id(p)] = g
+            else:
+                prev.add_(g)
+
+    def pop(self, param_ids: Sequence[int]) -> List[Optional[Tensor]]:
+        """The sums of these parameters (None where nothing arrived), removed from the sink."""
+        return [self.by_id.pop(pid, None) for pid in param_ids]
+
+
 @functools.lru_cache(maxsize=None)
 def _holds(dst: torch.dtype, src: torch.dtype) -> bool:
-    """Whether ``dst + src`` promotes to ``dst`` (an in-place update of a ``dst`` tensor is exact).
-
-    Cached: ``torch.promote_types`` goes through the dispatcher, and the backward asks
-    this once per stream update (about 200 times per S0 step).
-    """
+    """Whether ``dst + src`` promotes to ``dst`` (cached: ``promote_types`` goes through the dispatcher)."""
     return torch.promote_types(dst, src) == dst
 
 
-class CallState:
-    """State captured during one reversible forward call and consumed by its backward.
+class Streams:
+    """Arithmetic on the residual streams of a backward pass, out of place: the algorithm as written."""
 
-    Attributes:
-        device_type: ``'cpu'`` or ``'cuda'`` (the device type of the call's inputs).
-        autocast_enabled: Whether autocast was enabled for ``device_type`` in the forward.
-        autocast_dtype: The autocast dtype of the forward for ``device_type``.
-        grads: Accumulated parameter gradients keyed by ``id(param)``.
-        wanted: ``id`` of every parameter whose gradient the call must return.
-
-    The backward pass also records which stream tensors it *owns* (:meth:`own`): buffers
-    it allocated itself and that nothing outside it can see. Reconstruction
-    (``x = y - T(...)``) and gradient accumulation (``dx = dx + J^T dy``) update owned
-    tensors in place and allocate only for the first update of a foreign tensor, so
-    that each scale's activation and gradient exist once instead of once per op.
-    """
-
-    def __init__(self, inputs: Sequence[Tensor], params: Sequence[Tensor] = ()) -> None:
-        dev = inputs[0].device
-        self.device_type = dev.type
-        self.cuda_devices: List[int] = sorted(
-            {t.device.index for t in inputs if t.is_cuda and t.device.index is not None})
-        self.autocast_enabled = torch.is_autocast_enabled(self.device_type)
-        self.autocast_dtype = torch.get_autocast_dtype(self.device_type)
-        self._rng_stack: List[Optional[_RngState]] = []
-        self._cursor = 0
-        self.grads: Dict[int, Tensor] = {}
-        self.wanted = {id(p) for p in params}
-        self._owned: Dict[int, "weakref.ref[Tensor]"] = {}
-
-    # ----------------------------------------------------------------- RNG
-    def push_rng(self, stochastic: bool) -> None:
-        """Record the RNG state before a (possibly) stochastic part runs.
-
-        A ``None`` entry is pushed for deterministic parts, so that pushes and pops
-        always pair up in last-in-first-out order (forward order reversed in the
-        backward pass).
-        """
-        if not stochastic:
-            self._rng_stack.append(None)
-            return
-        cpu = torch.get_rng_state()
-        cuda = {d: torch.cuda.get_rng_state(d) for d in self.cuda_devices}
-        self._rng_stack.append((cpu, cuda))
-
-    def begin_backward(self) -> None:
-        """Start a backward pass: replay from the last recorded state, fresh gradients."""
-        self._cursor = len(self._rng_stack)
-        self.grads = {}
-        self._owned = {}
-
-    # ----------------------------------------------------- stream buffers
     def own(self, t: Tensor) -> Tensor:
-        """Mark ``t`` as a private buffer of this backward pass (later updates may be in place)."""
-        self._owned[id(t)] = weakref.ref(t)
+        """Mark ``t`` as a buffer of this backward (here: nothing to do)."""
         return t
 
     def owns(self, t: Tensor) -> bool:
-        """Whether ``t`` (or the tensor it is a view of) is a private buffer of this backward."""
+        """Whether ``t`` is a private buffer of this backward (here: never)."""
+        return False
+
+    def sub(self, x: Tensor, t: Tensor) -> Tensor:
+        """``x - t``."""
+        return torch.sub(x, t)
+
+    def add(self, x: Tensor, t: Tensor) -> Tensor:
+        """``x + t``."""
+        return torch.add(x, t)
+
+    def join(self, a: Tensor, b: Tensor) -> Tensor:
+        """``cat([a, b], dim=1)``."""
+        return torch.cat([a, b], dim=1)
+
+
+class OwnedStreams(Streams):
+    """The same arithmetic, in place on the tensors this backward allocated itself (*owns*).
+
+    ``x - t`` and ``x + t`` update an owned ``x`` in place and allocate only for the first
+    update of a foreign tensor; two halves of one owned tensor are joined without a copy. Each
+    scale's activation and gradient then exist about once instead of once per op. Results are
+    bitwise those of :class:`Streams` (``x +- t`` is exact in place or not).
+    """
+
+    #: A mixed-dtype in-place add on the CPU first casts the whole of ``t`` into a temporary;
+    #: above this many elements the update runs in 8 channel chunks to bound that temporary.
+    CHUNK_NUMEL = 1 << 20
+
+    def __init__(self) -> None:
+        self._owned: Dict[int, "weakref.ref[Tensor]"] = {}
+
+    def own(self, t: Tensor) -> Tensor:  # noqa: D102
+        self._owned[id(t)] = weakref.ref(t)
+        return t
+
+    def owns(self, t: Tensor) -> bool:  # noqa: D102
         for cand in (t, t._base):
             if cand is not None:
                 ref = self._owned.get(id(cand))
@@ -120,84 +170,81 @@ class CallState:
                     return True
         return False
 
-    def sub(self, x: Tensor, t: Tensor) -> Tensor:
-        """``x - t``: in place when ``x`` is owned, else into a new owned tensor."""
+    def sub(self, x: Tensor, t: Tensor) -> Tensor:  # noqa: D102
         return self._update(x, t, -1)
 
-    def add(self, x: Tensor, t: Tensor) -> Tensor:
-        """``x + t``: in place when ``x`` is owned, else into a new owned tensor."""
+    def add(self, x: Tensor, t: Tensor) -> Tensor:  # noqa: D102
         return self._update(x, t, 1)
 
     def _update(self, x: Tensor, t: Tensor, alpha: int) -> Tensor:
-        # x + alpha * t with alpha = +-1 is exact, so in place and out of place agree bitwise
-        if self.owns(x) and _holds(x.dtype, t.dtype):
-            # Through ``.data``: the version counter is left alone. An owned stream may be
-            # one half of a tensor whose *other* half a pending recomputed graph has saved
-            # (the reversible block's halves share one version counter); the regions are
-            # disjoint and owned buffers are saved by nobody else, so the update is safe.
-            data = x.data
-            if t.dtype != x.dtype and x.device.type == "cpu" and x.dim() > 1 and x.shape[1] > 1:
-                # CPU kernels cast the whole of ``t`` into a temporary first: bound it by chunks
-                for xc, tc in zip(data.tensor_split(8, dim=1), t.tensor_split(8, dim=1)):
-                    xc.add_(tc, alpha=alpha)
-            else:
-                data.add_(t, alpha=alpha)
-            return x
-        return self.own(torch.add(x, t, alpha=alpha))
+        if not (self.owns(x) and _holds(x.dtype, t.dtype)):
+            return self.own(torch.add(x, t, alpha=alpha))
+        # Through ``.data``: the version counter is left alone. An owned stream may be one half
+        # of a tensor whose *other* half a pending recomputed graph has saved (the reversible
+        # block's halves share one version counter); the regions are disjoint and owned buffers
+        # are saved by nobody else, so the update is safe.
+        data = x.data
+        if t.dtype != x.dtype and x.device.type == "cpu" and t.numel() > self.CHUNK_NUMEL and x.dim() > 1:
+            for xc, tc in zip(data.tensor_split(8, dim=1), t.tensor_split(8, dim=1)):
+                xc.add_(tc, alpha=alpha)
+        else:
+            data.add_(t, alpha=alpha)
+        return x
 
-    @contextlib.contextmanager
-    def replay_rng(self) -> Iterator[None]:
-        """Re-install the RNG state recorded by the matching :meth:`push_rng`.
+    def join(self, a: Tensor, b: Tensor) -> Tensor:  # noqa: D102
+        base = a._base
+        joined = (a.shape[0], a.shape[1] + b.shape[1], *a.shape[2:])
+        if (base is not None and b._base is base and self.owns(a) and base.is_contiguous()
+                and base.shape == joined and a.data_ptr() == base.data_ptr()
+                and b.data_ptr() == base[:, a.shape[1]:].data_ptr()):
+            return base
+        return self.own(torch.cat([a, b], dim=1))
 
-        The global RNG streams are forked, so the replay does not disturb them.
-        """
-        self._cursor -= 1
-        if self._cursor < 0:
-            raise RuntimeError("reversible backward: RNG replay out of sync with the forward")
-        entry = self._rng_stack[self._cursor]
-        if entry is None:
-            yield
-            return
-        cpu, cuda = entry
-        with torch.random.fork_rng(devices=list(cuda.keys()), enabled=True,
-                                   device_type="cuda"):
-            torch.set_rng_state(cpu)
-            for d, s in cuda.items():
-                torch.cuda.set_rng_state(s, d)
-            yield
 
-    # ------------------------------------------------------------ autocast
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Autocast context that reproduces the forward's autocast state."""
-        return torch.autocast(self.device_type, dtype=self.autocast_dtype,
-                              enabled=self.autocast_enabled)
+class CallState:
+    """State captured during one reversible forward call and consumed by its backward.
 
-    # --------------------------------------------------------------- grads
-    def accumulate(self, params: Sequence[Tensor], grads: Sequence[Optional[Tensor]]) -> None:
-        """Add parameter gradients of one recomputed piece to the running sums."""
-        for p, g in zip(params, grads):
-            if g is None:
-                continue
-            key = id(p)
-            if key not in self.wanted:
-                continue
-            prev = self.grads.get(key)
-            if prev is None:
-                self.grads[key] = g
-            else:
-                prev.add_(g)
+    Attributes:
+        rng: The RNG replay of the call's stochastic couplings.
+        autocast: The forward's autocast state.
+        grads: The parameter gradients of the backward.
+        streams: Stream arithmetic of the backward (:class:`OwnedStreams` or :class:`Streams`).
+        stochastic: ``id`` of every coupling that draws random numbers in this call.
+        lean: Whether recomputed tail transforms run their ``lean_forward``.
+        compute_dtype: The dtype every transform computes in (their parameters' one), or None
+            where the parameters do not share one (each transform is then asked).
+        handoff: ``handoff[k]`` carries the outputs of segment ``k`` reconstructed by segment
+            ``k + 1``'s backward, so that no segment but the last of a reversible run stores anything.
+    """
+
+    def __init__(self, inputs: Sequence[Tensor], params: Sequence[Tensor] = (), reuse_buffers: bool = True,
+                 stochastic: frozenset = frozenset(), lean: bool = False,
+                 compute_dtype: Optional[torch.dtype] = None) -> None:
+        self.rng = RngReplay(sorted({t.device.index for t in inputs if t.is_cuda and t.device.index is not None}))
+        self.autocast = AutocastReplay(inputs[0].device.type)
+        self.grads = GradSink(params)
+        self.reuse_buffers = reuse_buffers
+        self.streams: Streams = OwnedStreams() if reuse_buffers else Streams()
+        self.stochastic = stochastic
+        self.lean = lean
+        self.compute_dtype = compute_dtype
+        self.handoff: Dict[int, List[Tensor]] = {}
+
+    def begin_backward(self) -> None:
+        """Start a backward pass: replay from the last recorded RNG state, fresh buffers."""
+        self.rng.rewind()
+        self.streams = OwnedStreams() if self.reuse_buffers else Streams()
 
 
 @contextlib.contextmanager
 def frozen_bn_statistics(*modules: nn.Module) -> Iterator[None]:
     """Run BatchNorm layers in training mode without touching their running statistics.
 
-    Inside the context every training-mode BatchNorm of ``modules`` still normalises
-    with the statistics of the current batch, but neither ``running_mean``,
-    ``running_var`` nor ``num_batches_tracked`` is updated. The reversible backward
-    wraps its recomputation in this context so that each training step updates the
-    running statistics exactly once (standard PyTorch semantics), unlike the official
-    implementation which updates them a second time during recomputation.
+    Inside the context every training-mode BatchNorm of ``modules`` still normalises with
+    the statistics of the current batch, but neither ``running_mean``, ``running_var`` nor
+    ``num_batches_tracked`` is updated. The reversible backward wraps its recomputation in
+    this context so that each training step updates the running statistics exactly once
+    (standard PyTorch semantics; the official implementation updates them a second time).
     """
     toggled = []
     for m in (sub for module in modules for sub in module.modules()):

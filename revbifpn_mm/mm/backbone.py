@@ -51,17 +51,14 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         norm_eval: Keep every BatchNorm in eval mode during training.
         drop_path_rate: Maximum stochastic-depth rate (default: the arch's value).
         num_ext_layers: Override of the number of 4-scale layers.
-        memory_mode: ``'reversible'`` (default) or ``'plain'`` autograd (debugging).
-        stream_dtype: ``'auto'`` (default: float64 residual streams, i.e. exact
-            reconstruction, while BN trains; float32 with ``norm_eval``), ``'float64'``
-            or ``'float32'``; see :class:`revbifpn_mm.core.RevSequential`.
-        lean_recompute: The lean recomputation policy, ``'neck'`` (default), ``'all'`` or
-            ``'none'``: which MBConvs keep a smaller working set inside the reversible
-            backward for extra compute (documented in :class:`revbifpn_mm.models.RevBiFPN`).
-        fold_frozen_bn: Fold eval-mode BatchNorms (``norm_eval``) into their convolutions:
-            ``'auto'`` (default, CPU only), ``True`` or ``False`` (documented in
-            :class:`revbifpn_mm.models.RevBiFPN`).
+        memory_mode, stream_dtype, lean_recompute, plain_segments, plain_from: The run policy,
+            :class:`revbifpn_mm.core.RunPolicy` (each field is documented there): fully
+            reversible by default; ``plain_segments=n`` keeps the activations of the last ``n``
+            segments (the output MBConvs are the last), trading memory for the recomputation.
         check_finite: Raise a ``ValueError`` if the input holds NaN or Inf.
+        with_cp, pretrained: Keys of the HRNet / ResNet configs users start from: ``with_cp=True``
+            is refused (the trunk is reversible: nothing to checkpoint) and so is a ``pretrained``
+            path (use ``init_cfg``); both errors name the fix.
         init_cfg: ``dict(type='Pretrained', checkpoint=URL_OR_PATH[, prefix=...][, sha256=...])``
             loads an official or converted checkpoint (URLs are downloaded once and
             checked against their SHA-256, see :meth:`init_weights`); otherwise the
@@ -79,10 +76,20 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
                  num_ext_layers: Optional[int] = None,
                  memory_mode: str = "reversible",
                  stream_dtype: Optional[str] = "auto",
-                 lean_recompute: str = "neck",
-                 fold_frozen_bn: Union[bool, str] = "auto",
+                 lean_recompute: bool = True,
+                 plain_segments: int = 0,
+                 plain_from: str = "output",
                  check_finite: bool = False,
-                 init_cfg: Optional[Dict[str, Any]] = None) -> None:
+                 init_cfg: Optional[Dict[str, Any]] = None,
+                 with_cp: bool = False,
+                 pretrained: Optional[str] = None) -> None:
+        if with_cp:
+            raise ValueError("RevBiFPN has no with_cp: its reversible trunk already keeps only its outputs for "
+                             "the backward (what with_cp approximates for HRNet / ResNet). Drop with_cp; to trade "
+                             "memory back for speed use plain_segments=N (see revbifpn_mm.core.RunPolicy)")
+        if pretrained is not None:
+            raise ValueError(f"RevBiFPN takes its weights from init_cfg, not pretrained={pretrained!r}: use "
+                             f"init_cfg=dict(type='Pretrained', checkpoint={pretrained!r})")
         if out_type not in ("neck", "trunk"):
             raise ValueError(f"out_type must be 'neck' or 'trunk', got {out_type!r}")
         norm_cfg = dict(norm_cfg or dict(type="BN", eps=1e-3, momentum=0.1, requires_grad=True))
@@ -95,7 +102,7 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         super().__init__(arch=arch, num_classes=0, drop_path_rate=drop_path_rate,
                          num_ext_layers=num_ext_layers, with_neck=out_type == "neck",
                          norm_layer=norm_layer, memory_mode=memory_mode, stream_dtype=stream_dtype,
-                         lean_recompute=lean_recompute, fold_frozen_bn=fold_frozen_bn)
+                         lean_recompute=lean_recompute, plain_segments=plain_segments, plain_from=plain_from)
         self.init_cfg = init_cfg
         self.out_type = out_type
         self.out_indices = tuple(out_indices)

@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
-
-from ..core.state import is_recomputing
 
 __all__ = ["NormLayer", "default_norm_layer", "ConvNormAct", "SqueezeExcite", "MBConv", "drop_path"]
 
@@ -31,17 +28,6 @@ class ConvNormAct(nn.Module):
     """``conv(k, stride, groups, no bias) -> norm -> optional Hardswish``.
 
     Children ``conv`` and ``norm`` (official key layout).
-
-    Attributes:
-        fold_frozen_bn: ``True``, ``False`` or ``'auto'`` (fold on CPU only). When it
-            applies and ``norm`` is a BatchNorm in eval mode that uses its running
-            statistics (frozen BN, ``norm_eval=True``, or inference), the BN is folded into
-            the convolution on every call: with ``s = gamma / sqrt(running_var + eps)``,
-            ``norm(conv(x, W)) = conv(x, W * s) + (beta - running_mean * s)``. The result
-            equals the unfolded one up to float rounding; gradients reach ``W``, ``gamma``
-            and ``beta`` through the folding. It saves one pass over the conv's output
-            forward and one backward, for a few more (tiny) kernels. Set by the model
-            (``RevBiFPN(fold_frozen_bn=...)``), not by hand.
     """
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1,
@@ -51,39 +37,13 @@ class ConvNormAct(nn.Module):
                               groups=groups, bias=False)
         self.norm = norm_layer(out_chs)
         self.act = nn.Hardswish() if act else nn.Identity()
-        self.fold_frozen_bn: Union[bool, str] = False
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        return self.norm_act(self.conv_out(x))
-
-    def _folds(self, x: Tensor) -> bool:
-        fold, n = self.fold_frozen_bn, self.norm
-        if fold is False or (fold == "auto" and x.device.type != "cpu"):
-            return False
-        return (isinstance(n, nn.modules.batchnorm._BatchNorm) and not n.training
-                and n.running_mean is not None and n.running_var is not None)
-
-    def conv_out(self, x: Tensor) -> Tensor:
-        """The convolution, with the frozen BN folded in when :attr:`fold_frozen_bn` applies."""
-        if not self._folds(x):
-            return self.conv(x)
-        n, c = self.norm, self.conv
-        assert n.running_var is not None and n.running_mean is not None
-        scale = torch.rsqrt(n.running_var + n.eps)
-        if n.weight is not None:
-            scale = scale * n.weight
-        shift = -n.running_mean * scale
-        if n.bias is not None:
-            shift = shift + n.bias
-        w = c.weight * scale.to(c.weight.dtype).view(-1, 1, 1, 1)
-        return F.conv2d(x, w, shift.to(c.weight.dtype), c.stride, c.padding, c.dilation, c.groups)
+        return self.norm_act(self.conv(x))
 
     def norm_act(self, x: Tensor, lean: bool = False) -> Tensor:
-        """``act(norm(x))`` (the layer after :meth:`conv_out`; only ``act`` when the norm was
-        folded into the convolution). With ``lean`` the pair is checkpointed: only ``x`` is
-        kept for backward, the norm output is recomputed."""
-        if self._folds(x):
-            return self.act(x)
+        """``act(norm(x))``, the layers after the convolution. With ``lean`` the pair is
+        checkpointed: only ``x`` is kept for backward, the norm output is recomputed."""
         if lean:
             return checkpoint(self.norm_act, x, use_reentrant=False)
         return self.act(self.norm(x))
@@ -152,13 +112,8 @@ class MBConv(nn.Module):
         drop_prob: Stochastic-depth probability (training only).
         norm_layer: Normalisation layer factory.
 
-    Attributes:
-        lean_recompute: Whether this block is *lean*: set by the model's lean
-            recomputation policy (``RevBiFPN(lean_recompute=...)``, documented in
-            :class:`~revbifpn_mm.models.RevBiFPN`), not by hand. A lean block that is being
-            recomputed by a reversible backward (:func:`revbifpn_mm.core.is_recomputing`)
-            checkpoints the part between the expansion and the projection conv, and each
-            BN + Hardswish pair inside it; anywhere else the flag has no effect.
+    Forward: ``drop_path(project(middle(expand(x))))``. :meth:`lean_forward` computes the same
+    with a smaller working set for backward (used when a reversible backward recomputes it).
     """
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1,
@@ -175,7 +130,6 @@ class MBConv(nn.Module):
         self.se: Optional[SqueezeExcite] = (
             SqueezeExcite(mid, max(1, int(in_chs * se_ratio))) if 0 < se_ratio <= 1 else None)
         self.project_conv = ConvNormAct(mid, out_chs, 1, act=False, norm_layer=norm_layer)
-        self.lean_recompute = False
 
     def _middle(self, x: Tensor, lean: bool = False) -> Tensor:
         """Expansion BN + act (if any), depthwise conv + BN + act, SE.
@@ -184,20 +138,30 @@ class MBConv(nn.Module):
         """
         if self.exp_conv is not None:
             x = self.exp_conv.norm_act(x, lean)
-        x = self.dw_conv.norm_act(self.dw_conv.conv_out(x), lean)
+        x = self.dw_conv.norm_act(self.dw_conv.conv(x), lean)
         if self.se is not None:
             x = self.se(x, lean)
         return x
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def _run(self, x: Tensor, lean: bool) -> Tensor:
         if self.exp_conv is not None:
-            x = self.exp_conv.conv_out(x)
-        if self.lean_recompute and torch.is_grad_enabled() and is_recomputing():
-            x = checkpoint(self._middle, x, True, use_reentrant=False)
-        else:
-            x = self._middle(x)
+            x = self.exp_conv.conv(x)
+        x = checkpoint(self._middle, x, True, use_reentrant=False) if lean else self._middle(x)
         x = self.project_conv(x)
         return drop_path(x, self.drop_prob, self.training)
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return self._run(x, False)
+
+    def lean_forward(self, x: Tensor) -> Tensor:
+        """:meth:`forward` with the middle checkpointed: only the middle's input is kept for backward,
+        the middle (expansion BN + Hardswish, depthwise conv + BN + Hardswish, SE) runs once more as it
+        back-propagates, and inside that second run each BN + Hardswish pair keeps only the BN input.
+        That removes 3-5 feature maps of the expanded width from the block's working set. Outputs and
+        gradients are bitwise :meth:`forward`'s. A training-mode BN inside would update its running
+        statistics once per evaluation: call it where they are frozen (the reversible backward does).
+        """
+        return self._run(x, torch.is_grad_enabled())
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"drop_prob={self.drop_prob}"

@@ -14,13 +14,11 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..core import MemoryMode, RecomputedPerScale, RevBlockGroup, RevResidualBlock, RevSequential, RevSilo, SpaceToDepth
+from ..core import (MemoryMode, RecomputedPerScale, RevBlockGroup, RevResidualBlock, RevSequential, RevSilo,
+                    RunPolicy, SpaceToDepth)
 from .blocks import ConvNormAct, MBConv, NormLayer, default_norm_layer
 
-__all__ = ["ARCH_SETTINGS", "LEAN_RECOMPUTE_MODES", "RevBiFPN", "ClassificationHead", "resolve_arch"]
-
-#: Values of ``RevBiFPN(lean_recompute=...)``; the policy is documented in :class:`RevBiFPN`.
-LEAN_RECOMPUTE_MODES = ("neck", "all", "none")
+__all__ = ["ARCH_SETTINGS", "RevBiFPN", "ClassificationHead", "resolve_arch"]
 
 NUM_SCALES = 4
 #: Per-scale settings shared by every variant (spec section 8).
@@ -137,43 +135,11 @@ class RevBiFPN(nn.Module):
         with_neck: Apply the per-scale output MBConvs (outputs ``out_channels``);
             ``False`` returns the raw trunk outputs (``channels``). Defaults to True.
         norm_layer: Normalisation factory. Defaults to BatchNorm2d(eps=1e-3).
-        memory_mode: ``'reversible'`` (default) or ``'plain'`` autograd.
-        stream_dtype: dtype of the residual streams between reversible ops:
-            ``'auto'`` (default: float64, i.e. exact reconstruction, while any trunk
-            BatchNorm is in training mode; the input's dtype when BN is frozen, as in
-            detection with ``norm_eval``), ``'float64'``, ``'float32'`` or ``None``
-            (the input's dtype). Transforms always compute in the parameters' dtype.
-        lean_recompute: The lean recomputation policy, one of :data:`LEAN_RECOMPUTE_MODES`.
-            While the reversible backward recomputes an MBConv, a *lean* MBConv
-            checkpoints its middle (expansion BN + Hardswish, depthwise conv + BN +
-            Hardswish, SE): it keeps only the middle's input and runs the middle once
-            more while it back-propagates, and inside that re-run each BN + Hardswish
-            pair keeps only the BN input. That removes 3-5 feature maps of the expanded
-            width from the block's working set, which sets the floor of reversible
-            training memory, for one more evaluation of these cheap, mostly elementwise
-            layers. Outside a reversible backward (plain mode, eval, ``no_grad``) the
-            policy has no effect; gradients are bitwise the same in every mode and BN
-            statistics are updated once per step.
-
-            * ``'neck'`` (default): the four per-scale output MBConvs, whose
-              full-resolution recomputation sets the peak of the backward, for about
-              3 % more step time;
-            * ``'all'``: every MBConv (trunk blocks and RevSilos too): lowers the peak
-              further only when a trunk recomputation sets it (float64 streams with
-              training BN), for more compute;
-            * ``'none'``: no MBConv (the fastest backward, the largest working set).
-
-            Change it later with :meth:`set_lean_recompute`.
-        fold_frozen_bn: Fold every BatchNorm that is in eval mode (``norm_eval``, inference)
-            into its convolution, ``conv(x, W * s) + (beta - mean * s)`` with
-            ``s = gamma / sqrt(var + eps)``, recomputed on each call so that ``W``, ``gamma``
-            and ``beta`` still train: ``'auto'`` (default) on CPU only, ``True`` on every
-            device, ``False`` never. Outputs and gradients equal the unfolded ones up to
-            float rounding. On CPU it removes a pass over each conv output forward and
-            backward (measured: 3-4 % of a frozen-BN backbone step); it adds a few tiny kernels
-            per conv (about twice the kernels per step), which costs more than it saves on
-            a GPU with small inputs, hence the CPU-only default. Training-mode BN and other
-            norms are never folded. Change it later with :meth:`set_fold_frozen_bn`.
+        memory_mode, stream_dtype, lean_recompute, plain_segments, plain_from: The run policy
+            (:class:`revbifpn_mm.core.RunPolicy`, where each is documented): fully reversible
+            by default; ``plain_segments=n`` keeps the activations of the last ``n`` of the
+            ``L + 2`` segments (the output MBConvs are the last one; then the trunk, three ops
+            each). Change it later with :meth:`set_policy`.
         checkpoint: Path to an official ``.pth.tar`` checkpoint (or a state dict) to load.
 
     Attributes:
@@ -195,8 +161,7 @@ class RevBiFPN(nn.Module):
                  norm_layer: Optional[NormLayer] = None,
                  memory_mode: Union[str, MemoryMode] = MemoryMode.REVERSIBLE,
                  stream_dtype: Optional[Union[str, torch.dtype]] = "auto",
-                 lean_recompute: str = "neck",
-                 fold_frozen_bn: Union[bool, str] = "auto",
+                 lean_recompute: bool = True, plain_segments: int = 0, plain_from: str = "output",
                  checkpoint: Optional[Union[str, Dict[str, Tensor]]] = None) -> None:
         super().__init__()
         cfg = resolve_arch(arch, drop_path_rate=drop_path_rate, num_ext_layers=num_ext_layers,
@@ -228,13 +193,13 @@ class RevBiFPN(nn.Module):
             neck = RecomputedPerScale([
                 MBConv(self.channels[h], cfg["out_channels"][h], NECK_KERNEL, 1, NECK_EXPAND[h],
                        NECK_SE[h], norm_layer=norm_layer) for h in range(NUM_SCALES)])
-        self.rev_stack = RevSequential(ops, neck, memory_mode, stream_dtype)
+        policy = RunPolicy(memory_mode=memory_mode, stream_dtype=stream_dtype, lean_recompute=lean_recompute,
+                           plain_segments=plain_segments, plain_from=plain_from)
+        self.rev_stack = RevSequential(ops, neck, policy)
         self.head = (ClassificationHead(cfg["out_channels"], cfg["fc_features"], num_classes,
                                         cfg["head_dropout"], norm_layer) if num_classes > 0 else None)
         self.feature_info = [dict(num_chs=c, reduction=4 * 2 ** h, module=f"rev_stack.out{h}")
                              for h, c in enumerate(self.out_channels)]
-        self.set_lean_recompute(lean_recompute)
-        self.set_fold_frozen_bn(fold_frozen_bn)
         self.reset_parameters()
         if checkpoint is not None:
             from .pretrained import load_official_checkpoint
@@ -275,40 +240,22 @@ class RevBiFPN(nn.Module):
                 nn.init.zeros_(m.bias)
 
     # ------------------------------------------------------------- running
-    def set_lean_recompute(self, mode: str) -> None:
-        """Set the lean recomputation policy: ``'neck'``, ``'all'`` or ``'none'`` (see the class docstring).
+    @property
+    def policy(self) -> RunPolicy:
+        """How the backbone trains (:class:`revbifpn_mm.core.RunPolicy`)."""
+        return self.rev_stack.policy
+
+    def set_policy(self, **changes: Any) -> None:
+        """Change fields of the run policy, e.g. ``set_policy(plain_segments=2)``.
 
         Raises:
-            ValueError: ``mode`` is not one of :data:`LEAN_RECOMPUTE_MODES`.
+            ValueError: A value is invalid (the message lists the valid ones).
         """
-        if not isinstance(mode, str) or mode not in LEAN_RECOMPUTE_MODES:
-            hint = (" (booleans are not accepted: use 'all' for True or 'none' for False)"
-                    if isinstance(mode, bool) else "")
-            raise ValueError(f"lean_recompute must be one of 'neck' (the default), 'all' or 'none', "
-                             f"got {mode!r}{hint}")
-        self.lean_recompute = mode
-        neck = set(self.rev_stack.tail.modules()) if self.rev_stack.tail is not None else set()
-        for m in self.rev_stack.modules():
-            if isinstance(m, MBConv):
-                m.lean_recompute = self.lean_recompute == "all" or (self.lean_recompute == "neck" and m in neck)
-
-    def set_fold_frozen_bn(self, fold: Union[bool, str]) -> None:
-        """Fold eval-mode BatchNorms into their convolutions: ``'auto'`` (CPU only), ``True``
-        or ``False`` (see the class docstring).
-
-        Raises:
-            ValueError: ``fold`` is none of these.
-        """
-        if fold not in (True, False, "auto") or not isinstance(fold, (bool, str)):
-            raise ValueError(f"fold_frozen_bn must be 'auto' (the default), True or False, got {fold!r}")
-        self.fold_frozen_bn = fold
-        for m in self.modules():
-            if isinstance(m, ConvNormAct):
-                m.fold_frozen_bn = fold
+        self.rev_stack.policy = self.rev_stack.policy.replace(**changes)
 
     def set_memory_mode(self, mode: Union[str, MemoryMode]) -> None:
         """``'reversible'`` (default) or ``'plain'`` autograd for training."""
-        self.rev_stack.set_memory_mode(mode)
+        self.set_policy(memory_mode=mode)
 
     @property
     def memory_mode(self) -> MemoryMode:

@@ -83,31 +83,6 @@ def test_plain_mode_supports_a_gradient_penalty():
     assert torch.autograd.gradgradcheck(lambda a, b: seq([a, b]), small, eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
-# --------------------------------------------------------- engine query fallback
-def test_missing_keep_graph_query_warns_once_and_keeps_gradients_exact(monkeypatch):
-    assert hasattr(torch._C._autograd, "_get_current_graph_task_keep_graph")  # else this test tests nothing
-    monkeypatch.delattr(torch._C._autograd, "_get_current_graph_task_keep_graph")
-    monkeypatch.setattr(seq_mod, "_warned_no_keep_graph_query", False)
-    torch.manual_seed(0)
-    rev = container(tail=True).double().train()  # a tail: the stored trunk outputs are private
-    plain = copy.deepcopy(rev)
-    plain.set_memory_mode("plain")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for _ in range(2):  # two steps: still one warning
-            rev.zero_grad()
-            x = xs()
-            weighted_loss(rev(x)).backward()
-    hits = [w for w in caught if issubclass(w.category, seq_mod.InPlaceReuseDisabledWarning)]
-    assert len(hits) == 1, [str(w.message) for w in caught]
-    assert "_get_current_graph_task_keep_graph" in str(hits[0].message)
-    xp = xs()
-    weighted_loss(plain(xp)).backward()
-    for a, b in zip([t.grad for t in x] + [p.grad for p in rev.parameters()],
-                    [t.grad for t in xp] + [p.grad for p in plain.parameters()]):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
-
-
 # ------------------------------------------------- RNG replay after a module swap
 @pytest.mark.parametrize("dropout", [nn.Dropout, nn.Dropout2d])
 def test_rng_replay_sees_modules_swapped_in_after_the_first_call(dropout):
@@ -168,8 +143,7 @@ def _rev_vs_plain_error(model, stream_dtype, x):
     gs = []
     for mode, sd in (("reversible", stream_dtype), ("plain", torch.float64)):
         m = copy.deepcopy(model)
-        m.set_memory_mode(mode)
-        m.rev_stack.stream_dtype = sd
+        m.set_policy(memory_mode=mode, stream_dtype=sd)
         xi = x.clone().requires_grad_()
         g = torch.Generator().manual_seed(2)
         sum((f * torch.randn(f.shape, generator=g)).sum() for f in m(xi)).backward()

@@ -25,9 +25,10 @@ def main(init_path: str, data_path: str, out_dir: str) -> None:
     model = MODELS.build(dict(BACKBONE, norm_cfg=dict(type="SyncBN", eps=1e-3)))
     num_bn = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
     assert num_bn > 0
-    # BNs inside the checkpointed middle of lean MBConvs (the default 'neck' setting)
+    # BNs inside the checkpointed middle of the lean output MBConvs (lean_recompute=True, the default)
+    assert model.policy.lean_recompute
     lean_bn = sum(isinstance(b, torch.nn.SyncBatchNorm)
-                  for m in model.modules() if isinstance(m, MBConv) and m.lean_recompute
+                  for m in model.rev_stack.tail.modules() if isinstance(m, MBConv)
                   for conv in (m.exp_conv, m.dw_conv) if conv is not None for b in conv.modules())
     model.load_state_dict(torch.load(init_path))
     model.train()
