@@ -24,6 +24,7 @@ import os.path as osp
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from revbifpn_mm.mm.compat import register_scope
+from revbifpn_mm.models.pretrained import check_local_checkpoint
 
 __all__ = [
     "DataError",
@@ -77,7 +78,7 @@ def apply_cpu_dist_backend(cfg: Any) -> bool:
 
     Returns True if the config was changed.
     """
-    from .dist import prepare_cpu_distributed
+    from cpu_dist import prepare_cpu_distributed
     return prepare_cpu_distributed(cfg, cfg.get("launcher", "none"))
 
 
@@ -156,7 +157,7 @@ def ensure_synthetic_data(cfg: Any, splits: Sequence[str] = ("train", "val", "te
             continue
         if osp.isdir(root) and os.listdir(root):
             continue  # something else is there: check_data reports it if it is unusable
-        from .synthetic import generate_synthetic_coco
+        from synthetic_data import generate_synthetic_coco
         generate_synthetic_coco(root)
         generated.append(root)
     return generated
@@ -294,23 +295,18 @@ def check_data(cfg: Any, splits: Sequence[str], scope: Optional[str] = None) -> 
 
 
 def check_pretrained(cfg: Any) -> None:
-    """Raise a ``FileNotFoundError`` with the fix when the backbone's local pretrained checkpoint is missing."""
+    """Raise the loader's ``FileNotFoundError`` (with the fix) when the backbone's local checkpoint is missing.
+
+    URLs are not fetched here: the backbone downloads and verifies them when it is initialised.
+    """
     model = cfg.get("model", None)
     backbone = model.get("backbone", None) if isinstance(model, dict) else None
     init_cfg = backbone.get("init_cfg", None) if isinstance(backbone, dict) else None
     if not isinstance(init_cfg, dict) or init_cfg.get("type") != "Pretrained":
         return
     ckpt = init_cfg.get("checkpoint")
-    if not ckpt or _is_remote(str(ckpt)) or str(ckpt).startswith(("open-mmlab:", "torchvision:", "mmcls:")):
-        return
-    if not osp.isfile(ckpt):
-        raise FileNotFoundError(
-            f"Backbone pretrained checkpoint not found: {ckpt!r} (model.backbone.init_cfg.checkpoint). "
-            "Use the official ImageNet weights by URL (the configs in configs/ name them; they are downloaded "
-            "and checked on first use, see docs/model_zoo.md), or set a local path with "
-            "`--cfg-options model.backbone.init_cfg.checkpoint=PATH`, "
-            "or train from scratch with `--cfg-options model.backbone.init_cfg=None`; fine-tuning a "
-            "whole trained model instead uses `--cfg-options load_from=PATH`.")
+    if ckpt and not _is_remote(str(ckpt)) and ":" not in str(ckpt).split("/")[0]:
+        check_local_checkpoint(str(ckpt))
 
 
 def _dataset_len(loop: Any) -> Optional[int]:

@@ -12,8 +12,7 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..models.pretrained import (ChecksumMismatchError, extract_state_dict, fetch_checkpoint,
-                                 load_official_checkpoint, official_sha256, sha256_file)
+from ..models.pretrained import fetch_checkpoint, load_official_checkpoint, official_sha256
 from ..models.revbifpn import RevBiFPN as _RevBiFPNNet
 
 __all__ = ["RevBiFPNBackbone"]
@@ -149,55 +148,37 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
     def init_weights(self) -> None:
         """Load ``init_cfg``'s ``Pretrained`` checkpoint (official layout) or keep the official init.
 
-        ``checkpoint`` is a local path, or an ``http(s)://`` URL that is downloaded once
-        into the torch hub cache (``$TORCH_HOME/hub/checkpoints``) and checked against its
-        SHA-256 on every use (see :func:`revbifpn_mm.models.pretrained.fetch_checkpoint`):
-        the published digest for the official URLs, or an optional ``sha256`` key of
-        ``init_cfg`` for any other file (a local path is then checked too). Under
-        ``torch.distributed`` rank 0 downloads first; the other ranks then find the file
-        in a shared cache, or download it themselves.
+        ``checkpoint`` is a local path, or an ``http(s)://`` URL that is downloaded once into
+        the torch hub cache (``$TORCH_HOME/hub/checkpoints``) and checked against its SHA-256
+        on every use: the published digest for the official URLs, or an optional ``sha256``
+        key of ``init_cfg`` for any other file (a local path is then checked too). Under
+        ``torch.distributed`` rank 0 downloads first; the other ranks then find the file in a
+        shared cache, or download it themselves. The loading itself is
+        :func:`revbifpn_mm.models.pretrained.load_official_checkpoint`.
         """
         cfg = self.init_cfg
-        if isinstance(cfg, dict) and cfg.get("type") == "Pretrained":
-            from mmengine.runner.checkpoint import CheckpointLoader
-
-            from .compat import ensure_torch_load_compat
-            ensure_torch_load_compat()
-            logger = MMLogger.get_current_instance()
-            ckpt = cfg.get("checkpoint")
-            if not ckpt:
-                raise ValueError("init_cfg type='Pretrained' needs a 'checkpoint' path or URL")
-            path = _resolve_checkpoint(str(ckpt), cfg.get("sha256"))
-            where = ckpt if path == ckpt else f"{ckpt} (cached at {path})"
-            if path != ckpt and cfg.get("sha256") is None and official_sha256(str(ckpt)) is None:
-                logger.warning(f"RevBiFPN: {ckpt} is not an official checkpoint URL and init_cfg has no "
-                               "sha256: the downloaded file is used unverified")
-            try:
-                obj = CheckpointLoader.load_checkpoint(path, map_location="cpu")
-            except Exception as err:  # noqa: BLE001
-                raise RuntimeError(f"could not read RevBiFPN checkpoint {where} "
-                                   f"({type(err).__name__}: {err}); the file is truncated or not a "
-                                   "PyTorch checkpoint") from err
-            sd = extract_state_dict(obj, source=str(ckpt))
-            prefix = cfg.get("prefix")
-            if prefix:
-                prefix = prefix if prefix.endswith(".") else prefix + "."
-                sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-                if not sd:
-                    raise ValueError(f"no key of {ckpt!r} starts with prefix {prefix!r}")
-            res = load_official_checkpoint(self, sd, strict=False)
-            if len(res.missing_keys) == len(self.state_dict()):
-                raise ValueError(f"{ckpt!r} holds no RevBiFPN weights (no key matched); for a full "
-                                 "detector checkpoint use load_from or init_cfg prefix='backbone.'")
-            logger.info(f"RevBiFPN: loaded {where} ({len(sd) - len(res.unexpected_keys)} tensors; "
-                        f"skipped {len(res.skipped_keys)} head keys)")
-            if res.missing_keys:
-                logger.warning(f"RevBiFPN: missing keys in {ckpt}: {res.missing_keys}")
-            if res.unexpected_keys:
-                logger.warning(f"RevBiFPN: unexpected keys in {ckpt}: {res.unexpected_keys}")
-            self._is_init = True
+        if not (isinstance(cfg, dict) and cfg.get("type") == "Pretrained"):
+            super().init_weights()
             return
-        super().init_weights()
+        from .compat import ensure_torch_load_compat
+        ensure_torch_load_compat()  # a whole mmengine checkpoint (prefix='backbone.') holds its meta too
+        logger = MMLogger.get_current_instance()
+        ckpt = cfg.get("checkpoint")
+        if not ckpt:
+            raise ValueError("init_cfg type='Pretrained' needs a 'checkpoint' path or URL")
+        ckpt = str(ckpt)
+        if ckpt.startswith(("http://", "https://")) and cfg.get("sha256") is None and official_sha256(ckpt) is None:
+            logger.warning(f"RevBiFPN: {ckpt} is not an official checkpoint URL and init_cfg has no "
+                           "sha256: the downloaded file is used unverified")
+        res = load_official_checkpoint(self, ckpt, strict=False, prefix=cfg.get("prefix"), sha256=cfg.get("sha256"),
+                                       fetch=_fetch_rank0_first)
+        logger.info(f"RevBiFPN: loaded {ckpt} ({len(self.state_dict()) - len(res.missing_keys)} tensors; "
+                    f"skipped {len(res.skipped_keys)} head keys)")
+        if res.missing_keys:
+            logger.warning(f"RevBiFPN: missing keys in {ckpt}: {res.missing_keys}")
+        if res.unexpected_keys:
+            logger.warning(f"RevBiFPN: unexpected keys in {ckpt}: {res.unexpected_keys}")
+        self._is_init = True
 
     # ----------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:  # type: ignore[override]
@@ -207,38 +188,6 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
                              "data pipeline / normalisation of this batch")
         feats = self.forward_features(x)
         return tuple(feats[i] for i in self.out_indices)
-
-
-def _check_checkpoint_path(ckpt: str) -> None:
-    import os
-    if "://" in ckpt:
-        return
-    if not os.path.isfile(ckpt):
-        raise FileNotFoundError(
-            f"RevBiFPN pretrained checkpoint not found: {ckpt!r}. Use the official ImageNet "
-            "weights by URL (as the configs in configs/ do; the list is in docs/model_zoo.md and "
-            "revbifpn_mm.models.OFFICIAL_WEIGHTS) or a local copy, set with --cfg-options "
-            "model.backbone.init_cfg.checkpoint=URL_OR_PATH, or train from scratch with "
-            "model.backbone.init_cfg=None")
-
-
-def _resolve_checkpoint(ckpt: str, sha256: Optional[str]) -> str:
-    """The local file (or mmengine scheme) to load for ``init_cfg.checkpoint``.
-
-    http(s) URLs are fetched into the cache and verified; local paths must exist and are
-    verified when ``sha256`` is given; other schemes (``open-mmlab://`` ...) go to mmengine.
-    """
-    if ckpt.startswith(("http://", "https://")):
-        return _fetch_rank0_first(ckpt, sha256)
-    _check_checkpoint_path(ckpt)
-    if sha256 is not None:
-        if "://" in ckpt:
-            raise ValueError(f"init_cfg sha256 works with http(s) URLs and local files, not {ckpt!r}")
-        got, want = sha256_file(ckpt), str(sha256).strip().lower()
-        if got != want:
-            raise ChecksumMismatchError(f"checkpoint {ckpt!r} has SHA-256 {got}, but init_cfg sha256 "
-                                        f"is {want}: wrong or corrupted file")
-    return ckpt
 
 
 def _fetch_rank0_first(url: str, sha256: Optional[str]) -> str:

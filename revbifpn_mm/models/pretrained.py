@@ -19,14 +19,14 @@ import re
 import urllib.error
 import urllib.parse
 import uuid
-from typing import Dict, List, Mapping, NamedTuple, Optional, Union
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["load_official_checkpoint", "read_state_dict", "extract_state_dict", "LoadResult",
-           "OfficialWeights", "OFFICIAL_WEIGHTS", "official_sha256", "sha256_file", "cached_path",
-           "fetch_checkpoint", "ChecksumMismatchError", "CheckpointDownloadError"]
+__all__ = ["load_official_checkpoint", "read_state_dict", "extract_state_dict", "resolve_checkpoint",
+           "check_local_checkpoint", "LoadResult", "OfficialWeights", "OFFICIAL_WEIGHTS", "official_sha256",
+           "sha256_file", "cached_path", "fetch_checkpoint", "ChecksumMismatchError", "CheckpointDownloadError"]
 
 
 class OfficialWeights(NamedTuple):
@@ -123,6 +123,56 @@ def _check_digest(path: str, expected: str, url: str, cache_file: str) -> None:
         "file is corrupted, incomplete or another file. Delete it and rerun to download it again")
 
 
+def _expected_sha256(sha256: Optional[str]) -> Optional[str]:
+    """A given digest, normalised and checked (None stays None)."""
+    if sha256 is None:
+        return None
+    sha256 = str(sha256).strip().lower()
+    if not _SHA256_RE.fullmatch(sha256):
+        raise ValueError(f"sha256 must be 64 hex digits (the SHA-256 of the whole file), got {sha256!r}")
+    return sha256
+
+
+def check_local_checkpoint(path: Union[str, os.PathLike]) -> None:
+    """Raise a ``FileNotFoundError`` naming the fixes unless ``path`` is a file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"RevBiFPN checkpoint not found: {os.fspath(path)!r}. The official ImageNet weights are listed with "
+            "URL and SHA-256 in docs/model_zoo.md and revbifpn_mm.models.OFFICIAL_WEIGHTS; give the URL (downloaded "
+            "once and verified) or a local copy. In an mmdet/mmseg config: --cfg-options "
+            "model.backbone.init_cfg.checkpoint=URL_OR_PATH, or train from scratch with model.backbone.init_cfg=None "
+            "(a whole trained detector or segmentor is loaded with load_from=PATH instead)")
+
+
+def resolve_checkpoint(checkpoint: Union[str, os.PathLike], sha256: Optional[str] = None,
+                       fetch: Optional[Callable[[str, Optional[str]], str]] = None) -> str:
+    """The local file of a checkpoint given as a path or an ``http(s)://`` URL, verified.
+
+    URLs go through ``fetch`` (default :func:`fetch_checkpoint`: downloaded once into the cache,
+    checked against ``sha256`` or the published digest). A local path must exist; with
+    ``sha256`` its digest is checked too.
+
+    Raises:
+        FileNotFoundError: A local path that does not exist (the message names the fixes).
+        ValueError: Another URL scheme, or a malformed ``sha256``.
+        ChecksumMismatchError: The file's digest differs from ``sha256``.
+        CheckpointDownloadError: The download failed.
+    """
+    source = os.fspath(checkpoint)
+    if source.startswith(("http://", "https://")):
+        return (fetch or fetch_checkpoint)(source, sha256)
+    if "://" in source:
+        raise ValueError(f"RevBiFPN checkpoints are local paths or http(s) URLs, not {source!r}")
+    check_local_checkpoint(source)
+    expected = _expected_sha256(sha256)
+    if expected is not None:
+        got = sha256_file(source)
+        if got != expected:
+            raise ChecksumMismatchError(f"checkpoint {source!r} has SHA-256 {got}, but sha256 is {expected}: "
+                                        "wrong or corrupted file")
+    return source
+
+
 def fetch_checkpoint(url: str, sha256: Optional[str] = None,
                      cache_dir: Optional[Union[str, os.PathLike]] = None, progress: bool = True) -> str:
     """Download ``url`` once into the cache, check its SHA-256, and return the local path.
@@ -157,10 +207,8 @@ def fetch_checkpoint(url: str, sha256: Optional[str] = None,
     if urllib.parse.urlparse(url).scheme not in ("http", "https"):
         raise ValueError(f"fetch_checkpoint needs an http:// or https:// URL, got {url!r}")
     official = official_sha256(url)
+    sha256 = _expected_sha256(sha256)
     if sha256 is not None:
-        sha256 = str(sha256).strip().lower()
-        if not _SHA256_RE.fullmatch(sha256):
-            raise ValueError(f"sha256 must be 64 hex digits (the SHA-256 of the whole file), got {sha256!r}")
         if official is not None and sha256 != official:
             raise ValueError(f"sha256 {sha256} contradicts the published digest {official} of {url}; "
                              "drop the sha256 key to use the published one")
@@ -207,12 +255,7 @@ def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, Tensor]:
         RuntimeError: The file exists but cannot be read (truncated or not a checkpoint).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"RevBiFPN checkpoint not found: {path!r}. The official ImageNet weights are listed in "
-            "revbifpn_mm.models.OFFICIAL_WEIGHTS (URL and SHA-256 of revbifpn_s0.pth.tar ... "
-            "revbifpn_s6.pth.tar); fetch_checkpoint(url) downloads and verifies one. Or build the "
-            "model without a checkpoint.")
+    check_local_checkpoint(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with context
@@ -240,27 +283,41 @@ def extract_state_dict(obj: object, source: str = "checkpoint") -> Dict[str, Ten
 
 
 def load_official_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mapping[str, Tensor]],
-                             strict: bool = True) -> LoadResult:
-    """Load an official RevBiFPN checkpoint into ``model``.
+                             strict: bool = True, prefix: Optional[str] = None, sha256: Optional[str] = None,
+                             fetch: Optional[Callable[[str, Optional[str]], str]] = None) -> LoadResult:
+    """Load an official (or converted) RevBiFPN checkpoint into ``model``: the one loader.
 
-    Keys of parts the model does not have are skipped (``head.*`` for a head-less
-    model, ``rev_stack.recomp_op.*`` for a model without neck). With ``strict`` every
-    remaining key must match in name and shape.
+    Keys of parts the model does not have are skipped (``head.*`` for a head-less model,
+    ``rev_stack.recomp_op.*`` for a model without neck). With ``strict`` every remaining key
+    must match in name and shape; shape mismatches always raise.
 
     Args:
         model: A :class:`~revbifpn_mm.models.RevBiFPN`.
-        checkpoint: Path to a ``.pth.tar`` file or a state dict.
-        strict: Raise on missing/unexpected keys. Shape mismatches always raise.
-            Defaults to True.
+        checkpoint: A local path or ``http(s)://`` URL (see :func:`resolve_checkpoint`), or a
+            state dict.
+        strict: Raise on missing/unexpected keys. Defaults to True.
+        prefix: Load only the keys under this prefix (e.g. ``'backbone.'`` of a detector).
+        sha256: Expected SHA-256 of the file (URLs of the official weights are always checked).
+        fetch: How URLs are downloaded (default :func:`fetch_checkpoint`; the mm layer lets
+            rank 0 download first).
 
     Returns:
         The :class:`LoadResult` (empty lists when everything matched).
 
     Raises:
-        ValueError: Shapes or keys do not match (e.g. a checkpoint of another arch).
+        ValueError: Shapes or keys do not match (e.g. a checkpoint of another arch), or nothing
+            matched at all.
     """
-    sd = read_state_dict(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) \
-        else extract_state_dict(checkpoint)
+    if isinstance(checkpoint, (str, os.PathLike)):
+        source = os.fspath(checkpoint)
+        sd = read_state_dict(resolve_checkpoint(source, sha256, fetch))
+    else:
+        source, sd = "the state dict", extract_state_dict(checkpoint)
+    if prefix:
+        prefix = prefix if prefix.endswith(".") else prefix + "."
+        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if not sd:
+            raise ValueError(f"no key of {source!r} starts with prefix {prefix!r}")
     own = model.state_dict()
     skip_prefixes = []
     if getattr(model, "head", None) is None:
@@ -281,6 +338,9 @@ def load_official_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLik
             f"checkpoint does not fit RevBiFPN arch {arch!r}: {len(mismatched)} shape mismatches, "
             f"{len(missing)} missing and {len(unexpected)} unexpected keys ({detail}). "
             "Is it a checkpoint of another RevBiFPN size?")
+    if len(missing) == len(own):
+        raise ValueError(f"{source!r} holds no RevBiFPN weights (no key matched); a whole detector or "
+                         "segmentor checkpoint loads with load_from, or its backbone with prefix='backbone.'")
     loadable = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(loadable, strict=False)
     return LoadResult(missing, unexpected, skipped)
