@@ -1,8 +1,9 @@
 """Install revbifpn_mm (``pip install -e .``).
 
-The core and the models need only torch. The OpenMMLab stack (mmengine, mmcv with
-compiled ops, mmdet, mmsegmentation) is set up by ``tools/setup_env.sh`` because
-mmcv 2.1.0 has no wheels on PyPI and must be built from source once per machine.
+The core and the models need only torch. The OpenMMLab stack is pinned once, in
+``requirements/mm.txt`` (the ``mm`` extra here); mmcv 2.1.0 has no wheels on PyPI for a recent
+torch and must be built from source with its compiled ops, which ``tools/setup_env.sh`` does once
+per machine.
 """
 import os
 
@@ -13,19 +14,22 @@ version: dict = {}
 with open(os.path.join(here, "revbifpn_mm", "version.py")) as f:
     exec(f.read(), version)
 
+
+def requirements(name: str) -> list:
+    """The requirement lines of ``requirements/<name>.txt`` (comments and blank lines dropped)."""
+    with open(os.path.join(here, "requirements", f"{name}.txt")) as f:
+        return [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
+
+
 setup(
     name="revbifpn_mm",
     version=version["__version__"],
     description="RevBiFPN: a reversible multi-scale backbone for MMDetection 3.x and MMSegmentation 1.x",
-    long_description=open(os.path.join(here, "README.md")).read() if os.path.exists(os.path.join(here, "README.md")) else "",
+    long_description=open(os.path.join(here, "README.md")).read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["revbifpn_mm", "revbifpn_mm.*"]),
     install_requires=["torch>=2.5", "numpy"],
-    extras_require={
-        "mm": ["mmengine==0.10.7", "mmdet==3.3.0", "mmsegmentation==1.2.2", "pycocotools",
-               "setuptools<82"],
-        "tests": ["pytest"],
-    },
+    extras_require={"mm": requirements("mm"), "tests": requirements("tools")},
     license="BSD-3-Clause",
 )

@@ -120,3 +120,22 @@ def test_tools_preflight_names_missing_compiled_ops(tool, args, tmp_path):
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-3000:]
     assert "ERROR: mmcv 2.1.0 is installed without its compiled ops" in out.stderr, out.stderr[-3000:]
     assert "Traceback" not in out.stderr
+
+
+@needs_mmcv
+def test_ops_that_do_not_run_on_the_device_are_named():
+    """An mmcv whose ops lack the run's device (a CUDA torch, mmcv built without nvcc) fails the check
+    at once, with the fix; simulated by ops that raise mmcv's own error for a missing device kernel."""
+    out = run("""
+import mmcv.ops
+def missing(*a, **k):
+    raise RuntimeError("nms_impl: implementation for device cuda:0 not found.")
+mmcv.ops.nms = missing
+from revbifpn_mm.mm import MMCVOpsMissingError, check_mmcv_ops
+try:
+    check_mmcv_ops('cpu')
+except MMCVOpsMissingError as e:
+    print('OPS_ERR', e)
+""")
+    assert "OPS_ERR mmcv 2.1.0's compiled ops do not run on cpu" in out, out
+    assert "tools/setup_env.sh --rebuild-mmcv" in out

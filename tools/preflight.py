@@ -39,6 +39,7 @@ __all__ = [
     "apply_cpu_dist_backend",
     "shutdown_distributed",
     "parse_with_launcher",
+    "mmcv_ops_problem",
 ]
 
 #: Data root of the quickstart configs (relative to the repository root).
@@ -56,6 +57,18 @@ QUICKSTART_HINT = ("To try RevBiFPN without downloading a dataset, run the quick
 
 class DataError(RuntimeError):
     """A dataset of the config is missing, incomplete or empty (the message says how to fix it)."""
+
+
+def mmcv_ops_problem() -> Optional[str]:
+    """Why mmcv's compiled ops cannot serve this run, or None: checked by running them on the device
+    the runner will use (CUDA when torch sees a GPU, else the CPU), before anything is built."""
+    import torch
+    try:
+        from revbifpn_mm.mm import check_mmcv_ops
+        check_mmcv_ops("cuda" if torch.cuda.is_available() else "cpu")
+    except ImportError as err:  # MMCVOpsMissingError included
+        return str(err)
+    return None
 
 
 def parse_with_launcher(parser: Any, argv: Optional[Sequence[str]] = None) -> Any:

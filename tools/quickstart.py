@@ -161,14 +161,12 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
-    from preflight import DataError
+    from preflight import DataError, mmcv_ops_problem
     from synthetic_data import generate_synthetic_coco
 
-    try:  # Faster/Mask R-CNN need mmcv's compiled ops: one clear message instead of a deep trace
-        from revbifpn_mm.mm import check_mmcv_ops
-        check_mmcv_ops()
-    except ImportError as err:
-        print(f"ERROR: {err}", file=sys.stderr)
+    problem = mmcv_ops_problem()  # Faster/Mask R-CNN need mmcv's compiled ops: one clear line, no trace
+    if problem:
+        print(f"ERROR: {problem}", file=sys.stderr)
         return 2
     threads = args.threads or min(4, (os.cpu_count() or 2) // 2)
     torch.set_num_threads(max(1, threads))

@@ -84,15 +84,12 @@ def build_cfg(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    from preflight import (DataError, apply_cpu_dist_backend, build_runner, check_data,
-                                 check_pretrained, ensure_synthetic_data, register_scope,
-                                 shutdown_distributed)
+    from preflight import (DataError, apply_cpu_dist_backend, build_runner, check_data, check_pretrained,
+                           ensure_synthetic_data, mmcv_ops_problem, register_scope, shutdown_distributed)
 
-    try:  # Faster/Mask R-CNN need mmcv's compiled ops: one clear message instead of a deep trace
-        from revbifpn_mm.mm import check_mmcv_ops
-        check_mmcv_ops()
-    except ImportError as err:
-        print(f"ERROR: {err}", file=sys.stderr)
+    problem = mmcv_ops_problem()  # Faster/Mask R-CNN need mmcv's compiled ops: one clear line, no trace
+    if problem:
+        print(f"ERROR: {problem}", file=sys.stderr)
         return 2
     cfg = build_cfg(args)
     scope = register_scope(cfg)

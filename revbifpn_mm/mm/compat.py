@@ -12,8 +12,8 @@
   only public methods of ``HistoryBuffer``.
 * The mm layer itself needs mmengine and ``mmcv.cnn`` only (:func:`require_mm_stack` names
   the fix when one is missing). mmcv must also carry its compiled ops (``mmcv._ext``:
-  RoIAlign, NMS, ...) for Faster/Mask R-CNN; :func:`check_mmcv_ops` turns the deep import
-  error into one clear message. It is called where the ops are needed (the tools'
+  RoIAlign, NMS, ...) for Faster/Mask R-CNN; :func:`check_mmcv_ops` runs them on the run's device and
+  turns a missing op into one clear message. It is called where the ops are needed (the tools'
   pre-flight), not at import, so that the mm layer registers with mmcv-lite too.
 """
 from __future__ import annotations
@@ -56,8 +56,13 @@ def require_mm_stack() -> None:
                           f"Fix: {MMCV_FIX}") from err
 
 
-def check_mmcv_ops() -> None:
-    """Raise :class:`MMCVOpsMissingError` with the fix if ``mmcv._ext`` cannot be imported."""
+def check_mmcv_ops(device: str = "cpu") -> None:
+    """Raise :class:`MMCVOpsMissingError` with the fix unless mmcv's compiled ops run on ``device``.
+
+    Imports ``mmcv._ext`` and runs ``nms`` and ``RoIAlign`` (what Faster / Mask R-CNN need) on a
+    few numbers on ``device``: an mmcv built without CUDA ops then fails here, in the first
+    second, instead of at the first RoIAlign of a GPU run.
+    """
     try:
         mmcv = importlib.import_module("mmcv")
     except ImportError as err:
@@ -65,10 +70,21 @@ def check_mmcv_ops() -> None:
     version = getattr(mmcv, "__version__", "?")
     try:
         importlib.import_module("mmcv._ext")
+        from mmcv.ops import RoIAlign, nms
     except ImportError as err:
         raise MMCVOpsMissingError(
             f"mmcv {version} is installed without its compiled ops (mmcv._ext: {err}); Faster/Mask "
             f"R-CNN need them (RoIAlign, NMS). Fix: {MMCV_FIX}") from err
+    import torch
+    try:
+        boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0]], device=device)
+        nms(boxes, torch.tensor([0.9, 0.8], device=device), iou_threshold=0.5)
+        RoIAlign((2, 2), 1.0)(torch.ones(1, 1, 4, 4, device=device), torch.tensor([[0.0, 0, 0, 3, 3]], device=device))
+    except RuntimeError as err:
+        raise MMCVOpsMissingError(
+            f"mmcv {version}'s compiled ops do not run on {device} ({' '.join(str(err).split())[:200]}): it was built "
+            f"without {'CUDA' if device.startswith('cuda') else 'CPU'} kernels. Fix: rebuild it where nvcc (the CUDA "
+            f"toolkit of torch {torch.version.cuda}) is found: `bash tools/setup_env.sh --rebuild-mmcv`") from err
 
 
 def _safe_types() -> list:
