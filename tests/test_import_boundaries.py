@@ -181,3 +181,62 @@ def test_compare_curves_runs_as_documented(tmp_path):
     assert "memory_mode='plain'" in (work / "plain.py").read_text()
     assert "stream_dtype='float32'" in (work / "plain32.py").read_text()
     assert (work / "synthetic_coco" / "annotations" / "instances_train.json").is_file()
+
+
+def _package_import_graph():
+    """module -> modules of revbifpn_mm it imports (relative imports resolved, packages as their __init__)."""
+    root = REPO / "revbifpn_mm"
+    names = {}
+    for f in _py_files("revbifpn_mm"):
+        parts = list(f.relative_to(REPO).with_suffix("").parts)
+        is_pkg = parts[-1] == "__init__"
+        names[".".join(parts[:-1] if is_pkg else parts)] = (f, is_pkg)
+    graph = {}
+    for mod, (f, is_pkg) in names.items():
+        pkg = mod if is_pkg else mod.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            for t in targets:
+                while t and t not in names:
+                    t = t.rsplit(".", 1)[0] if "." in t else ""
+                if t and t != mod:
+                    deps.add(t)
+        graph[mod] = deps
+    assert root.is_dir() and len(graph) > 10
+    return graph
+
+
+def test_the_package_imports_one_way_without_circles():
+    """core <- models <- mm, and no import circle anywhere in the package."""
+    graph = _package_import_graph()
+    layer = {"core": 0, "models": 1, "mm": 2}
+    for mod, deps in graph.items():
+        parts = mod.split(".")
+        if len(parts) < 2 or parts[1] not in layer:
+            continue
+        for d in deps:
+            dp = d.split(".")
+            assert len(dp) > 1 and dp[1] in layer and layer[dp[1]] <= layer[parts[1]], f"{mod} imports {d}"
+    state = {}
+
+    def visit(m, path):
+        if state.get(m) == 1:
+            raise AssertionError("import circle: " + " -> ".join(path + [m]))
+        if state.get(m) == 2:
+            return
+        state[m] = 1
+        for d in sorted(graph[m]):
+            if not (d == m.rsplit(".", 1)[0]):  # a module importing its own package's __init__ is not a circle here
+                visit(d, path + [m])
+        state[m] = 2
+    for m in sorted(graph):
+        visit(m, [])

@@ -1,23 +1,24 @@
 """``LeanFCNHead``: mmseg's HRNet-style ``FCNHead`` at a fraction of its activation memory.
 
-This module imports MMSegmentation (the head subclasses mmseg's ``FCNHead``). It is not
-imported by ``revbifpn_mm.mm``: configs use ``type='LeanFCNHead'``, which the builder
-registered in :mod:`revbifpn_mm.mm.lean_fcn` resolves by importing this module on first
-use, so the mm layer keeps working with mmdet alone.
+This module imports MMSegmentation (the head subclasses mmseg's ``FCNHead``) and registers the
+head in mmengine's root ``MODELS`` (which mmseg's registry resolves); :mod:`revbifpn_mm.mm`
+imports it only when mmseg is installed, so the mm layer works with mmdet alone.
 """
 from __future__ import annotations
 
 from typing import Any, List, Sequence
 
+from mmengine.registry import MODELS
 from mmseg.models.decode_heads.fcn_head import FCNHead
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .lean_fcn import lean_fcn_forward
+from ..models.heads import lean_fcn_forward
 
 __all__ = ["LeanFCNHead"]
 
 
+@MODELS.register_module()
 class LeanFCNHead(FCNHead):
     """mmseg's HRNet FCN head (``FCNHead`` with ``resize_concat``, one 1x1 ConvModule) made lean.
 
@@ -26,7 +27,7 @@ class LeanFCNHead(FCNHead):
     3712 for S6) and applies a 1x1 conv + BN + ReLU, dropout and the 1x1 classifier,
     keeping three full-width stride-4 tensors for backward (four with dropout). This
     head computes the same function one block of ``chunk_channels`` channels at a time
-    (:func:`~revbifpn_mm.mm.lean_fcn.lean_fcn_forward`): each level is reduced at its own
+    (:func:`~revbifpn_mm.models.heads.lean_fcn_forward`): each level is reduced at its own
     resolution by its slice of the 1x1 weight (the conv commutes with bilinear resizing),
     then resized and summed, normalised, activated and classified; the classifier sums
     the blocks' contributions. No full-width stride-4 tensor is ever built, the backward

@@ -11,6 +11,8 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 
+from ..models.heads import level_sum
+
 __all__ = ["RevBiFPNNeck"]
 
 
@@ -98,14 +100,7 @@ class RevBiFPNNeck(BaseModule):
 
     def _forward(self, *inputs: Tensor) -> Tuple[Tensor, ...]:
         conv = self.reduction_conv.conv
-        weights = torch.split(conv.weight, self.in_channels, dim=1)
-        out: Optional[Tensor] = None
-        for i in reversed(range(self.num_ins)):  # coarse to fine: small tensors first
-            r = F.conv2d(inputs[i], weights[i])
-            if i:
-                r = F.interpolate(r, scale_factor=2 ** i, mode="bilinear")
-            out = r if out is None else out + r
-        assert out is not None
+        out = level_sum(inputs, torch.split(conv.weight, self.in_channels, dim=1))
         if conv.bias is not None:
             out = out + conv.bias.view(1, -1, 1, 1)
         if self.reduction_conv.with_norm:

@@ -267,27 +267,25 @@ def test_sync_bn_under_ddp_equals_global_batch_bn(tmp_path, free_port):
                                        msg=lambda m: f"rank {r} {name}: {m}")
 
 
-LAZY = """
+MMDET_ONLY = """
 import sys
 sys.modules['mmseg'] = None  # an mmdet-only install: any import of mmseg raises ImportError
 import revbifpn_mm.mm
 from mmengine.registry import MODELS
-assert MODELS.get('LeanFCNHead') is not None
+assert MODELS.get('RevBiFPN') is not None and MODELS.get('LeanFCNHead') is None
 try:
-    MODELS.build(dict(type='LeanFCNHead', in_channels=[8, 8], in_index=(0, 1), channels=16,
-                      input_transform='resize_concat', num_classes=3))
+    import revbifpn_mm.mm.decode_head
 except ImportError as err:
     print('ImportError:', err)
 """
 
 
-def test_registered_without_importing_mmseg():
-    """``import revbifpn_mm.mm`` registers the head without mmseg; building it without mmseg
-    names the fix."""
-    out = subprocess.run([sys.executable, "-c", LAZY], capture_output=True, text=True, timeout=300, cwd=ROOT)
+def test_the_mm_layer_works_without_mmseg():
+    """Without mmseg the mm layer registers the backbone and neck; the head, which is an mmseg
+    decode head, is registered only where mmseg is installed."""
+    out = subprocess.run([sys.executable, "-c", MMDET_ONLY], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "ImportError: LeanFCNHead is an MMSegmentation decode head" in out.stdout
-    assert "pip install 'mmsegmentation==1.2.2'" in out.stdout
+    assert "ImportError:" in out.stdout and "mmseg" in out.stdout
 
 
 def test_autocast_runs_the_reductions_in_the_autocast_dtype():

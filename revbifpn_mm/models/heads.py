@@ -1,4 +1,5 @@
-"""The computation of ``LeanFCNHead``: HRNet's FCN head, one channel chunk at a time.
+"""The multi-scale heads' math, torch only: the per-level 1x1 reduction that ``RevBiFPNNeck`` and
+``LeanFCNHead`` share (:func:`level_sum`), and ``LeanFCNHead``'s computation, one channel chunk at a time.
 
 mmseg's HRNet FCN head computes, from levels ``x_i`` (``x_0`` at stride 4)::
 
@@ -17,9 +18,7 @@ So no full-width stride-4 tensor (``s``, ``bn(s)``, ``relu(...)``) ever exists: 
 keeps a ``C_chunk``-channel block at a time, and for backward only the inputs ``x_i`` and
 per-channel vectors are saved; the backward recomputes each block from them.
 
-PyTorch and mmengine only. The module also registers ``LeanFCNHead`` in mmengine's root
-``MODELS`` as a builder that imports the class (and with it MMSegmentation) on first use,
-so that ``import revbifpn_mm`` registers the head without importing mmseg.
+PyTorch only; the mm layer (:mod:`revbifpn_mm.mm.neck`, :mod:`revbifpn_mm.mm.decode_head`) wraps it.
 """
 from __future__ import annotations
 
@@ -29,11 +28,10 @@ from typing import Any, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from mmengine.registry import MODELS
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["build_lean_fcn_head", "lean_fcn_forward"]
+__all__ = ["level_sum", "lean_fcn_forward"]
 
 _DIMS = (0, 2, 3)  # BN reduces over batch and space
 
@@ -63,20 +61,37 @@ class _Spec:
     acc: torch.dtype  # dtype of BN, activation and classifier: the inputs', at least float32
 
 
-def _level_sum(feats: Sequence[Tensor], weights: Sequence[Tensor], bias: Optional[Tensor],
-               spec: _Spec) -> Tensor:
-    """``b + sum_i resize(W_i x_i)`` for one block of output channels, in ``spec.conv_dtype``."""
+def level_sum(feats: Sequence[Tensor], weights: Sequence[Tensor], align_corners: bool = False,
+              dtype: Optional[torch.dtype] = None) -> Tensor:
+    """``sum_i resize(conv1x1(x_i, W_i))`` at the first level's size: a 1x1 convolution of the
+    resized, concatenated levels, computed level by level.
+
+    A 1x1 convolution commutes with bilinear resizing (one is linear over channels, the other
+    over pixels), so ``W cat_i(resize(x_i)) == sum_i resize(W_i x_i)`` where ``W_i`` is the block
+    of ``W``'s input channels that meets level ``i``; each level is reduced at its own resolution
+    and no wide stride-4 tensor is built. Coarse levels come first (small tensors first).
+
+    Args:
+        feats: The levels; ``feats[0]`` sets the output size.
+        weights: ``W_i`` per level, each ``(C_out, C_i, 1, 1)``.
+        align_corners: Of the bilinear resize.
+        dtype: Compute in this dtype (e.g. autocast's); default: the inputs'.
+    """
     size = feats[0].shape[2:]
     out: Optional[Tensor] = None
-    for x, w in zip(reversed(feats), reversed(weights)):  # coarse levels first: small tensors
-        r = F.conv2d(x.to(spec.conv_dtype), w.to(spec.conv_dtype))
+    for x, w in zip(reversed(feats), reversed(weights)):
+        r = F.conv2d(x, w) if dtype is None else F.conv2d(x.to(dtype), w.to(dtype))
         if r.shape[2:] != size:
-            r = F.interpolate(r, size=size, mode="bilinear", align_corners=spec.align_corners)
+            r = F.interpolate(r, size=size, mode="bilinear", align_corners=align_corners)
         out = r if out is None else out + r
     assert out is not None
-    if bias is not None:
-        out = out + _vec(bias.to(out.dtype))
     return out
+
+
+def _level_sum(feats: Sequence[Tensor], weights: Sequence[Tensor], bias: Optional[Tensor], spec: _Spec) -> Tensor:
+    """``b + sum_i resize(W_i x_i)`` for one block of output channels, in ``spec.conv_dtype``."""
+    out = level_sum(feats, weights, spec.align_corners, spec.conv_dtype)
+    return out if bias is None else out + _vec(bias.to(out.dtype))
 
 
 def _rows(weight: Tensor, c0: int, c1: int, splits: List[int]) -> List[Tensor]:
@@ -267,16 +282,9 @@ def _update_running_stats(norm: _BatchNorm, mean: Tensor, var: Tensor, count: in
 
 def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     """The dtype autocast gives convolutions on ``device_type`` now, or None if it is off."""
-    if device_type not in ("cpu", "cuda"):
-        return None
-    try:
-        if torch.is_autocast_enabled(device_type):
-            return torch.get_autocast_dtype(device_type)
-        return None
-    except TypeError:  # torch < 2.4: per-device functions
-        if device_type == "cuda":
-            return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
-        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
 
 
 def _sync_group(norm: _BatchNorm) -> Any:
@@ -338,24 +346,3 @@ def lean_fcn_forward(feats: Sequence[Tensor], conv: nn.Conv2d, norm: Optional[_B
     with torch.autocast(device_type=feats[0].device.type, enabled=False):
         return _LeanFCN.apply(spec, conv.weight, conv.bias, gamma, beta, conv_seg.weight, conv_seg.bias, mask,
                               *feats)
-
-
-@MODELS.register_module(name="LeanFCNHead")
-def build_lean_fcn_head(**kwargs: Any) -> nn.Module:
-    """Build :class:`revbifpn_mm.mm.decode_head.LeanFCNHead` (``type='LeanFCNHead'`` in configs).
-
-    Registered as a builder so that mmseg is imported only when the head is built.
-
-    Args:
-        **kwargs: ``LeanFCNHead``'s arguments.
-
-    Returns:
-        The head.
-    """
-    try:
-        import mmseg.models  # noqa: F401
-    except ImportError as err:
-        raise ImportError(f"LeanFCNHead is an MMSegmentation decode head, and mmseg cannot be imported ({err}). "
-                          "Fix: `pip install 'mmsegmentation==1.2.2'` (or run `bash tools/setup_env.sh`)") from err
-    from .decode_head import LeanFCNHead
-    return LeanFCNHead(**kwargs)
