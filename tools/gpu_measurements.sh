@@ -1,21 +1,35 @@
 #!/usr/bin/env bash
-# The prepared GPU measurement run for a lent CUDA machine (issue #4 figures), in one go:
-#   1. reversible vs plain activation memory and step time for S0-S6 at 800x1344, batch 2:
-#      fp64 and fp32 streams, with and without lean_recompute, 3 warm-up and 10 timed steps,
-#      plus the depth sweep (mmdet baselines/detectors only where the mm stack is installed);
-#      no kernel counts (they do not depend on the device: `--suite kernels` on any CPU);
-#   2. the CUDA correctness checks of tools/device_checks.py (RNG replay, AMP steps).
-# Needs only torch with CUDA. Writes everything under $OUT (default work_dirs/gpu).
-#   OUT=/some/dir bash tools/gpu_measurements.sh
-set -euo pipefail
+# The prepared GPU run for a lent CUDA machine: one call of at most about 6 minutes on a bare machine
+# with torch and timm (no mm stack needed; with it, the baselines come from mmdet's configs instead
+# of timm). Every step has its own time limit and writes its results as soon as it has them, so a
+# run cut short keeps what it measured. Results under $OUT (default work_dirs/gpu):
+#   backbones/       S0-S6 backbones, 2x800x1344, frozen BN: reversible, plain, plain_segments=2
+#   overhead.json    the seed's recomputation-overhead table (training BN, 224x224, batch 4)
+#   throughput/      largest batch and images/s under 12 and 24 GiB caps, 800x1344 then 512x1024
+#   graphs.json      the S3 backbone + neck step under CUDA graphs: captured?, time, gradients vs eager
+#   checks.json      RNG replay and bf16/fp16 steps on CUDA
+# Usage: OUT=/some/dir bash tools/gpu_measurements.sh
+set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-work_dirs/gpu}
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # run from the checkout, no install needed
-{
-  nvidia-smi -L || true
-  python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-  python tools/benchmark_memory.py --device cuda --archs s0,s1,s2,s3,s4,s5,s6 --amp fp32 \
-    --streams float64,float32 --no-necks --no-detectors --no-kernels --warmup 3 --steps 10 --out "$OUT/fp32"
-  python tools/device_checks.py --out "$OUT/checks"
-} 2>&1 | tee "$OUT/all.log"
+export PYTHONPATH="$PWD:$PWD/tools${PYTHONPATH:+:$PYTHONPATH}"  # run from the checkout, no install needed
+MODELS="revbifpn_s3,revbifpn_s3@plain_segments=2,revbifpn_s6,revbifpn_s6@plain_segments=2,hrnetv2p_w18,hrnetv2p_w18+cp"
+MODELS="$MODELS,hrnetv2p_w32,hrnetv2p_w32+cp,r50_fpn,r50_fpn+cp,r101_fpn,r101_fpn+cp"
+step() {  # step NAME SECONDS COMMAND...: run it with a time limit, log to $OUT/NAME.log
+  local name=$1 limit=$2; shift 2
+  printf '== %s (limit %ss, %s)\n' "$name" "$limit" "$(date +%T)"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  printf '   exit %s (%s)\n' "$?" "$(date +%T)"
+}
+{ nvidia-smi -L; python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  python -c "import timm; print('timm', timm.__version__)"; } > "$OUT/env.txt" 2>&1
+step backbones 100 python tools/benchmark_memory.py backbones --device cuda --archs s0,s1,s2,s3,s4,s5,s6 \
+  --budgets 2,plain --input 2x800x1344 --pass all --out "$OUT/backbones"
+step overhead 40 python tools/gpu_experiments.py overhead --out "$OUT/overhead.json"
+step throughput_800 110 python tools/benchmark_memory.py throughput --device cuda --models "$MODELS" \
+  --caps 12,24 --sizes 800x1344 --out "$OUT/throughput"
+step graphs 40 python tools/gpu_experiments.py graphs --out "$OUT/graphs.json"
+step throughput_512 50 python tools/benchmark_memory.py throughput --device cuda --models "$MODELS" \
+  --caps 12,24 --sizes 512x1024 --out "$OUT/throughput"
+step checks 20 python tools/gpu_experiments.py checks --out "$OUT/checks.json"

@@ -1,93 +1,87 @@
 """Where the time of one detector training step goes: backbone, neck and heads, forward and backward.
 
-Torch only; the detector is any module with ``backbone`` and ``neck`` children and a
-``loss(inputs, data_samples)`` method (mmdet's two-stage detectors). Hooks time the phases
-of one step ``training_loss(model.loss(...)).backward()`` with wall-clock marks:
+Read from ``torch.profiler``: forward pre/post hooks on the detector's ``backbone`` and ``neck``
+open and close a ``record_function`` region around each; every op recorded inside a region carries
+the sequence number of the autograd node it creates, and the backward's top-level
+``evaluate_function`` events carry the sequence number of the node they run. So
 
-* forward: backbone and neck by forward pre/post hooks; heads (RPN, RoI, losses) = the
-  rest of the forward;
-* backward: the autograd engine runs the heads first, then the neck, then the backbone
-  (each needs the gradients of the next). Gradient hooks on the neck's and the backbone's
-  outputs mark when the last of their gradients arrives: heads = backward start to the
-  neck's outputs' last gradient; neck = from there to the backbone's outputs' last
-  gradient; backbone = from there to the end of ``backward()``.
+* forward: backbone and neck are their regions; heads (RPN, RoI, losses) = the rest of the forward;
+* backward: backbone and neck are the backward nodes created in their regions (a reversible
+  backbone's recomputation runs inside its segments' nodes); heads = the rest of the backward.
 
-For a reversible backbone the backbone's backward contains the recomputation; comparing it
-with the same backbone in ``memory_mode='plain'`` separates the two.
+Host (CPU) times: on CUDA, run with ``CUDA_LAUNCH_BLOCKING=1`` for a meaningful split.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Mapping, Sequence
+from typing import Any, Callable, Dict, Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.autograd.profiler import record_function
+from torch.profiler import ProfilerActivity, profile
 
 from bench.measure import training_loss
 
 __all__ = ["PHASES", "time_phases", "interleaved_phases"]
 
 PHASES = ("backbone_fwd", "neck_fwd", "heads_fwd", "heads_bwd", "neck_bwd", "backbone_bwd", "step")
+_REGIONS = ("backbone", "neck")
 
 
-def _tensors(out: Any) -> List[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _tensors(o)]
-    return []
+def _region(event: Any) -> str:
+    while event is not None:
+        if event.name in _REGIONS:
+            return event.name
+        event = event.cpu_parent
+    return ""
 
 
-def time_phases(model: nn.Module, run: Callable[[], Any],
-                clock: Callable[[], float] = time.perf_counter) -> Dict[str, float]:
+def time_phases(model: nn.Module, run: Callable[[], Any]) -> Dict[str, float]:
     """Seconds spent in each phase of one training step (see the module docstring).
 
     Args:
-        model: the detector (must have ``backbone`` and ``neck`` children).
-        run: computes the detector's loss dict (e.g. ``lambda: model.loss(inputs, samples)``).
-        clock: the time source.
+        model: the detector (``backbone`` and ``neck`` children).
+        run: computes its loss dict (e.g. ``lambda: model.loss(inputs, samples)``).
 
     Returns:
         ``{phase: seconds}`` for :data:`PHASES`; the phases add up to ``step``.
     """
-    marks: Dict[str, float] = {}
-    grads_seen: Dict[str, float] = {}
-
-    def pre(name: str):
-        def hook(mod: nn.Module, args: Any) -> None:
-            marks[name + "_start"] = clock()
-        return hook
-
-    def post(name: str):
-        def hook(mod: nn.Module, args: Any, out: Any) -> None:
-            marks[name + "_end"] = clock()
-            for t in _tensors(out):
-                if t.requires_grad:
-                    t.register_hook(lambda g, n=name: grads_seen.__setitem__(n, clock()))
-        return hook
-
+    open_regions: Dict[str, Any] = {}
     handles = []
-    for name in ("backbone", "neck"):
+    for name in _REGIONS:
         mod = getattr(model, name)
-        handles += [mod.register_forward_pre_hook(pre(name)), mod.register_forward_hook(post(name))]
+
+        def pre(m: nn.Module, args: Any, name: str = name) -> None:
+            open_regions[name] = record_function(name).__enter__()
+
+        def post(m: nn.Module, args: Any, out: Any, name: str = name) -> None:
+            open_regions.pop(name).__exit__(None, None, None)
+        handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
     try:
-        t0 = clock()
-        loss = training_loss(run())
-        t1 = clock()
-        loss.backward()
-        t2 = clock()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            loss = training_loss(run())
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
     finally:
         for h in handles:
             h.remove()
-    res = {
-        "backbone_fwd": marks["backbone_end"] - marks["backbone_start"],
-        "neck_fwd": marks["neck_end"] - marks["neck_start"],
-        "heads_bwd": grads_seen["neck"] - t1,
-        "neck_bwd": grads_seen["backbone"] - grads_seen["neck"],
-        "backbone_bwd": t2 - grads_seen["backbone"],
-        "step": t2 - t0,
-    }
+    events = prof.events()
+    res = {f"{r}_fwd": 0.0 for r in _REGIONS} | {f"{r}_bwd": 0.0 for r in _REGIONS}
+    seqs: Dict[int, str] = {}
+    for e in events:
+        if e.name in _REGIONS:
+            res[f"{e.name}_fwd"] += e.time_range.elapsed_us() / 1e6
+        elif e.sequence_nr >= 0 and not e.name.startswith("autograd::engine") and _region(e):
+            seqs[e.sequence_nr] = _region(e)
+    for e in events:
+        if e.name.startswith("autograd::engine::evaluate_function") and e.cpu_parent is None and e.sequence_nr in seqs:
+            res[f"{seqs[e.sequence_nr]}_bwd"] += e.time_range.elapsed_us() / 1e6
     res["heads_fwd"] = (t1 - t0) - res["backbone_fwd"] - res["neck_fwd"]
+    res["heads_bwd"] = (t2 - t1) - res["backbone_bwd"] - res["neck_bwd"]
+    res["step"] = t2 - t0
     return {k: res[k] for k in PHASES}
 
 

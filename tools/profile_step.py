@@ -5,8 +5,8 @@
 
 Builds the detectors first (RevBiFPN reversible and plain, the baselines with and without
 ``with_cp``), then steps them in turn for ``--rounds`` rounds and prints, for each one's
-fastest step, the seconds of backbone / neck / heads in the forward and in the backward
-(``phases``). The RevBiFPN backbone's backward contains its
+fastest step, the seconds of backbone / neck / heads in the forward and in the backward, read
+from torch.profiler (``tools/phases.py``). The RevBiFPN backbone's backward contains its
 recomputation: reversible minus plain is what the recomputation costs.
 """
 import argparse
@@ -15,7 +15,7 @@ import os
 
 import torch
 
-import benchmark_memory as B  # noqa: E402  (tools/ is on sys.path when run as a script)
+from bench import models as M
 from phases import PHASES, interleaved_phases
 
 
@@ -37,11 +37,8 @@ def main(argv=None) -> int:
         variants = [("reversible", None), ("plain", None)] if bb.startswith("revbifpn") else [(None, False), (None, True)]
         for mode, cp in variants:
             torch.manual_seed(0)
-            model = B.build_detector(args.kind, bb, with_cp=bool(cp))
-            if mode:
-                model.backbone.set_memory_mode(mode)
-            model.train()
-            run = B.detector_runner(model, 1, args.height, args.width, device, with_mask=args.kind == "mask")
+            model = M.detector(args.kind, bb, bool(cp), **(dict(memory_mode=mode) if mode else {})).train()
+            run = M.detector_run(model, 1, args.height, args.width, device)
             models[f"{bb} {mode or ('with_cp' if cp else 'plain')}"] = (model, run)
     res = interleaved_phases(models, rounds=args.rounds)
     head = f"{'detector (' + args.kind + ' R-CNN, s)':34s}" + "".join(f"{p:>13s}" for p in PHASES)

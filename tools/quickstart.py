@@ -15,13 +15,16 @@
    (configs/quickstart/fcn_revbifpn_s0_synthetic_seg.py) on the label maps of the same
    images and evaluates mIoU with mmseg's IoUMetric;
 5. draws each model's predictions on the first validation images (ground truth left,
-   prediction right) with mmdet's / mmseg's visualizer into <work-dir>/<model>/predictions/;
+   prediction right) with mmdet's / mmseg's visualization hook (``tools/test.py --show-dir``)
+   into <work-dir>/<model>/predictions/;
 6. prints a summary: mAPs / mIoU, wall time, checkpoints, pictures, and the commands to go further.
 """
 import argparse
+import glob
 import json
 import os
 import os.path as osp
+import subprocess
 import sys
 import time
 
@@ -123,13 +126,29 @@ def run_one(name, config, args, data_root):
         if f"val/{key}" in hub.log_scalars:
             metrics[key.split("/")[-1]] = float(hub.get_scalar(f"val/{key}").current())
     ckpt = osp.join(cfg.work_dir, f"iter_{iters}.pth")
-    pictures = []
-    if args.num_pictures > 0:
-        from pictures import save_prediction_pictures
-
-        pictures = save_prediction_pictures(runner.model, runner.val_dataloader.dataset,
-                                            osp.join(cfg.work_dir, "predictions"), num=args.num_pictures)
+    pictures = draw(name, config, ckpt, args, root, osp.join(cfg.work_dir, "predictions")) if args.num_pictures else []
     return metrics, seconds, ckpt, pictures
+
+
+def draw(name, config, ckpt, args, root, out_dir):
+    """The codebase's visualization hook draws the first ``--num-pictures`` validation images (ground
+    truth beside the prediction), through ``tools/test.py --show-dir`` as a user would run it."""
+    opts = [f"{k}_dataloader.dataset.data_root={root}" for k in ("train", "val", "test")]
+    opts.append(f"test_dataloader.dataset.indices={args.num_pictures}")
+    if not name.startswith("fcn"):
+        opts.append(f"test_evaluator.ann_file={root}annotations/instances_val.json")
+    cmd = [sys.executable, osp.join(REPO, "tools", "test.py"), config, ckpt, "--work-dir", out_dir,
+           "--show-dir", "vis", "--cfg-options", *opts]
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch_threads()))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"drawing the predictions failed: {(proc.stdout + proc.stderr)[-3000:]}")
+    return sorted(p for ext in ("jpg", "png") for p in glob.glob(osp.join(out_dir, "**", f"*.{ext}"), recursive=True))
+
+
+def torch_threads():
+    import torch
+    return torch.get_num_threads()
 
 
 def select_tasks(args):
@@ -197,8 +216,8 @@ def main(argv=None):
         print(f"{LABELS[name]:<13} RevBiFPN-S0  {describe(name, metrics)}  train+eval {seconds / 60:.1f} min")
         print(f"{'':<13} checkpoint {ckpt}")
         if pictures:
-            print(f"{'':<13} predictions {osp.dirname(pictures[0])}/ ({len(pictures)} pictures: "
-                  "ground truth left, prediction right)")
+            print(f"{'':<13} predictions {osp.dirname(pictures[0])}/ ({len(pictures)} pictures drawn by the "
+                  "visualization hook: ground truth left, prediction right)")
     total = time.perf_counter() - total
     print(f"total wall time: {total / 60:.1f} min (torch threads: {torch.get_num_threads()})")
     summary = {name: dict(metrics=results[name][0], seconds=results[name][1], checkpoint=results[name][2],

@@ -338,6 +338,8 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
         try:
             optim = build_optim_wrapper(model, optim_cfg)
         except Exception as err:  # noqa: BLE001
+            if _is_oom(_root_cause(err)):
+                raise NotMeasured(f"the optimizer does not fit in the memory this process may use on {dev}") from err
             raise PlanError(f"the optimizer of {config} does not build: {_one_line(_root_cause(err))}") from err
     amp_dtype = (torch.bfloat16 if dev.type == "cpu" else torch.float16) if amp else None
     packed = _inputs(cfg, model, batch, shape, dev)

@@ -271,7 +271,7 @@ def measure_case(case: Case, device: torch.device, warmup: int = 1, steps: int =
     if failed is not None:
         _release()
         return failed
-    row: Dict[str, Any] = dict(name=case.name, group=case.group, amp=case.amp,
+    row: Dict[str, Any] = dict(name=case.name, group=case.group, amp=case.amp, batch=case.batch,
                                params_m=sum(p.numel() for p in params) / 1e6,
                                saved_gb_per_sample=r["saved_bytes"] / case.batch / GB, step_s=r["step_s"])
     if "peak_bytes" in r:
@@ -332,7 +332,7 @@ def time_pass(cases: Sequence[Case], device: torch.device, rounds: int = 3,
             _release()
             continue
         steps[key] = step
-        rows[key] = dict(name=c.name, group=c.group, amp=c.amp, **c.info)
+        rows[key] = dict(name=c.name, group=c.group, amp=c.amp, batch=c.batch, **c.info)
     logger.info("timing %d models, %d interleaved rounds", len(steps), rounds)
     if steps:
         for key, sec in interleaved_min_times(steps, rounds, device, clock).items():

@@ -1,0 +1,63 @@
+"""``backbones``: RevBiFPN backbones fully reversible, plain and at budget settings between the two
+(``plain_segments``), beside the HRNet / ResNet backbones of mmdet's detector configs."""
+from __future__ import annotations
+
+import argparse
+from typing import List
+
+import torch
+
+from revbifpn_mm.models import ARCH_SETTINGS, RevBiFPN
+
+from . import models as M
+from .measure import Case
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:  # noqa: D103
+    ap.add_argument("--archs", default="s0,s3", help="RevBiFPN sizes, comma list (default s0,s3)")
+    ap.add_argument("--budgets", default="plain",
+                    help="settings besides fully reversible: comma list of 'plain', N (plain_segments=N from the "
+                         "output end) and inN (from the input end); default 'plain'")
+    ap.add_argument("--bn", default="frozen", choices=("frozen", "train"),
+                    help="frozen (norm_eval, as detection trains; float32 streams) or train (float64 streams)")
+    ap.add_argument("--baselines", default="none",
+                    help="mmdet backbones of the detector configs: comma list of hrnetv2p_w18, hrnetv2p_w32, "
+                         "r50_fpn, r101_fpn (each with and without with_cp); default none")
+
+
+def _settings(text: str) -> List[tuple]:
+    out = []
+    for item in filter(None, text.split(",")):
+        if item == "plain":
+            out.append(("plain", dict(memory_mode="plain")))
+        elif item.lstrip("in").isdigit():
+            frm = "input" if item.startswith("in") else "output"
+            out.append((f"plain_segments={item.lstrip('in')}" + ("" if frm == "output" else ",from_input"),
+                        dict(plain_segments=int(item.lstrip("in")), plain_from=frm)))
+        else:
+            raise ValueError(f"--budgets: 'plain', N or inN, got {item!r}")
+    return out
+
+
+def cases(args: argparse.Namespace, device: torch.device) -> List[Case]:  # noqa: D103
+    b, h, w = args.input
+    frozen = args.bn == "frozen"
+    out = []
+    for arch in filter(None, args.archs.split(",")):
+        if arch not in ARCH_SETTINGS:
+            raise ValueError(f"unknown arch {arch!r}; one of {sorted(ARCH_SETTINGS)}")
+        ref = f"revbifpn_{arch} reversible"
+        out.append(Case(ref, "backbone", M.backbone_builder(lambda a=arch: RevBiFPN(a, num_classes=0), b, h, w, device,
+                                                            frozen), batch=b, info=dict(arch=arch, budget="reversible")))
+        for label, kw in _settings(args.budgets):
+            out.append(Case(f"revbifpn_{arch} {label}", "backbone",
+                            M.backbone_builder(lambda a=arch, kw=kw: RevBiFPN(a, num_classes=0, **kw), b, h, w, device,
+                                               frozen), batch=b, info=dict(arch=arch, budget=label, ref=ref)))
+    for name in filter(None, args.baselines.split(",")):
+        if name == "none":
+            continue
+        for cp in (False, True):
+            out.append(Case(name + (" with_cp" if cp else ""), "baseline", M.backbone_builder(
+                lambda n=name, cp=cp: M.build(M.detector_cfg("faster", n, cp).backbone, "mmdet"), b, h, w, device,
+                frozen), batch=b, info=dict(backbone=name, with_cp=cp, ref=name if cp else None)))
+    return out
