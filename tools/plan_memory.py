@@ -1,20 +1,21 @@
-"""Will it fit? Predict the training memory of a detection or segmentation config on a GPU.
+"""Will it fit, and how to train it? The training memory of a detection or segmentation config on a GPU.
 
     python tools/plan_memory.py configs/faster_rcnn_revbifpn_s3.py --gpu-mem 12 24 80
     python tools/plan_memory.py configs/mmseg/fcn_revbifpn_s2_4xb4-160k_ade20k-512x512.py --amp
     python tools/plan_memory.py CONFIG --shape 512 512 --modes reversible
 
-It builds the config's real model and optimizer and measures short training steps at the
-config's training resolution at batch 1 and 2, each in a fresh process (on this machine's
-CPU unless --device cuda), then predicts the memory at batch 1, 2, 4, 8 and the largest batch
-that fits each --gpu-mem: fixed costs (parameters, gradients, optimizer state) + the step's
-working set + batch x the activations per sample, plus a stated allowance for the CUDA
-context and the caching allocator. Plain (non-reversible) mode is measured only where it fits
-in this machine's memory; otherwise the table says so. See docs/planner.md for the method.
+It builds the config's real model and optimizer and measures short training steps at the config's
+training resolution, each in a fresh process (on this machine's CPU unless --device cuda): fully
+reversible at batch 1 and 2, every budget setting (plain_segments) at batch 1, and plain mode where
+it fits. Then it predicts the memory of any batch and setting, with a stated allowance for the CUDA
+context and the caching allocator, and prints per card (GiB, as nvidia-smi counts them) the largest
+batch that fits fully reversible and, at the config's own batch, the setting that keeps the most
+activations and still fits, each with the command to train with it. See docs/planner.md.
 """
 import argparse
 import json
 import sys
+from dataclasses import asdict
 
 from mmengine.config import DictAction
 
@@ -25,21 +26,16 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("config", help="an mmdet or mmseg config file")
-    ap.add_argument("--gpu-mem", type=float, nargs="+", default=[24.0], metavar="GB",
-                    help="GPU memory in GB (decimal) to plan for; several allowed (default 24)")
+    ap.add_argument("--gpu-mem", type=float, nargs="+", default=[24.0], metavar="GIB",
+                    help="GPU memory in GiB to plan for (as nvidia-smi counts it); several allowed (default 24)")
     ap.add_argument("--amp", action="store_true",
                     help="mixed precision: measured under bfloat16 autocast on CPU (float16 on CUDA)")
     ap.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"), default=None,
                     help="input height and width (default: the config's training resolution)")
     ap.add_argument("--quick", action="store_true", help="a smoke run at 256x256 (not a plan for the config)")
-    ap.add_argument("--modes", default="reversible,plain", help="comma list of reversible, plain")
+    ap.add_argument("--modes", default="reversible,budgets,plain",
+                    help="what to measure: comma list of reversible, budgets, plain (default all)")
     ap.add_argument("--device", default="cpu", help="where to measure: cpu (default) or cuda")
-    ap.add_argument("--context-gb", type=float, default=planner.CONTEXT_GB,
-                    help=f"allowance for the CUDA context (default {planner.CONTEXT_GB})")
-    ap.add_argument("--fragmentation", type=float, default=planner.FRAGMENTATION,
-                    help=f"allowance for the caching allocator, fraction of the peak (default {planner.FRAGMENTATION})")
-    ap.add_argument("--ram-fraction", type=float, default=0.6,
-                    help="share of the available RAM one CPU measurement may use (default 0.6)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of the measuring processes")
     ap.add_argument("--json", default=None, help="also write the measurements and predictions here")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, help="config overrides, key=value")
@@ -52,35 +48,39 @@ def main(argv=None):
     modes = [m for m in args.modes.split(",") if m]
     bad = [m for m in modes if m not in planner.MODES]
     if bad:
-        print(f"error: unknown mode(s) {bad}; use reversible and/or plain", file=sys.stderr)
+        print(f"error: unknown mode(s) {bad}; use {', '.join(planner.MODES)}", file=sys.stderr)
         return 2
     if args.device.startswith("cuda"):
         import torch
         if not torch.cuda.is_available():
             print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
             return 2
+
+    def log(msg):
+        print(f"[plan_memory] {msg}", file=sys.stderr, flush=True)
     try:
+        cfg = planner.load_config(args.config, args.cfg_options)
+        hw = tuple(shape) if shape else planner.training_shape(cfg)[:2]
+        if args.device == "cpu":
+            seconds = planner.expected_seconds(args.config, hw, modes, args.cfg_options)
+            log(f"expected wall time on this CPU: about {max(1, round(seconds / 60))} min ({', '.join(modes)} at "
+                f"{hw[0]}x{hw[1]})")
         plan = planner.make_plan(args.config, shape=shape, amp=args.amp, modes=modes, device=args.device,
-                                 cfg_options=args.cfg_options, ram_fraction=args.ram_fraction, threads=args.threads,
-                                 log=lambda msg: print(f"[plan_memory] {msg}", file=sys.stderr, flush=True))
+                                 cfg_options=args.cfg_options, threads=args.threads, log=log)
     except planner.PlanError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(planner.render_plan(plan, args.gpu_mem, context_gb=args.context_gb, fragmentation=args.fragmentation))
+    print(planner.render_plan(plan, args.gpu_mem))
     if args.json:
-        out = dict(config=plan.config, shape=plan.shape, amp=plan.amp, device=plan.device,
-                   context_gb=args.context_gb, fragmentation=args.fragmentation, modes=[])
-        for m in plan.modes:
-            row = dict(mode=m.mode, skipped=m.skipped, probes=[vars(p) for p in m.probes])
-            if m.measured:
-                row.update(fixed_bytes=m.fixed_bytes, per_sample_bytes=m.per_sample_bytes,
-                           predicted_gb={b: m.on_gpu(b, args.context_gb, args.fragmentation) / 1e9
-                                         for b in planner.BATCHES},
-                           largest_batch={g: m.largest_batch(g * 1e9, args.context_gb, args.fragmentation)
-                                          for g in args.gpu_mem})
-            out["modes"].append(row)
+        rev = plan.reversible
+        out = dict(asdict(plan), settings=plan.settings, context_gib=planner.CONTEXT_GIB,
+                   fragmentation=planner.FRAGMENTATION, cards={})
+        for gib in args.gpu_mem:
+            if rev is not None:
+                out["cards"][gib] = dict(largest_batch=rev.largest_batch(gib * planner.GIB),
+                                         setting_at_config_batch=plan.best_setting(gib * planner.GIB, plan.batch))
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=2)
+            json.dump(out, f, indent=2, default=float)
     return 0
 
 

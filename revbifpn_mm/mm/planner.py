@@ -1,35 +1,38 @@
-"""Training-memory planner: will a detection or segmentation config fit on a GPU?
+"""Training-memory planner: will a detection or segmentation config fit on a GPU, and how to train it.
 
-Backs ``tools/plan_memory.py``. It measures rather than guesses: the real model of the config,
-built by its codebase (mmdet or mmseg), runs short training steps (forward, backward, optimizer
-step) on synthetic inputs of the config's training resolution at batch 1 and batch 2, each in
-a fresh process, and the planner extrapolates linearly in the batch.
+Backs ``tools/plan_memory.py``. It measures rather than guesses: the real model of the config, built
+by its codebase (mmdet or mmseg), runs short training steps (forward, backward, optimizer step) on
+synthetic inputs of the config's training resolution, each measurement in a fresh process, and the
+planner extrapolates linearly in the batch.
 
-Method, per memory mode (reversible, plain):
+Method:
 
-* **Fixed costs**: the bytes of the parameters and buffers, of the gradients and of the
-  optimizer state (e.g. SGD momentum: one buffer per parameter; Adam/AdamW: two), counted
-  tensor by tensor on the built model and the config's optimizer after one step.
-* **Step working set** (measured): the peak memory of the forward + backward above the
-  resident training state (parameters, gradients, optimizer state), and, separately, the peak
-  of the optimizer step (gradient clipping included). On CUDA it is read from
-  ``torch.cuda.max_memory_allocated``; on CPU from the process's peak resident set
-  (:class:`revbifpn_mm.core.memory.RssPeakProbe`; a fresh process per measurement because
-  the peak resident set only grows).
-* **Prediction** at batch ``b``::
+* **Fixed costs**: the bytes of the parameters and buffers, of the gradients and of the optimizer
+  state (SGD momentum: one buffer per parameter; Adam/AdamW: two), counted tensor by tensor on the
+  built model and the config's optimizer after one step.
+* **Step working set** (measured, fully reversible, at batch 1 and 2): the peak memory of the
+  forward + backward above the resident training state, and, separately, the peak of the optimizer
+  step. CUDA: ``torch.cuda.max_memory_allocated``; CPU: the process's peak resident set
+  (:class:`revbifpn_mm.core.memory.RssPeakProbe`; hence a fresh process per measurement).
+* **Budget settings** (``plain_segments=k``, the last ``k`` segments keep their activations): the
+  activation bytes each setting keeps beyond the reversible step, per sample, measured as the bytes
+  a forward saves for backward at batch 1 (:class:`revbifpn_mm.core.SavedTensorCounter`), and the
+  step time of each setting at batch 1 on the measuring device, stepped in turn.
+* **Prediction** at batch ``b`` and setting ``k``::
 
-      allocated(b) = fixed + max(fb(1) + (b - 1) * (fb(2) - fb(1)), opt)
-      on_gpu(b)    = allocated(b) * (1 + fragmentation) + context
+      allocated(k, b) = fixed + max(fb(1) + (b - 1) * (fb(2) - fb(1)) + b * kept(k), opt)
+      on_gpu(k, b)    = allocated(k, b) * (1 + fragmentation) + context
 
-  ``fb(b)`` is the forward + backward working set at batch ``b``, ``fb(2) - fb(1)`` the
-  activation memory per sample, ``opt`` the larger optimizer-step working set of the two runs.
-  ``context`` and ``fragmentation`` are an allowance for the CUDA context and the caching
-  allocator that no CPU measurement can see (:data:`CONTEXT_GB`, :data:`FRAGMENTATION`).
+  ``fb`` is the reversible forward + backward working set, ``kept(k)`` the activations setting ``k``
+  keeps per sample, ``opt`` the optimizer step's working set; ``context`` and ``fragmentation`` are
+  an allowance for the CUDA context and the caching allocator that no CPU measurement can see
+  (:data:`CONTEXT_GIB`, :data:`FRAGMENTATION`). Plain mode (``k`` = all) is also measured at batch 1
+  and 2 where it fits, which checks the additive model at its far end.
 
-Gradients are kept allocated between steps (``zero_grad(set_to_none=False)``), so they are
-counted as resident during the whole step: an upper bound by at most one gradient copy, as
-mmengine frees them between steps. Inputs are synthetic: random images, 8 random boxes (and
-masks) per image for detectors, a random label map for segmentors.
+Memory is in GiB (2^30 bytes), as ``nvidia-smi`` and card specs count it. Gradients are kept
+allocated between steps (``zero_grad(set_to_none=False)``), so they count as resident during the
+whole step: an upper bound by at most one gradient copy. Inputs are synthetic: random images, 8
+random boxes (and masks) per image for detectors, a random label map for segmentors.
 """
 from __future__ import annotations
 
@@ -42,26 +45,26 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["PlanError", "NotMeasured", "Probe", "ModePlan", "Plan", "CONTEXT_GB", "FRAGMENTATION",
+__all__ = ["PlanError", "NotMeasured", "Probe", "ModePlan", "Plan", "CONTEXT_GIB", "FRAGMENTATION",
            "BATCHES", "load_config", "training_shape", "probe", "probe_in_subprocess", "make_plan",
-           "render_plan", "available_ram_bytes"]
+           "render_plan", "available_ram_bytes", "expected_seconds"]
 
-GB = 1e9
+GIB = float(1 << 30)
 BATCHES: Tuple[int, ...] = (1, 2, 4, 8)
-CONTEXT_GB = 1.0
+CONTEXT_GIB = 1.0
 """GPU memory taken by the CUDA context (driver, kernels of torch/cuDNN/cuBLAS) outside the
-caching allocator. An assumption: a CUDA 12 context takes 0.3-0.6 GB with lazy module loading,
-more without; 1.0 GB leaves room for cuDNN/cuBLAS workspaces."""
+caching allocator. An assumption: a CUDA 12 context takes 0.3-0.6 GiB with lazy module loading,
+more without; 1.0 GiB leaves room for cuDNN/cuBLAS workspaces."""
 FRAGMENTATION = 0.10
 """Fraction of the allocated peak added for the caching allocator (memory it reserves beyond
 what tensors use: block rounding and fragmentation). An assumption; on a CUDA device the probe
 also records ``torch.cuda.max_memory_reserved`` to check it."""
-ALLOWANCE_TEXT = ("CUDA context + caching-allocator fragmentation: {ctx:.1f} GB + {frag:.0%} of the "
+ALLOWANCE_TEXT = ("CUDA context + caching-allocator fragmentation: {ctx:.1f} GiB + {frag:.0%} of the "
                   "allocated peak (an assumption, not measured here)")
 BOXES_PER_IMAGE = 8
-MODES = ("reversible", "plain")
+MODES = ("reversible", "budgets", "plain")
 
 
 class PlanError(RuntimeError):
@@ -192,7 +195,7 @@ def training_shape(cfg: Any) -> Tuple[int, int, str]:
 class Probe:
     """What one training-step measurement found (bytes)."""
 
-    mode: str
+    mode: str  # 'reversible', 'plain' or 'plain_segments=k'
     batch: int
     shape: Tuple[int, int]
     device: str
@@ -206,6 +209,9 @@ class Probe:
     optim_step_bytes: int
     step_s: float
     reserved_bytes: Optional[int] = None
+    settings: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    """With ``budgets``: per ``plain_segments`` setting (``'0'`` ... ``'n'``), the bytes one forward
+    saves for backward (``saved``) and the seconds of one training step (``step_s``), at this batch."""
 
     @property
     def fixed_bytes(self) -> int:
@@ -273,15 +279,42 @@ def _inputs(cfg: Any, model: Any, batch: int, shape: Tuple[int, int], device: An
 
 
 def _set_mode(cfg: Any, mode: str) -> None:
+    """``mode``: ``'reversible'``, ``'plain'`` or ``'plain_segments=k'`` on a RevBiFPN backbone."""
     backbone = cfg.model.get("backbone", {})
-    if backbone.get("type") == "RevBiFPN":
+    if backbone.get("type") != "RevBiFPN":
+        if mode != "plain":
+            raise NotMeasured(f"the backbone {backbone.get('type')!r} has no reversible mode")
+        return
+    if mode.startswith("plain_segments="):
+        backbone["plain_segments"] = int(mode.split("=")[1])
+    else:
         backbone["memory_mode"] = mode
-    elif mode != "plain":
-        raise NotMeasured(f"the backbone {backbone.get('type')!r} has no reversible mode")
+
+
+def _budget_settings(model: Any, run_step: Callable[[], Any], forward: Callable[[], Any]) -> Dict[str, Dict[str, float]]:
+    """Saved bytes of one forward and the time of one step at each ``plain_segments`` setting."""
+    from ..core import SavedTensorCounter
+    backbone = model.backbone
+    params = list(model.parameters())
+    out: Dict[str, Dict[str, float]] = {}
+    try:
+        for k in range(backbone.rev_stack.budget_segments + 1):
+            backbone.set_policy(plain_segments=k)
+            with SavedTensorCounter(exclude=params) as saved:
+                loss = forward()
+            del loss
+            run_step()  # warm-up of this setting
+            start = time.perf_counter()
+            run_step()
+            out[str(k)] = dict(saved=float(saved.nbytes), step_s=time.perf_counter() - start)
+    finally:
+        backbone.set_policy(plain_segments=0)
+    return out
 
 
 def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] = None,
-          amp: bool = False, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None) -> Probe:
+          amp: bool = False, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
+          budgets: bool = False) -> Probe:
     """Measure one training step of the config's model, in this process.
 
     On CPU the peak resident set only grows and glibc's allocation policy is changed for the
@@ -290,12 +323,13 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
 
     Args:
         config: config file.
-        mode: ``'reversible'`` or ``'plain'`` (the backbone's ``memory_mode``).
+        mode: ``'reversible'``, ``'plain'`` or ``'plain_segments=k'`` (the backbone's run policy).
         batch: samples per step.
         shape: ``(height, width)`` of the input; default :func:`training_shape`.
         amp: autocast the forward (CPU: bfloat16, CUDA: float16).
         device: ``'cpu'`` or a CUDA device.
         cfg_options: config overrides.
+        budgets: also measure every ``plain_segments`` setting (:attr:`Probe.settings`).
 
     Returns:
         The :class:`Probe`.
@@ -344,12 +378,14 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
     amp_dtype = (torch.bfloat16 if dev.type == "cpu" else torch.float16) if amp else None
     packed = _inputs(cfg, model, batch, shape, dev)
 
-    def fwd_bwd() -> None:
+    def forward() -> Any:
         data = model.data_preprocessor(packed, True)
         with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             losses = model(**data, mode="loss")
-        loss, _ = model.parse_losses(losses)
-        optim.backward(loss)
+        return model.parse_losses(losses)[0]
+
+    def fwd_bwd() -> None:
+        optim.backward(forward())
 
     def opt_step() -> None:
         optim.step()
@@ -369,6 +405,8 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
         opt_step()
         op = peak.read()
         seconds = time.perf_counter() - start
+        settings = _budget_settings(model, lambda: (fwd_bwd(), optim.zero_grad(set_to_none=False)), forward) \
+            if budgets and hasattr(model.backbone, "set_policy") else {}
     except (RuntimeError, MemoryError) as err:
         text = str(err)
         if _is_oom(err):
@@ -386,7 +424,7 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
                  params_bytes=_storage_bytes(params), buffers_bytes=_storage_bytes(list(model.buffers())),
                  grads_bytes=_storage_bytes([p.grad for p in params if p.grad is not None]),
                  optim_bytes=_storage_bytes(state), fwd_bwd_bytes=int(fb), optim_step_bytes=int(op),
-                 step_s=seconds, reserved_bytes=reserved)
+                 step_s=seconds, reserved_bytes=reserved, settings=settings)
 
 
 def _failing_op(err: BaseException) -> Optional[str]:
@@ -439,7 +477,7 @@ def available_ram_bytes() -> int:
 def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] = None,
                         amp: bool = False, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
                         ram_limit_bytes: Optional[int] = None, threads: Optional[int] = None,
-                        timeout: Optional[float] = None) -> Probe:
+                        timeout: Optional[float] = None, budgets: bool = False) -> Probe:
     """:func:`probe` in a fresh Python process (the peak resident set is per process).
 
     Args:
@@ -454,7 +492,8 @@ def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tupl
         PlanError, NotMeasured: as :func:`probe`, re-raised from the measuring process.
     """
     job = dict(config=config, mode=mode, batch=batch, shape=list(shape) if shape else None, amp=amp,
-               device=device, cfg_options=cfg_options or {}, ram_limit_bytes=ram_limit_bytes, threads=threads)
+               device=device, cfg_options=cfg_options or {}, ram_limit_bytes=ram_limit_bytes, threads=threads,
+               budgets=budgets)
     with tempfile.TemporaryDirectory(prefix="revbifpn_plan_") as tmp:
         out = os.path.join(tmp, "probe.json")
         env = dict(os.environ, PYTHONWARNINGS="ignore")
@@ -494,7 +533,7 @@ def _child(job_json: str, out: str) -> int:
             limit = size + int(job["ram_limit_bytes"])
             resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
         res = asdict(probe(job["config"], job["mode"], job["batch"], tuple(job["shape"]) if job["shape"] else None,
-                           job["amp"], job["device"], job["cfg_options"] or None))
+                           job["amp"], job["device"], job["cfg_options"] or None, job["budgets"]))
     except (PlanError, NotMeasured) as err:
         res = dict(error=type(err).__name__, message=str(err))
     with open(out, "w", encoding="utf-8") as f:
@@ -505,7 +544,7 @@ def _child(job_json: str, out: str) -> int:
 # --------------------------------------------------------------------------- plan
 @dataclass
 class ModePlan:
-    """Measurements of one memory mode at batch 1 and 2, and the predictions made from them."""
+    """Measurements of one setting at batch 1 and 2, and the predictions made from them."""
 
     mode: str
     probes: List[Probe] = field(default_factory=list)
@@ -536,32 +575,33 @@ class ModePlan:
         """Working set of the optimizer step (the larger of the two runs)."""
         return max(p.optim_step_bytes for p in self.probes)
 
-    def allocated(self, batch: int) -> float:
-        """Predicted peak of allocated memory (tensors) at ``batch``, bytes."""
-        fb = self.probes[0].fwd_bwd_bytes + (batch - 1) * self.per_sample_bytes
+    def allocated(self, batch: int, kept: float = 0.0) -> float:
+        """Predicted peak of allocated memory at ``batch`` with ``kept`` more bytes per sample, bytes."""
+        fb = self.probes[0].fwd_bwd_bytes + (batch - 1) * self.per_sample_bytes + batch * kept
         return self.fixed_bytes + max(fb, self.optim_step_bytes)
 
-    def on_gpu(self, batch: int, context_gb: float = CONTEXT_GB, fragmentation: float = FRAGMENTATION) -> float:
+    def on_gpu(self, batch: int, kept: float = 0.0, context_gib: float = CONTEXT_GIB,
+               fragmentation: float = FRAGMENTATION) -> float:
         """Predicted GPU memory at ``batch`` with the context/allocator allowance, bytes."""
-        return self.allocated(batch) * (1 + fragmentation) + context_gb * GB
+        return self.allocated(batch, kept) * (1 + fragmentation) + context_gib * GIB
 
-    def largest_batch(self, gpu_bytes: float, context_gb: float = CONTEXT_GB,
+    def largest_batch(self, gpu_bytes: float, kept: float = 0.0, context_gib: float = CONTEXT_GIB,
                       fragmentation: float = FRAGMENTATION, cap: int = 4096) -> int:
         """Largest batch whose prediction fits in ``gpu_bytes`` (0: not even batch 1; ``cap`` at most)."""
-        if self.on_gpu(1, context_gb, fragmentation) > gpu_bytes:
+        if self.on_gpu(1, kept, context_gib, fragmentation) > gpu_bytes:
             return 0
-        if self.per_sample_bytes <= 0:
+        per = (self.per_sample_bytes + kept) * (1 + fragmentation)
+        if per <= 0:
             return cap
-        per = self.per_sample_bytes * (1 + fragmentation)
-        b = int((gpu_bytes - self.on_gpu(1, context_gb, fragmentation)) // per) + 1
-        while b > 1 and self.on_gpu(b, context_gb, fragmentation) > gpu_bytes:
+        b = int((gpu_bytes - self.on_gpu(1, kept, context_gib, fragmentation)) // per) + 1
+        while b > 1 and self.on_gpu(b, kept, context_gib, fragmentation) > gpu_bytes:
             b -= 1
         return min(b, cap)
 
 
 @dataclass
 class Plan:
-    """A memory plan of one config: one :class:`ModePlan` per memory mode."""
+    """A memory plan of one config: the reversible measurements, the budget settings, plain mode."""
 
     config: str
     scope: str
@@ -569,28 +609,91 @@ class Plan:
     shape_source: str
     amp: bool
     device: str
+    batch: int
+    """The config's own batch per device (``train_dataloader.batch_size``)."""
+    auto_scale_lr: bool
+    """Whether the config supports ``--auto-scale-lr``."""
     modes: List[ModePlan]
+    not_measured: List[str] = field(default_factory=list)
+
+    @property
+    def reversible(self) -> Optional[ModePlan]:
+        """The fully reversible measurements (all predictions start from them), if taken."""
+        return next((m for m in self.modes if m.mode == "reversible" and m.measured), None)
+
+    @property
+    def settings(self) -> Dict[int, Dict[str, float]]:
+        """``plain_segments`` setting -> ``kept`` (activation bytes per sample beyond the reversible
+        step) and ``step_s`` (seconds of a batch-1 step on the measuring device)."""
+        raw = self.reversible.probes[0].settings if self.reversible else {}
+        if not raw:
+            return {}
+        base = raw["0"]["saved"]
+        return {int(k): dict(kept=max(0.0, v["saved"] - base), step_s=v["step_s"]) for k, v in raw.items()}
+
+    def best_setting(self, gpu_bytes: float, batch: int, context_gib: float = CONTEXT_GIB,
+                     fragmentation: float = FRAGMENTATION) -> Optional[int]:
+        """The setting that keeps the most activations and still fits ``batch`` in ``gpu_bytes``, or the
+        fastest fitting one where keeping more did not measure faster; None if none fits."""
+        rev = self.reversible
+        fits = [k for k, s in sorted(self.settings.items())
+                if rev.on_gpu(batch, s["kept"], context_gib, fragmentation) <= gpu_bytes]
+        if not fits:
+            return None
+        return min(fits, key=lambda k: (self.settings[k]["step_s"], -k)) if not self.time_falls else max(fits)
+
+    @property
+    def time_falls(self) -> bool:
+        """Whether the measured step time falls (within 5 %) as each further setting keeps more."""
+        times = [s["step_s"] for _, s in sorted(self.settings.items())]
+        return all(b <= a * 1.05 for a, b in zip(times, times[1:]))
+
+
+def _config_batch(cfg: Any) -> Tuple[int, bool]:
+    loader = cfg.get("train_dataloader", {}) or {}
+    scale = cfg.get("auto_scale_lr", None)
+    return int(loader.get("batch_size", 1) or 1), isinstance(scale, dict) and "base_batch_size" in scale
+
+
+def expected_seconds(config: str, shape: Tuple[int, int], modes: Sequence[str], cfg_options: Optional[Dict] = None,
+                     startup_s: float = 10.0) -> float:
+    """A rough wall time of :func:`make_plan`, from one training step of the model at half the input's
+    height and width, scaled by area (a calibration, not a measurement of the plan)."""
+    import torch
+
+    cfg = load_config(config, cfg_options)
+    if cfg.model.get("backbone", {}).get("init_cfg") is not None:
+        cfg.model.backbone.init_cfg = None
+    registry = importlib.import_module(f"{cfg.default_scope}.registry")
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        try:
+            model = registry.MODELS.build(cfg.model).train()
+        except Exception as err:  # noqa: BLE001  (mmengine wraps build errors)
+            raise PlanError(f"the model of {config} does not build: {_one_line(_root_cause(err))}") from err
+    small = (max(64, shape[0] // 2 // 32 * 32), max(64, shape[1] // 2 // 32 * 32))
+    packed = _inputs(cfg, model, 1, small, "cpu")
+    start = time.perf_counter()
+    model.parse_losses(model(**model.data_preprocessor(packed, True), mode="loss"))[0].backward()
+    step = (time.perf_counter() - start) * shape[0] * shape[1] / (small[0] * small[1])
+    segments = model.backbone.rev_stack.budget_segments + 1 if hasattr(model.backbone, "rev_stack") else 0
+    per_probe = startup_s + 4 * step  # warm-up, forward + backward, optimizer step; batch 2 doubles it
+    total = 0.0
+    for mode in modes:
+        total += 3 * per_probe
+        if mode == "budgets":
+            total += segments * 3 * step
+    return total
 
 
 def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = False,
               modes: Sequence[str] = MODES, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
               ram_fraction: float = 0.6, threads: Optional[int] = None, log: Any = None) -> Plan:
-    """Measure the config at batch 1 and 2 in each memory mode, in fresh processes.
+    """Measure the config at batch 1 and 2 (fully reversible; ``'budgets'``: every ``plain_segments``
+    setting at batch 1 too; ``'plain'``: plain mode at batch 1 and 2), each in a fresh process.
 
-    Plain mode runs only where it fits: the measuring process may use at most ``ram_fraction``
-    of the memory available when it starts (CPU); a step that needs more is reported as not
-    measured, with the reason.
-
-    Args:
-        config: config file.
-        shape: ``(height, width)``; default: the config's training resolution.
-        amp: autocast (CPU bfloat16 / CUDA float16).
-        modes: memory modes to measure.
-        device: ``'cpu'`` or a CUDA device.
-        cfg_options: config overrides.
-        ram_fraction: share of the available RAM one CPU measurement may take.
-        threads: torch threads of the measuring processes.
-        log: a callable taking one progress line, or ``None``.
+    What does not fit here is reported as not measured, with the reason: the measuring process may
+    use at most ``ram_fraction`` of the memory available when it starts (CPU).
 
     Raises:
         PlanError: the config does not load or build, or has no training resolution.
@@ -600,70 +703,83 @@ def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = 
         h, w, how = training_shape(cfg)
     else:
         h, w, how = int(shape[0]), int(shape[1]), "--shape"
-    plans = []
-    for mode in modes:
+    batch, scalable = _config_batch(cfg)
+    plans, missing = [], []
+    for mode in ("reversible", "plain"):
+        if mode == "reversible" and not {"reversible", "budgets"} & set(modes) or mode == "plain" and "plain" not in modes:
+            continue
         mp = ModePlan(mode)
         plans.append(mp)
-        for batch in (1, 2):
-            limit = None
-            if device == "cpu":
-                limit = int(available_ram_bytes() * ram_fraction) or None
+        for b in (1, 2):
+            limit = int(available_ram_bytes() * ram_fraction) or None if device == "cpu" else None
+            budgets = mode == "reversible" and b == 1 and "budgets" in modes
             if log:
-                log(f"measuring {mode} at batch {batch}, {h}x{w}"
-                    + (f" (may use {limit / GB:.1f} GB)" if limit else ""))
+                log(f"measuring {mode} at batch {b}, {h}x{w}" + (" and every plain_segments setting" if budgets else "")
+                    + (f" (may use {limit / GIB:.1f} GiB)" if limit else ""))
             try:
-                mp.probes.append(probe_in_subprocess(config, mode, batch, (h, w), amp, device, cfg_options,
-                                                     ram_limit_bytes=limit, threads=threads))
+                mp.probes.append(probe_in_subprocess(config, mode, b, (h, w), amp, device, cfg_options,
+                                                     ram_limit_bytes=limit, threads=threads, budgets=budgets))
             except NotMeasured as err:
-                where = f"this machine's available memory ({limit / GB:.1f} GB allowed)" if limit else device
-                mp.skipped = f"not measured at batch {batch}: {err}" + (
+                where = f"this machine's available memory ({limit / GIB:.1f} GiB allowed)" if limit else device
+                mp.skipped = f"not measured at batch {b}: {err}" + (
                     f"; it needs more than {where}" if "fit" in str(err) else "")
+                missing.append(f"{mode}: {mp.skipped}")
                 break
-    return Plan(config=config, scope=cfg.default_scope, shape=(h, w), shape_source=how, amp=amp,
-                device=device, modes=plans)
+    if device == "cpu":
+        missing.append("time on a GPU: the step times that choose between budget settings are CPU times here")
+    return Plan(config=config, scope=cfg.default_scope, shape=(h, w), shape_source=how, amp=amp, device=device,
+                batch=batch, auto_scale_lr=scalable, modes=plans, not_measured=missing)
 
 
-def render_plan(plan: Plan, gpu_gb: Sequence[float] = (24.0,), batches: Sequence[int] = BATCHES,
-                context_gb: float = CONTEXT_GB, fragmentation: float = FRAGMENTATION) -> str:
-    """The plan as text: fixed costs, per-sample activations, predictions and largest batches."""
-    lines = [f"config: {plan.config} ({plan.scope})",
+def render_plan(plan: Plan, gpu_gib: Sequence[float] = (24.0,), batches: Sequence[int] = BATCHES,
+                context_gib: float = CONTEXT_GIB, fragmentation: float = FRAGMENTATION) -> str:
+    """The plan as text: fixed costs, predictions, and per card the batch and setting to train with."""
+    lines = [f"config: {plan.config} ({plan.scope}); its batch per device: {plan.batch}",
              f"input: {plan.shape[0]}x{plan.shape[1]} per sample ({plan.shape_source}); "
              f"precision: {_precision(plan)}; measured on {plan.device}"]
-    done = [m for m in plan.modes if m.measured]
-    if done:
-        p = done[0].probes[0]
-        factor = p.optim_bytes / p.params_bytes if p.params_bytes else 0.0
-        lines.append(f"fixed costs: parameters + buffers {(p.params_bytes + p.buffers_bytes) / GB:.3f} GB, "
-                     f"gradients {p.grads_bytes / GB:.3f} GB, optimizer state ({p.optimizer}, "
-                     f"{factor:.1f}x parameters) {p.optim_bytes / GB:.3f} GB")
-    lines.append("allowance: " + ALLOWANCE_TEXT.format(ctx=context_gb, frag=fragmentation))
-    head = (f"{'mode':<11} {'fixed':>7} {'step':>7} {'/sample':>8} " + " ".join(f"{'b=' + str(b):>7}" for b in batches)
-            + "  " + "  ".join(f"{'max b @' + _gb(g):>10}" for g in gpu_gb))
-    lines += ["predicted GPU memory, GB (fixed + step constant + batch x per-sample activations, + allowance):",
-              head]
-    for m in plan.modes:
-        if not m.measured:
-            lines.append(f"{m.mode:<11} {m.skipped or 'not measured'}")
-            if m.probes:  # batch 1 fitted: its measured peak, no prediction from one point
-                p = m.probes[0]
-                lines.append(f"{'':<11} (batch 1 measured: {p.peak_bytes / GB:.2f} GB allocated at its peak, "
-                             f"{(p.peak_bytes * (1 + fragmentation)) / GB + context_gb:.2f} GB with the allowance)")
+    rev = plan.reversible
+    if rev is not None:
+        p = rev.probes[0]
+        lines.append(f"fixed costs: parameters + buffers {(p.params_bytes + p.buffers_bytes) / GIB:.3f} GiB, "
+                     f"gradients {p.grads_bytes / GIB:.3f} GiB, optimizer state ({p.optimizer}) "
+                     f"{p.optim_bytes / GIB:.3f} GiB")
+    lines.append("allowance: " + ALLOWANCE_TEXT.format(ctx=context_gib, frag=fragmentation))
+    lines += [f"predicted GPU memory, GiB: {'setting':<18} " + " ".join(f"{'b=' + str(b):>7}" for b in batches)]
+    rows = [(m.mode, m, 0.0) for m in plan.modes if m.measured]
+    if rev is not None:
+        rows += [(f"plain_segments={k}", rev, s["kept"]) for k, s in sorted(plan.settings.items()) if k]
+    for name, m, kept in rows:
+        lines.append(f"{'':<27}{name:<18} " + " ".join(f"{m.on_gpu(b, kept, context_gib, fragmentation) / GIB:>7.2f}"
+                                                      for b in batches))
+    if plan.settings:
+        lines.append("step time at batch 1 on the measuring device, by plain_segments: " + ", ".join(
+            f"{k}: {s['step_s']:.2f} s" for k, s in sorted(plan.settings.items()))
+            + ("" if plan.time_falls else "  (keeping more did not measure faster everywhere: the fastest fitting "
+                                          "setting is recommended)"))
+    config = plan.config
+    for gib in gpu_gib:
+        lines.append(f"{gib:g} GiB card:")
+        if rev is None:
+            lines.append("  no fully reversible measurement: nothing to predict from")
             continue
-        step = max(m.step_constant_bytes, 0)
-        row = (f"{m.mode:<11} {m.fixed_bytes / GB:>7.3f} {step / GB:>7.3f} {m.per_sample_bytes / GB:>8.3f} "
-               + " ".join(f"{m.on_gpu(b, context_gb, fragmentation) / GB:>7.2f}" for b in batches) + "  "
-               + "  ".join(f"{m.largest_batch(g * GB, context_gb, fragmentation):>10d}" for g in gpu_gb))
-        lines.append(row)
-        if m.per_sample_bytes <= 0:
-            lines.append(f"{'':<11} warning: batch 2 needed no more memory than batch 1 (measurement noise at "
-                         "a small input?); the largest batch is not meaningful")
-    lines.append("step: batch-independent working set of forward+backward (or the optimizer step if larger); "
-                 "/sample: activation memory per sample")
+        card = gib * GIB
+        top = rev.largest_batch(card, 0.0, context_gib, fragmentation)
+        scale = " --auto-scale-lr" if plan.auto_scale_lr else ""
+        lines.append(f"  fully reversible, largest batch {top}" + (
+            f": python tools/train.py {config} --cfg-options train_dataloader.batch_size={top}{scale}" if top else
+            ": does not fit (not even batch 1)"))
+        if plan.settings:
+            k = plan.best_setting(card, plan.batch, context_gib, fragmentation)
+            if k:
+                pred = rev.on_gpu(plan.batch, plan.settings[k]["kept"], context_gib, fragmentation) / GIB
+                lines.append(f"  at the config's batch {plan.batch}: plain_segments={k} keeps the most activations that "
+                             f"fit ({pred:.2f} GiB predicted): python tools/train.py {config} --cfg-options "
+                             f"model.backbone.plain_segments={k}")
+            elif k == 0:
+                lines.append(f"  at the config's batch {plan.batch}: only fully reversible fits")
+    for what in plan.not_measured:
+        lines.append(f"not measured here: {what}")
     return "\n".join(lines)
-
-
-def _gb(g: float) -> str:
-    return f"{g:g}GB"
 
 
 def _precision(plan: Plan) -> str:

@@ -1,7 +1,8 @@
 """The memory planner (revbifpn_mm.mm.planner, tools/plan_memory.py).
 
 * Its batch-4 prediction, made from measurements at batch 1 and 2, is within 10 % of the
-  peak measured at batch 4 (same method, fresh process) for a detector and a segmentor.
+  peak measured at batch 4 (same method, fresh process) for a detector and a segmentor; so is its
+  prediction for a budget setting and batch it did not measure (plain_segments=3, batch 3).
 * Its fixed costs count the optimizer state the optimizer really keeps (AdamW: two buffers
   per parameter, SGD with momentum: one).
 * A config that does not build gives one clear error line naming the reason.
@@ -105,27 +106,54 @@ def test_plain_mode_not_measured_where_it_does_not_fit():
     assert not mode.measured
     assert "does not fit" in mode.skipped and "available memory" in mode.skipped, mode.skipped
     text = planner.render_plan(plan, (24,))
-    assert "plain" in text and "not measured" in text
+    assert "not measured here: plain: not measured at batch 1" in text
 
 
-def _fake(batch, fb, fixed=1_000_000_000, opt=0):
+@needs_rss
+def test_budget_prediction_at_an_unmeasured_setting_and_batch_and_the_command_to_train():
+    """The plan measures the budget settings at batch 1 only; its prediction for plain_segments=3 at
+    batch 3 is within 10 % of that step measured on its own. Per card it names the largest reversible
+    batch and, at the config's batch, the setting that keeps the most activations and fits, each with
+    the command to train with it."""
+    plan = planner.make_plan(QS_DET, shape=SHAPE, modes=("reversible", "budgets"), threads=1)
+    rev = plan.reversible
+    kept = plan.settings[3]["kept"]
+    assert 0 < plan.settings[1]["kept"] < kept < plan.settings[len(plan.settings) - 1]["kept"]
+    measured = planner.probe_in_subprocess(QS_DET, "plain_segments=3", 3, SHAPE, threads=1, timeout=600)
+    predicted = rev.allocated(3, kept)
+    err = abs(predicted - measured.peak_bytes) / measured.peak_bytes
+    print(f"plain_segments=3, batch 3: predicted {predicted / 1e6:.1f} MB, measured {measured.peak_bytes / 1e6:.1f} MB")
+    assert err <= TOLERANCE, (predicted, measured.peak_bytes)
+    card = rev.on_gpu(plan.batch, plan.settings[4]["kept"]) / planner.GIB + 0.001  # setting 4 just fits
+    text = planner.render_plan(plan, (card,))
+    top = rev.largest_batch(card * planner.GIB)
+    assert f"fully reversible, largest batch {top}: python tools/train.py {QS_DET} --cfg-options " \
+           f"train_dataloader.batch_size={top} --auto-scale-lr" in text, text
+    best = plan.best_setting(card * planner.GIB, plan.batch)
+    assert best is not None and (best == 4 if plan.time_falls else best <= 4), text
+    assert f"model.backbone.plain_segments={best}" in text, text
+
+
+def _fake(batch, fb, fixed=1 << 30, opt=0):
     return planner.Probe(mode="reversible", batch=batch, shape=SHAPE, device="cpu", amp=False, optimizer="SGD",
                          params_bytes=fixed // 3, buffers_bytes=fixed - 3 * (fixed // 3), grads_bytes=fixed // 3,
                          optim_bytes=fixed // 3, fwd_bwd_bytes=fb, optim_step_bytes=opt, step_s=0.0)
 
 
 def test_largest_batch_follows_the_formula():
-    gb = 1_000_000_000
-    plan = planner.ModePlan("reversible", [_fake(1, gb), _fake(2, 2 * gb)])
-    assert plan.per_sample_bytes == gb and plan.step_constant_bytes == 0
-    # on_gpu(b) = (1 GB fixed + b GB) * 1.1 + 1 GB context <= 24 GB  <=>  b <= 19.9
-    assert plan.largest_batch(24 * gb, context_gb=1.0, fragmentation=0.1) == 19
-    assert plan.on_gpu(19, 1.0, 0.1) <= 24 * gb < plan.on_gpu(20, 1.0, 0.1)
-    assert plan.largest_batch(2 * gb, context_gb=1.0, fragmentation=0.1) == 0  # not even batch 1
+    gib = 1 << 30
+    plan = planner.ModePlan("reversible", [_fake(1, gib), _fake(2, 2 * gib)])
+    assert plan.per_sample_bytes == gib and plan.step_constant_bytes == 0
+    # on_gpu(b) = (1 GiB fixed + b GiB) * 1.1 + 1 GiB context <= 24 GiB  <=>  b <= 19.9
+    assert plan.largest_batch(24 * gib, context_gib=1.0, fragmentation=0.1) == 19
+    assert plan.on_gpu(19, 0.0, 1.0, 0.1) <= 24 * gib < plan.on_gpu(20, 0.0, 1.0, 0.1)
+    assert plan.largest_batch(2 * gib, context_gib=1.0, fragmentation=0.1) == 0  # not even batch 1
+    # a budget setting keeping 1 GiB more per sample: (1 + 2b) * 1.1 + 1 <= 24  <=>  b <= 9.95
+    assert plan.largest_batch(24 * gib, kept=gib, context_gib=1.0, fragmentation=0.1) == 9
     # an optimizer step larger than the forward + backward sets the floor of every batch
-    big_opt = planner.ModePlan("reversible", [_fake(1, gb, opt=5 * gb), _fake(2, 2 * gb, opt=5 * gb)])
-    assert big_opt.allocated(1) == big_opt.allocated(4) == 6 * gb
-    assert big_opt.allocated(8) == 9 * gb
+    big_opt = planner.ModePlan("reversible", [_fake(1, gib, opt=5 * gib), _fake(2, 2 * gib, opt=5 * gib)])
+    assert big_opt.allocated(1) == big_opt.allocated(4) == 6 * gib
+    assert big_opt.allocated(8) == 9 * gib
 
 
 @needs_rss
@@ -133,8 +161,8 @@ def test_amp_on_cpu_names_the_op_that_rejects_bfloat16():
     # mmcv 2.1's CPU NMS (in the RPN) takes float32 only: the plan says so instead of a traceback
     rc, out, err = _tool(QS_DET, "--quick", "--amp", "--modes", "reversible", "--threads", "1")
     assert rc == 0, out + err
-    row = next(line for line in out.splitlines() if line.startswith("reversible"))
-    assert "not measured" in row and "bfloat16 autocast" in row and "mmcv.ops." in row and "rejects it" in row, row
+    row = next(line for line in out.splitlines() if line.startswith("not measured here: reversible"))
+    assert "bfloat16 autocast" in row and "mmcv.ops." in row and "rejects it" in row, row
     assert "Traceback" not in err
 
 
@@ -160,15 +188,16 @@ def test_training_shape_follows_the_pipeline():
 
 
 
-def test_render_names_allowance_and_shows_partial_plain_measurement():
-    gb = 1_000_000_000
-    rev = planner.ModePlan("reversible", [_fake(1, gb), _fake(2, 2 * gb)])
-    plain = planner.ModePlan("plain", [_fake(1, 6 * gb)], skipped="not measured at batch 2: does not fit")
+def test_render_names_allowance_and_what_was_not_measured():
+    gib = 1 << 30
+    rev = planner.ModePlan("reversible", [_fake(1, gib), _fake(2, 2 * gib)])
+    plain = planner.ModePlan("plain", [_fake(1, 6 * gib)], skipped="not measured at batch 2: does not fit")
     plan = planner.Plan(config="x.py", scope="mmdet", shape=(800, 1344), shape_source="test", amp=False,
-                        device="cpu", modes=[rev, plain])
-    text = planner.render_plan(plan, (12, 24), context_gb=1.0, fragmentation=0.1)
-    assert "CUDA context + caching-allocator fragmentation: 1.0 GB + 10%" in text
-    row = next(line for line in text.splitlines() if line.startswith("reversible"))
-    assert row.split()[-2:] == ["9", "19"]  # largest batches on 12 and 24 GB
-    assert "not measured at batch 2" in text
-    assert "batch 1 measured: 7.00 GB allocated" in text  # 1 GB fixed + 6 GB working set; no prediction
+                        device="cpu", batch=2, auto_scale_lr=False, modes=[rev, plain],
+                        not_measured=[f"plain: {plain.skipped}"])
+    text = planner.render_plan(plan, (12, 24), context_gib=1.0, fragmentation=0.1)
+    assert "CUDA context + caching-allocator fragmentation: 1.0 GiB + 10%" in text
+    assert "12 GiB card:\n  fully reversible, largest batch 9: python tools/train.py x.py --cfg-options " \
+           "train_dataloader.batch_size=9\n" in text, text  # no --auto-scale-lr: the config has none
+    assert "24 GiB card:\n  fully reversible, largest batch 19:" in text
+    assert "not measured here: plain: not measured at batch 2" in text
