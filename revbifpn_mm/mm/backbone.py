@@ -8,7 +8,7 @@ from mmcv.cnn import build_norm_layer
 from mmengine.dist import barrier, get_dist_info
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
-from mmengine.registry import MODELS
+from mmengine.registry import MODELS, DefaultScope
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -181,6 +181,15 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         self._is_init = True
 
     # ----------------------------------------------------------- forward
+    def _pad_fix(self) -> str:
+        d = self.size_divisibility
+        scope = DefaultScope.get_current_instance()
+        mmdet = f"in mmdet set model.data_preprocessor.pad_size_divisor={d}"
+        mmseg = (f"in mmseg set model.data_preprocessor.size_divisor={d} (training) and "
+                 f"model.data_preprocessor.test_cfg=dict(size_divisor={d}) (inference)")
+        name = scope.scope_name if scope is not None else ""
+        return f"; {mmdet if name == 'mmdet' else mmseg if name == 'mmseg' else mmdet + '; ' + mmseg}"
+
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:  # type: ignore[override]
         """Return the feature maps selected by ``out_indices``."""
         if self.check_finite and not torch.isfinite(x).all():

@@ -1,6 +1,7 @@
 """``RevBiFPNNeck``: HRFPN's outputs at a fraction of its activation memory."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -10,6 +11,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..models.heads import level_sum
 
@@ -39,9 +41,15 @@ class RevBiFPNNeck(BaseModule):
     convolutions and the pooling need it, so it is recomputed from the inputs (a few
     1x1 convolutions at each level's own resolution, under 3 % of the neck's MACs)
     when the backward reaches the neck (selective checkpointing: the 3x3 convolutions
-    are not re-run). Outputs and gradients are bitwise those of ``lean=False``. A
-    training-mode norm in the reduction would update its statistics twice, so the
-    lean path is taken only when the reduction has no norm or its norm is frozen.
+    are not re-run). Outputs and gradients are bitwise those of ``lean=False``. It runs
+    in training only (``eval()`` is plain autograd, so tracing tools such as mmengine's
+    ``get_model_complexity_info`` see ordinary ops), and only where no norm of the neck
+    trains (a training-mode norm would update its statistics twice).
+
+    The reduction and the 3x3 convolutions are computed with ``F.conv2d`` on the blocks of
+    HRFPN's weights, not through ``reduction_conv``'s module call: forward hooks on that
+    module do not fire (the split is the point of this neck); the 3x3 ``fpn_convs`` run
+    through their modules.
 
     Args:
         in_channels: Channels of each input level (the backbone's ``out_channels``).
@@ -49,14 +57,21 @@ class RevBiFPNNeck(BaseModule):
         num_outs: Number of output levels (strides 4, 8, ..., 4 * 2^(num_outs-1)). Defaults to 5.
         pooling_type: ``'AVG'`` or ``'MAX'``. Defaults to ``'AVG'``.
         conv_cfg: Conv config of the ConvModules. Defaults to None.
-        stride: Stride of the 3x3 output convs. Defaults to 1.
+        norm_cfg: Accepted as HRFPN accepts it, and, as in HRFPN (mmdet 3.3), not used: its convolutions
+            are built without a norm, and so are these, to compute its outputs and load its state
+            dict (a warning says so). Defaults to None.
+        with_cp: HRFPN's checkpointing: recompute the reduction *and* the 3x3 convolutions in
+            the backward (less memory, more compute than ``lean`` alone). Defaults to False.
+        stride: Stride of the 3x3 output convs (2 for one-stage heads on strides 8-128, as
+            mmdet's HRNet FCOS configs). Defaults to 1.
         lean: Recompute the stride-4 reduction in the backward instead of keeping it
             (see above). Defaults to True.
         init_cfg: Defaults to Caffe2Xavier on the convs (as HRFPN).
     """
 
     def __init__(self, in_channels: Sequence[int], out_channels: int = 256, num_outs: int = 5,
-                 pooling_type: str = "AVG", conv_cfg: Optional[Dict[str, Any]] = None, stride: int = 1,
+                 pooling_type: str = "AVG", conv_cfg: Optional[Dict[str, Any]] = None,
+                 norm_cfg: Optional[Dict[str, Any]] = None, with_cp: bool = False, stride: int = 1,
                  lean: bool = True,
                  init_cfg: Optional[Dict[str, Any]] = dict(type="Caffe2Xavier", layer="Conv2d")) -> None:
         super().__init__(init_cfg)
@@ -68,6 +83,9 @@ class RevBiFPNNeck(BaseModule):
         self.out_channels = out_channels
         self.num_ins = len(in_channels)
         self.num_outs = num_outs
+        if norm_cfg is not None:
+            warnings.warn(f"RevBiFPNNeck: norm_cfg={norm_cfg} is not used, as mmdet's HRFPN does not use it "
+                          "(its convolutions have no norm); the neck computes HRFPN's outputs", stacklevel=2)
         self.reduction_conv = ConvModule(sum(in_channels), out_channels, kernel_size=1,
                                          conv_cfg=conv_cfg, act_cfg=None)
         self.fpn_convs = nn.ModuleList(
@@ -75,6 +93,8 @@ class RevBiFPNNeck(BaseModule):
                        conv_cfg=conv_cfg, act_cfg=None) for _ in range(num_outs))
         self.pooling = F.max_pool2d if pooling_type == "MAX" else F.avg_pool2d
         self.lean = bool(lean)
+        self.with_cp = bool(with_cp)
+        self.stride = stride
 
     def _check(self, inputs: Sequence[Tensor]) -> None:
         got = [int(x.shape[1]) for x in inputs]
@@ -90,13 +110,16 @@ class RevBiFPNNeck(BaseModule):
                                  f"{tuple(base)} / {2 ** i}; pad images to a multiple of 32")
 
     def forward(self, inputs: Sequence[Tensor]) -> Tuple[Tensor, ...]:
-        """Return ``num_outs`` maps with ``out_channels`` channels (strides 4, 8, ...)."""
+        """Return ``num_outs`` maps with ``out_channels`` channels (strides ``4 * stride * 2**i``)."""
         self._check(inputs)
-        norm = self.reduction_conv.norm if self.reduction_conv.with_norm else None
-        if self.lean and torch.is_grad_enabled() and (norm is None or not norm.training):
-            return checkpoint(self._forward, *inputs, use_reentrant=False,
-                              context_fn=_keep_output_convs)
-        return self._forward(*inputs)
+        if not (self.training and torch.is_grad_enabled() and (self.lean or self.with_cp)) or self._norm_trains():
+            return self._forward(*inputs)
+        return checkpoint(self._forward, *inputs, use_reentrant=False,
+                          **({} if self.with_cp else dict(context_fn=_keep_output_convs)))
+
+    def _norm_trains(self) -> bool:
+        """Whether a norm of the neck uses batch statistics (a recomputation would update them twice)."""
+        return any(isinstance(m, _BatchNorm) and m.training for m in self.modules())
 
     def _forward(self, *inputs: Tensor) -> Tuple[Tensor, ...]:
         conv = self.reduction_conv.conv

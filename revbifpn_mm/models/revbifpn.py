@@ -275,10 +275,12 @@ class RevBiFPN(nn.Module):
         h, w = x.shape[-2:]
         d = self.size_divisibility
         if h % d or w % d:
-            raise ValueError(
-                f"RevBiFPN needs input height and width that are multiples of {d}, got {h}x{w}; "
-                f"pad the input (e.g. to {math.ceil(h / d) * d}x{math.ceil(w / d) * d}), or in "
-                f"mmdet/mmseg set data_preprocessor.pad_size_divisor={d}")
+            raise ValueError(f"RevBiFPN needs input height and width that are multiples of {d}, got {h}x{w}; "
+                             f"pad the input (e.g. to {math.ceil(h / d) * d}x{math.ceil(w / d) * d}){self._pad_fix()}")
+
+    def _pad_fix(self) -> str:
+        """How a framework pads its inputs to :attr:`size_divisibility` (the mm backbone names its keys)."""
+        return ""
 
     def forward_features(self, x: Tensor) -> Tuple[Tensor, ...]:
         """Backbone outputs: 4 maps at strides 4, 8, 16, 32 with :attr:`out_channels`."""

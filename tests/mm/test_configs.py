@@ -31,6 +31,7 @@ def test_expected_configs_exist():
     for det in ("faster_rcnn", "mask_rcnn"):
         for a in OUT_CHANNELS:
             assert f"{det}_revbifpn_{a}.py" in names
+    assert {"retinanet_revbifpn_s3.py", "fcos_revbifpn_s3.py"} <= names  # one-stage detectors
     for q in ("faster_rcnn_revbifpn_s0_synthetic.py", "mask_rcnn_revbifpn_s0_synthetic.py",
               "fcn_revbifpn_s0_synthetic_seg.py"):
         assert f"quickstart/{q}" in names
@@ -188,3 +189,77 @@ def test_s4_configs_are_mmdet_base_with_backbone_and_neck_swapped(det, base, tmp
     assert sorted(names) == ["_base_", "custom_imports", "model"]
     model = next(node.value for node in tree.body if isinstance(node, ast.Assign) and node.targets[0].id == "model")
     assert sorted(k.arg for k in model.keywords) == ["backbone", "neck"]
+
+
+DETECTOR_CONFIGS = [p for p in CONFIGS if _load(p).get("default_scope") == "mmdet"]
+
+
+def _stride_mismatches(model_cfg, mm_build, size=256):
+    """Where a detector's heads expect feature strides that its neck does not produce: the neck's
+    output strides are read off a forward (on the meta device: shapes only), the heads' from their
+    anchor / point generators and RoI extractors."""
+    import torch
+    model_cfg = copy.deepcopy(model_cfg)
+    model_cfg.backbone.init_cfg = None
+    with torch.device("meta"):
+        model = mm_build(model_cfg, "mmdet").eval()
+        outs = model.neck(model.backbone(torch.empty(1, 3, size, size)))
+    neck = [size // o.shape[-1] for o in outs]
+    heads = {}
+    for name in ("rpn_head", "bbox_head"):
+        head = getattr(model, name, None)
+        if head is not None and hasattr(head, "prior_generator"):
+            heads[name] = [s[0] if isinstance(s, (tuple, list)) else s for s in head.prior_generator.strides]
+    roi = getattr(getattr(model, "roi_head", None), "bbox_roi_extractor", None)
+    if roi is not None:
+        heads["roi_head"] = list(roi.featmap_strides)
+    assert heads, "no head with feature strides found"
+    return {k: (v, neck[:len(v)]) for k, v in heads.items() if v != neck[:len(v)]}
+
+
+@pytest.mark.parametrize("path", DETECTOR_CONFIGS, ids=_rel)
+def test_heads_predict_on_the_strides_the_neck_produces(path, mm_build):
+    assert _stride_mismatches(_load(path).model, mm_build) == {}
+
+
+def test_the_stride_check_sees_a_one_stage_head_on_the_wrong_strides(mm_build):
+    """RevBiFPNNeck dropped into mmdet's RetinaNet without stride=2 gives strides 4-64 against anchors
+    for 8-128: training would run, silently wrong. The check above must catch it."""
+    cfg = _load(CONFIG_DIR / "retinanet_revbifpn_s3.py")
+    cfg.model.neck.stride = 1
+    assert _stride_mismatches(cfg.model, mm_build) == {"bbox_head": ([8, 16, 32, 64, 128], [4, 8, 16, 32, 64])}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["retinanet_revbifpn_s3.py", "fcos_revbifpn_s3.py"])
+def test_one_stage_detectors_train_a_step_on_the_embedded_data(name, synthetic_coco, tmp_path):
+    """The one-stage configs, with the data pointed at the generated dataset (3 classes), train one
+    iteration through tools/train.py: a finite loss, a checkpoint."""
+    import json
+    import subprocess
+    import sys
+    root = synthetic_coco(4, 2, (128, 128), seed=4)
+    head = "bbox_head"
+    opts = {f"{k}_dataloader.dataset.data_root": root for k in ("train", "val", "test")}
+    opts.update({f"{k}_dataloader.dataset.{f}": v for k in ("train", "val", "test")
+                 for f, v in (("ann_file", "annotations/instances_train.json" if k == "train" else
+                               "annotations/instances_val.json"),
+                              ("data_prefix.img", "train/" if k == "train" else "val/"))})
+    opts.update({f"{k}_dataloader.dataset.metainfo.classes": "('circle','square','triangle')"
+                 for k in ("train", "val", "test")})
+    opts.update({
+                 f"model.{head}.num_classes": 3, "model.backbone.init_cfg": None, "train_dataloader.batch_size": 2,
+                 "train_dataloader.num_workers": 0, "train_dataloader.persistent_workers": False,
+                 "train_cfg.max_epochs": 1, "train_cfg.val_interval": 10, "default_hooks.logger.interval": 1,
+                 "train_dataloader.dataset.filter_cfg.min_size": 0,
+                 "val_evaluator.ann_file": root + "annotations/instances_val.json",
+                 "test_evaluator.ann_file": root + "annotations/instances_val.json"})
+    args = [f"{k}={v}" for k, v in opts.items()]
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), str(CONFIG_DIR / name), "--work-dir",
+                          str(tmp_path), "--cfg-options", *args], capture_output=True, text=True, timeout=900,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "2"})
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    scalars = next(tmp_path.glob("*/vis_data/scalars.json")).read_text().splitlines()
+    first = json.loads(scalars[0])
+    assert first["loss"] == first["loss"] and first["loss"] > 0, first  # finite, positive
+    assert (tmp_path / "epoch_1.pth").is_file()
