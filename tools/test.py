@@ -3,7 +3,7 @@
 Usage (the command line of mmdet's / mmseg's tools/test.py)::
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE_OR_DIR]
-                         [--show-dir DIR] [--show] [--cfg-options k=v ...]
+                         [--show-dir DIR] [--show] [--tta] [--cfg-options k=v ...]
                          [--launcher none|pytorch|slurm|mpi]
 
 ``--out``: mmdet configs dump the raw predictions to a ``.pkl`` file; mmseg configs
@@ -34,6 +34,9 @@ def parse_args(argv=None):
                         help="directory where painted images are saved: mmdet WORK_DIR/TIMESTAMP/SHOW_DIR, "
                              "mmseg WORK_DIR/SHOW_DIR/vis_data/vis_image")
     parser.add_argument("--wait-time", type=float, default=2, help="the interval of show (s)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: the config's tta_model / tta_pipeline (mmseg configs have "
+                             "them; for mmdet configs without them, horizontal flip merged by DetTTAModel)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction,
                         help="override settings of the config, key=value")
     from preflight import parse_with_launcher
@@ -60,6 +63,35 @@ def trigger_visualization_hook(cfg, args, scope):
     return cfg
 
 
+def use_tta(cfg, scope):
+    """Wrap the model in the config's test-time-augmentation model and test with its pipeline.
+
+    mmdet configs that define neither get mmdet's DetTTAModel (NMS 0.5, 100 boxes) over the test
+    pipeline with each image seen as it is and flipped horizontally.
+    """
+    from copy import deepcopy
+
+    from mmengine.config import ConfigDict
+    if scope == "mmdet":
+        cfg.setdefault("tta_model", dict(type="DetTTAModel",
+                                         tta_cfg=dict(nms=dict(type="nms", iou_threshold=0.5), max_per_img=100)))
+        if "tta_pipeline" not in cfg:
+            data = cfg.test_dataloader.dataset
+            while "dataset" in data:
+                data = data.dataset
+            pipeline = deepcopy(data.pipeline)
+            pack = pipeline.pop()
+            pack.setdefault("meta_keys", ("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"))
+            pack.meta_keys = tuple(pack.meta_keys) + ("flip", "flip_direction")
+            cfg.tta_pipeline = pipeline + [dict(type="TestTimeAug", transforms=[
+                [dict(type="RandomFlip", prob=1.0), dict(type="RandomFlip", prob=0.0)], [pack]])]
+    if "tta_model" not in cfg or "tta_pipeline" not in cfg:
+        raise SystemExit("--tta needs tta_model and tta_pipeline in the config (mmseg's base configs define them)")
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    return cfg
+
+
 def build_cfg(args, scope_of):
     from mmengine.config import Config
 
@@ -77,6 +109,8 @@ def build_cfg(args, scope_of):
 
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args, scope)
+    if args.tta:
+        cfg = use_tta(cfg, scope)
     if args.out is not None and scope == "mmseg":
         cfg.test_evaluator["output_dir"] = args.out
         cfg.test_evaluator["keep_results"] = True

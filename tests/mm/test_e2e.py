@@ -134,6 +134,16 @@ def test_test_tool_evaluates_checkpoint(trained, tiny_root, tmp_path):
     assert pkl.is_file() and pkl.stat().st_size > 0
 
 
+def test_test_tool_with_test_time_augmentation(trained, tiny_root, tmp_path):
+    """--tta as mmdet's test.py: the quickstart config has no tta_model / tta_pipeline, so DetTTAModel
+    merges each image and its horizontal flip."""
+    rc, out = run_tool([TEST, QS_DET, str(trained[2]), "--work-dir", str(tmp_path / "tta"), "--tta",
+                        *det_options(tiny_root, 2)])
+    assert rc == 0, out[-5000:]
+    assert re.search(r"coco/bbox_mAP: " + FLOAT, out), out[-3000:]
+    assert "DetTTAModel" in "".join(p.read_text() for p in (tmp_path / "tta").glob("*/vis_data/config.py"))
+
+
 def _assert_clear_error(rc, out, *needles):
     assert rc == 2, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
