@@ -46,3 +46,6 @@ model = dict(
         out_channels=256,
         num_outs=5))
 
+# Checkpoints are written to a temporary name and renamed into place, and old ones are removed only
+# after that (revbifpn_mm.mm.hooks.SafeCheckpointHook): a save cut short never loses the last good one.
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))

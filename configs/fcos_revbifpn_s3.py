@@ -27,3 +27,7 @@ model = dict(
         out_channels=256,
         stride=2,  # strides 8, 16, 32, 64, 128: the point strides of the FCOS head
         num_outs=5))
+
+# Checkpoints are written to a temporary name and renamed into place, and old ones are removed only
+# after that (revbifpn_mm.mm.hooks.SafeCheckpointHook): a save cut short never loses the last good one.
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))

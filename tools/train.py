@@ -29,7 +29,8 @@ def parse_args(argv=None):
                         help="scale the learning rate linearly with the total batch size (auto_scale_lr)")
     parser.add_argument("--resume", nargs="?", type=str, const="auto",
                         help="resume from the given checkpoint, or, without a value, from the latest "
-                             "checkpoint in the work dir")
+                             "checkpoint in the work dir (the newest complete one, with a warning, when "
+                             "the latest was cut short)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction,
                         help="override settings of the config, key=value (e.g. "
                              "train_dataloader.dataset.data_root=/data/coco/)")
@@ -85,7 +86,8 @@ def build_cfg(args):
 def main(argv=None):
     args = parse_args(argv)
     from preflight import (DataError, apply_cpu_dist_backend, build_runner, check_data, check_pretrained,
-                           ensure_synthetic_data, mmcv_ops_problem, register_scope, shutdown_distributed)
+                           ensure_synthetic_data, mmcv_ops_problem, register_scope, resume_checkpoint,
+                           shutdown_distributed)
 
     problem = mmcv_ops_problem()  # Faster/Mask R-CNN need mmcv's compiled ops: one clear line, no trace
     if problem:
@@ -100,9 +102,11 @@ def main(argv=None):
     try:
         check_data(cfg, splits, scope)
         check_pretrained(cfg)  # the runner initialises the backbone even before load_from / resume
-        if cfg.get("resume", False) and cfg.get("load_from") and not osp.isfile(cfg.load_from) \
-                and "://" not in cfg.load_from:
-            raise FileNotFoundError(f"--resume checkpoint not found: {cfg.load_from!r}")
+        if args.resume is not None:
+            path, warning = resume_checkpoint(cfg.work_dir, None if args.resume == "auto" else args.resume)
+            if warning:
+                print(f"WARNING: {warning}", file=sys.stderr)
+            cfg.load_from = path
     except (DataError, FileNotFoundError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
@@ -112,8 +116,12 @@ def main(argv=None):
     except DataError as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
-    runner.train()
-    shutdown_distributed()
+    done = False
+    try:
+        runner.train()
+        done = True
+    finally:  # also when training raises: a live process group at exit can abort the interpreter
+        shutdown_distributed(barrier=done)
     return 0
 
 

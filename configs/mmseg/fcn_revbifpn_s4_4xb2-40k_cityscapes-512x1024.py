@@ -35,3 +35,7 @@ model = dict(
         type='LeanFCNHead',
         in_channels=[192, 256, 512, 1280],
         channels=2240))  # sum(in_channels), as HRNet's FCN head
+
+# Checkpoints are written to a temporary name and renamed into place, and old ones are removed only
+# after that (revbifpn_mm.mm.hooks.SafeCheckpointHook): a save cut short never loses the last good one.
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook'))

@@ -108,5 +108,5 @@ auto_scale_lr = dict(enable=False, base_batch_size=4)
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=val_interval, max_keep_ckpts=1))
+    checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=val_interval, max_keep_ckpts=1))
 log_processor = dict(by_epoch=False, window_size=20)

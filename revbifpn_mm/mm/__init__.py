@@ -1,6 +1,7 @@
 """The OpenMMLab layer: registers ``RevBiFPN`` (backbone), ``RevBiFPNNeck`` and, when MMSegmentation
 is installed, ``LeanFCNHead`` (segmentation decode head) in mmengine's root ``MODELS`` registry,
-which both ``mmdet.registry.MODELS`` and ``mmseg.registry.MODELS`` resolve.
+and ``SafeCheckpointHook`` (crash-safe checkpoint saves) in its root ``HOOKS``, which mmdet's and
+mmseg's registries resolve.
 
 Only this sub-package imports mmengine and mmcv; mmdet is never imported here, mmseg only by
 :mod:`~revbifpn_mm.mm.decode_head` (imported when mmseg is installed and importable: mmseg's
@@ -18,6 +19,7 @@ require_mm_stack()
 ensure_torch_load_compat()
 
 from .backbone import RevBiFPNBackbone  # noqa: E402
+from .hooks import SafeCheckpointHook  # noqa: E402
 from .neck import RevBiFPNNeck  # noqa: E402
 
 try:
@@ -30,5 +32,5 @@ if _MMSEG:
     except ImportError:  # mmseg itself needs mmcv's compiled ops: no mmseg model builds without them
         pass
 
-__all__ = ["RevBiFPNBackbone", "RevBiFPNNeck", "MMCVOpsMissingError", "check_mmcv_ops",
+__all__ = ["RevBiFPNBackbone", "RevBiFPNNeck", "SafeCheckpointHook", "MMCVOpsMissingError", "check_mmcv_ops",
            "ensure_torch_load_compat", "require_mm_stack"]

@@ -32,6 +32,8 @@ def test_expected_configs_exist():
         for a in OUT_CHANNELS:
             assert f"{det}_revbifpn_{a}.py" in names
     assert {"retinanet_revbifpn_s3.py", "fcos_revbifpn_s3.py"} <= names  # one-stage detectors
+    for p in CONFIGS:  # every config saves its checkpoints crash-safely
+        assert _load(p).default_hooks.checkpoint.type == "SafeCheckpointHook", _rel(p)
     for q in ("faster_rcnn_revbifpn_s0_synthetic.py", "mask_rcnn_revbifpn_s0_synthetic.py",
               "fcn_revbifpn_s0_synthetic_seg.py"):
         assert f"quickstart/{q}" in names
@@ -180,13 +182,15 @@ def test_s4_configs_are_mmdet_base_with_backbone_and_neck_swapped(det, base, tmp
     theirs = _mmdet_base(tmp_path, base)
     assert ours["model"]["data_preprocessor"]["pad_size_divisor"] == 32  # RevBiFPN needs multiples of 32
     assert ours.pop("custom_imports") == dict(imports=["revbifpn_mm"], allow_failed_imports=False)
+    assert (ours["default_hooks"]["checkpoint"].pop("type"), theirs["default_hooks"]["checkpoint"].pop("type")) == (
+        "SafeCheckpointHook", "CheckpointHook")  # crash-safe saves; interval and the rest are mmdet's
     for d in (ours, theirs):
         del d["model"]["backbone"], d["model"]["neck"]
     assert ours == theirs
 
     tree = ast.parse(path.read_text())
     names = [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets]
-    assert sorted(names) == ["_base_", "custom_imports", "model"]
+    assert sorted(names) == ["_base_", "custom_imports", "default_hooks", "model"]
     model = next(node.value for node in tree.body if isinstance(node, ast.Assign) and node.targets[0].id == "model")
     assert sorted(k.arg for k in model.keywords) == ["backbone", "neck"]
 

@@ -91,6 +91,8 @@ def test_s4_file_is_mmseg_hrnet_config_with_backbone_and_head_swapped(family, tm
     theirs = _mmseg_config(tmp_path, "hrnet/" + FAMILIES[family][0])
     assert ours.pop("custom_imports") == dict(imports=["revbifpn_mm"], allow_failed_imports=False)
     assert ours["model"]["data_preprocessor"].pop("test_cfg") == dict(size_divisor=32)
+    assert (ours["default_hooks"]["checkpoint"].pop("type"), theirs["default_hooks"]["checkpoint"].pop("type")) == (
+        "SafeCheckpointHook", "CheckpointHook")  # crash-safe saves; interval and the rest are mmseg's
     for d in (ours, theirs):
         del d["model"]["backbone"], d["model"]["pretrained"]
         for k in ("type", "in_channels", "channels"):
@@ -99,7 +101,7 @@ def test_s4_file_is_mmseg_hrnet_config_with_backbone_and_head_swapped(family, tm
 
     tree = ast.parse(path.read_text())
     names = [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets]
-    assert sorted(names) == ["_base_", "custom_imports", "model"]
+    assert sorted(names) == ["_base_", "custom_imports", "default_hooks", "model"]
 
 
 @pytest.mark.parametrize("arch,family", [c for c in CASES if c[0] != "s4"],
