@@ -97,19 +97,39 @@ def apply_cpu_dist_backend(cfg: Any) -> bool:
     return prepare_cpu_distributed(cfg, cfg.get("launcher", "none"))
 
 
-def shutdown_distributed(barrier: bool = True) -> None:
-    """Destroy the default process group, if any, before the interpreter exits.
+def native_threads(prefix: str) -> int:
+    """How many threads of this process have a name starting with ``prefix`` (Linux; 0 elsewhere)."""
+    try:
+        names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return 0
+    return sum(n.startswith(prefix) for n in names)
 
-    A gloo process group left alive at exit can abort the process (``terminate called
-    without an active exception``) after a successful run, which torchrun reports as
-    a failure. ``barrier``: wait for the other ranks first (not after an error, when they may
-    never arrive).
+
+def shutdown_distributed(barrier: bool = True) -> int:
+    """Destroy the default process group, if any, and with it gloo's threads, before the interpreter exits.
+
+    Gloo's worker threads (``pt_gloo_runloop``) destroy finished work objects, whose tensors may be
+    owned by Python; if that happens while the interpreter finalizes, the thread's GIL acquisition
+    ends it with ``std::terminate`` ("terminate called without an active exception", exit -6 after
+    a successful run: pytorch/pytorch#190489). ``destroy_process_group`` joins those threads only
+    when nothing else holds the group: callers drop what does (the runner and its DDP wrapper)
+    first, and this collects the garbage around it. ``barrier``: wait for the other ranks first
+    (not after an error, when they may never arrive).
+
+    Returns:
+        The gloo worker threads still alive afterwards (0 when the group is gone).
     """
+    import gc
+
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         if barrier:
             dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
+    return native_threads("pt_gloo")
 
 
 # --------------------------------------------------------------------------- datasets

@@ -150,12 +150,13 @@ def main(argv=None):
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
 
-    metrics = None
+    metrics, rank = None, runner.rank
     try:
         metrics = runner.test()
     finally:  # also when testing raises: a live process group at exit can abort the interpreter
+        del runner  # it holds the process group (DDP): the group and its threads must go before exit
         shutdown_distributed(barrier=metrics is not None)
-    if runner.rank == 0:
+    if rank == 0:
         shown = "  ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in metrics.items())
         print(f"test metrics: {shown}")
     return 0

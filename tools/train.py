@@ -121,6 +121,7 @@ def main(argv=None):
         runner.train()
         done = True
     finally:  # also when training raises: a live process group at exit can abort the interpreter
+        del runner  # it holds the process group (DDP): the group and its threads must go before exit
         shutdown_distributed(barrier=done)
     return 0
 

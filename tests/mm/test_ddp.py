@@ -133,3 +133,32 @@ def test_sync_bn_on_cpu_distributed_is_a_clear_error():
     with pytest.raises(ValueError, match="SyncBN"):
         prepare_cpu_distributed(Config(dict(model=dict(type="X"), sync_bn="torch")), "slurm")
     assert prepare_cpu_distributed(Config(dict(model=dict(type="X", norm_cfg=dict(type="BN")))), "slurm")
+
+
+def test_destroying_the_group_joins_glooes_threads_only_once_nothing_holds_it(tmp_path, free_port):
+    """The cause of the abort at exit (pytorch/pytorch#190489): gloo's worker threads outlive
+    destroy_process_group while a DDP wrapper still holds the group, and then destroy their finished
+    work (with Python-owned tensors) while the interpreter finalizes. tools/train.py drops its runner
+    before shutdown_distributed, which then leaves no gloo thread behind."""
+    code = f"""
+import torch, torch.distributed as dist
+from preflight import native_threads, shutdown_distributed
+dist.init_process_group('gloo', init_method='tcp://127.0.0.1:{free_port}', rank=0, world_size=1)
+ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+ddp(torch.randn(3, 2)).sum().backward()
+before = native_threads('pt_gloo')
+held = shutdown_distributed()
+dist.init_process_group('gloo', init_method='tcp://127.0.0.1:{free_port + 1}', rank=0, world_size=1)
+ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+ddp(torch.randn(3, 2)).sum().backward()
+del ddp
+print(before, held, shutdown_distributed())
+"""
+    tools = os.path.join(ROOT, "tools")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join([tools, ROOT])})
+    assert out.returncode == 0, out.stderr[-3000:]
+    before, held, dropped = map(int, out.stdout.split()[-3:])
+    assert before > 0 and held == before and dropped == 0, out.stdout
+    train = open(os.path.join(tools, "train.py")).read()
+    assert train.index("del runner") < train.index("shutdown_distributed(barrier=done)")
