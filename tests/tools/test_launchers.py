@@ -17,8 +17,10 @@ def _recorder(tmp_path, name):
 
 
 def _run(tmp_path, script, *args, **env):
+    # The scripts' own default interpreter unless a test names one (CI exports PYTHON=python3).
+    base = {k: v for k, v in os.environ.items() if k != "PYTHON"}
     return subprocess.run(["bash", str(REPO / "tools" / script), *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", **env})
+                          env={**base, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", **env})
 
 
 def test_slurm_train_and_test_call_srun_as_mmdets_do(tmp_path):
