@@ -48,7 +48,11 @@ class SavedTensorCounter:
         ptr = st.data_ptr()
         if ptr not in self._excluded and ptr != 0:
             self.storages[(str(t.device), ptr)] = st.nbytes()
-        return t
+        # A detached alias: the same storage and version counter, no grad_fn. Returning ``t`` itself
+        # would tie a custom Function's saved outputs to their own node, a reference cycle through
+        # C++ that no garbage collection frees (each counted forward of a reversible run followed by
+        # plain segments kept its outputs alive until the process ended).
+        return t.detach()
 
     @property
     def nbytes(self) -> int:

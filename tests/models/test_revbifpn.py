@@ -141,6 +141,34 @@ def test_saved_bytes_constant_in_depth_only_when_reversible():
     assert saved_bytes(lambda: m(x), exclude=m.parameters()) == trunk // 2
 
 
+def test_counted_forward_frees_what_it_saved():
+    """A forward under SavedTensorCounter that is never backwarded (the planner counts every budget
+    setting that way) must free everything once its outputs go: a counter that hands autograd the
+    saved tensor itself ties a custom Function's saved outputs to their own node, and each counted
+    forward of a reversible run followed by plain segments then kept its stream tensors alive."""
+    import gc
+    import weakref
+
+    from revbifpn_mm.core import SavedTensorCounter
+
+    class Recording(SavedTensorCounter):
+        def _pack(self, t):
+            if t.untyped_storage().data_ptr() not in self._excluded:
+                refs.append(weakref.ref(t))
+            return super()._pack(t)
+
+    m = RevBiFPN("s0", num_classes=0, plain_segments=1).train()
+    x = torch.randn(1, 3, 64, 64)
+    refs = []
+    with Recording(exclude=list(m.parameters()) + list(m.buffers())) as counter:
+        out = m(x)
+    assert counter.nbytes > 0 and refs
+    del out
+    gc.collect()
+    alive = [tuple(r().shape) for r in refs if r() is not None]
+    assert not alive, alive
+
+
 @pytest.mark.parametrize("frozen_bn", [False, True])
 def test_outputs_not_corrupted_by_backward_without_neck(frozen_bn):
     """Without the neck the outputs are the stored trunk outputs themselves (frozen BN:
