@@ -12,10 +12,14 @@
 * ``mm_build``: builds a config dict in mmdet's or mmseg's registry and scope (the default
   scope is left as it was, so that one test's scope never leaks into the next).
 * ``free_port``: a free TCP port on 127.0.0.1 for a torchrun rendezvous.
+* ``mac_counter``: counts the multiply-accumulates of the convolutions and matrix products really
+  dispatched (``with mac_counter() as c: ...; c.macs``): a convolution costs ``output (input, if
+  transposed) elements x weight.shape[1] x kernel area``, a matrix product ``M x K x N``.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import socket
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -23,6 +27,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "data")
@@ -154,3 +159,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class MacCounter(TorchDispatchMode):
+    """Multiply-accumulates of aten convolutions and matrix products (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.macs = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        packet = func.overloadpacket
+        if packet is torch.ops.aten.convolution:
+            x, w, transposed = args[0], args[1], args[6]
+            self.macs += (x if transposed else out).numel() * w.shape[1] * math.prod(w.shape[2:])
+        elif packet in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm):
+            a, b = args[-2], args[-1]
+            self.macs += a.numel() * b.shape[-1]
+        return out
+
+
+@pytest.fixture(scope="session")
+def mac_counter() -> type:
+    """The :class:`MacCounter` class: ``with mac_counter() as c: ...`` then ``c.macs``."""
+    return MacCounter

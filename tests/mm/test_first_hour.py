@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 pytest.importorskip("mmdet")
 
@@ -35,20 +34,7 @@ def test_every_backbone_conv_runs_through_its_module_call():
     assert len(convs) == 429 and len(fired) == len(convs), f"{len(convs) - len(fired)} of {len(convs)} convs unseen"
 
 
-class _ConvMacs(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.macs = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func.overloadpacket is torch.ops.aten.convolution:
-            w = args[1]
-            self.macs += out.numel() * w.shape[1] * w.shape[2] * w.shape[3]
-        return out
-
-
-def test_forward_hooks_count_every_mac_of_the_backbone():
+def test_forward_hooks_count_every_mac_of_the_backbone(mac_counter):
     """A hook-based FLOP counter (MACs of each Conv2d from its module's input and output) counts
     exactly what the dispatcher sees: S3 in eval() on the CPU."""
     model = RevBiFPN("s3", num_classes=0).eval()
@@ -59,7 +45,7 @@ def test_forward_hooks_count_every_mac_of_the_backbone():
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             m.register_forward_hook(count)
-    with torch.no_grad(), _ConvMacs() as seen:
+    with torch.no_grad(), mac_counter() as seen:
         model(torch.randn(1, 3, 128, 192))
     assert hooked[0] == seen.macs > 0, (hooked[0], seen.macs)
 

@@ -25,7 +25,6 @@ import re
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 pytest.importorskip("mmdet")
 from mmengine.config import Config  # noqa: E402
@@ -47,25 +46,6 @@ PAPER_MASK_MACS = dict(zip(ARCHS, (188.2, 193.7, 210.5, 232.9, 304.1, 382.0, 518
 PAPER_FASTER_MACS = {"s3": 180.99, "s5": 328.91, "s6": 465.43}
 
 
-class MacCounter(TorchDispatchMode):
-    """Multiply-accumulates of aten convolutions and matrix products (see the module docstring)."""
-
-    def __init__(self):
-        super().__init__()
-        self.macs = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        packet = func.overloadpacket
-        if packet is torch.ops.aten.convolution:
-            x, w, transposed = args[0], args[1], args[6]
-            self.macs += (x if transposed else out).numel() * w.shape[1] * math.prod(w.shape[2:])
-        elif packet in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm):
-            a, b = args[-2], args[-1]
-            self.macs += a.numel() * b.shape[-1]
-        return out
-
-
 def _config(det, arch):
     return Config.fromfile(str(ROOT / "configs" / f"{det}_rcnn_revbifpn_{arch}.py"))
 
@@ -83,8 +63,8 @@ def _build_meta(model_cfg):
         return MODELS.build(cfg).eval()
 
 
-def _count(fn, *args):
-    with torch.no_grad(), MacCounter() as counter:
+def _count(counter_cls, fn, *args):
+    with torch.no_grad(), counter_cls() as counter:
         out = fn(*args)
     return counter.macs, out
 
@@ -95,7 +75,7 @@ def _hrfpn(neck_cfg):
     return _build_meta(dict(type="HRFPN", in_channels=list(neck_cfg.in_channels), out_channels=256, num_outs=5))
 
 
-def measure(arch):
+def measure(arch, counter):
     """{det: (parameters, MACs with RevBiFPNNeck, MACs with mmdet's HRFPN)} of the shipped configs.
 
     The backbone's MACs are counted once per arch (the Faster and Mask R-CNN configs
@@ -106,30 +86,30 @@ def measure(arch):
         cfg = _config(det, arch).model
         model = _build_meta(cfg)
         if backbone is None:
-            backbone = (cfg.backbone, *_count(model.backbone, torch.empty(1, 3, H, W, device="meta")))
+            backbone = (cfg.backbone, *_count(counter, model.backbone, torch.empty(1, 3, H, W, device="meta")))
         assert cfg.backbone == backbone[0]
         bb_macs, feats = backbone[1:]
-        lean, outs = _count(model.neck, feats)
-        hrfpn, _ = _count(_hrfpn(cfg.neck), feats)
-        heads = _count(model.rpn_head, outs)[0]
-        heads += _count(model.roi_head.bbox_head, torch.empty(ROIS, 256, 7, 7, device="meta"))[0]
+        lean, outs = _count(counter, model.neck, feats)
+        hrfpn, _ = _count(counter, _hrfpn(cfg.neck), feats)
+        heads = _count(counter, model.rpn_head, outs)[0]
+        heads += _count(counter, model.roi_head.bbox_head, torch.empty(ROIS, 256, 7, 7, device="meta"))[0]
         if det == "mask":
-            heads += _count(model.roi_head.mask_head, torch.empty(MASK_ROIS, 256, 14, 14, device="meta"))[0]
+            heads += _count(counter, model.roi_head.mask_head, torch.empty(MASK_ROIS, 256, 14, 14, device="meta"))[0]
         params = sum(p.numel() for p in model.parameters())
         out[det] = (params, bb_macs + lean + heads, bb_macs + hrfpn + heads)
     return out
 
 
 @pytest.fixture(scope="module")
-def measured():
-    return {(det, a): v for a in ARCHS for det, v in measure(a).items()}
+def measured(mac_counter):
+    return {(det, a): v for a in ARCHS for det, v in measure(a, mac_counter).items()}
 
 
-def test_counter_sees_direct_conv_calls_and_linear_layers():
+def test_counter_sees_direct_conv_calls_and_linear_layers(mac_counter):
     """The counter counts F.conv2d calls that module hooks miss, and linear layers."""
     x, w = torch.empty(2, 8, 10, 12, device="meta"), torch.empty(16, 4, 3, 3, device="meta")
     lin = torch.nn.Linear(32, 5, device="meta")
-    with MacCounter() as c:
+    with mac_counter() as c:
         torch.nn.functional.conv2d(x, w, padding=1, groups=2)
         lin(torch.empty(7, 32, device="meta"))
         torch.nn.functional.conv_transpose2d(torch.empty(1, 6, 4, 4, device="meta"),
