@@ -62,8 +62,9 @@ class RunPolicy:
         plain_segments: How many of the container's segments (each the unit of one autograd
             Function in a reversible call; the recomputed tail counts as one more, the last)
             train with ordinary autograd, keeping their activations, counted from
-            ``plain_from``. ``0`` (default) is fully reversible; all of them is the same as
-            ``memory_mode='plain'``. Between the two, memory and step time move monotonically:
+            ``plain_from``. ``0`` (default) is fully reversible; all of them (or more) is the
+            same as ``memory_mode='plain'``. The memory kept rises with every segment; the step
+            time falls until keeping more stops paying (measured per config by the planner):
             a card with memory to spare buys back the recomputation.
         plain_from: ``'output'`` (default: the tail and the last segments, whose recomputation
             costs the most time per byte kept) or ``'input'``.

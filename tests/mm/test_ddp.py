@@ -35,9 +35,10 @@ env_cfg = dict(dist_cfg=dict(backend='gloo'))
 """
 
 
-def _write_cfg(tmp_path, name, iters, acc, data, init, norm="BN", norm_eval=True, extra=""):
+def _write_cfg(tmp_path, name, iters, acc, data, init, norm="BN", norm_eval=True, extra="", plain_segments=0):
     path = tmp_path / f"{name}.py"
-    backbone = f"norm_eval={norm_eval}, drop_path_rate=0.0, norm_cfg=dict(type={norm!r}, eps=1e-3)"
+    backbone = (f"norm_eval={norm_eval}, drop_path_rate=0.0, norm_cfg=dict(type={norm!r}, eps=1e-3), "
+                f"plain_segments={plain_segments}")
     path.write_text(deterministic_faster_rcnn(data, backbone, batch_size=1)
                     + CFG.format(iters=iters, acc=acc, init=init, extra=extra))
     return str(path)
@@ -74,10 +75,12 @@ def _run(cmd, env=None):
     return out
 
 
-def test_ddp_gradients_equal_single_process(tmp_path, data, free_port):
+@pytest.mark.parametrize("plain_segments", [0, 3])
+def test_ddp_gradients_equal_single_process(tmp_path, data, free_port, plain_segments):
+    """Fully reversible and at a memory budget setting (kept and reversible segments mixed)."""
     probe = _write_cfg(tmp_path, "probe", iters=1, acc=1, data=data, init=None)
     init_path, init = _initial_checkpoint(tmp_path, probe)
-    ddp_cfg = _write_cfg(tmp_path, "ddp", iters=1, acc=1, data=data, init=init_path)
+    ddp_cfg = _write_cfg(tmp_path, "ddp", iters=1, acc=1, data=data, init=init_path, plain_segments=plain_segments)
     one_cfg = _write_cfg(tmp_path, "one", iters=2, acc=2, data=data, init=init_path)
     _run(["bash", "tools/dist_train.sh", ddp_cfg, "2", "--work-dir", str(tmp_path / "ddp")],
          env={"PORT": str(free_port), "PYTHON": sys.executable})
