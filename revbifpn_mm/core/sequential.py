@@ -255,8 +255,9 @@ class _RevSegment(torch.autograd.Function):
         need = ctx.needs_input_grad[1:1 + seg.n_in]
         with torch.no_grad(), _frozen_statistics(seg.bns):
             dys = seg.tail.backward_pass(ys, list(douts), state) if seg.tail is not None else list(douts)
-            if state.compute_dtype is not None:  # gradients need no float64 streams: the transforms' dtype
-                dys = [d.to(state.compute_dtype) if d.is_floating_point() else d for d in dys]
+            cd = state.compute_dtype
+            if cd is not None:  # gradients need no float64 streams: the transforms' dtype (a private copy)
+                dys = [state.streams.own(d.to(cd)) if d.is_floating_point() and d.dtype != cd else d for d in dys]
             del douts  # the op lists below are consumed, so replaced tensors are freed at once
             # Without an input gradient, ops below the first trainable one (frozen stages, the
             # parameter-free stem) need neither reconstruction nor backward.
@@ -280,8 +281,8 @@ class RevSequential(nn.Module):
     there). In training with autograd enabled and ``memory_mode='reversible'``, each reversible
     segment is one autograd Function; only the outputs of the last reversible segment of a run
     are stored, and the backward reconstructs each op's inputs from its outputs. Segments named
-    by ``plain_segments`` (the tail counting as the last one) run with ordinary autograd. Eval mode, ``torch.no_grad()`` and
-    ``memory_mode='plain'`` take the ordinary path everywhere.
+    by ``plain_segments`` (the tail counting as the last one) run with ordinary autograd. Eval
+    mode, ``torch.no_grad()`` and ``memory_mode='plain'`` take the ordinary path everywhere.
 
     With float64 residual streams (``stream_dtype``) additive couplings are inverted to float64
     round-off, so the inputs recomputed in the backward are bitwise those of the forward and the
