@@ -32,17 +32,32 @@ def s0():
     return RevBiFPN("s0", num_classes=0, drop_path_rate=0.2).train()
 
 
-@pytest.mark.parametrize("end", ["output", "input"])
-def test_every_setting_gives_plain_gradients_and_statistics(s0, end):
+def _freeze_bn(m):
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.eval()
+    return m
+
+
+@pytest.mark.parametrize("arch,bn,end", [("s0", "train", "output"), ("s0", "train", "input"),
+                                         ("s0", "frozen", "output"), ("s2", "train", "output"),
+                                         ("s2", "frozen", "input")])
+def test_every_setting_gives_plain_gradients_and_statistics(arch, bn, end):
+    """Training BN (float64 streams, statistics of the batch) and frozen BN (float32 streams); every
+    setting for S0, the first, a middle and the last for S2."""
+    torch.manual_seed(0)
+    base = RevBiFPN(arch, num_classes=0, drop_path_rate=0.2).train()
+    if bn == "frozen":
+        _freeze_bn(base)
     x = torch.randn(2, 3, 64, 64)
-    plain = copy.deepcopy(s0)
+    plain = copy.deepcopy(base)
     plain.set_memory_mode("plain")
     ref = _grads(plain, x)
     gmax = max(g.abs().max().item() for g in ref[1:])
-    n = s0.rev_stack.budget_segments
+    n = base.rev_stack.budget_segments
     assert n >= 4
-    for k in range(1, n + 1):
-        m = copy.deepcopy(s0)
+    for k in (range(1, n + 1) if arch == "s0" else (1, n // 2, n)):
+        m = copy.deepcopy(base)
         m.set_policy(plain_segments=k, plain_from=end)
         got = _grads(m, x)
         worst = max((a - b).abs().max().item() for a, b in zip(got, ref)) / gmax
