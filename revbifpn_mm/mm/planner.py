@@ -1,38 +1,15 @@
 """Training-memory planner: will a detection or segmentation config fit on a GPU, and how to train it.
 
-Backs ``tools/plan_memory.py``. It measures rather than guesses: the real model of the config, built
-by its codebase (mmdet or mmseg), runs short training steps (forward, backward, optimizer step) on
-synthetic inputs of the config's training resolution, each measurement in a fresh process, and the
-planner extrapolates linearly in the batch.
+Backs ``tools/plan_memory.py``; the method, its allowance and its checks are in ``docs/planner.md``.
+It measures rather than guesses: the config's real model and optimizer run short training steps on
+synthetic inputs of the training resolution, each measurement in a fresh process (:func:`probe`:
+fully reversible at batch 1 and 2, every ``plain_segments`` setting at batch 1, plain mode where it
+fits), and :class:`ModePlan` extrapolates linearly in the batch::
 
-Method:
+    allocated(k, b) = fixed + max(fb(1) + (b - 1) * (fb(2) - fb(1)) + b * kept(k), opt)
+    on_gpu(k, b)    = allocated(k, b) * (1 + FRAGMENTATION) + CONTEXT_GIB
 
-* **Fixed costs**: the bytes of the parameters and buffers, of the gradients and of the optimizer
-  state (SGD momentum: one buffer per parameter; Adam/AdamW: two), counted tensor by tensor on the
-  built model and the config's optimizer after one step.
-* **Step working set** (measured, fully reversible, at batch 1 and 2): the peak memory of the
-  forward + backward above the resident training state, and, separately, the peak of the optimizer
-  step. CUDA: ``torch.cuda.max_memory_allocated``; CPU: the process's peak resident set
-  (:class:`revbifpn_mm.core.memory.RssPeakProbe`; hence a fresh process per measurement).
-* **Budget settings** (``plain_segments=k``, the last ``k`` segments keep their activations): the
-  activation bytes each setting keeps beyond the reversible step, per sample, measured as the bytes
-  a forward saves for backward at batch 1 (:class:`revbifpn_mm.core.SavedTensorCounter`), and the
-  step time of each setting at batch 1 on the measuring device, stepped in turn.
-* **Prediction** at batch ``b`` and setting ``k``::
-
-      allocated(k, b) = fixed + max(fb(1) + (b - 1) * (fb(2) - fb(1)) + b * kept(k), opt)
-      on_gpu(k, b)    = allocated(k, b) * (1 + fragmentation) + context
-
-  ``fb`` is the reversible forward + backward working set, ``kept(k)`` the activations setting ``k``
-  keeps per sample, ``opt`` the optimizer step's working set; ``context`` and ``fragmentation`` are
-  an allowance for the CUDA context and the caching allocator that no CPU measurement can see
-  (:data:`CONTEXT_GIB`, :data:`FRAGMENTATION`). Plain mode (``k`` = all) is also measured at batch 1
-  and 2 where it fits, which checks the additive model at its far end.
-
-Memory is in GiB (2^30 bytes), as ``nvidia-smi`` and card specs count it. Gradients are kept
-allocated between steps (``zero_grad(set_to_none=False)``), so they count as resident during the
-whole step: an upper bound by at most one gradient copy. Inputs are synthetic: random images, 8
-random boxes (and masks) per image for detectors, a random label map for segmentors.
+Memory is in GiB (2^30 bytes), as ``nvidia-smi`` and card specs count it.
 """
 from __future__ import annotations
 
@@ -212,6 +189,8 @@ class Probe:
     settings: Dict[str, Dict[str, float]] = field(default_factory=dict)
     """With ``budgets``: per ``plain_segments`` setting (``'0'`` ... ``'n'``), the bytes one forward
     saves for backward (``saved``) and the seconds of one training step (``step_s``), at this batch."""
+    settings_note: Optional[str] = None
+    """The budget settings that could not be measured, and why."""
 
     @property
     def fixed_bytes(self) -> int:
@@ -225,15 +204,8 @@ class Probe:
 
 
 def _storage_bytes(tensors: Sequence[Any]) -> int:
-    seen = set()
-    total = 0
-    for t in tensors:
-        st = t.untyped_storage()
-        if st.data_ptr() in seen:
-            continue
-        seen.add(st.data_ptr())
-        total += st.nbytes()
-    return total
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
 
 
 def _num_classes(node: Any) -> Optional[int]:
@@ -291,30 +263,43 @@ def _set_mode(cfg: Any, mode: str) -> None:
         backbone["memory_mode"] = mode
 
 
-def _budget_settings(model: Any, run_step: Callable[[], Any], forward: Callable[[], Any]) -> Dict[str, Dict[str, float]]:
-    """Saved bytes of one forward and the time of one step at each ``plain_segments`` setting."""
+def _budget_settings(model: Any, run_step: Callable[[], Any], forward: Callable[[], Any]
+                     ) -> Tuple[Dict[str, Dict[str, float]], Optional[str]]:
+    """Saved bytes of one forward and the time of one step at each ``plain_segments`` setting, from
+    fully reversible up; the settings from the first that does not fit in memory on are left out."""
+    import gc
+
     from ..core import SavedTensorCounter
     backbone = model.backbone
     params = list(model.parameters())
     out: Dict[str, Dict[str, float]] = {}
+    note = None
     try:
         for k in range(backbone.rev_stack.budget_segments + 1):
             backbone.set_policy(plain_segments=k)
-            with SavedTensorCounter(exclude=params) as saved:
-                loss = forward()
-            del loss
-            run_step()  # warm-up of this setting
-            start = time.perf_counter()
-            run_step()
+            try:
+                with SavedTensorCounter(exclude=params) as saved:
+                    loss = forward()
+                del loss
+                run_step()  # warm-up of this setting
+                start = time.perf_counter()
+                run_step()
+            except (RuntimeError, MemoryError) as err:
+                if not _is_oom(err):
+                    raise
+                note = f"plain_segments={k} and above: do not fit in the memory this process may use"
+                break  # keeping more does not fit here either
+            finally:
+                gc.collect()
             out[str(k)] = dict(saved=float(saved.nbytes), step_s=time.perf_counter() - start)
     finally:
         backbone.set_policy(plain_segments=0)
-    return out
+    return out, note
 
 
 def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] = None,
           amp: bool = False, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
-          budgets: bool = False) -> Probe:
+          budgets: bool = False, peak: bool = True) -> Probe:
     """Measure one training step of the config's model, in this process.
 
     On CPU the peak resident set only grows and glibc's allocation policy is changed for the
@@ -330,6 +315,7 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
         device: ``'cpu'`` or a CUDA device.
         cfg_options: config overrides.
         budgets: also measure every ``plain_segments`` setting (:attr:`Probe.settings`).
+        peak: read the peak memory (on CPU this slows the steps that follow: time without it).
 
     Returns:
         The :class:`Probe`.
@@ -343,8 +329,8 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
     from ..core.memory import peak_probe_for
 
     dev = torch.device(device)
-    peak = peak_probe_for(dev)  # first: on CPU it sets glibc's mmap threshold before the big allocations
-    if peak is None:
+    meter = peak_probe_for(dev) if peak else _NoPeak()  # first: on CPU it sets glibc's mmap threshold
+    if meter is None:
         raise NotMeasured(f"no way to read peak memory on {dev} here (CPU needs Linux + glibc)")
     cfg = load_config(config, cfg_options)
     if shape is None:
@@ -395,18 +381,18 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
         fwd_bwd()  # warm-up: allocates the gradients and lazily initialised buffers
         opt_step()  # ... and the optimizer state
         start = time.perf_counter()
-        peak.reset()
+        meter.reset()
         fwd_bwd()
-        fb = peak.read()
+        fb = meter.read()
         reserved = None
         if dev.type == "cuda":
             reserved = torch.cuda.max_memory_reserved(dev)
-        peak.reset()
+        meter.reset()
         opt_step()
-        op = peak.read()
+        op = meter.read()
         seconds = time.perf_counter() - start
-        settings = _budget_settings(model, lambda: (fwd_bwd(), optim.zero_grad(set_to_none=False)), forward) \
-            if budgets and hasattr(model.backbone, "set_policy") else {}
+        settings, note = _budget_settings(model, lambda: (fwd_bwd(), optim.zero_grad(set_to_none=False)), forward) \
+            if budgets and hasattr(model.backbone, "set_policy") else ({}, None)
     except (RuntimeError, MemoryError) as err:
         text = str(err)
         if _is_oom(err):
@@ -424,7 +410,7 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
                  params_bytes=_storage_bytes(params), buffers_bytes=_storage_bytes(list(model.buffers())),
                  grads_bytes=_storage_bytes([p.grad for p in params if p.grad is not None]),
                  optim_bytes=_storage_bytes(state), fwd_bwd_bytes=int(fb), optim_step_bytes=int(op),
-                 step_s=seconds, reserved_bytes=reserved, settings=settings)
+                 step_s=seconds, reserved_bytes=reserved, settings=settings, settings_note=note)
 
 
 def _failing_op(err: BaseException) -> Optional[str]:
@@ -474,10 +460,15 @@ def available_ram_bytes() -> int:
     return 0
 
 
+class _NoPeak:  # stands in for the peak probe where only time is measured
+    reset = staticmethod(lambda: None)
+    read = staticmethod(lambda: 0)
+
+
 def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] = None,
                         amp: bool = False, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
                         ram_limit_bytes: Optional[int] = None, threads: Optional[int] = None,
-                        timeout: Optional[float] = None, budgets: bool = False) -> Probe:
+                        timeout: Optional[float] = None, budgets: bool = False, peak: bool = True) -> Probe:
     """:func:`probe` in a fresh Python process (the peak resident set is per process).
 
     Args:
@@ -493,7 +484,7 @@ def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tupl
     """
     job = dict(config=config, mode=mode, batch=batch, shape=list(shape) if shape else None, amp=amp,
                device=device, cfg_options=cfg_options or {}, ram_limit_bytes=ram_limit_bytes, threads=threads,
-               budgets=budgets)
+               budgets=budgets, peak=peak)
     with tempfile.TemporaryDirectory(prefix="revbifpn_plan_") as tmp:
         out = os.path.join(tmp, "probe.json")
         env = dict(os.environ, PYTHONWARNINGS="ignore")
@@ -533,7 +524,7 @@ def _child(job_json: str, out: str) -> int:
             limit = size + int(job["ram_limit_bytes"])
             resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
         res = asdict(probe(job["config"], job["mode"], job["batch"], tuple(job["shape"]) if job["shape"] else None,
-                           job["amp"], job["device"], job["cfg_options"] or None, job["budgets"]))
+                           job["amp"], job["device"], job["cfg_options"] or None, job["budgets"], job["peak"]))
     except (PlanError, NotMeasured) as err:
         res = dict(error=type(err).__name__, message=str(err))
     with open(out, "w", encoding="utf-8") as f:
@@ -681,8 +672,8 @@ def expected_seconds(config: str, shape: Tuple[int, int], modes: Sequence[str], 
     total = 0.0
     for mode in modes:
         total += 3 * per_probe
-        if mode == "budgets":
-            total += segments * 3 * step
+        if mode == "budgets":  # one more process on CPU (timed without the peak probe)
+            total += segments * 3 * step + per_probe
     return total
 
 
@@ -713,12 +704,21 @@ def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = 
         for b in (1, 2):
             limit = int(available_ram_bytes() * ram_fraction) or None if device == "cpu" else None
             budgets = mode == "reversible" and b == 1 and "budgets" in modes
+            # On CPU the peak probe's allocator policy slows steps that allocate more: the settings
+            # are then counted and timed in a process of their own, without it.
+            apart = budgets and device == "cpu"
             if log:
                 log(f"measuring {mode} at batch {b}, {h}x{w}" + (" and every plain_segments setting" if budgets else "")
                     + (f" (may use {limit / GIB:.1f} GiB)" if limit else ""))
             try:
-                mp.probes.append(probe_in_subprocess(config, mode, b, (h, w), amp, device, cfg_options,
-                                                     ram_limit_bytes=limit, threads=threads, budgets=budgets))
+                mp.probes.append(probe_in_subprocess(config, mode, b, (h, w), amp, device, cfg_options, limit,
+                                                     threads, budgets=budgets and not apart))
+                if apart:
+                    timed = probe_in_subprocess(config, mode, b, (h, w), amp, device, cfg_options, limit, threads,
+                                                budgets=True, peak=False)
+                    mp.probes[-1].settings, mp.probes[-1].settings_note = timed.settings, timed.settings_note
+                if mp.probes[-1].settings_note:
+                    missing.append(mp.probes[-1].settings_note)
             except NotMeasured as err:
                 where = f"this machine's available memory ({limit / GIB:.1f} GiB allowed)" if limit else device
                 mp.skipped = f"not measured at batch {b}: {err}" + (
@@ -772,8 +772,9 @@ def render_plan(plan: Plan, gpu_gib: Sequence[float] = (24.0,), batches: Sequenc
             k = plan.best_setting(card, plan.batch, context_gib, fragmentation)
             if k:
                 pred = rev.on_gpu(plan.batch, plan.settings[k]["kept"], context_gib, fragmentation) / GIB
-                lines.append(f"  at the config's batch {plan.batch}: plain_segments={k} keeps the most activations that "
-                             f"fit ({pred:.2f} GiB predicted): python tools/train.py {config} --cfg-options "
+                why = "keeps the most activations that fit" if plan.time_falls else "is the fastest setting that fits"
+                lines.append(f"  at the config's batch {plan.batch}: plain_segments={k} {why} "
+                             f"({pred:.2f} GiB predicted): python tools/train.py {config} --cfg-options "
                              f"model.backbone.plain_segments={k}")
             elif k == 0:
                 lines.append(f"  at the config's batch {plan.batch}: only fully reversible fits")
