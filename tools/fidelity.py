@@ -25,9 +25,10 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
+from bench.models import freeze_bn
 from revbifpn_mm.models import RevBiFPN
 
-__all__ = ["grads", "max_rel", "cosine", "set_bn", "randomize_affine_", "run_arch"]
+__all__ = ["grads", "max_rel", "cosine", "randomize_affine_", "run_arch"]
 
 
 def grads(model: nn.Module, x: torch.Tensor, weights: List[torch.Tensor], amp: bool = False) -> List[torch.Tensor]:
@@ -50,15 +51,6 @@ def cosine(a: List[torch.Tensor], b: List[torch.Tensor]) -> float:
     va = torch.cat([t.flatten().double() for t in a])
     vb = torch.cat([t.flatten().double() for t in b])
     return (va @ vb / (va.norm() * vb.norm())).item()
-
-
-def set_bn(model: nn.Module, frozen: bool) -> None:
-    """Training mode; with ``frozen`` the BN layers use their running statistics (``norm_eval``)."""
-    model.train()
-    if frozen:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
 
 
 def randomize_affine_(model: nn.Module, generator: torch.Generator, conv_bias: bool = False) -> nn.Module:
@@ -114,7 +106,7 @@ def run_arch(arch: str, size: int, batch: int, device: torch.device, seed: int =
         plain.set_memory_mode("plain")
         plain64 = copy.deepcopy(plain).double()
         for m in (rev, plain, plain64):
-            set_bn(m, frozen)
+            freeze_bn(m, frozen)
         g_rev = grads(rev, x, weights)
         g_plain = grads(plain, x, weights)
         g64 = grads(plain64, x.double(), [w.double() for w in weights])

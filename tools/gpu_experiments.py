@@ -4,18 +4,13 @@
     python tools/gpu_experiments.py overhead --out OUT.json   # the seed's recomputation-overhead table
     python tools/gpu_experiments.py graphs   --out OUT.json   # S3 backbone + neck step under CUDA graphs
 
-Each writes its JSON as soon as each row is measured. ``--device cpu`` runs the same code on the
-CPU at a tiny size (how the tests check these paths without a GPU).
-
-* checks: reversible vs plain gradients with stochastic depth active (float64, two forwards before
-  one backward); bf16 and fp16 (+ GradScaler) training steps without NaN, gradient cosine.
-* overhead: the seed's "computational overhead of recomputation" table (S0 25.0 %, S2 22.0 %,
-  S4 15.7 %, S6 12.7 %): ImageNet-style step (classifier, training BN, 224x224, batch 4,
-  cross-entropy), reversible vs plain, interleaved rounds, minimum.
-* graphs: the S3 backbone + an HRFPN-equivalent neck (torch only), frozen BN, no stochastic depth,
-  plain recomputation of the tail (a lean MBConv's checkpoint stashes the RNG state, which a capture
-  cannot), captured with ``torch.cuda.make_graphed_callables`` at a fixed shape: whether it captures,
-  its step time against eager, and its gradients against eager's. Reported, not shipped.
+Each writes its JSON as soon as each row is measured; ``--device cpu`` runs the same code at a tiny
+size (how the tests check it). checks: reversible vs plain gradients with stochastic depth active
+(float64), bf16 and fp16 (+ GradScaler) steps without NaN. overhead: as
+``../shared/bench/seed_slowdown_cpu.py`` (docs/benchmarks.md). graphs: the S3 backbone + an
+HRFPN-equivalent neck, frozen BN, no stochastic depth, the tail recomputed plainly (a lean MBConv's
+checkpoint stashes the RNG state, which a capture cannot), under ``torch.cuda.make_graphed_callables``:
+captured or not, step time and gradients against eager. Reported, not shipped.
 """
 from __future__ import annotations
 
@@ -31,6 +26,7 @@ import torch
 
 from bench import models as M
 from bench.measure import interleaved_min_times
+from fidelity import cosine
 from revbifpn_mm.models import RevBiFPN
 
 
@@ -39,11 +35,6 @@ def _write(path: str, rows: List[Dict[str, Any]], **meta: Any) -> None:
     with open(path, "w") as f:
         json.dump(dict(meta, rows=rows), f, indent=1, default=float)
     print(json.dumps(rows[-1], default=float) if rows else "", flush=True)
-
-
-def _cosine(a: List[torch.Tensor], b: List[torch.Tensor]) -> float:
-    va, vb = (torch.cat([t.flatten().double() for t in ts]) for ts in (a, b))
-    return (va @ vb / (va.norm() * vb.norm())).item()
 
 
 def checks(device: torch.device, size: int, emit: Callable[[Dict[str, Any]], None]) -> None:
@@ -88,7 +79,7 @@ def checks(device: torch.device, size: int, emit: Callable[[Dict[str, Any]], Non
                     scaler.step(opt)
                     scaler.update()
                 row[f"{name}_{mode}_finite"] = finite
-            row[f"{name}_cos_rev_plain"] = _cosine(*grads)
+            row[f"{name}_cos_rev_plain"] = cosine(*grads)
         emit(row)
 
 
