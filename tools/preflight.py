@@ -1,20 +1,10 @@
 """Support code of ``tools/train.py``, ``tools/test.py`` and ``tools/quickstart.py``.
 
-Works for MMDetection and MMSegmentation configs alike: the config's ``default_scope``
-(``'mmdet'`` or ``'mmseg'``) selects the codebase. Everything here reports through
-return values and exceptions (:class:`DataError`); the scripts print.
-
-* :func:`register_scope` imports the codebase of the config and registers its modules.
-* :func:`ensure_synthetic_data` writes the embedded synthetic dataset when a config
-  points at a missing ``.../synthetic_coco`` data root.
-* :func:`check_data` checks, before anything heavy is built, that the annotation
-  files, image folders and evaluator annotation files of a config exist and hold
-  images, and turns a missing COCO / ADE20K into one message that says where to put
-  it, how to point the config elsewhere, or how to run the quickstart instead.
-* :func:`check_built_datasets` checks the datasets the runner built are not empty
-  (an empty dataset would make mmengine's ``InfiniteSampler`` loop forever).
-
-mmengine is imported lazily, mmdet / mmseg only by :func:`register_scope`.
+For MMDetection and MMSegmentation configs alike (the config's ``default_scope`` selects the
+codebase): the embedded synthetic dataset where a config points at a missing one, data checks that
+turn a missing COCO / ADE20K into one message that says where to put it, checkpoint checks, the
+resume choice, and the distributed start and stop. Reports through return values and exceptions
+(:class:`DataError`); the scripts print. mmengine is imported lazily.
 """
 from __future__ import annotations
 
@@ -26,23 +16,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from revbifpn_mm.mm.compat import register_scope
 from revbifpn_mm.models.pretrained import check_local_checkpoint
 
-__all__ = [
-    "DataError",
-    "SYNTHETIC_ROOT",
-    "register_scope",
-    "dataset_cfgs",
-    "ensure_synthetic_data",
-    "check_data",
-    "check_pretrained",
-    "check_built_datasets",
-    "data_help",
-    "apply_cpu_dist_backend",
-    "shutdown_distributed",
-    "parse_with_launcher",
-    "mmcv_ops_problem",
-    "loadable",
-    "resume_checkpoint",
-]
+__all__ = ["DataError", "SYNTHETIC_ROOT", "register_scope", "dataset_cfgs", "ensure_synthetic_data", "check_data",
+           "check_pretrained", "check_built_datasets", "data_help", "apply_cpu_dist_backend", "shutdown_distributed",
+           "parse_with_launcher", "mmcv_ops_problem", "loadable", "resume_checkpoint", "load_cfg"]
 
 #: Data root of the quickstart configs (relative to the repository root).
 SYNTHETIC_ROOT = "data/synthetic_coco"
@@ -86,6 +62,22 @@ def parse_with_launcher(parser: Any, argv: Optional[Sequence[str]] = None) -> An
     if "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     return args
+
+
+def load_cfg(args: Any) -> Any:
+    """The config of ``args.config`` with ``--launcher``, ``--cfg-options`` and ``--work-dir`` applied
+    (default work dir ``./work_dirs/<config name>``, as mmdet's and mmseg's tools)."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get("work_dir", None) is None:
+        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+    return cfg
 
 
 def apply_cpu_dist_backend(cfg: Any) -> bool:

@@ -93,18 +93,10 @@ def use_tta(cfg, scope):
 
 
 def build_cfg(args, scope_of):
-    from mmengine.config import Config
+    from preflight import load_cfg
 
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_cfg(args)
     scope = scope_of(cfg)
-
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get("work_dir", None) is None:
-        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
 
     if args.show or args.show_dir:

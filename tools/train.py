@@ -11,7 +11,6 @@ is absent; a missing COCO / ADE20K dataset stops with a message that says where 
 Multi-GPU: ``bash tools/dist_train.sh CONFIG GPUS [args]``.
 """
 import argparse
-import os.path as osp
 import sys
 
 import revbifpn_mm  # noqa: F401  (registers RevBiFPN / RevBiFPNNeck; torch.load compat)
@@ -40,18 +39,9 @@ def parse_args(argv=None):
 
 def build_cfg(args):
     """The config with the command-line options applied."""
-    from mmengine.config import Config
+    from preflight import load_cfg
 
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get("work_dir", None) is None:
-        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
-
+    cfg = load_cfg(args)
     if args.amp:
         import torch
         if not torch.cuda.is_available():
