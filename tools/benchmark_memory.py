@@ -12,13 +12,9 @@ Suites (``tools/bench/<suite>.py`` says what each measures; ``SUITE --help`` lis
   report      only merge DIR/peak.json and DIR/time.json into DIR/benchmark.{json,md,png}
 
 Passes (``--pass``) of the case suites: ``peak`` builds, measures and frees each model in turn with the
-peak probe on (peak memory of one step, bytes saved for backward, kernels); ``time`` builds them all,
-then steps them in turn for ``--rounds`` rounds without the probe (the minimum each). On CPU they run
-as two commands: the peak probe tells glibc to unmap freed memory at once for the whole process,
-which slows steps by 20-40 %. On CUDA ``all`` runs both in one process. Peaks: CUDA
-``max_memory_allocated`` during one step minus what was allocated before it; CPU the peak resident
-set of one step minus the resident set before it (it tracks the CUDA reading at detection-sized
-inputs and under-reads small ones). Memory is reported per sample (divided by the batch).
+peak probe on (peak memory, bytes saved for backward); ``time`` builds them all, then steps them in
+turn for ``--rounds`` rounds without it (minimum each). On CPU they are two commands: the probe's
+allocator policy slows steps. What each figure is: docs/benchmarks.md. Memory is per sample.
 
 Examples:
     python tools/benchmark_memory.py fair-fight --pass peak --out work_dirs/ff

@@ -15,14 +15,8 @@ import os
 import os.path as osp
 from typing import Dict, Mapping, Optional
 
-__all__ = [
-    "quickstart_config",
-    "deterministic_faster_rcnn",
-    "CURVE_SCHEDULE",
-    "curve_config",
-    "read_losses",
-    "max_relative_divergence",
-]
+__all__ = ["quickstart_config", "deterministic_faster_rcnn", "CURVE_SCHEDULE", "curve_config", "read_losses",
+           "max_relative_divergence"]
 
 #: Schedule of the curve runs: logs the loss every iteration, checkpoints every ``ckpt``.
 CURVE_SCHEDULE = """
@@ -36,11 +30,7 @@ randomness = dict(seed=0, deterministic=True)
 
 
 def quickstart_config(name: str = "faster_rcnn_revbifpn_s0_synthetic.py") -> str:
-    """Path of a quickstart config of the checkout this package is run from.
-
-    Raises:
-        FileNotFoundError: The package is not run from a checkout (``configs/`` is absent).
-    """
+    """Path of a quickstart config of this checkout (FileNotFoundError outside a checkout)."""
     path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "configs", "quickstart", name)
     if not osp.isfile(path):
         raise FileNotFoundError(f"quickstart config {path!r} not found: the curve configs derive from the "
@@ -49,16 +39,9 @@ def quickstart_config(name: str = "faster_rcnn_revbifpn_s0_synthetic.py") -> str
 
 
 def deterministic_faster_rcnn(data_root: str, backbone: str, batch_size: int, base: Optional[str] = None) -> str:
-    """Config text on the quickstart Faster R-CNN without any random choice in training.
-
-    No random augmentation, unshuffled data, PseudoSamplers (no random RoI sampling).
-
-    Args:
-        data_root: The generated dataset (ending in ``/``).
-        backbone: Keyword arguments for ``model.backbone``, as config source text.
-        batch_size: Images per iteration and process.
-        base: The config to derive from; default :func:`quickstart_config`.
-    """
+    """Config text on ``base`` (default: the quickstart Faster R-CNN) without any random choice in
+    training: no random augmentation, unshuffled data, PseudoSamplers. ``backbone``: keyword
+    arguments of ``model.backbone`` as source text; ``data_root`` ends in ``/``."""
     base = base or quickstart_config()
     return f"""
 _base_ = {base!r}
@@ -81,18 +64,10 @@ test_evaluator = val_evaluator
 
 def curve_config(data_root: str, iters: int, ckpt: int, mode: str = "reversible", stream: str = "auto",
                  total: Optional[int] = None, batch_size: int = 2) -> str:
-    """Config text of one deterministic curve run (RevBiFPN-S0 Faster R-CNN, stochastic depth off).
-
-    Args:
-        data_root: The generated dataset (ending in ``/``).
-        iters: Training iterations of this run.
-        ckpt: Checkpoint interval in iterations.
-        mode: ``memory_mode`` of the backbone (``'reversible'`` or ``'plain'``).
-        stream: ``stream_dtype`` of the backbone (``'auto'``, ``'float32'``, ``'float64'``).
-        total: Length of the learning-rate warm-up schedule; default ``iters`` (a run cut
-            short for a resume test passes the uninterrupted run's length).
-        batch_size: Images per iteration.
-    """
+    """Config text of one deterministic curve run (RevBiFPN-S0 Faster R-CNN, stochastic depth off) of
+    ``iters`` iterations, a checkpoint every ``ckpt``, the backbone's ``memory_mode`` and
+    ``stream_dtype``; ``total`` is the warm-up schedule's length (default ``iters``; a run cut short
+    for a resume test passes the uninterrupted run's)."""
     backbone = f"drop_path_rate=0.0, memory_mode={mode!r}, stream_dtype={stream!r}"
     return (deterministic_faster_rcnn(data_root, backbone, batch_size=batch_size)
             + CURVE_SCHEDULE.format(iters=iters, ckpt=ckpt, total=total or iters))
@@ -112,11 +87,8 @@ def read_losses(work_dir: str) -> Dict[int, float]:
 
 
 def max_relative_divergence(curve: Mapping[int, float], ref: Mapping[int, float]) -> float:
-    """``max_i |curve[i] - ref[i]| / |ref[i]|`` over the iterations of ``ref``.
-
-    Raises:
-        ValueError: ``curve`` lacks iterations that ``ref`` has (a run stopped early).
-    """
+    """``max_i |curve[i] - ref[i]| / |ref[i]|`` over the iterations of ``ref`` (ValueError where
+    ``curve`` lacks some: a run stopped early)."""
     missing = sorted(set(ref) - set(curve))
     if missing:
         raise ValueError(f"the curve lacks iterations {missing[:5]}{'...' if len(missing) > 5 else ''} "

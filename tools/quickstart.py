@@ -5,19 +5,11 @@
     python tools/quickstart.py --seg          # ... then also the MMSegmentation FCN (mIoU)
     python tools/quickstart.py --tasks seg    # only the segmentation quickstart
 
-1. writes the synthetic shapes dataset (circle / square / triangle, COCO format) to
-   data/synthetic_coco (skipped when it is already there);
-2. trains Faster R-CNN with a randomly initialised RevBiFPN-S0 backbone
-   (configs/quickstart/faster_rcnn_revbifpn_s0_synthetic.py) and evaluates COCO
-   bbox mAP with mmdet's CocoMetric on the validation images;
-3. does the same for Mask R-CNN (bbox and segm mAP) unless --skip-mask;
-4. with --seg (or --tasks ...,seg) trains the MMSegmentation FCN quickstart
-   (configs/quickstart/fcn_revbifpn_s0_synthetic_seg.py) on the label maps of the same
-   images and evaluates mIoU with mmseg's IoUMetric;
-5. draws each model's predictions on the first validation images (ground truth left,
-   prediction right) with mmdet's / mmseg's visualization hook (``tools/test.py --show-dir``)
-   into <work-dir>/<model>/predictions/;
-6. prints a summary: mAPs / mIoU, wall time, checkpoints, pictures, and the commands to go further.
+Writes the synthetic shapes dataset (tools/synthetic_data.py) unless present, trains each task's
+configs/quickstart/ config with a randomly initialised RevBiFPN-S0, evaluates it (mmdet's CocoMetric,
+mmseg's IoUMetric), draws its predictions on the first validation images with the codebase's
+visualization hook (ground truth left, prediction right) into <work-dir>/<model>/predictions/, and
+prints a summary: metrics, wall time, checkpoints, pictures and the commands to go further.
 """
 import argparse
 import glob

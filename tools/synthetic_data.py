@@ -1,32 +1,11 @@
 """Deterministic synthetic shapes dataset in COCO and MMSegmentation layouts.
 
-The dataset is meant for smoke tests, demos and quick CPU training runs: every
-image shows one to four coloured shapes (``circle``, ``square``, ``triangle``)
-on a noisy, textured background. Each class has its own shape *and* its own
-colour family, so a detector or segmentor learns it within minutes on a CPU.
-
-Layout written under ``root``::
-
-    root/
-      train/000001.jpg ...              # detection images (COCO ``file_name``)
-      val/000001.jpg ...
-      annotations/instances_train.json  # COCO instances (bbox + polygons)
-      annotations/instances_val.json
-      seg/img/{train,val}/000001.jpg    # the same images (hard links or copies)
-      seg/ann/{train,val}/000001.png    # uint8 label maps, 0 = background,
-                                        # 1..3 = circle, square, triangle
-      .complete                         # JSON of the parameters, written last
-
-Only numpy, Pillow and the standard library are used; importing this module
-touches neither the disk nor the network.
-
-Example:
-    >>> from synthetic_data import generate_synthetic_coco
-    >>> info = generate_synthetic_coco('data/synthetic_coco')  # doctest: +SKIP
-    >>> info['train_ann_file']  # doctest: +SKIP
-    'data/synthetic_coco/annotations/instances_train.json'
-
-Command line::
+Every image shows one to four shapes (``circle``, ``square``, ``triangle``), each class with its own
+colour family, on a noisy background: a detector or segmentor learns them within minutes on a CPU.
+Under ``root``: ``{train,val}/*.jpg``, ``annotations/instances_{train,val}.json`` (COCO, bbox +
+polygons), ``seg/img/{train,val}`` (the same images) and ``seg/ann/{train,val}/*.png`` (uint8 label
+maps, 0 = background), and ``.complete`` (the parameters, written last). numpy, Pillow and the
+standard library only; importing touches neither disk nor network.
 
     python tools/synthetic_data.py --root data/synthetic_coco
 """
@@ -46,16 +25,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-__all__ = [
-    "CLASSES",
-    "SEG_CLASSES",
-    "PALETTE",
-    "SEG_PALETTE",
-    "GENERATOR_VERSION",
-    "MARKER_NAME",
-    "generate_synthetic_coco",
-    "main",
-]
+__all__ = ["CLASSES", "SEG_CLASSES", "PALETTE", "SEG_PALETTE", "GENERATOR_VERSION", "MARKER_NAME",
+           "generate_synthetic_coco", "main"]
 
 #: Detection class names; COCO category ids are ``index + 1``.
 CLASSES: Tuple[str, ...] = ("circle", "square", "triangle")
@@ -82,20 +53,9 @@ _JPEG_QUALITY = 95
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-# --------------------------------------------------------------------------- #
-# Geometry helpers
-# --------------------------------------------------------------------------- #
 def _shape_polygon(label: int, size: float, rng: np.random.Generator) -> np.ndarray:
-    """Returns the vertices (N, 2) of a shape centred on the origin.
-
-    Args:
-        label: Index into :data:`CLASSES`.
-        size: Nominal diameter of the shape in pixels.
-        rng: Random generator (used for the rotation).
-
-    Returns:
-        Float array of ``(x, y)`` vertices.
-    """
+    """The ``(x, y)`` vertices (N, 2) of shape ``CLASSES[label]`` of diameter ``size``, centred on the
+    origin, randomly rotated by ``rng``."""
     radius = size / 2.0
     if label == 0:  # circle
         phase = rng.uniform(0.0, 2.0 * math.pi / _CIRCLE_POINTS)
@@ -120,18 +80,9 @@ def _polygon_area(points: np.ndarray) -> float:
 
 
 def _convex_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Rasterises a convex polygon: pixels whose centre lies inside it.
+    """Boolean HxW mask of the pixels whose centre lies inside the convex polygon ``points`` (N, 2).
 
-    Coordinates follow COCO: pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``
-    and its centre is ``(j + 0.5, i + 0.5)``.
-
-    Args:
-        points: (N, 2) vertices ``(x, y)`` of a convex polygon.
-        height: Mask height.
-        width: Mask width.
-
-    Returns:
-        Boolean HxW mask.
+    Coordinates follow COCO: pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``, centre ``(j + 0.5, i + 0.5)``.
     """
     mask = np.zeros((height, width), dtype=bool)
     x0 = max(int(math.floor(points[:, 0].min())), 0)
@@ -156,9 +107,7 @@ def _convex_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def _boxes_intersect(a: Sequence[float], b: Sequence[float], margin: float) -> bool:
     """Whether two ``[x1, y1, x2, y2]`` boxes, grown by ``margin``, intersect."""
-    return not (
-        a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1]
-    )
+    return not (a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1])
 
 
 def _size_range(height: int, width: int) -> Tuple[float, float]:
@@ -168,19 +117,12 @@ def _size_range(height: int, width: int) -> Tuple[float, float]:
     return lo, max(hi, lo + 1.0)
 
 
-# --------------------------------------------------------------------------- #
-# Rendering
-# --------------------------------------------------------------------------- #
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Low-frequency colour texture plus a fine stripe pattern, float32 HxWx3."""
     base = rng.uniform(85.0, 170.0)
     # Mostly luminance variation with a little chroma: the shapes' colours stay distinctive.
-    grid = (
-        base
-        + rng.uniform(-35.0, 35.0, size=(6, 6, 1))
-        + rng.uniform(-15.0, 15.0, size=(6, 6, 3))
-        + rng.uniform(-10.0, 10.0, size=(1, 1, 3))
-    )
+    grid = (base + rng.uniform(-35.0, 35.0, size=(6, 6, 1)) + rng.uniform(-15.0, 15.0, size=(6, 6, 3))
+            + rng.uniform(-10.0, 10.0, size=(1, 1, 3)))
     coarse = Image.fromarray(np.clip(grid, 0, 255).astype(np.uint8), mode="RGB")
     smooth = np.asarray(coarse.resize((width, height), Image.BICUBIC), dtype=np.float32)
     # Faint oriented stripes make the background "textured" rather than flat.
@@ -191,22 +133,11 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return smooth + stripes[..., None]
 
 
-def _render_image(
-    rng: np.random.Generator, height: int, width: int
-) -> Tuple[np.ndarray, np.ndarray, List[Dict[str, Any]]]:
-    """Draws one image.
-
-    Args:
-        rng: Random generator dedicated to this image.
-        height: Image height in pixels.
-        width: Image width in pixels.
-
-    Returns:
-        ``(rgb, label_map, objects)``: a uint8 HxWx3 image, a uint8 HxW label map
-        (0 = background, ``k`` = ``CLASSES[k - 1]``) and per object a dict with
-        ``label`` (0-based), ``polygon`` (flat list of rounded floats), ``bbox``
-        (COCO ``[x, y, w, h]``) and ``area``.
-    """
+def _render_image(rng: np.random.Generator, height: int, width: int
+                  ) -> Tuple[np.ndarray, np.ndarray, List[Dict[str, Any]]]:
+    """One image from its own ``rng``: ``(rgb, label_map, objects)``, a uint8 HxWx3 image, a uint8 HxW
+    label map (0 = background, ``k`` = ``CLASSES[k - 1]``) and per object a dict with ``label``
+    (0-based), ``polygon`` (flat list of rounded floats), ``bbox`` (COCO ``[x, y, w, h]``) and ``area``."""
     rgb = _background(rng, height, width)
     label_map = np.zeros((height, width), dtype=np.uint8)
 
@@ -235,19 +166,9 @@ def _render_image(
         mask = _convex_mask(pts, height, width)
         rgb[mask] = colour
         label_map[mask] = label + 1
-        objects.append(
-            {
-                "label": label,
-                "polygon": [round(float(v), 2) for v in pts.reshape(-1)],
-                "bbox": [
-                    round(box[0], 2),
-                    round(box[1], 2),
-                    round(box[2] - box[0], 2),
-                    round(box[3] - box[1], 2),
-                ],
-                "area": round(_polygon_area(pts), 2),
-            }
-        )
+        objects.append({"label": label, "polygon": [round(float(v), 2) for v in pts.reshape(-1)],
+                        "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2), round(box[3] - box[1], 2)],
+                        "area": round(_polygon_area(pts), 2)})
 
     rgb = rgb + rng.normal(0.0, _NOISE_SIGMA, size=rgb.shape).astype(np.float32)
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8), label_map, objects
@@ -285,45 +206,23 @@ def _write_split(work: Path, split: int, num_images: int, image_size: Tuple[int,
         Image.fromarray(label_map, mode="L").save(seg_ann_dir / f"{stem}.png", format="PNG")
         images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
         for obj in objects:
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": obj["label"] + 1,
-                    "bbox": obj["bbox"],
-                    "area": obj["area"],
-                    "segmentation": [obj["polygon"]],
-                    "iscrowd": 0,
-                }
-            )
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": obj["label"] + 1,
+                                "bbox": obj["bbox"], "area": obj["area"], "segmentation": [obj["polygon"]],
+                                "iscrowd": 0})
 
-    coco = {
-        "info": {
-            "description": f"revbifpn_mm synthetic shapes ({name})",
-            "version": str(GENERATOR_VERSION),
-            "year": 2024,
-        },
-        "licenses": [],
-        "categories": [{"id": i + 1, "name": c, "supercategory": "shape"} for i, c in enumerate(CLASSES)],
-        "images": images,
-        "annotations": annotations,
-    }
+    coco = {"info": {"description": f"revbifpn_mm synthetic shapes ({name})", "version": str(GENERATOR_VERSION),
+                     "year": 2024},
+            "licenses": [],
+            "categories": [{"id": i + 1, "name": c, "supercategory": "shape"} for i, c in enumerate(CLASSES)],
+            "images": images, "annotations": annotations}
     with open(work / "annotations" / f"instances_{name}.json", "w", encoding="utf-8") as f:
         json.dump(coco, f, separators=(",", ":"))
     return {"images": len(images), "annotations": len(annotations)}
 
 
-# --------------------------------------------------------------------------- #
-# Public API
-# --------------------------------------------------------------------------- #
 def _params(num_train: int, num_val: int, image_size: Tuple[int, int], seed: int) -> Dict[str, Any]:
-    return {
-        "generator_version": GENERATOR_VERSION,
-        "num_train": int(num_train),
-        "num_val": int(num_val),
-        "image_size": [int(image_size[0]), int(image_size[1])],
-        "seed": int(seed),
-    }
+    return {"generator_version": GENERATOR_VERSION, "num_train": int(num_train), "num_val": int(num_val),
+            "image_size": [int(image_size[0]), int(image_size[1])], "seed": int(seed)}
 
 
 def _read_marker(root: Path) -> Optional[Dict[str, Any]]:
@@ -336,54 +235,26 @@ def _read_marker(root: Path) -> Optional[Dict[str, Any]]:
 
 
 def _summary(root: Path, counts: Dict[str, Dict[str, int]], cached: bool) -> Dict[str, Any]:
-    return {
-        "root": str(root),
-        "train_img_dir": str(root / "train"),
-        "val_img_dir": str(root / "val"),
-        "train_ann_file": str(root / "annotations" / "instances_train.json"),
-        "val_ann_file": str(root / "annotations" / "instances_val.json"),
-        "seg_img_dirs": {s: str(root / "seg" / "img" / s) for s in _SPLITS},
-        "seg_ann_dirs": {s: str(root / "seg" / "ann" / s) for s in _SPLITS},
-        "classes": list(CLASSES),
-        "seg_classes": list(SEG_CLASSES),
-        "num_images": {s: counts[s]["images"] for s in _SPLITS},
-        "num_annotations": {s: counts[s]["annotations"] for s in _SPLITS},
-        "cached": cached,
-    }
+    return {"root": str(root), "train_img_dir": str(root / "train"), "val_img_dir": str(root / "val"),
+            "train_ann_file": str(root / "annotations" / "instances_train.json"),
+            "val_ann_file": str(root / "annotations" / "instances_val.json"),
+            "seg_img_dirs": {s: str(root / "seg" / "img" / s) for s in _SPLITS},
+            "seg_ann_dirs": {s: str(root / "seg" / "ann" / s) for s in _SPLITS},
+            "classes": list(CLASSES), "seg_classes": list(SEG_CLASSES),
+            "num_images": {s: counts[s]["images"] for s in _SPLITS},
+            "num_annotations": {s: counts[s]["annotations"] for s in _SPLITS}, "cached": cached}
 
 
-def generate_synthetic_coco(
-    root: PathLike,
-    num_train: int = 200,
-    num_val: int = 50,
-    image_size: Tuple[int, int] = (256, 256),
-    seed: int = 0,
-    overwrite: bool = False,
-) -> Dict[str, Any]:
+def generate_synthetic_coco(root: PathLike, num_train: int = 200, num_val: int = 50,
+                            image_size: Tuple[int, int] = (256, 256), seed: int = 0,
+                            overwrite: bool = False) -> Dict[str, Any]:
     """Writes (or reuses) the synthetic shapes dataset under ``root``.
 
-    Generation is deterministic: the same ``seed`` gives byte-identical images
-    and annotation files. The dataset is built in a temporary sibling directory
-    and renamed into place, and the ``.complete`` marker holding the parameters
-    is written last, so ``root`` is either absent, complete, or foreign.
-
-    Args:
-        root: Output directory. Created if needed; an existing empty directory
-            is fine.
-        num_train: Number of training images.
-        num_val: Number of validation images.
-        image_size: ``(height, width)`` of every image.
-        seed: Random seed.
-        overwrite: Regenerate even if a complete dataset with the same
-            parameters exists, and replace a non-empty ``root`` that was not
-            written by this function.
-
-    Returns:
-        A dict with ``root``, ``train_img_dir``, ``val_img_dir``,
-        ``train_ann_file``, ``val_ann_file``, ``seg_img_dirs`` and
-        ``seg_ann_dirs`` (dicts keyed by split), ``classes``, ``seg_classes``,
-        ``num_images`` and ``num_annotations`` (dicts keyed by split) and
-        ``cached`` (True when an existing dataset was reused).
+    Deterministic (the same ``seed`` gives byte-identical files). Built in a temporary sibling
+    directory and renamed into place, the ``.complete`` marker last, so ``root`` is either absent,
+    complete, or foreign. ``overwrite`` regenerates even a complete dataset of the same parameters
+    and replaces a foreign non-empty ``root``. Returns the roots, image folders and annotation
+    files per split, the class names, the counts, and ``cached`` (an existing dataset was reused).
 
     Raises:
         ValueError: If a count is negative or the image is smaller than 16 px.
@@ -442,18 +313,9 @@ def generate_synthetic_coco(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry point; writes the dataset and reports a summary.
-
-    Args:
-        argv: Arguments (defaults to ``sys.argv[1:]``).
-
-    Returns:
-        Process exit status.
-    """
-    parser = argparse.ArgumentParser(
-        prog="python tools/synthetic_data.py",
-        description="Generate the deterministic synthetic shapes dataset (COCO + MMSeg layouts).",
-    )
+    """Command line: write the dataset (``argv`` defaults to ``sys.argv[1:]``), print a summary, return 0."""
+    parser = argparse.ArgumentParser(prog="python tools/synthetic_data.py", description=(
+        "Generate the deterministic synthetic shapes dataset (COCO + MMSeg layouts)."))
     parser.add_argument("--root", default="data/synthetic_coco", help="output directory")
     parser.add_argument("--num-train", type=int, default=200)
     parser.add_argument("--num-val", type=int, default=50)
@@ -463,25 +325,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    info = generate_synthetic_coco(
-        args.root,
-        num_train=args.num_train,
-        num_val=args.num_val,
-        image_size=tuple(args.image_size),
-        seed=args.seed,
-        overwrite=args.overwrite,
-    )
+    info = generate_synthetic_coco(args.root, num_train=args.num_train, num_val=args.num_val,
+                                   image_size=tuple(args.image_size), seed=args.seed, overwrite=args.overwrite)
     elapsed = time.perf_counter() - start
     state = "up to date (reused)" if info["cached"] else f"generated in {elapsed:.1f}s"
-    lines = [
-        f"synthetic dataset at {info['root']}: {state}",
-        f"  classes: {', '.join(info['classes'])} (seg label 0 = background)",
-    ]
-    for split in _SPLITS:
-        lines.append(
-            f"  {split}: {info['num_images'][split]} images, {info['num_annotations'][split]} objects, "
-            f"ann {info[split + '_ann_file']}"
-        )
+    lines = [f"synthetic dataset at {info['root']}: {state}",
+             f"  classes: {', '.join(info['classes'])} (seg label 0 = background)"]
+    lines += [f"  {split}: {info['num_images'][split]} images, {info['num_annotations'][split]} objects, "
+              f"ann {info[split + '_ann_file']}" for split in _SPLITS]
     lines.append(f"  seg: img {info['seg_img_dirs']['train']}, ann {info['seg_ann_dirs']['train']} (and val)")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

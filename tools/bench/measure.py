@@ -1,23 +1,10 @@
 """Measuring one training step: peak memory, bytes saved for backward, step time, kernel count.
 
-The measuring half of ``tools/benchmark_memory.py`` (tested by ``tests/tools/test_bench.py``);
-the probes and counters themselves are the package's (:mod:`revbifpn_mm.core.memory`). Torch only.
-
-Figures of one training step ``loss(run()).backward()``:
-    * peak memory above the level before the step, read by a :class:`PeakProbe`:
-      :class:`CudaPeakProbe` (``torch.cuda.max_memory_allocated``) or, on Linux CPUs,
-      :class:`RssPeakProbe` (peak resident set, VmHWM, reset through
-      ``/proc/self/clear_refs``);
-    * bytes saved for backward during the forward (deduplicated by storage, parameters
-      excluded), see :class:`revbifpn_mm.core.SavedTensorCounter`;
-    * wall time of whole steps (median of several, or the minimum over interleaved
-      rounds with :func:`interleaved_min_times`);
-    * the number of aten kernels dispatched by the forward and the backward
-      (:class:`KernelCounter`), which does not depend on the device.
-
-Rows and passes: a :class:`Case` builds one model; :func:`peak_pass` measures cases one
-after the other (memory, kernels); :func:`time_pass` builds them all, then times them in
-turn without a probe; :func:`merge_rows` joins the two.
+The measuring half of ``tools/benchmark_memory.py`` (whose docstring says what each figure is); the
+probes and counters are the package's (:mod:`revbifpn_mm.core.memory`). Torch only. A :class:`Case`
+builds one model; :func:`peak_pass` measures cases one after the other (memory, kernels);
+:func:`time_pass` builds them all, then times them in turn without a probe; :func:`merge_rows` joins
+the two.
 """
 from __future__ import annotations
 
@@ -45,15 +32,8 @@ AMP_DTYPES: Dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bflo
 
 
 def training_loss(outs: Any) -> torch.Tensor:
-    """A scalar to call ``backward`` on, from a model's outputs.
-
-    Args:
-        outs: an mmdet/mmseg loss dict (every entry whose key contains ``'loss'`` is summed,
-            lists included), a tensor, or a sequence of tensors (sum of ``mean(o ** 2)``).
-
-    Returns:
-        A float32 scalar tensor.
-    """
+    """A float32 scalar to call ``backward`` on: the sum of an mmdet/mmseg loss dict's ``*loss*``
+    entries (lists included), or of ``mean(o ** 2)`` over a tensor or a sequence of tensors."""
     if isinstance(outs, dict):
         terms = []
         for key, val in outs.items():
@@ -69,15 +49,7 @@ def training_loss(outs: Any) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- kernel count
 def count_step_kernels(forward: Callable[[], Any]) -> Tuple[int, int]:
-    """Kernels dispatched by one training step: ``(forward, backward)``.
-
-    Args:
-        forward: runs the model's forward (loss computation included, see
-            :func:`training_loss`); the backward of its :func:`training_loss` is counted.
-
-    Returns:
-        The number of non-view aten ops of the forward and of the backward.
-    """
+    """Non-view aten ops dispatched by ``forward()`` and by the backward of its :func:`training_loss`."""
     with KernelCounter() as fwd:
         loss = training_loss(forward())
     with KernelCounter() as bwd:
@@ -96,28 +68,11 @@ def measure_step(run: Callable[[], Any], params: Sequence[nn.Parameter], device:
                  saved: bool = True, kernels: bool = False) -> Dict[str, float]:
     """Memory, time and kernel figures of the training step ``training_loss(run()).backward()``.
 
-    Order: ``warmup`` steps; the bytes saved for backward by one forward (``saved``); one
-    step between ``probe.reset()`` and ``probe.read()`` (``probe``), whether or not steps are
-    timed; ``steps`` timed steps; one step under :class:`KernelCounter` (``kernels``).
-    Gradients accumulate across the steps and are cleared at the end.
-
-    Args:
-        run: runs the forward of the model (e.g. ``lambda: model(x)`` or a detector's ``loss``).
-        params: the model's parameters (not counted as saved activations).
-        device: where the model runs (synchronised around timed steps on CUDA).
-        amp: ``'fp32'``, ``'bf16'`` or ``'fp16'`` (forward under ``torch.autocast``).
-        warmup: untimed steps first (lazy allocations, cudnn autotuning).
-        steps: timed steps; 0 for memory only.
-        probe: reads the peak memory of one step; ``None`` for no peak figure.
-        saved: also count the bytes saved for backward (one extra forward).
-        kernels: also count the dispatched kernels (one extra step).
-
-    Returns:
-        ``saved_bytes``, ``peak_bytes``, ``kernels_fwd``/``kernels_bwd``/``kernels`` where
-        requested, and ``step_s`` (median of the timed steps; NaN without any).
-
-    Raises:
-        ValueError: for an unknown ``amp`` or negative step counts.
+    In order: ``warmup`` steps; the bytes one forward saves for backward (``saved``; ``params``
+    excluded); one step between ``probe.reset()`` and ``probe.read()`` (``peak_bytes``);
+    ``steps`` timed steps (``step_s``, their median; NaN without any); one step under
+    :class:`KernelCounter` (``kernels``, ``kernels_fwd``, ``kernels_bwd``). ``amp`` is
+    ``'fp32'``, ``'bf16'`` or ``'fp16'`` (autocast). Gradients are cleared at the end.
     """
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
@@ -164,24 +119,9 @@ def measure_step(run: Callable[[], Any], params: Sequence[nn.Parameter], device:
 def interleaved_min_times(steps: Mapping[str, Callable[[], None]], rounds: int = 3,
                           device: Optional[torch.device] = None,
                           clock: Callable[[], float] = time.perf_counter) -> Dict[str, float]:
-    """Minimum wall time per step function over ``rounds`` interleaved rounds.
-
-    Each round runs every function once, in turn, so that slow drifts of the machine (other
-    processes, thermal state) spread over all of them instead of biasing the ones run last.
-    The callers warm each function up before (e.g. one untimed call each).
-
-    Args:
-        steps: name -> a function running one whole training step.
-        rounds: how many times each function is timed.
-        device: synchronised around each call when it is a CUDA device.
-        clock: the time source (seconds).
-
-    Returns:
-        name -> minimum seconds, in the order of ``steps``.
-
-    Raises:
-        ValueError: if ``rounds`` < 1.
-    """
+    """name -> minimum seconds of each step function over ``rounds`` rounds, each round running
+    every function once in turn, so that slow drifts of the machine spread over all of them.
+    The callers warm each function up first."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -196,7 +136,6 @@ def interleaved_min_times(steps: Mapping[str, Callable[[], None]], rounds: int =
     return best
 
 
-
 # --------------------------------------------------------------------------- rows and passes
 GB = 1e9
 _STEP_ERRORS = (RuntimeError, NotImplementedError, TypeError, KeyError, ValueError)
@@ -206,16 +145,9 @@ op without a kernel for the autocast dtype, a missing registry entry, out of mem
 
 @dataclass
 class Case:
-    """One row of a benchmark: how to build the model and its ``run()``, and what to record.
-
-    Attributes:
-        name: row name (with ``amp``, the key that joins the rows of several passes).
-        group: the table the row belongs to (``'detector'``, ``'backbone'``, ...).
-        build: returns ``(model, run)``; ``run()`` computes the forward (or a loss dict).
-        amp: ``'fp32'``, ``'bf16'`` or ``'fp16'``.
-        batch: samples per step (memory is reported per sample).
-        info: recorded in the row as is (backbone, options, ...).
-    """
+    """One row of a benchmark: ``build()`` returns ``(model, run)``, ``run()`` the forward (or a loss
+    dict); ``(name, amp)`` joins the rows of several passes; memory is reported per sample of
+    ``batch``; ``info`` is recorded in the row as is."""
 
     name: str
     group: str
@@ -249,14 +181,8 @@ def _failed(case: Case, err: BaseException) -> Dict[str, Any]:
 
 def measure_case(case: Case, device: torch.device, warmup: int = 1, steps: int = 0,
                  probe: Optional[PeakProbe] = None, kernels: bool = False) -> Dict[str, Any]:
-    """Build one case, measure it with :func:`measure_step`, free it.
-
-    Returns:
-        A row: ``name``, ``group``, ``amp``, ``params_m``, ``saved_gb_per_sample``, ``step_s``,
-        ``peak_gb_per_sample`` (with ``probe``), ``kernels``/``kernels_fwd``/``kernels_bwd``
-        (with ``kernels``) and ``case.info``; or, where building or stepping raised, the
-        ``error`` instead of the figures.
-    """
+    """Build one case, measure it with :func:`measure_step`, free it: a row of its figures per sample
+    and ``case.info``, or, where building or stepping raised, its ``error``."""
     logger.info("%s (%s) ...", case.name, case.amp)
     t0 = time.perf_counter()
     failed: Optional[Dict[str, Any]] = None
@@ -264,9 +190,7 @@ def measure_case(case: Case, device: torch.device, warmup: int = 1, steps: int =
         model, run = case.build()
         params = list(model.parameters())
         r = measure_step(run, params, device, case.amp, warmup, steps, probe, kernels=kernels)
-    except torch.OutOfMemoryError as err:
-        failed = _failed(case, err)
-    except _STEP_ERRORS as err:
+    except _STEP_ERRORS as err:  # torch.OutOfMemoryError is a RuntimeError
         failed = _failed(case, err)
     if failed is not None:
         _release()
@@ -295,16 +219,8 @@ def peak_pass(cases: Sequence[Case], device: torch.device, warmup: int = 1, prob
 
 def time_pass(cases: Sequence[Case], device: torch.device, rounds: int = 3,
               clock: Callable[[], float] = time.perf_counter) -> List[Dict[str, Any]]:
-    """Step times without any probe: all cases built first, then stepped in turn.
-
-    Each model is built and warmed up by one step (gradients cleared after every step),
-    then :func:`interleaved_min_times` steps them in turn for ``rounds`` rounds. A case whose
-    build or warm-up step raises gets an ``error`` row; the others are still timed.
-
-    Returns:
-        One row per case, in order: ``name``, ``group``, ``amp``, ``step_s`` (the minimum over
-        the rounds), ``case.info``; or ``error``.
-    """
+    """Step times without any probe: every case built and warmed up by one step, then all timed by
+    :func:`interleaved_min_times`; a case whose build or warm-up raises gets an ``error`` row."""
     steps: Dict[str, Callable[[], None]] = {}
     rows: Dict[str, Dict[str, Any]] = {}
     for c in cases:
@@ -322,8 +238,6 @@ def time_pass(cases: Sequence[Case], device: torch.device, rounds: int = 3,
                 training_loss(out).backward()
                 model.zero_grad(set_to_none=True)
             step()
-        except torch.OutOfMemoryError as err:
-            failed = _failed(c, err)
         except _STEP_ERRORS as err:
             failed = _failed(c, err)
         if failed is not None:

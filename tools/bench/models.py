@@ -53,12 +53,9 @@ def build(cfg: Any, scope: str) -> nn.Module:
 
 
 def detector_cfg(kind: str, backbone: str, with_cp: bool = False, **revbifpn: Any) -> Any:
-    """The ``model`` config of a detector without pretrained weights.
-
-    ``kind``: ``'faster'`` / ``'mask'`` (R-CNN) or ``'retinanet'`` / ``'fcos'``. RevBiFPN: this
-    project's config (``revbifpn`` sets backbone options, e.g. ``plain_segments=2``); HRNetV2p and
-    ResNet-FPN: mmdet's 1x COCO configs, with ``with_cp`` set on the backbone.
-    """
+    """The ``model`` config of a ``'faster'``, ``'mask'``, ``'retinanet'`` or ``'fcos'`` detector without
+    pretrained weights: this project's config for RevBiFPN (``revbifpn``: backbone options, e.g.
+    ``plain_segments=2``), mmdet's 1x COCO configs for HRNetV2p and ResNet-FPN (``with_cp`` set)."""
     if backbone.startswith("revbifpn_"):
         if with_cp:
             raise ValueError("RevBiFPN has no with_cp: its trunk is reversible already")
@@ -107,12 +104,9 @@ def backbone_neck(backbone: str, with_cp: bool = False, **revbifpn: Any) -> nn.M
 
 
 def segmentor_cfg(backbone: str, head: str = "fcn", bn: str = "train", with_cp: bool = False) -> Any:
-    """The ``model`` config of a Cityscapes FCN segmentor without pretrained weights.
-
-    RevBiFPN: this project's ``configs/mmseg`` config (mmseg's ``fcn_hr18`` with the backbone
-    swapped); HRNetV2-W18/W48: mmseg's ``fcn_hr{18,48}``. ``head``: ``'fcn'`` (mmseg's FCNHead) or
-    ``'lean'`` (LeanFCNHead, same outputs); ``bn``: ``'train'`` as configured or ``'frozen'``.
-    """
+    """The ``model`` config of a Cityscapes FCN segmentor without pretrained weights: this project's
+    ``configs/mmseg`` for RevBiFPN, mmseg's ``fcn_hr{18,48}`` for HRNetV2. ``head``: ``'fcn'``
+    (FCNHead) or ``'lean'`` (LeanFCNHead, same outputs); ``bn``: ``'train'`` or ``'frozen'``."""
     if backbone.startswith("revbifpn_"):
         if with_cp:
             raise ValueError("RevBiFPN has no with_cp: its trunk is reversible already")

@@ -1,18 +1,14 @@
 """``throughput``: for a memory cap, the largest batch whose training step fits it and the images per
 second at that batch, per backbone + neck: what a user gets from the memory on a given card.
 
-A model is ``NAME[+cp][@OPTIONS]``: ``revbifpn_s3``, ``revbifpn_s3@plain_segments=2`` (a budget
-setting), ``hrnetv2p_w18+cp`` (``with_cp=True``); the backbone + neck of its Faster R-CNN config
-(timm stand-ins and an HRFPN-equivalent neck where the mm stack is absent). The step is forward +
-backward with the gradients allocated, as in training (no optimizer state).
-
-* CUDA: the caching allocator is capped with ``torch.cuda.set_per_process_memory_fraction`` at
-  ``(cap - context) / total``, so one large card stands in for smaller ones; a step that runs out
-  of memory is freed and the batch lowered. Rows report ``max_memory_allocated`` and
-  ``max_memory_reserved`` at the chosen batch; each model is timed right after its search.
-* CPU: the peak resident set of one step at a batch, read in a fresh process (the memory
-  planner's method) plus the parameters and gradients, against the cap; then all models are
-  timed at their batches in one process, in interleaved rounds (minimum). CPU rows are CPU rows.
+A model is ``NAME[+cp][@OPTIONS]`` (``revbifpn_s3``, ``revbifpn_s3@plain_segments=2``,
+``hrnetv2p_w18+cp``): the backbone + neck of its Faster R-CNN config (timm stand-ins and an
+HRFPN-equivalent neck without the mm stack); the step is forward + backward, gradients allocated.
+CUDA: the caching allocator capped with ``torch.cuda.set_per_process_memory_fraction`` at
+``(cap - context) / total`` (one large card stands in for smaller ones; an out-of-memory step is
+freed and the batch lowered), reporting ``max_memory_allocated`` and ``max_memory_reserved``. CPU:
+the peak resident set of one step read in a fresh process per batch (the planner's method) plus
+parameters and gradients, against the cap; then all models timed in interleaved rounds.
 """
 from __future__ import annotations
 
