@@ -4,7 +4,7 @@
 #   * the OpenMMLab stack of requirements/mm.txt and the tools' requirements/tools.txt;
 #   * mmcv (requirements/mmcv.txt) with its compiled ops, from a wheel cached per torch build in
 #     ${REVBIFPN_MM_CACHE:-~/.cache/revbifpn_mm}/wheels/, built from source once when absent
-#     (about 15 minutes on 2 cores for CPU ops; longer with CUDA ops, which need nvcc);
+#     (once per machine: the README gives the time it took on 2 cores; CUDA ops need nvcc and take longer);
 #   * this checkout in editable mode; then it runs mmcv's nms on the CPU (and on the GPU if any).
 # Usage: tools/setup_env.sh [--dry-run] [--rebuild-mmcv] [--cpu-ops]
 #   --dry-run       print what would run, change nothing
