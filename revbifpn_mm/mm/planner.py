@@ -204,7 +204,7 @@ class Probe:
 
 
 def _storage_bytes(tensors: Sequence[Any]) -> int:
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    storages = {s.data_ptr(): s.nbytes() for s in (t.untyped_storage() for t in tensors)}
     return sum(storages.values())
 
 

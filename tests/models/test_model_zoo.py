@@ -19,7 +19,6 @@ costs no arithmetic at all. Protocol (mmdet's get_flops-style, the paper's): bat
 (7x7) and, for Mask R-CNN, the mask head on 100 RoIs (14x14).
 """
 import copy
-import math
 import pathlib
 import re
 
