@@ -19,7 +19,7 @@ from dataclasses import asdict
 
 from mmengine.config import DictAction
 
-from revbifpn_mm.mm import planner
+import planner
 
 
 def parse_args(argv=None):

@@ -1,0 +1,95 @@
+"""The plan as text: fixed costs, predictions per batch and setting, and per card the command to train with."""
+from __future__ import annotations
+
+import os
+from typing import List, Sequence
+
+from .predict import ALLOWANCE_TEXT, BATCHES, CONTEXT_GIB, FRAGMENTATION, GIB, Plan
+
+__all__ = ["render_plan", "train_command", "TRAIN_SCRIPT"]
+
+TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py")
+"""``tools/train.py`` of the checkout this planner runs from."""
+
+
+def train_command(config: str, scope: str, options: str, script: str = TRAIN_SCRIPT) -> str:
+    """The command that trains ``config`` with ``options`` (``--cfg-options`` and flags), runnable from the cwd.
+
+    The checkout's ``tools/train.py`` as a path from the current directory (absolute when it lies
+    outside it); where there is none, OpenMMLab's ``mim train mmdet|mmseg`` (the configs import
+    ``revbifpn_mm`` themselves).
+    """
+    if not os.path.isfile(script):
+        return f"mim train {scope} {config} {options}"
+    rel = os.path.relpath(script)
+    return f"python {rel if not rel.startswith(os.pardir) else script} {config} {options}"
+
+
+def render_plan(plan: Plan, gpu_gib: Sequence[float] = (24.0,), batches: Sequence[int] = BATCHES,
+                context_gib: float = CONTEXT_GIB, fragmentation: float = FRAGMENTATION) -> str:
+    """The plan as text: fixed costs, predictions, and per card the batch and setting to train with."""
+    lines = _predictions(plan, batches, context_gib, fragmentation)
+    for gib in gpu_gib:
+        lines += _card(plan, gib, context_gib, fragmentation)
+    for what in plan.not_measured:
+        lines.append(f"not measured here: {what}")
+    return "\n".join(lines)
+
+
+def _predictions(plan: Plan, batches: Sequence[int], context_gib: float, fragmentation: float) -> List[str]:
+    lines = [f"config: {plan.config} ({plan.scope}); its batch per device: {plan.batch}",
+             f"input: {plan.shape[0]}x{plan.shape[1]} per sample ({plan.shape_source}); "
+             f"precision: {_precision(plan)}; measured on {plan.device}"]
+    rev = plan.reversible
+    if rev is not None:
+        p = rev.probes[0]
+        lines.append(f"fixed costs: parameters + buffers {(p.params_bytes + p.buffers_bytes) / GIB:.3f} GiB, "
+                     f"gradients {p.grads_bytes / GIB:.3f} GiB, optimizer state ({p.optimizer}) "
+                     f"{p.optim_bytes / GIB:.3f} GiB")
+    lines.append("allowance: " + ALLOWANCE_TEXT.format(ctx=context_gib, frag=fragmentation))
+    lines += [f"predicted GPU memory, GiB: {'setting':<18} " + " ".join(f"{'b=' + str(b):>7}" for b in batches)]
+    rows = [(m.mode, m, 0.0) for m in plan.modes if m.measured]
+    if rev is not None:
+        rows += [(f"plain_segments={k}", rev, s["kept"]) for k, s in sorted(plan.settings.items()) if k]
+    for name, m, kept in rows:
+        lines.append(f"{'':<27}{name:<18} " + " ".join(f"{m.on_gpu(b, kept, context_gib, fragmentation) / GIB:>7.2f}"
+                                                      for b in batches))
+    if plan.settings:
+        lines.append("step time at batch 1 on the measuring device, by plain_segments: " + ", ".join(
+            f"{k}: {s['step_s']:.2f} s" for k, s in sorted(plan.settings.items()))
+            + ("" if plan.time_falls else "  (keeping more did not measure faster everywhere: the fastest fitting "
+                                          "setting is recommended)"))
+    return lines
+
+
+def _card(plan: Plan, gib: float, context_gib: float, fragmentation: float) -> List[str]:
+    """What to train with on a card of ``gib``: the largest fully reversible batch, the setting at the config's batch."""
+    lines = [f"{gib:g} GiB card:"]
+    rev = plan.reversible
+    if rev is None:
+        return lines + ["  no fully reversible measurement: nothing to predict from"]
+    card = gib * GIB
+    top = rev.largest_batch(card, 0.0, context_gib, fragmentation)
+    scale = " --auto-scale-lr" if plan.auto_scale_lr else ""
+    lines.append(f"  fully reversible, largest batch {top}" + (
+        ": " + train_command(plan.config, plan.scope, f"--cfg-options train_dataloader.batch_size={top}{scale}")
+        if top else ": does not fit (not even batch 1)"))
+    if plan.settings:
+        k = plan.best_setting(card, plan.batch, context_gib, fragmentation)
+        if k:
+            pred = rev.on_gpu(plan.batch, plan.settings[k]["kept"], context_gib, fragmentation) / GIB
+            why = "keeps the most activations that fit" if plan.time_falls else "is the fastest setting that fits"
+            lines.append(f"  at the config's batch {plan.batch}: plain_segments={k} {why} ({pred:.2f} GiB predicted): "
+                         + train_command(plan.config, plan.scope, f"--cfg-options model.backbone.plain_segments={k}"))
+        elif k == 0:
+            lines.append(f"  at the config's batch {plan.batch}: only fully reversible fits")
+    return lines
+
+
+def _precision(plan: Plan) -> str:
+    if not plan.amp:
+        return "fp32"
+    if plan.device == "cpu":
+        return ("autocast bfloat16 on CPU (assumed to take the same activation bytes as CUDA float16 "
+                "autocast: an assumption)")
+    return "autocast float16"
