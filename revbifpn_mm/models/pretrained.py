@@ -139,9 +139,7 @@ def check_local_checkpoint(path: Union[str, os.PathLike]) -> None:
         raise FileNotFoundError(
             f"RevBiFPN checkpoint not found: {os.fspath(path)!r}. The official ImageNet weights are listed with "
             "URL and SHA-256 in docs/model_zoo.md and revbifpn_mm.models.OFFICIAL_WEIGHTS; give the URL (downloaded "
-            "once and verified) or a local copy. In an mmdet/mmseg config: --cfg-options "
-            "model.backbone.init_cfg.checkpoint=URL_OR_PATH, or train from scratch with model.backbone.init_cfg=None "
-            "(a whole trained detector or segmentor is loaded with load_from=PATH instead)")
+            "once and verified) or a local copy")
 
 
 def resolve_checkpoint(checkpoint: Union[str, os.PathLike], sha256: Optional[str] = None,
@@ -229,8 +227,7 @@ def fetch_checkpoint(url: str, sha256: Optional[str] = None,
             f"could not download {url} ({type(err).__name__}: {err}). Without internet access, "
             f"fetch the file on another machine and put it at {dst!r} (the cache directory, "
             "$TORCH_HOME/hub/checkpoints); it is then used from there, its SHA-256 checked. Or "
-            "use a local copy instead of the URL (in an mmdet/mmseg config: --cfg-options "
-            "model.backbone.init_cfg.checkpoint=PATH)") from err
+            "use a local copy instead of the URL") from err
     if expected:
         _check_digest(tmp, expected, url, dst)
     os.replace(tmp, dst)
