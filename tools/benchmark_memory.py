@@ -3,7 +3,7 @@
     python tools/benchmark_memory.py SUITE [options] --out DIR
 
 Suites (``tools/bench/<suite>.py`` says what each measures; ``SUITE --help`` lists its options):
-  backbones   RevBiFPN backbones reversible, plain and at budget settings; mmdet's backbones
+  backbones   RevBiFPN backbones reversible, plain and at plain_segments settings; mmdet's backbones
   fair-fight  whole Faster / Mask R-CNN and their backbone + neck, baselines with and without with_cp
   seg         whole FCN segmentors (RevBiFPN with FCNHead / LeanFCNHead, HRNetV2 with and without with_cp)
   depth       the S0 width at 2-16 extension layers, reversible and plain
@@ -19,7 +19,7 @@ allocator policy slows steps. What each figure is: docs/benchmarks.md. Memory is
 Examples:
     python tools/benchmark_memory.py fair-fight --pass peak --out work_dirs/ff
     python tools/benchmark_memory.py fair-fight --pass time --out work_dirs/ff
-    python tools/benchmark_memory.py backbones --archs s3 --budgets 1,3,plain --pass time --out work_dirs/bb
+    python tools/benchmark_memory.py backbones --archs s3 --plain-segments 1,3,plain --pass time --out work_dirs/bb
     python tools/benchmark_memory.py throughput --caps 3 --sizes 512x512 --out work_dirs/tp
 """
 from __future__ import annotations

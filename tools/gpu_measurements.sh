@@ -25,7 +25,7 @@ step() {  # step NAME SECONDS COMMAND...: run it with a time limit, log to $OUT/
 { nvidia-smi -L; python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
   python -c "import timm; print('timm', timm.__version__)"; } > "$OUT/env.txt" 2>&1
 step backbones 100 python tools/benchmark_memory.py backbones --device cuda --archs s0,s1,s2,s3,s4,s5,s6 \
-  --budgets 2,plain --input 2x800x1344 --pass all --out "$OUT/backbones"
+  --plain-segments 2,plain --input 2x800x1344 --pass all --out "$OUT/backbones"
 step overhead 40 python tools/gpu_experiments.py overhead --out "$OUT/overhead.json"
 step throughput_800 110 python tools/benchmark_memory.py throughput --device cuda --models "$MODELS" \
   --caps 12,24 --sizes 800x1344 --out "$OUT/throughput"

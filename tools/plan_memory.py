@@ -6,7 +6,7 @@
 
 It builds the config's real model and optimizer and measures short training steps at the config's
 training resolution, each in a fresh process (on this machine's CPU unless --device cuda): fully
-reversible at batch 1 and 2, every budget setting (plain_segments) at batch 1, and plain mode where
+reversible at batch 1 and 2, every plain_segments setting at batch 1, and plain mode where
 it fits. Then it predicts the memory of any batch and setting, with a stated allowance for the CUDA
 context and the caching allocator, and prints per card (GiB, as nvidia-smi counts them) the largest
 batch that fits fully reversible and, at the config's own batch, the setting that keeps the most
@@ -33,8 +33,8 @@ def parse_args(argv=None):
     ap.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"), default=None,
                     help="input height and width (default: the config's training resolution)")
     ap.add_argument("--quick", action="store_true", help="a smoke run at 256x256 (not a plan for the config)")
-    ap.add_argument("--modes", default="reversible,budgets,plain",
-                    help="what to measure: comma list of reversible, budgets, plain (default all)")
+    ap.add_argument("--modes", default="reversible,plain_segments,plain",
+                    help="what to measure: comma list of reversible, plain_segments, plain (default all)")
     ap.add_argument("--device", default="cpu", help="where to measure: cpu (default) or cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of the measuring processes")
     ap.add_argument("--json", default=None, help="also write the measurements and predictions here")
@@ -46,6 +46,9 @@ def main(argv=None):
     args = parse_args(argv)
     shape = (256, 256) if args.quick and args.shape is None else args.shape
     modes = [m for m in args.modes.split(",") if m]
+    if "budgets" in modes:  # the earlier name of plain_segments
+        print("warning: --modes budgets is now called plain_segments", file=sys.stderr)
+        modes = ["plain_segments" if m == "budgets" else m for m in modes]
     bad = [m for m in modes if m not in planner.MODES]
     if bad:
         print(f"error: unknown mode(s) {bad}; use {', '.join(planner.MODES)}", file=sys.stderr)
@@ -73,12 +76,13 @@ def main(argv=None):
     print(planner.render_plan(plan, args.gpu_mem))
     if args.json:
         rev = plan.reversible
-        out = dict(asdict(plan), settings=plan.settings, context_gib=planner.CONTEXT_GIB,
+        out = dict(asdict(plan), plain_segments=plan.plain_segments, context_gib=planner.CONTEXT_GIB,
                    fragmentation=planner.FRAGMENTATION, cards={})
         for gib in args.gpu_mem:
             if rev is not None:
+                best = plan.best_plain_segments(gib * planner.GIB, plan.batch)
                 out["cards"][gib] = dict(largest_batch=rev.largest_batch(gib * planner.GIB),
-                                         setting_at_config_batch=plan.best_setting(gib * planner.GIB, plan.batch))
+                                         plain_segments_at_config_batch=best)
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(out, f, indent=2, default=float)
     return 0

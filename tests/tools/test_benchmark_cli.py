@@ -22,7 +22,7 @@ def test_kernels_and_backbones_and_depth(tmp_path):
     assert k["revbifpn_s0 reversible bn=train"]["kernels"] > k["revbifpn_s0 plain bn=train"]["kernels"]
     out = str(tmp_path / "b")
     for p in ("peak", "time"):
-        assert benchmark_memory.main(["backbones", "--archs", "s0", "--budgets", "2,in2,plain", "--input", "1x64x64",
+        assert benchmark_memory.main(["backbones", "--archs", "s0", "--plain-segments", "2,in2,plain", "--input", "1x64x64",
                                       "--pass", p, "--rounds", "1", "--out", out]) == 0
     b = _rows(out)
     assert set(b) == {"revbifpn_s0 reversible", "revbifpn_s0 plain_segments=2", "revbifpn_s0 plain_segments=2,from_input",
@@ -42,6 +42,17 @@ def test_arguments_are_checked():
     assert parse_model("hrnetv2p_w18+cp") == ("hrnetv2p_w18", True, {})
     assert parse_model("revbifpn_s3@plain_segments=2;plain_from=input") == (
         "revbifpn_s3", False, {"plain_segments": 2, "plain_from": "input"})
+
+
+def test_earlier_spellings_still_work_and_say_so(capsys):
+    """``--budgets`` is now ``--plain-segments`` and fair-fight's dtype list ``--dtypes`` (``--amp`` is a switch
+    elsewhere); the old spellings set the new options and warn."""
+    args = benchmark_memory.parse_args(["backbones", "--budgets", "2,plain", "--out", "x"])
+    assert args.plain_segments == "2,plain"
+    assert "--budgets is now called --plain-segments" in capsys.readouterr().err
+    args = benchmark_memory.parse_args(["fair-fight", "--amp", "fp32,bf16", "--out", "x"])
+    assert args.dtypes == "fp32,bf16"
+    assert "--amp is now called --dtypes" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("limit,max_batch", [(0, 8), (1, 8), (5, 8), (13, 16), (40, 32)])

@@ -98,6 +98,12 @@ def test_missing_config_gives_one_clear_error(tmp_path):
     assert "Traceback" not in err
 
 
+def test_modes_take_the_earlier_name_of_plain_segments_with_a_warning():
+    rc, out, err = _tool(QS_DET, "--modes", "budgets,bogus")
+    assert rc == 2 and "--modes budgets is now called plain_segments" in err, out + err
+    assert "unknown mode(s) ['bogus']; use reversible, plain_segments, plain" in err, err
+
+
 @needs_rss
 def test_plain_mode_not_measured_where_it_does_not_fit():
     # 0.1 % of the available memory (tens of MB) cannot hold a plain training step
@@ -115,21 +121,21 @@ def test_budget_prediction_at_an_unmeasured_setting_and_batch_and_the_command_to
     batch 3 is within 10 % of that step measured on its own. Per card it names the largest reversible
     batch and, at the config's batch, the setting that keeps the most activations and fits, each with
     the command to train with it."""
-    plan = planner.make_plan(QS_DET, shape=SHAPE, modes=("reversible", "budgets"), threads=1)
+    plan = planner.make_plan(QS_DET, shape=SHAPE, modes=("reversible", "plain_segments"), threads=1)
     rev = plan.reversible
-    kept = plan.settings[3]["kept"]
-    assert 0 < plan.settings[1]["kept"] < kept < plan.settings[len(plan.settings) - 1]["kept"]
+    kept = plan.plain_segments[3]["kept"]
+    assert 0 < plan.plain_segments[1]["kept"] < kept < plan.plain_segments[len(plan.plain_segments) - 1]["kept"]
     measured = planner.probe_in_subprocess(QS_DET, "plain_segments=3", 3, SHAPE, threads=1, timeout=600)
     predicted = rev.allocated(3, kept)
     err = abs(predicted - measured.peak_bytes) / measured.peak_bytes
     print(f"plain_segments=3, batch 3: predicted {predicted / 1e6:.1f} MB, measured {measured.peak_bytes / 1e6:.1f} MB")
     assert err <= TOLERANCE, (predicted, measured.peak_bytes)
-    card = rev.on_gpu(plan.batch, plan.settings[4]["kept"]) / planner.GIB + 0.001  # setting 4 just fits
+    card = rev.on_gpu(plan.batch, plan.plain_segments[4]["kept"]) / planner.GIB + 0.001  # setting 4 just fits
     text = planner.render_plan(plan, (card,))
     top = rev.largest_batch(card * planner.GIB)
     assert f"fully reversible, largest batch {top}: python tools/train.py {QS_DET} --cfg-options " \
            f"train_dataloader.batch_size={top} --auto-scale-lr" in text, text
-    best = plan.best_setting(card * planner.GIB, plan.batch)
+    best = plan.best_plain_segments(card * planner.GIB, plan.batch)
     assert best is not None and (best == 4 if plan.time_falls else best <= 4), text
     assert f"model.backbone.plain_segments={best}" in text, text
 

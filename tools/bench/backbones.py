@@ -1,5 +1,5 @@
-"""``backbones``: RevBiFPN backbones fully reversible, plain and at budget settings between the two
-(``plain_segments``), beside the HRNet / ResNet backbones of mmdet's detector configs."""
+"""``backbones``: RevBiFPN backbones fully reversible, plain and at ``plain_segments`` settings between the
+two, beside the HRNet / ResNet backbones of mmdet's detector configs."""
 from __future__ import annotations
 
 import argparse
@@ -9,15 +9,17 @@ import torch
 
 from revbifpn_mm.models import ARCH_SETTINGS, RevBiFPN
 
+from . import add_renamed
 from . import models as M
 from .measure import Case
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:  # noqa: D103
     ap.add_argument("--archs", default="s0,s3", help="RevBiFPN sizes, comma list (default s0,s3)")
-    ap.add_argument("--budgets", default="plain",
+    ap.add_argument("--plain-segments", default="plain",
                     help="settings besides fully reversible: comma list of 'plain', N (plain_segments=N from the "
                          "output end) and inN (from the input end); default 'plain'")
+    add_renamed(ap, "--budgets", "--plain-segments")
     ap.add_argument("--bn", default="frozen", choices=("frozen", "train"),
                     help="frozen (norm_eval, as detection trains; float32 streams) or train (float64 streams)")
     ap.add_argument("--baselines", default="none",
@@ -35,7 +37,7 @@ def _settings(text: str) -> List[tuple]:
             out.append((f"plain_segments={item.lstrip('in')}" + ("" if frm == "output" else ",from_input"),
                         dict(plain_segments=int(item.lstrip("in")), plain_from=frm)))
         else:
-            raise ValueError(f"--budgets: 'plain', N or inN, got {item!r}")
+            raise ValueError(f"--plain-segments: 'plain', N or inN, got {item!r}")
     return out
 
 
@@ -49,7 +51,7 @@ def cases(args: argparse.Namespace, device: torch.device) -> List[Case]:  # noqa
         ref = f"revbifpn_{arch} reversible"
         out.append(Case(ref, "backbone", M.backbone_builder(lambda a=arch: RevBiFPN(a, num_classes=0), b, h, w, device,
                                                             frozen), batch=b, info=dict(arch=arch, budget="reversible")))
-        for label, kw in _settings(args.budgets):
+        for label, kw in _settings(args.plain_segments):
             out.append(Case(f"revbifpn_{arch} {label}", "backbone",
                             M.backbone_builder(lambda a=arch, kw=kw: RevBiFPN(a, num_classes=0, **kw), b, h, w, device,
                                                frozen), batch=b, info=dict(arch=arch, budget=label, ref=ref)))

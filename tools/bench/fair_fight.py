@@ -7,6 +7,7 @@ from typing import List
 
 import torch
 
+from . import add_renamed
 from . import models as M
 from .measure import Case
 
@@ -16,7 +17,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:  # noqa: D103
     ap.add_argument("--backbones", default="revbifpn_s3,hrnetv2p_w18,r101_fpn",
                     help=f"comma list of {', '.join(M.DETECTORS)}")
     ap.add_argument("--with-cp", default="both", choices=("both", "on", "off"), help="baseline rows with with_cp")
-    ap.add_argument("--amp", default="fp32", help="comma list of fp32, bf16, fp16 (autocast)")
+    ap.add_argument("--dtypes", default="fp32", help="comma list of fp32, bf16, fp16 (the last two under autocast)")
+    add_renamed(ap, "--amp", "--dtypes")
 
 
 def cp_variants(backbone: str, with_cp: str) -> tuple:
@@ -27,7 +29,7 @@ def cp_variants(backbone: str, with_cp: str) -> tuple:
 def cases(args: argparse.Namespace, device: torch.device) -> List[Case]:  # noqa: D103
     b, h, w = args.input
     out = []
-    for amp in filter(None, args.amp.split(",")):
+    for amp in filter(None, args.dtypes.split(",")):
         for bb in filter(None, args.backbones.split(",")):
             for cp in cp_variants(bb, args.with_cp):
                 for kind in filter(None, args.detectors.split(",")):

@@ -30,7 +30,7 @@ def _storage_bytes(tensors: Sequence[Any]) -> int:
     return sum(storages.values())
 
 
-def _budget_settings(model: Any, run_step: Callable[[], Any], forward: Callable[[], Any]
+def _sweep_plain_segments(model: Any, run_step: Callable[[], Any], forward: Callable[[], Any]
                      ) -> Tuple[Dict[str, Dict[str, float]], Optional[str]]:
     """Saved bytes of one forward and the time of one step at each ``plain_segments`` setting, from
     fully reversible up; the settings from the first that does not fit in memory on are left out."""
@@ -84,7 +84,7 @@ def _optimizer(cfg: Any, model: Any, config: str, device: Any) -> Tuple[Any, boo
             raise PlanError(f"the optimizer of {config} does not build: {one_line(root_cause(err))}") from err
 
 
-def _run_steps(model: Any, optim: Any, packed: Dict[str, Any], amp_dtype: Any, meter: Any, budgets: bool
+def _run_steps(model: Any, optim: Any, packed: Dict[str, Any], amp_dtype: Any, meter: Any, sweep: bool
                ) -> Dict[str, Any]:
     """Warm up, then measure forward + backward and the optimizer step apart (bytes above the start, seconds)."""
     import torch
@@ -115,10 +115,10 @@ def _run_steps(model: Any, optim: Any, packed: Dict[str, Any], amp_dtype: Any, m
     opt_step()
     op = meter.read()
     seconds = time.perf_counter() - start
-    settings, note = _budget_settings(model, lambda: (fwd_bwd(), optim.zero_grad(set_to_none=False)), forward) \
-        if budgets and hasattr(model.backbone, "set_policy") else ({}, None)
+    settings, note = _sweep_plain_segments(model, lambda: (fwd_bwd(), optim.zero_grad(set_to_none=False)), forward) \
+        if sweep and hasattr(model.backbone, "set_policy") else ({}, None)
     return dict(fwd_bwd_bytes=int(fb), optim_step_bytes=int(op), step_s=seconds, reserved_bytes=reserved,
-                settings=settings, settings_note=note)
+                plain_segments=settings, plain_segments_note=note)
 
 
 def _step_error(err: BaseException, dev: Any, batch: int, amp_dtype: Any) -> Exception:
@@ -136,7 +136,7 @@ def _step_error(err: BaseException, dev: Any, batch: int, amp_dtype: Any) -> Exc
 
 def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] = None,
           amp: bool = False, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
-          budgets: bool = False, peak: bool = True) -> Probe:
+          sweep: bool = False, peak: bool = True) -> Probe:
     """Measure one training step of the config's model, in this process.
 
     On CPU the peak resident set only grows and glibc's allocation policy is changed for the
@@ -151,7 +151,7 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
         amp: autocast the forward (CPU: bfloat16, CUDA: float16).
         device: ``'cpu'`` or a CUDA device.
         cfg_options: config overrides.
-        budgets: also measure every ``plain_segments`` setting (:attr:`Probe.settings`).
+        sweep: also measure every ``plain_segments`` setting (:attr:`Probe.plain_segments`).
         peak: read the peak memory (on CPU this slows the steps that follow: time without it).
 
     Returns:
@@ -178,7 +178,7 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
     amp_dtype = (torch.bfloat16 if dev.type == "cpu" else torch.float16) if amp else None
     packed = synthetic_batch(cfg, model, batch, shape, dev)
     try:
-        steps = _run_steps(model, optim, packed, amp_dtype, meter, budgets)
+        steps = _run_steps(model, optim, packed, amp_dtype, meter, sweep)
     except (RuntimeError, MemoryError) as err:
         mapped = _step_error(err, dev, batch, amp_dtype)
         if mapped is err:
@@ -225,7 +225,7 @@ def available_ram_bytes() -> int:
 def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] = None,
                         amp: bool = False, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
                         ram_limit_bytes: Optional[int] = None, threads: Optional[int] = None,
-                        timeout: Optional[float] = None, budgets: bool = False, peak: bool = True) -> Probe:
+                        timeout: Optional[float] = None, sweep: bool = False, peak: bool = True) -> Probe:
     """:func:`probe` in a fresh Python process (the peak resident set is per process).
 
     Args:
@@ -241,7 +241,7 @@ def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tupl
     """
     job = dict(config=config, mode=mode, batch=batch, shape=list(shape) if shape else None, amp=amp,
                device=device, cfg_options=cfg_options or {}, ram_limit_bytes=ram_limit_bytes, threads=threads,
-               budgets=budgets, peak=peak)
+               sweep=sweep, peak=peak)
     try:
         res = run_fresh("planner.measure", [json.dumps(job)], timeout=timeout)
     except FreshProcessKilled as err:
@@ -277,7 +277,7 @@ def _child(job_json: str, out: str) -> int:
         if job.get("ram_limit_bytes"):
             _limit_address_space(job)
         res = asdict(probe(job["config"], job["mode"], job["batch"], tuple(job["shape"]) if job["shape"] else None,
-                           job["amp"], job["device"], job["cfg_options"] or None, job["budgets"], job["peak"]))
+                           job["amp"], job["device"], job["cfg_options"] or None, job["plain_segments"], job["peak"]))
     except (PlanError, NotMeasured) as err:
         res = dict(error=type(err).__name__, message=str(err))
     with open(out, "w", encoding="utf-8") as f:

@@ -47,11 +47,11 @@ class Probe:
     optim_step_bytes: int
     step_s: float
     reserved_bytes: Optional[int] = None
-    settings: Dict[str, Dict[str, float]] = field(default_factory=dict)
-    """With ``budgets``: per ``plain_segments`` setting (``'0'`` ... ``'n'``), the bytes one forward
+    plain_segments: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    """With ``sweep``: per ``plain_segments`` setting (``'0'`` ... ``'n'``), the bytes one forward
     saves for backward (``saved``) and the seconds of one training step (``step_s``), at this batch."""
-    settings_note: Optional[str] = None
-    """The budget settings that could not be measured, and why."""
+    plain_segments_note: Optional[str] = None
+    """The ``plain_segments`` settings that could not be measured, and why."""
 
     @property
     def fixed_bytes(self) -> int:
@@ -124,7 +124,7 @@ class ModePlan:
 
 @dataclass
 class Plan:
-    """A memory plan of one config: the reversible measurements, the budget settings, plain mode."""
+    """A memory plan of one config: the reversible measurements, the ``plain_segments`` settings, plain mode."""
 
     config: str
     scope: str
@@ -145,29 +145,29 @@ class Plan:
         return next((m for m in self.modes if m.mode == "reversible" and m.measured), None)
 
     @property
-    def settings(self) -> Dict[int, Dict[str, float]]:
+    def plain_segments(self) -> Dict[int, Dict[str, float]]:
         """``plain_segments`` setting -> ``kept`` (activation bytes per sample beyond the reversible
         step) and ``step_s`` (seconds of a batch-1 step on the measuring device)."""
-        raw = self.reversible.probes[0].settings if self.reversible else {}
+        raw = self.reversible.probes[0].plain_segments if self.reversible else {}
         if not raw:
             return {}
         base = raw["0"]["saved"]
         return {int(k): dict(kept=max(0.0, v["saved"] - base), step_s=v["step_s"]) for k, v in raw.items()}
 
-    def best_setting(self, gpu_bytes: float, batch: int, context_gib: float = CONTEXT_GIB,
+    def best_plain_segments(self, gpu_bytes: float, batch: int, context_gib: float = CONTEXT_GIB,
                      fragmentation: float = FRAGMENTATION) -> Optional[int]:
         """The setting that keeps the most activations and still fits ``batch`` in ``gpu_bytes``, or the
         fastest fitting one where keeping more did not measure faster; None if none fits."""
         rev = self.reversible
-        fits = [k for k, s in sorted(self.settings.items())
+        fits = [k for k, s in sorted(self.plain_segments.items())
                 if rev.on_gpu(batch, s["kept"], context_gib, fragmentation) <= gpu_bytes]
         if not fits:
             return None
-        return min(fits, key=lambda k: (self.settings[k]["step_s"], -k)) if not self.time_falls else max(fits)
+        return min(fits, key=lambda k: (self.plain_segments[k]["step_s"], -k)) if not self.time_falls else max(fits)
 
     @property
     def time_falls(self) -> bool:
         """Whether the measured step time falls (within 5 %) as each further setting keeps more."""
-        times = [s["step_s"] for _, s in sorted(self.settings.items())]
+        times = [s["step_s"] for _, s in sorted(self.plain_segments.items())]
         return all(b <= a * 1.05 for a, b in zip(times, times[1:]))
 

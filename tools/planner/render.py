@@ -50,13 +50,13 @@ def _predictions(plan: Plan, batches: Sequence[int], context_gib: float, fragmen
     lines += [f"predicted GPU memory, GiB: {'setting':<18} " + " ".join(f"{'b=' + str(b):>7}" for b in batches)]
     rows = [(m.mode, m, 0.0) for m in plan.modes if m.measured]
     if rev is not None:
-        rows += [(f"plain_segments={k}", rev, s["kept"]) for k, s in sorted(plan.settings.items()) if k]
+        rows += [(f"plain_segments={k}", rev, s["kept"]) for k, s in sorted(plan.plain_segments.items()) if k]
     for name, m, kept in rows:
         lines.append(f"{'':<27}{name:<18} " + " ".join(f"{m.on_gpu(b, kept, context_gib, fragmentation) / GIB:>7.2f}"
                                                       for b in batches))
-    if plan.settings:
+    if plan.plain_segments:
         lines.append("step time at batch 1 on the measuring device, by plain_segments: " + ", ".join(
-            f"{k}: {s['step_s']:.2f} s" for k, s in sorted(plan.settings.items()))
+            f"{k}: {s['step_s']:.2f} s" for k, s in sorted(plan.plain_segments.items()))
             + ("" if plan.time_falls else "  (keeping more did not measure faster everywhere: the fastest fitting "
                                           "setting is recommended)"))
     return lines
@@ -74,10 +74,10 @@ def _card(plan: Plan, gib: float, context_gib: float, fragmentation: float) -> L
     lines.append(f"  fully reversible, largest batch {top}" + (
         ": " + train_command(plan.config, plan.scope, f"--cfg-options train_dataloader.batch_size={top}{scale}")
         if top else ": does not fit (not even batch 1)"))
-    if plan.settings:
-        k = plan.best_setting(card, plan.batch, context_gib, fragmentation)
+    if plan.plain_segments:
+        k = plan.best_plain_segments(card, plan.batch, context_gib, fragmentation)
         if k:
-            pred = rev.on_gpu(plan.batch, plan.settings[k]["kept"], context_gib, fragmentation) / GIB
+            pred = rev.on_gpu(plan.batch, plan.plain_segments[k]["kept"], context_gib, fragmentation) / GIB
             why = "keeps the most activations that fit" if plan.time_falls else "is the fastest setting that fits"
             lines.append(f"  at the config's batch {plan.batch}: plain_segments={k} {why} ({pred:.2f} GiB predicted): "
                          + train_command(plan.config, plan.scope, f"--cfg-options model.backbone.plain_segments={k}"))

@@ -11,7 +11,7 @@ from .predict import GIB, ModePlan, Plan
 
 __all__ = ["MODES", "expected_seconds", "make_plan"]
 
-MODES = ("reversible", "budgets", "plain")
+MODES = ("reversible", "plain_segments", "plain")
 
 
 def expected_seconds(config: str, shape: Tuple[int, int], modes: Sequence[str], cfg_options: Optional[Dict] = None,
@@ -30,7 +30,7 @@ def expected_seconds(config: str, shape: Tuple[int, int], modes: Sequence[str], 
     total = 0.0
     for mode in modes:
         total += 3 * per_probe
-        if mode == "budgets":  # one more process on CPU (timed without the peak probe)
+        if mode == "plain_segments":  # one more process on CPU (timed without the peak probe)
             total += segments * 3 * step + per_probe
     return total
 
@@ -38,7 +38,7 @@ def expected_seconds(config: str, shape: Tuple[int, int], modes: Sequence[str], 
 def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = False,
               modes: Sequence[str] = MODES, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
               ram_fraction: float = 0.6, threads: Optional[int] = None, log: Any = None) -> Plan:
-    """Measure the config at batch 1 and 2 (fully reversible; ``'budgets'``: every ``plain_segments``
+    """Measure the config at batch 1 and 2 (fully reversible; ``'plain_segments'``: every ``plain_segments``
     setting at batch 1 too; ``'plain'``: plain mode at batch 1 and 2), each in a fresh process.
 
     What does not fit here is reported as not measured, with the reason: the measuring process may
@@ -55,28 +55,28 @@ def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = 
     batch, scalable = config_batch(cfg)
     plans, missing = [], []
     for mode in ("reversible", "plain"):
-        if mode == "reversible" and not {"reversible", "budgets"} & set(modes) or mode == "plain" and "plain" not in modes:
+        if mode == "reversible" and not {"reversible", "plain_segments"} & set(modes) or mode == "plain" and "plain" not in modes:
             continue
         mp = ModePlan(mode)
         plans.append(mp)
         for b in (1, 2):
             limit = int(available_ram_bytes() * ram_fraction) or None if device == "cpu" else None
-            budgets = mode == "reversible" and b == 1 and "budgets" in modes
+            sweep = mode == "reversible" and b == 1 and "plain_segments" in modes
             # On CPU the peak probe's allocator policy slows steps that allocate more: the settings
             # are then counted and timed in a process of their own, without it.
-            apart = budgets and device == "cpu"
+            apart = sweep and device == "cpu"
             if log:
-                log(f"measuring {mode} at batch {b}, {h}x{w}" + (" and every plain_segments setting" if budgets else "")
+                log(f"measuring {mode} at batch {b}, {h}x{w}" + (" and every plain_segments setting" if sweep else "")
                     + (f" (may use {limit / GIB:.1f} GiB)" if limit else ""))
             try:
                 mp.probes.append(probe_in_subprocess(config, mode, b, (h, w), amp, device, cfg_options, limit,
-                                                     threads, budgets=budgets and not apart))
+                                                     threads, sweep=sweep and not apart))
                 if apart:
                     timed = probe_in_subprocess(config, mode, b, (h, w), amp, device, cfg_options, limit, threads,
-                                                budgets=True, peak=False)
-                    mp.probes[-1].settings, mp.probes[-1].settings_note = timed.settings, timed.settings_note
-                if mp.probes[-1].settings_note:
-                    missing.append(mp.probes[-1].settings_note)
+                                                sweep=True, peak=False)
+                    mp.probes[-1].plain_segments, mp.probes[-1].plain_segments_note = timed.plain_segments, timed.plain_segments_note
+                if mp.probes[-1].plain_segments_note:
+                    missing.append(mp.probes[-1].plain_segments_note)
             except NotMeasured as err:
                 where = f"this machine's available memory ({limit / GIB:.1f} GiB allowed)" if limit else device
                 mp.skipped = f"not measured at batch {b}: {err}" + (
@@ -84,6 +84,6 @@ def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = 
                 missing.append(f"{mode}: {mp.skipped}")
                 break
     if device == "cpu":
-        missing.append("time on a GPU: the step times that choose between budget settings are CPU times here")
+        missing.append("time on a GPU: the step times that choose between plain_segments settings are CPU times here")
     return Plan(config=config, scope=cfg.default_scope, shape=(h, w), shape_source=how, amp=amp, device=device,
                 batch=batch, auto_scale_lr=scalable, modes=plans, not_measured=missing)
