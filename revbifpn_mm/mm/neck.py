@@ -36,12 +36,12 @@ class RevBiFPNNeck(BaseModule):
     ``HRFPN`` state dict loads as it is, and the outputs equal HRFPN's up to float
     round-off; only the activation memory differs.
 
-    With ``lean=True`` (default) the stride-4 sum ``r`` (``out_channels`` wide, the
+    With ``recompute_sum=True`` (default) the stride-4 sum ``r`` (``out_channels`` wide, the
     largest tensor of the neck) is not kept for the backward pass either: the 3x3
     convolutions and the pooling need it, so it is recomputed from the inputs (a few
     1x1 convolutions at each level's own resolution, under 3 % of the neck's MACs)
     when the backward reaches the neck (selective checkpointing: the 3x3 convolutions
-    are not re-run). Outputs and gradients are bitwise those of ``lean=False``. It runs
+    are not re-run). Outputs and gradients are bitwise those of ``recompute_sum=False``. It runs
     in training only (``eval()`` is plain autograd, so tracing tools such as mmengine's
     ``get_model_complexity_info`` see ordinary ops), and only where no norm of the neck
     trains (a training-mode norm would update its statistics twice).
@@ -61,18 +61,19 @@ class RevBiFPNNeck(BaseModule):
             are built without a norm, and so are these, to compute its outputs and load its state
             dict (a warning says so). Defaults to None.
         with_cp: HRFPN's checkpointing: recompute the reduction *and* the 3x3 convolutions in
-            the backward (less memory, more compute than ``lean`` alone). Defaults to False.
+            the backward (less memory, more compute than ``recompute_sum`` alone). Defaults to False.
         stride: Stride of the 3x3 output convs (2 for one-stage heads on strides 8-128, as
             mmdet's HRNet FCOS configs). Defaults to 1.
-        lean: Recompute the stride-4 reduction in the backward instead of keeping it
+        recompute_sum: Recompute the stride-4 reduction in the backward instead of keeping it
             (see above). Defaults to True.
+        lean: The earlier name of ``recompute_sum`` (a warning says so).
         init_cfg: Defaults to Caffe2Xavier on the convs (as HRFPN).
     """
 
     def __init__(self, in_channels: Sequence[int], out_channels: int = 256, num_outs: int = 5,
                  pooling_type: str = "AVG", conv_cfg: Optional[Dict[str, Any]] = None,
                  norm_cfg: Optional[Dict[str, Any]] = None, with_cp: bool = False, stride: int = 1,
-                 lean: bool = True,
+                 recompute_sum: bool = True, lean: Optional[bool] = None,
                  init_cfg: Optional[Dict[str, Any]] = dict(type="Caffe2Xavier", layer="Conv2d")) -> None:
         super().__init__(init_cfg)
         if not isinstance(in_channels, (list, tuple)) or not in_channels:
@@ -92,7 +93,10 @@ class RevBiFPNNeck(BaseModule):
             ConvModule(out_channels, out_channels, kernel_size=3, padding=1, stride=stride,
                        conv_cfg=conv_cfg, act_cfg=None) for _ in range(num_outs))
         self.pooling = F.max_pool2d if pooling_type == "MAX" else F.avg_pool2d
-        self.lean = bool(lean)
+        if lean is not None:
+            warnings.warn("RevBiFPNNeck: lean= is now called recompute_sum=", FutureWarning, stacklevel=2)
+            recompute_sum = lean
+        self.recompute_sum = bool(recompute_sum)
         self.with_cp = bool(with_cp)
         self.stride = stride
 
@@ -112,7 +116,7 @@ class RevBiFPNNeck(BaseModule):
     def forward(self, inputs: Sequence[Tensor]) -> Tuple[Tensor, ...]:
         """Return ``num_outs`` maps with ``out_channels`` channels (strides ``4 * stride * 2**i``)."""
         self._check(inputs)
-        if not (self.training and torch.is_grad_enabled() and (self.lean or self.with_cp)) or self._norm_trains():
+        if not (self.training and torch.is_grad_enabled() and (self.recompute_sum or self.with_cp)) or self._norm_trains():
             return self._forward(*inputs)
         return checkpoint(self._forward, *inputs, use_reentrant=False,
                           **({} if self.with_cp else dict(context_fn=_keep_output_convs)))

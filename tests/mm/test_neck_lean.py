@@ -1,7 +1,7 @@
-"""``RevBiFPNNeck(lean=True)``: the stride-4 reduction is recomputed, not kept, for backward.
+"""``RevBiFPNNeck(recompute_sum=True)``: the stride-4 reduction is recomputed, not kept, for backward.
 
 In a RevBiFPN detector the peak of a training step sits in the neck and heads; the
-neck's largest tensor is the stride-4 reduction (``out_channels`` wide). The lean path
+neck's largest tensor is the stride-4 reduction (``out_channels`` wide). Recomputing it
 must change nothing but memory: bitwise the same outputs and gradients.
 """
 import gc
@@ -22,9 +22,9 @@ def _inputs(h=64, w=96):
     return [torch.randn(2, c, h >> i, w >> i, requires_grad=True) for i, c in enumerate(IN_CHANNELS)]
 
 
-def _neck(lean):
+def _neck(recompute):
     torch.manual_seed(1)
-    neck = RevBiFPNNeck(IN_CHANNELS, out_channels=32, num_outs=5, lean=lean)
+    neck = RevBiFPNNeck(IN_CHANNELS, out_channels=32, num_outs=5, recompute_sum=recompute)
     with torch.no_grad():
         for p in neck.parameters():
             p.normal_(0, 0.05)
@@ -46,9 +46,9 @@ def test_lean_neck_is_bitwise_the_plain_neck():
         assert torch.equal(a, b)
 
 
-def _reduction_survives_forward(lean):
+def _reduction_survives_forward(recompute):
     """Whether the stride-4 reduction tensor is still alive after the forward returned."""
-    neck = _neck(lean)
+    neck = _neck(recompute)
     seen = []
     pool = neck.pooling
 
@@ -67,8 +67,8 @@ def _reduction_survives_forward(lean):
 
 
 def test_lean_neck_does_not_keep_the_stride4_reduction():
-    assert _reduction_survives_forward(lean=False)  # the plain neck keeps it (the probe works)
-    assert not _reduction_survives_forward(lean=True)
+    assert _reduction_survives_forward(recompute=False)  # the plain neck keeps it (the probe works)
+    assert not _reduction_survives_forward(recompute=True)
 
 
 def test_lean_neck_saves_less_for_backward():
@@ -82,7 +82,7 @@ def test_lean_neck_saves_less_for_backward():
 
 
 def test_lean_neck_falls_back_when_the_reduction_norm_trains():
-    neck = RevBiFPNNeck(IN_CHANNELS, out_channels=32, num_outs=2, lean=True)
+    neck = RevBiFPNNeck(IN_CHANNELS, out_channels=32, num_outs=2, recompute_sum=True)
     neck.reduction_conv = type(neck.reduction_conv)(sum(IN_CHANNELS), 32, 1, norm_cfg=dict(type="BN"),
                                                      act_cfg=None)
     neck.train()
@@ -90,3 +90,9 @@ def test_lean_neck_falls_back_when_the_reduction_norm_trains():
     before = neck.reduction_conv.norm.num_batches_tracked.item()
     sum(o.sum() for o in neck(xs)).backward()
     assert neck.reduction_conv.norm.num_batches_tracked.item() == before + 1  # one update per step
+
+
+def test_the_earlier_name_lean_still_works_and_says_so():
+    with pytest.warns(FutureWarning, match="lean= is now called recompute_sum="):
+        neck = RevBiFPNNeck(IN_CHANNELS, out_channels=32, num_outs=2, lean=False)
+    assert neck.recompute_sum is False
