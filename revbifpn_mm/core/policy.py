@@ -71,7 +71,8 @@ class RunPolicy:
         reuse_buffers: Let the backward update the stream tensors it allocated itself in place
             and reuse the stored outputs as its first working buffers (each scale's activation
             and gradient then exist about once at a time). ``False`` runs the same algorithm
-            out of place (for tests and debugging). Default True.
+            out of place (for tests and debugging: set through ``set_policy``, no model
+            constructor takes it). Default True.
     """
 
     memory_mode: Union[str, MemoryMode] = MemoryMode.REVERSIBLE
