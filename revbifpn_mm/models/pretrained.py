@@ -19,7 +19,7 @@ import re
 import urllib.error
 import urllib.parse
 import uuid
-from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Union
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -204,16 +204,23 @@ def fetch_checkpoint(url: str, sha256: Optional[str] = None,
         raise ValueError(f"fetch_checkpoint needs an http:// or https:// URL, got {url!r}")
     official = official_sha256(url)
     sha256 = _expected_sha256(sha256)
-    if sha256 is not None:
-        if official is not None and sha256 != official:
-            raise ValueError(f"sha256 {sha256} contradicts the published digest {official} of {url}; "
-                             "drop the sha256 key to use the published one")
+    if sha256 is not None and official is not None and sha256 != official:
+        raise ValueError(f"sha256 {sha256} contradicts the published digest {official} of {url}; "
+                         "drop the sha256 key to use the published one")
     expected = sha256 or official
     dst = cached_path(url, cache_dir)
-    if os.path.isfile(dst):
+    if not os.path.isfile(dst):
+        tmp = _download(url, dst, progress)
         if expected:
-            _check_digest(dst, expected, url, dst)
-        return dst
+            _check_digest(tmp, expected, url, dst)
+        os.replace(tmp, dst)
+    elif expected:
+        _check_digest(dst, expected, url, dst)
+    return dst
+
+
+def _download(url: str, dst: str, progress: bool) -> str:
+    """Download ``url`` to a temporary file beside ``dst`` (removed on failure) and return its path."""
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     tmp = f"{dst}.{uuid.uuid4().hex}.download"
     try:
@@ -226,10 +233,7 @@ def fetch_checkpoint(url: str, sha256: Optional[str] = None,
             f"fetch the file on another machine and put it at {dst!r} (the cache directory, "
             "$TORCH_HOME/hub/checkpoints); it is then used from there, its SHA-256 checked. Or "
             "use a local copy instead of the URL") from err
-    if expected:
-        _check_digest(tmp, expected, url, dst)
-    os.replace(tmp, dst)
-    return dst
+    return tmp
 
 _PREFIXES = ("module.", "backbone.", "model.")
 
@@ -277,6 +281,20 @@ def extract_state_dict(obj: object, source: str = "checkpoint") -> Dict[str, Ten
     return sd
 
 
+def _keys_for(model: nn.Module, sd: Dict[str, Tensor], prefix: Optional[str], source: str
+              ) -> Tuple[Dict[str, Tensor], List[str]]:
+    """The keys of ``sd`` under ``prefix`` (stripped), without those of parts ``model`` lacks (returned apart)."""
+    if prefix:
+        prefix = prefix if prefix.endswith(".") else prefix + "."
+        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if not sd:
+            raise ValueError(f"no key of {source!r} starts with prefix {prefix!r}")
+    skip_prefixes = (("head.",) if getattr(model, "head", None) is None else ()) + \
+        (("rev_stack.recomp_op.",) if not getattr(model, "with_neck", True) else ())
+    skipped = [k for k in sd if k.startswith(skip_prefixes)] if skip_prefixes else []
+    return {k: v for k, v in sd.items() if k not in set(skipped)}, skipped
+
+
 def load_official_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mapping[str, Tensor]],
                              strict: bool = True, prefix: Optional[str] = None, sha256: Optional[str] = None,
                              fetch: Optional[Callable[[str, Optional[str]], str]] = None) -> LoadResult:
@@ -308,19 +326,8 @@ def load_official_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLik
         sd = read_state_dict(resolve_checkpoint(source, sha256, fetch))
     else:
         source, sd = "the state dict", extract_state_dict(checkpoint)
-    if prefix:
-        prefix = prefix if prefix.endswith(".") else prefix + "."
-        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-        if not sd:
-            raise ValueError(f"no key of {source!r} starts with prefix {prefix!r}")
+    sd, skipped = _keys_for(model, sd, prefix, source)
     own = model.state_dict()
-    skip_prefixes = []
-    if getattr(model, "head", None) is None:
-        skip_prefixes.append("head.")
-    if not getattr(model, "with_neck", True):
-        skip_prefixes.append("rev_stack.recomp_op.")
-    skipped = [k for k in sd if k.startswith(tuple(skip_prefixes))] if skip_prefixes else []
-    sd = {k: v for k, v in sd.items() if k not in set(skipped)}
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in sd.items() if k in own and own[k].shape != v.shape]
     missing = [k for k in own if k not in sd]

@@ -192,7 +192,7 @@ def test_file_placed_by_hand_is_used_offline(torch_home, fixture_ckpt, monkeypat
     """The offline recipe of the error message: copy the file into the cache, no network."""
     root, sd, digest = fixture_ckpt
     url = f"http://127.0.0.1:{_closed_port()}/revbifpn/{NAME}"
-    monkeypatch.setitem(pretrained.OFFICIAL_WEIGHTS, "s0", OfficialWeights(url, digest, 0.0, 0.0, 224))
+    monkeypatch.setitem(pretrained.OFFICIAL_WEIGHTS, "s0", OfficialWeights(url, digest, 0.0, 0.0))
     target = _cache_file(torch_home)
     target.parent.mkdir(parents=True)
     target.write_bytes((root / "revbifpn" / NAME).read_bytes())
