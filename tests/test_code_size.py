@@ -49,6 +49,22 @@ def test_no_function_over_60_lines():
     assert not over, over
 
 
+def test_all_names_every_public_function_and_class():
+    """A module with ``__all__`` lists each of its public functions and classes there (``main`` of a script aside)."""
+    missing = []
+    for folder in ("revbifpn_mm", "tools"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            listed = [ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                      and any(getattr(t, "id", "") == "__all__" for t in n.targets)
+                      and isinstance(n.value, (ast.List, ast.Tuple))]
+            public = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+                      and not n.name.startswith("_") and n.name != "main"}
+            if listed and public - set(listed[0]):
+                missing.append((path.relative_to(ROOT).as_posix(), sorted(public - set(listed[0]))))
+    assert not missing, missing
+
+
 def test_the_scan_sees_a_long_method(tmp_path):
     """A method of 61 lines is found, one of 60 is not (so that a clean result means something)."""
     body = "\n".join(f"        x{i} = {i}" for i in range(59))

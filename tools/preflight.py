@@ -19,7 +19,8 @@ from revbifpn_mm.models.pretrained import check_local_checkpoint
 
 __all__ = ["DataError", "SYNTHETIC_ROOT", "register_scope", "dataset_cfgs", "ensure_synthetic_data", "check_data",
            "check_pretrained", "check_built_datasets", "data_help", "apply_cpu_dist_backend", "shutdown_distributed",
-           "parse_with_launcher", "mmcv_ops_problem", "loadable", "resume_checkpoint", "load_cfg"]
+           "parse_with_launcher", "mmcv_ops_problem", "loadable", "resume_checkpoint", "load_cfg", "native_threads",
+           "build_runner"]
 
 #: Data root of the quickstart configs (relative to the repository root).
 SYNTHETIC_ROOT = "data/synthetic_coco"
@@ -261,60 +262,13 @@ def check_data(cfg: Any, splits: Sequence[str], scope: Optional[str] = None) -> 
     dataset_type = None
     for split, where, ds in dataset_cfgs(cfg, splits):
         dataset_type = dataset_type or ds.get("type")
-        root = ds.get("data_root")
-        if root is not None and _is_remote(str(root)):
-            continue
-        if root and not osp.isdir(root):
-            expected = []
-            if ds.get("ann_file"):
-                expected.append(f"annotation file {_join(root, ds['ann_file'])}")
-            prefix = ds.get("data_prefix") or {}
-            if isinstance(prefix, dict):
-                expected += [f"{key} folder {_join(root, sub)}" for key, sub in prefix.items()
-                             if isinstance(sub, str) and sub]
-            problems.append(f"data root {root!r} does not exist ({where}.data_root)"
-                            + (f"; expected {' and '.join(expected)}" if expected else ""))
-            first_split = first_split or split
-            continue
-        ann = ds.get("ann_file") or ""
-        if ann and not _is_remote(ann):
-            path = _join(root, ann)
-            if not osp.isfile(path):
-                problems.append(f"annotation file {path!r} not found ({where}.ann_file)")
-                first_split = first_split or split
-            else:
-                n = _count_coco_images(path)
-                if n == 0:
-                    raise DataError(
-                        f"The {split} dataset is empty: {path!r} ({where}.ann_file) lists 0 images. "
-                        "Point the config at a dataset with images"
-                        + (f" (regenerate the synthetic one with `python tools/synthetic_data.py "
-                           f"--root {root} --overwrite`)" if _is_synthetic_root(root) else "") + ".")
-        prefix = ds.get("data_prefix") or {}
-        if isinstance(prefix, dict):
-            for key, sub in prefix.items():
-                if not isinstance(sub, str) or not sub or _is_remote(sub):
-                    continue
-                path = _join(root, sub)
-                if not osp.isdir(path):
-                    problems.append(f"folder {path!r} not found ({where}.data_prefix.{key})")
-                    first_split = first_split or split
-                elif not ann and not _dir_has_files(path):
-                    raise DataError(f"The {split} dataset is empty: folder {path!r} "
-                                    f"({where}.data_prefix.{key}) holds no files.")
+        found = _dataset_problems(split, where, ds)
+        problems += found
+        first_split = first_split or (split if found else None)
     for split in splits:
-        key = _EVALUATOR_KEYS.get(split)
-        evaluators = cfg.get(key, None) if key else None
-        if isinstance(evaluators, dict):
-            evaluators = [evaluators]
-        for i, ev in enumerate(evaluators or []):
-            if not isinstance(ev, dict):
-                continue
-            ann = ev.get("ann_file")
-            if isinstance(ann, str) and ann and not _is_remote(ann) and not osp.isfile(ann):
-                loc = key if len(evaluators) == 1 else f"{key}[{i}]"
-                problems.append(f"annotation file {ann!r} not found ({loc}.ann_file)")
-                first_split = first_split or split
+        found = _evaluator_problems(cfg, split)
+        problems += found
+        first_split = first_split or (split if found else None)
     if problems:
         seen: List[str] = []
         for p in problems:
@@ -322,6 +276,58 @@ def check_data(cfg: Any, splits: Sequence[str], scope: Optional[str] = None) -> 
                 seen.append(p)
         raise DataError("Dataset not found:\n  - " + "\n  - ".join(seen) + "\n"
                         + data_help(scope, first_split or "train", dataset_type))
+
+
+def _dataset_problems(split: str, where: str, ds: Dict[str, Any]) -> List[str]:
+    """What is missing of one dataset (data root, annotation file, folders); raises :class:`DataError` if empty."""
+    root = ds.get("data_root")
+    if root is not None and _is_remote(str(root)):
+        return []
+    prefix = ds.get("data_prefix") or {}
+    folders = [(key, sub) for key, sub in prefix.items() if isinstance(sub, str) and sub] \
+        if isinstance(prefix, dict) else []
+    ann = ds.get("ann_file") or ""
+    if root and not osp.isdir(root):
+        expected = ([f"annotation file {_join(root, ann)}"] if ann else []) + \
+            [f"{key} folder {_join(root, sub)}" for key, sub in folders]
+        return [f"data root {root!r} does not exist ({where}.data_root)"
+                + (f"; expected {' and '.join(expected)}" if expected else "")]
+    problems = []
+    if ann and not _is_remote(ann):
+        path = _join(root, ann)
+        if not osp.isfile(path):
+            problems.append(f"annotation file {path!r} not found ({where}.ann_file)")
+        elif _count_coco_images(path) == 0:
+            raise DataError(
+                f"The {split} dataset is empty: {path!r} ({where}.ann_file) lists 0 images. "
+                "Point the config at a dataset with images"
+                + (f" (regenerate the synthetic one with `python tools/synthetic_data.py "
+                   f"--root {root} --overwrite`)" if _is_synthetic_root(root) else "") + ".")
+    for key, sub in folders:
+        path = _join(root, sub)
+        if _is_remote(sub):
+            continue
+        if not osp.isdir(path):
+            problems.append(f"folder {path!r} not found ({where}.data_prefix.{key})")
+        elif not ann and not _dir_has_files(path):
+            raise DataError(f"The {split} dataset is empty: folder {path!r} "
+                            f"({where}.data_prefix.{key}) holds no files.")
+    return problems
+
+
+def _evaluator_problems(cfg: Any, split: str) -> List[str]:
+    """The missing ``ann_file`` of the split's evaluators (COCO ``CocoMetric``)."""
+    key = _EVALUATOR_KEYS.get(split)
+    evaluators = cfg.get(key, None) if key else None
+    if isinstance(evaluators, dict):
+        evaluators = [evaluators]
+    problems = []
+    for i, ev in enumerate(evaluators or []):
+        ann = ev.get("ann_file") if isinstance(ev, dict) else None
+        if isinstance(ann, str) and ann and not _is_remote(ann) and not osp.isfile(ann):
+            loc = key if len(evaluators) == 1 else f"{key}[{i}]"
+            problems.append(f"annotation file {ann!r} not found ({loc}.ann_file)")
+    return problems
 
 
 def check_pretrained(cfg: Any) -> None:

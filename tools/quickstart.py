@@ -201,6 +201,15 @@ def main(argv=None):
         for path in pictures:
             print(f"[quickstart] predictions drawn: {path}", flush=True)
 
+    write_summary(args, info, names, results, time.perf_counter() - total)
+    print_next_steps(args, names, results)
+    return 0
+
+
+def write_summary(args, info, names, results, total):
+    """Print the summary of the runs and write it to ``WORK_DIR/summary.json``."""
+    import torch
+
     print("\n==================== RevBiFPN quickstart summary ====================")
     print(f"dataset: {info['root']} (synthetic shapes, {info['num_images']['val']} val images)")
     for name in names:
@@ -210,7 +219,6 @@ def main(argv=None):
         if pictures:
             print(f"{'':<13} predictions {osp.dirname(pictures[0])}/ ({len(pictures)} pictures drawn by the "
                   "visualization hook: ground truth left, prediction right)")
-    total = time.perf_counter() - total
     print(f"total wall time: {total / 60:.1f} min (torch threads: {torch.get_num_threads()})")
     summary = {name: dict(metrics=results[name][0], seconds=results[name][1], checkpoint=results[name][2],
                           pictures=results[name][3]) for name in names}
@@ -218,6 +226,10 @@ def main(argv=None):
     os.makedirs(args.work_dir, exist_ok=True)
     with open(osp.join(args.work_dir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
+
+
+def print_next_steps(args, names, results):
+    """The commands to run next: draw every prediction, the other task, COCO."""
     first = names[0]
     extra = ""
     if osp.normpath(args.data_root) != osp.normpath(DEFAULT_DATA_ROOT):
@@ -230,7 +242,6 @@ def main(argv=None):
     if "seg" not in names:
         print("      python tools/quickstart.py --tasks seg   # the MMSegmentation quickstart (mIoU)")
     print("      python tools/train.py configs/faster_rcnn_revbifpn_s4.py   # COCO (see the README)")
-    return 0
 
 
 if __name__ == "__main__":
