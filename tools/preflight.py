@@ -20,7 +20,7 @@ from revbifpn_mm.models.pretrained import check_local_checkpoint
 __all__ = ["DataError", "SYNTHETIC_ROOT", "register_scope", "dataset_cfgs", "ensure_synthetic_data", "check_data",
            "check_pretrained", "check_built_datasets", "data_help", "apply_cpu_dist_backend", "shutdown_distributed",
            "parse_with_launcher", "mmcv_ops_problem", "loadable", "resume_checkpoint", "load_cfg", "native_threads",
-           "build_runner"]
+           "build_runner", "leaf_datasets"]
 
 #: Data root of the quickstart configs (relative to the repository root).
 SYNTHETIC_ROOT = "data/synthetic_coco"
@@ -127,15 +127,15 @@ def shutdown_distributed(barrier: bool = True) -> int:
 
 
 # --------------------------------------------------------------------------- datasets
-def _flatten(ds: Any, where: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
-    """Leaf dataset configs of ``ds`` (through RepeatDataset / ConcatDataset / ... wrappers)."""
+def leaf_datasets(ds: Any, where: str = "dataset") -> Iterator[Tuple[str, Dict[str, Any]]]:
+    """``(config path, dataset cfg)`` of the leaf datasets of ``ds`` (through RepeatDataset / ConcatDataset / ...)."""
     if not isinstance(ds, dict):
         return
     if isinstance(ds.get("datasets"), (list, tuple)):
         for i, sub in enumerate(ds["datasets"]):
-            yield from _flatten(sub, f"{where}.datasets[{i}]")
+            yield from leaf_datasets(sub, f"{where}.datasets[{i}]")
     elif isinstance(ds.get("dataset"), dict):
-        yield from _flatten(ds["dataset"], f"{where}.dataset")
+        yield from leaf_datasets(ds["dataset"], f"{where}.dataset")
     else:
         yield where, ds
 
@@ -147,7 +147,7 @@ def dataset_cfgs(cfg: Any, splits: Sequence[str]) -> List[Tuple[str, str, Dict[s
         loader = cfg.get(_SPLIT_KEYS[split], None)
         if not isinstance(loader, dict) or not isinstance(loader.get("dataset"), dict):
             continue
-        for where, ds in _flatten(loader["dataset"], f"{_SPLIT_KEYS[split]}.dataset"):
+        for where, ds in leaf_datasets(loader["dataset"], f"{_SPLIT_KEYS[split]}.dataset"):
             out.append((split, where, ds))
     return out
 

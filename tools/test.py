@@ -76,9 +76,8 @@ def use_tta(cfg, scope):
         cfg.setdefault("tta_model", dict(type="DetTTAModel",
                                          tta_cfg=dict(nms=dict(type="nms", iou_threshold=0.5), max_per_img=100)))
         if "tta_pipeline" not in cfg:
-            data = cfg.test_dataloader.dataset
-            while "dataset" in data:
-                data = data.dataset
+            from preflight import leaf_datasets
+            _, data = next(leaf_datasets(cfg.test_dataloader.dataset))
             pipeline = deepcopy(data.pipeline)
             pack = pipeline.pop()
             pack.setdefault("meta_keys", ("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"))
