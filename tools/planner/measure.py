@@ -277,7 +277,7 @@ def _child(job_json: str, out: str) -> int:
         if job.get("ram_limit_bytes"):
             _limit_address_space(job)
         res = asdict(probe(job["config"], job["mode"], job["batch"], tuple(job["shape"]) if job["shape"] else None,
-                           job["amp"], job["device"], job["cfg_options"] or None, job["plain_segments"], job["peak"]))
+                           job["amp"], job["device"], job["cfg_options"] or None, job["sweep"], job["peak"]))
     except (PlanError, NotMeasured) as err:
         res = dict(error=type(err).__name__, message=str(err))
     with open(out, "w", encoding="utf-8") as f:
