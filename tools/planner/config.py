@@ -4,7 +4,6 @@ The errors the planner reports (:class:`PlanError`, :class:`NotMeasured`) live h
 """
 from __future__ import annotations
 
-import importlib
 import math
 import os
 from typing import Any, Dict, List, Optional, Tuple
@@ -164,18 +163,16 @@ def build_model(cfg: Any, config: str, device: Any = "cpu") -> Any:
         PlanError: the model does not build.
         NotMeasured: it does not fit in the memory this process may use.
     """
+    from bench.models import build
+
     if cfg.model.get("backbone", {}).get("init_cfg") is not None:
         cfg.model.backbone.init_cfg = None  # no checkpoint is needed to measure memory
-    registry = importlib.import_module(f"{cfg.default_scope}.registry")
-    from mmengine.registry import DefaultScope
-
-    with DefaultScope.overwrite_default_scope(cfg.default_scope):
-        try:
-            return registry.MODELS.build(cfg.model).to(device).train()
-        except Exception as err:  # noqa: BLE001  (mmengine wraps build errors)
-            if is_oom(root_cause(err)):
-                raise NotMeasured(f"the model does not fit in the memory this process may use on {device}") from err
-            raise PlanError(f"the model of {config} does not build: {one_line(root_cause(err))}") from err
+    try:
+        return build(cfg.model, cfg.default_scope).to(device).train()
+    except Exception as err:  # noqa: BLE001  (mmengine wraps build errors)
+        if is_oom(root_cause(err)):
+            raise NotMeasured(f"the model does not fit in the memory this process may use on {device}") from err
+        raise PlanError(f"the model of {config} does not build: {one_line(root_cause(err))}") from err
 
 
 def is_oom(err: BaseException) -> bool:
