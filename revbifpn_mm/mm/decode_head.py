@@ -12,8 +12,9 @@ from typing import Any, List, Optional, Sequence
 from mmengine.registry import MODELS
 from mmseg.models.decode_heads.fcn_head import FCNHead
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..models.heads import lean_fcn_forward
+from ..models.heads import is_plain_conv2d, lean_fcn_forward
 
 __all__ = ["LeanFCNHead"]
 
@@ -73,7 +74,6 @@ class LeanFCNHead(FCNHead):
         super().__init__(num_convs=1, kernel_size=1, concat_input=False, dilation=1, **kwargs)
         self.chunk_channels = chunk_channels
         why_not = _why_not_lean(self.convs[0])
-        self.lean = why_not is None
         if why_not is not None:
             warnings.warn(f"LeanFCNHead: {why_not}, which the lean computation does not cover: running "
                           "FCNHead's own forward (same outputs, no memory saving)", stacklevel=2)
@@ -89,7 +89,7 @@ class LeanFCNHead(FCNHead):
             raise ValueError(f"LeanFCNHead got inputs with channels {got}, but in_channels="
                              f"{self._level_channels}: set decode_head.in_channels to the backbone's "
                              "out_channels (e.g. RevBiFPN 's4' gives [192, 256, 512, 1280])")
-        if not self.lean:
+        if _why_not_lean(self.convs[0]) is not None:  # checked per call: norms may be converted after build
             return super().forward(inputs)
         module = self.convs[0]
         return lean_fcn_forward(feats, module.conv, module.norm if module.with_norm else None,
@@ -100,14 +100,17 @@ class LeanFCNHead(FCNHead):
 def _why_not_lean(module: nn.Module) -> Optional[str]:
     """Why ``lean_fcn_forward`` would not compute this ConvModule's function, or None if it does.
 
-    It convolves with the raw weight of a plain ``nn.Conv2d``, normalises as torch's
-    BatchNorm / SyncBatchNorm and activates as ReLU, in the order conv, norm, act.
+    It convolves with the raw weight of an ``nn.Conv2d`` (whose forward is not overridden, as
+    ``ConvWS2d``'s is), normalises as torch's BatchNorm / SyncBatchNorm forward (subclasses that
+    keep it, as mmengine's ``SyncBatchNorm`` and ``_BatchNormXd``, included) and activates as ReLU,
+    in the order conv, norm, act.
     """
     conv = module.conv
-    if type(conv) is not nn.Conv2d or conv.groups != 1:
+    if not is_plain_conv2d(conv) or conv.groups != 1:
         return f"the conv is {type(conv).__name__} (groups={conv.groups}), not a plain nn.Conv2d"
-    if module.with_norm and type(module.norm) not in (nn.BatchNorm2d, nn.SyncBatchNorm):
-        return f"the norm is {type(module.norm).__name__}, not BatchNorm2d / SyncBatchNorm"
+    norm = module.norm if module.with_norm else None
+    if norm is not None and not (isinstance(norm, _BatchNorm) and type(norm).forward in (_BatchNorm.forward, nn.SyncBatchNorm.forward)):
+        return f"the norm is {type(norm).__name__}, not a torch BatchNorm / SyncBatchNorm"
     if module.with_activation and type(module.activate) is not nn.ReLU:
         return f"the activation is {type(module.activate).__name__}, not ReLU"
     if tuple(module.order) != ("conv", "norm", "act"):

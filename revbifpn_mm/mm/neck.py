@@ -13,7 +13,7 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..models.heads import level_sum
+from ..models.heads import is_plain_conv2d, level_sum
 from .compat import DropInArgumentError
 
 __all__ = ["RevBiFPNNeck"]
@@ -103,7 +103,7 @@ class RevBiFPNNeck(BaseModule):
             ConvModule(out_channels, out_channels, kernel_size=3, padding=1, stride=stride,
                        conv_cfg=conv_cfg, act_cfg=None) for _ in range(num_outs))
         self.pooling = F.max_pool2d if pooling == "MAX" else F.avg_pool2d
-        self.split_weight = type(self.reduction_conv.conv) is nn.Conv2d
+        self.split_weight = is_plain_conv2d(self.reduction_conv.conv)
         if not self.split_weight:
             warnings.warn(f"RevBiFPNNeck: conv_cfg={conv_cfg} builds {type(self.reduction_conv.conv).__name__}, "
                           "not a plain nn.Conv2d, so the reduction is computed as HRFPN does (stride-4 "

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["level_sum", "lean_fcn_forward"]
+__all__ = ["level_sum", "lean_fcn_forward", "is_plain_conv2d"]
 
 _DIMS = (0, 2, 3)  # BN reduces over batch and space
 
@@ -59,6 +59,14 @@ class _Spec:
     relu: bool
     conv_dtype: torch.dtype  # dtype of the level reductions and of the output (autocast's, if active)
     acc: torch.dtype  # dtype of BN, activation and classifier: the inputs', at least float32
+
+
+def is_plain_conv2d(conv: nn.Module) -> bool:
+    """Whether ``conv`` computes ``F.conv2d`` with its own ``weight``, as ``nn.Conv2d`` does: an
+    ``nn.Conv2d`` whose forward is not overridden (``ConvWS2d`` standardises its weight in its
+    forward, so the split-weight computation of :func:`level_sum` would not be its function)."""
+    return isinstance(conv, nn.Conv2d) and type(conv).forward is nn.Conv2d.forward and \
+        type(conv)._conv_forward is nn.Conv2d._conv_forward
 
 
 def level_sum(feats: Sequence[Tensor], weights: Sequence[Tensor], align_corners: bool = False,

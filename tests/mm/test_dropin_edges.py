@@ -186,3 +186,19 @@ def test_sizes_below_32_keep_a_clear_error(mm_build):
     b = _backbone(mm_build)
     with pytest.raises(ValueError, match="at least 32x32.*got 20x64"):
         b(torch.randn(1, 3, 20, 64))
+
+
+def test_lean_fcn_head_keeps_the_lean_path_for_mmengine_batch_norms():
+    """mmcv's 'SyncBN' (mmengine's SyncBatchNorm subclass) and what the Runner reverts it to on one
+    process (mmengine's ``_BatchNormXd``) keep torch's BatchNorm forward: still lean."""
+    pytest.importorskip("mmseg")
+    from mmengine.model import revert_sync_batchnorm
+
+    from revbifpn_mm.mm.decode_head import LeanFCNHead, _why_not_lean
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        head = LeanFCNHead(in_channels=S0, in_index=(0, 1, 2, 3), channels=sum(S0), num_classes=5,
+                           input_transform="resize_concat", norm_cfg=dict(type="SyncBN"))
+    assert _why_not_lean(head.convs[0]) is None
+    head = revert_sync_batchnorm(head)
+    assert type(head.convs[0].bn).__name__ == "_BatchNormXd" and _why_not_lean(head.convs[0]) is None
