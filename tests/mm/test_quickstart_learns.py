@@ -29,7 +29,7 @@ def readme_demo_figures(text: str) -> dict:
     """The README's Faster R-CNN demo figures and the stated spread: ``{'bbox_mAP', 'bbox_mAP_50',
     'spread_bbox'}``."""
     row = re.search(r"\| Faster R-CNN, RevBiFPN-S0 \(`make demo`\) \| bbox mAP ([0-9.]+) \(AP50 ([0-9.]+)\)", text)
-    spread = re.search(r"within ±([0-9.]+) bbox mAP", text)
+    spread = re.search(r"within ±([0-9.]+)\s+bbox mAP", text)
     assert row and spread, "README's demo section must give the Faster R-CNN figures and 'within ±X bbox mAP'"
     return dict(bbox_mAP=float(row[1]), bbox_mAP_50=float(row[2]), spread_bbox=float(spread[1]))
 
