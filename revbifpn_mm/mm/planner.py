@@ -191,6 +191,15 @@ class Probe:
     saves for backward (``saved``) and the seconds of one training step (``step_s``), at this batch."""
     settings_note: Optional[str] = None
     """The budget settings that could not be measured, and why."""
+    instances: int = 0
+    """Ground-truth instances per image of the measured batch (the most of any image)."""
+    assign_peak_bytes: Optional[int] = None
+    """Detectors with a ``MaxIoUAssigner`` (``gpu_assign_thr``): the forward + backward peak reached
+    while the anchors are assigned, image by image; ``fwd_bwd_bytes`` is the larger of this and
+    :attr:`outside_assign_bytes`."""
+    outside_assign_bytes: Optional[int] = None
+    """The forward + backward peak outside the assignment: the step's peak with the assignment on the
+    CPU (``gpu_assign_thr`` below the instances), where it holds no GPU memory."""
 
     @property
     def fixed_bytes(self) -> int:
@@ -224,7 +233,8 @@ def _num_classes(node: Any) -> Optional[int]:
     return None
 
 
-def _inputs(cfg: Any, model: Any, batch: int, shape: Tuple[int, int], device: Any) -> Dict[str, Any]:
+def _inputs(cfg: Any, model: Any, batch: int, shape: Tuple[int, int], device: Any,
+            instances: int = BOXES_PER_IMAGE, mask_format: str = "bitmap") -> Dict[str, Any]:
     import torch
 
     h, w = shape
@@ -243,11 +253,43 @@ def _inputs(cfg: Any, model: Any, batch: int, shape: Tuple[int, int], device: An
             s.gt_sem_seg = PixelData(data=torch.randint(0, classes, (1, h, w), generator=gen))
             samples.append(s)
         return dict(inputs=inputs, data_samples=samples)
-    from mmdet.testing import demo_mm_inputs
+    return _det_inputs(batch, (h, w), instances, max(2, classes), mask_format if getattr(model, "with_mask", False)
+                       else None, device)
 
-    return demo_mm_inputs(batch, [(3, h, w)] * batch, num_items=[BOXES_PER_IMAGE] * batch,
-                          num_classes=max(2, classes), with_mask=bool(getattr(model, "with_mask", False)),
-                          device=str(device))
+
+def _det_inputs(batch: int, shape: Tuple[int, int], instances: int, classes: int, mask_format: Optional[str],
+                device: Any) -> Dict[str, Any]:
+    """A detection batch: uint8 images, ``instances`` random boxes per image (2-20 % of the image side)
+    and, with ``mask_format`` (``'bitmap'``: one uint8 image-sized plane per instance, as mmdet's
+    ``LoadAnnotations`` makes them; ``'polygon'``: a 4-point polygon), masks filling the boxes."""
+    import numpy as np
+    import torch
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks, PolygonMasks
+    from mmengine.structures import InstanceData
+
+    h, w = shape
+    rng = np.random.default_rng(0)
+    inputs, samples = [], []
+    for _ in range(batch):
+        size = rng.uniform(0.02, 0.2, (instances, 2)) * (w, h)
+        x0y0 = rng.uniform(0, 1, (instances, 2)) * ((w, h) - size)
+        boxes = np.concatenate([x0y0, x0y0 + size], axis=1).astype(np.float32)
+        gt = InstanceData(bboxes=torch.from_numpy(boxes).to(device),
+                          labels=torch.from_numpy(rng.integers(0, classes, instances)).to(device))
+        if mask_format == "polygon":
+            gt.masks = PolygonMasks([[b[[0, 1, 2, 1, 2, 3, 0, 3]].astype(np.float64)] for b in boxes], h, w)
+        elif mask_format:
+            planes = np.zeros((instances, h, w), dtype=np.uint8)
+            for k, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
+                planes[k, y0:y1 + 1, x0:x1 + 1] = 1
+            gt.masks = BitmapMasks(planes, h, w)
+        sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
+                                             scale_factor=(1.0, 1.0), flip=False, img_id=0, img_path="<synthetic>"))
+        sample.gt_instances = gt
+        samples.append(sample)
+        inputs.append(torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)).to(device))
+    return dict(inputs=inputs, data_samples=samples)
 
 
 def _set_mode(cfg: Any, mode: str) -> None:
@@ -299,7 +341,8 @@ def _budget_settings(model: Any, run_step: Callable[[], Any], forward: Callable[
 
 def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] = None,
           amp: bool = False, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
-          budgets: bool = False, peak: bool = True) -> Probe:
+          budgets: bool = False, peak: bool = True, instances: int = BOXES_PER_IMAGE,
+          mask_format: str = "bitmap", data: str = "synthetic") -> Probe:
     """Measure one training step of the config's model, in this process.
 
     On CPU the peak resident set only grows and glibc's allocation policy is changed for the
@@ -316,6 +359,10 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
         cfg_options: config overrides.
         budgets: also measure every ``plain_segments`` setting (:attr:`Probe.settings`).
         peak: read the peak memory (on CPU this slows the steps that follow: time without it).
+        instances: detectors, synthetic inputs: ground-truth boxes (and masks) per image.
+        mask_format: ``'bitmap'`` or ``'polygon'`` masks where the model has a mask head.
+        data: ``'synthetic'``, or ``'dataset'``: the ``batch`` training images with the most
+            instances, through the config's own training pipeline (a check of the synthetic inputs).
 
     Returns:
         The :class:`Probe`.
@@ -362,7 +409,12 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
                 raise NotMeasured(f"the optimizer does not fit in the memory this process may use on {dev}") from err
             raise PlanError(f"the optimizer of {config} does not build: {_one_line(_root_cause(err))}") from err
     amp_dtype = (torch.bfloat16 if dev.type == "cpu" else torch.float16) if amp else None
-    packed = _inputs(cfg, model, batch, shape, dev)
+    if data == "dataset":
+        packed, instances = _dataset_batch(cfg, batch)
+        shape = (max(i.shape[-2] for i in packed["inputs"]), max(i.shape[-1] for i in packed["inputs"]))
+    else:
+        packed = _inputs(cfg, model, batch, shape, dev, instances, mask_format)
+    watch = _AssignWatch(meter, dev, model) if peak else None
 
     def forward() -> Any:
         data = model.data_preprocessor(packed, True)
@@ -381,9 +433,9 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
         fwd_bwd()  # warm-up: allocates the gradients and lazily initialised buffers
         opt_step()  # ... and the optimizer state
         start = time.perf_counter()
-        meter.reset()
+        watch.start() if watch else meter.reset()
         fwd_bwd()
-        fb = meter.read()
+        fb = watch.stop() if watch else meter.read()
         reserved = None
         if dev.type == "cuda":
             reserved = torch.cuda.max_memory_reserved(dev)
@@ -410,7 +462,83 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
                  params_bytes=_storage_bytes(params), buffers_bytes=_storage_bytes(list(model.buffers())),
                  grads_bytes=_storage_bytes([p.grad for p in params if p.grad is not None]),
                  optim_bytes=_storage_bytes(state), fwd_bwd_bytes=int(fb), optim_step_bytes=int(op),
-                 step_s=seconds, reserved_bytes=reserved, settings=settings, settings_note=note)
+                 step_s=seconds, reserved_bytes=reserved, settings=settings, settings_note=note,
+                 instances=instances if cfg.default_scope == "mmdet" else 0,
+                 assign_peak_bytes=watch.assign if watch and watch.watched else None,
+                 outside_assign_bytes=watch.outside if watch and watch.watched else None)
+
+
+class _AssignWatch:
+    """Splits the peak of one forward + backward at the detector's ``MaxIoUAssigner``: the peak while
+    anchors are assigned (mmdet's assigner holds a ground truth x anchors IoU matrix and its
+    intermediates per image) and the peak outside, which is the step's peak when
+    ``gpu_assign_thr`` sends the assignment to the CPU."""
+
+    def __init__(self, meter: Any, dev: Any, model: Any) -> None:
+        heads = [getattr(model, name, None) for name in ("rpn_head", "bbox_head")]
+        self.assigners = [h.assigner for h in heads if hasattr(getattr(h, "assigner", None), "gpu_assign_thr")]
+        self.watched = bool(self.assigners)
+        self.meter, self.dev = meter, dev
+        self.outside = self.assign = self.start_level = self.base = 0
+
+    def _level(self) -> int:
+        import torch
+
+        from ..core.memory import _status_bytes
+        return torch.cuda.memory_allocated(self.dev) if self.dev.type == "cuda" else _status_bytes("VmRSS:")
+
+    def _cut(self) -> int:
+        """The peak since the last cut, above the level at :meth:`start`; the meter restarts."""
+        peak = self.meter.read() + self.base - self.start_level
+        self.meter.reset()
+        self.base = self._level()
+        return peak
+
+    def _wrap(self, assigner: Any) -> None:
+        original = assigner.assign
+
+        def assign(*args: Any, **kwargs: Any) -> Any:
+            self.outside = max(self.outside, self._cut())
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.assign = max(self.assign, self._cut())
+        assigner.assign = assign
+
+    def start(self) -> None:
+        """Reset the meter and watch the assigners."""
+        self.meter.reset()
+        self.start_level = self.base = self._level()
+        for assigner in self.assigners:
+            self._wrap(assigner)
+
+    def stop(self) -> int:
+        """Stop watching; the peak of the whole forward + backward above the start."""
+        self.outside = max(self.outside, self._cut())
+        for assigner in self.assigners:
+            del assigner.assign  # the class's method again
+        return max(self.outside, self.assign)
+
+
+def _dataset_batch(cfg: Any, batch: int) -> Tuple[Dict[str, Any], int]:
+    """The ``batch`` distinct training images with the most instances, through the config's training
+    pipeline, collated as the dataloader does; and the most instances of one of them."""
+    from mmengine.dataset import pseudo_collate
+    from mmengine.registry import DefaultScope
+
+    registry = importlib.import_module(f"{cfg.default_scope}.registry")
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        dataset = registry.DATASETS.build(cfg.train_dataloader.dataset)
+        counts: Dict[str, Tuple[int, int]] = {}
+        for i in range(len(dataset)):
+            info = dataset.get_data_info(i)
+            kept = sum(1 for inst in info.get("instances", []) if not inst.get("ignore_flag", 0))
+            counts.setdefault(info.get("img_path", str(i)), (kept, i))
+        top = sorted(counts.values(), reverse=True)[:batch]
+        if len(top) < batch:
+            raise PlanError(f"the training dataset has {len(top)} images, fewer than batch {batch}")
+        packed = pseudo_collate([dataset[i] for _, i in top])
+    return packed, top[0][0]
 
 
 def _failing_op(err: BaseException) -> Optional[str]:
@@ -468,7 +596,9 @@ class _NoPeak:  # stands in for the peak probe where only time is measured
 def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] = None,
                         amp: bool = False, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
                         ram_limit_bytes: Optional[int] = None, threads: Optional[int] = None,
-                        timeout: Optional[float] = None, budgets: bool = False, peak: bool = True) -> Probe:
+                        timeout: Optional[float] = None, budgets: bool = False, peak: bool = True,
+                        instances: int = BOXES_PER_IMAGE, mask_format: str = "bitmap",
+                        data: str = "synthetic") -> Probe:
     """:func:`probe` in a fresh Python process (the peak resident set is per process).
 
     Args:
@@ -484,7 +614,7 @@ def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tupl
     """
     job = dict(config=config, mode=mode, batch=batch, shape=list(shape) if shape else None, amp=amp,
                device=device, cfg_options=cfg_options or {}, ram_limit_bytes=ram_limit_bytes, threads=threads,
-               budgets=budgets, peak=peak)
+               budgets=budgets, peak=peak, instances=instances, mask_format=mask_format, data=data)
     with tempfile.TemporaryDirectory(prefix="revbifpn_plan_") as tmp:
         out = os.path.join(tmp, "probe.json")
         env = dict(os.environ, PYTHONWARNINGS="ignore")
@@ -524,7 +654,8 @@ def _child(job_json: str, out: str) -> int:
             limit = size + int(job["ram_limit_bytes"])
             resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
         res = asdict(probe(job["config"], job["mode"], job["batch"], tuple(job["shape"]) if job["shape"] else None,
-                           job["amp"], job["device"], job["cfg_options"] or None, job["budgets"], job["peak"]))
+                           job["amp"], job["device"], job["cfg_options"] or None, job["budgets"], job["peak"],
+                           job["instances"], job["mask_format"], job["data"]))
     except (PlanError, NotMeasured) as err:
         res = dict(error=type(err).__name__, message=str(err))
     with open(out, "w", encoding="utf-8") as f:
@@ -566,28 +697,43 @@ class ModePlan:
         """Working set of the optimizer step (the larger of the two runs)."""
         return max(p.optim_step_bytes for p in self.probes)
 
-    def allocated(self, batch: int, kept: float = 0.0) -> float:
+    def _line(self, attr: str, batch: int) -> float:
+        first, second = (getattr(p, attr) for p in self.probes)
+        return first + (batch - 1) * (second - first)
+
+    def fwd_bwd(self, batch: int, assign_on_cpu: bool = False) -> float:
+        """Predicted forward + backward working set at ``batch``, bytes. Where the probes split it at
+        the assignment, the larger of the two lines (the peak may move out of the assignment as the
+        batch grows); ``assign_on_cpu``: the line outside the assignment alone (``gpu_assign_thr``)."""
+        if self.probes[0].outside_assign_bytes is None or self.probes[1].outside_assign_bytes is None:
+            return self._line("fwd_bwd_bytes", batch)
+        outside = self._line("outside_assign_bytes", batch)
+        return outside if assign_on_cpu else max(outside, self._line("assign_peak_bytes", batch))
+
+    def allocated(self, batch: int, kept: float = 0.0, assign_on_cpu: bool = False) -> float:
         """Predicted peak of allocated memory at ``batch`` with ``kept`` more bytes per sample, bytes."""
-        fb = self.probes[0].fwd_bwd_bytes + (batch - 1) * self.per_sample_bytes + batch * kept
+        fb = self.fwd_bwd(batch, assign_on_cpu) + batch * kept
         return self.fixed_bytes + max(fb, self.optim_step_bytes)
 
     def on_gpu(self, batch: int, kept: float = 0.0, context_gib: float = CONTEXT_GIB,
-               fragmentation: float = FRAGMENTATION) -> float:
+               fragmentation: float = FRAGMENTATION, assign_on_cpu: bool = False) -> float:
         """Predicted GPU memory at ``batch`` with the context/allocator allowance, bytes."""
-        return self.allocated(batch, kept) * (1 + fragmentation) + context_gib * GIB
+        return self.allocated(batch, kept, assign_on_cpu) * (1 + fragmentation) + context_gib * GIB
 
     def largest_batch(self, gpu_bytes: float, kept: float = 0.0, context_gib: float = CONTEXT_GIB,
-                      fragmentation: float = FRAGMENTATION, cap: int = 4096) -> int:
+                      fragmentation: float = FRAGMENTATION, cap: int = 4096, assign_on_cpu: bool = False) -> int:
         """Largest batch whose prediction fits in ``gpu_bytes`` (0: not even batch 1; ``cap`` at most)."""
-        if self.on_gpu(1, kept, context_gib, fragmentation) > gpu_bytes:
+        def fits(b: int) -> bool:
+            return self.on_gpu(b, kept, context_gib, fragmentation, assign_on_cpu) <= gpu_bytes
+        if not fits(1):
             return 0
-        per = (self.per_sample_bytes + kept) * (1 + fragmentation)
-        if per <= 0:
+        lo, hi = 1, cap  # the prediction grows with the batch: the last fitting batch by bisection
+        if fits(hi):
             return cap
-        b = int((gpu_bytes - self.on_gpu(1, kept, context_gib, fragmentation)) // per) + 1
-        while b > 1 and self.on_gpu(b, kept, context_gib, fragmentation) > gpu_bytes:
-            b -= 1
-        return min(b, cap)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo
 
 
 @dataclass
@@ -606,6 +752,41 @@ class Plan:
     """Whether the config supports ``--auto-scale-lr``."""
     modes: List[ModePlan]
     not_measured: List[str] = field(default_factory=list)
+    instances: int = 0
+    """Detectors: ground-truth instances per image measured with (the dataset's most, or assumed)."""
+    instances_source: str = ""
+    one_instance: Optional[Probe] = None
+    """Detectors: the fully reversible batch-1 step with one instance per image (the ground truth's
+    and the assignment's share is the difference)."""
+    gpu_assign_thr: float = -1
+    """The config's ``train_cfg.rpn.assigner.gpu_assign_thr`` (-1: assignment on the GPU)."""
+
+    @property
+    def gt_bytes(self) -> Optional[float]:
+        """Ground truth + assignment at batch 1: the working set with :attr:`instances` per image minus
+        the one with a single instance (None where not measured)."""
+        rev = self.reversible
+        if rev is None or self.one_instance is None:
+            return None
+        return rev.probes[0].fwd_bwd_bytes - self.one_instance.fwd_bwd_bytes
+
+    @property
+    def assign_on_cpu(self) -> bool:
+        """Whether the config already sends this many boxes' assignment to the CPU."""
+        return 0 < self.gpu_assign_thr < self.instances
+
+    def suggested_assign_thr(self) -> Optional[int]:
+        """The most ground-truth boxes whose assignment stays below the rest of the batch-1 step (the
+        assignment's peak is linear in the boxes between the 1- and the N-instance steps); None where the
+        assignment does not set the peak or was not measured."""
+        rev, one = self.reversible, self.one_instance
+        if rev is None or one is None or one.assign_peak_bytes is None or rev.probes[0].assign_peak_bytes is None:
+            return None
+        top, outside = rev.probes[0].assign_peak_bytes, rev.probes[0].outside_assign_bytes
+        if top <= outside or self.instances <= 1:
+            return None
+        per_box = (top - one.assign_peak_bytes) / (self.instances - 1)
+        return max(1, int(1 + (outside - one.assign_peak_bytes) // per_box)) if per_box > 0 else None
 
     @property
     def reversible(self) -> Optional[ModePlan]:
@@ -628,7 +809,7 @@ class Plan:
         fastest fitting one where keeping more did not measure faster; None if none fits."""
         rev = self.reversible
         fits = [k for k, s in sorted(self.settings.items())
-                if rev.on_gpu(batch, s["kept"], context_gib, fragmentation) <= gpu_bytes]
+                if rev.on_gpu(batch, s["kept"], context_gib, fragmentation, self.assign_on_cpu) <= gpu_bytes]
         if not fits:
             return None
         return min(fits, key=lambda k: (self.settings[k]["step_s"], -k)) if not self.time_falls else max(fits)
@@ -679,7 +860,9 @@ def expected_seconds(config: str, shape: Tuple[int, int], modes: Sequence[str], 
 
 def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = False,
               modes: Sequence[str] = MODES, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
-              ram_fraction: float = 0.6, threads: Optional[int] = None, log: Any = None) -> Plan:
+              ram_fraction: float = 0.6, threads: Optional[int] = None, log: Any = None,
+              instances: int = BOXES_PER_IMAGE, instances_source: str = "assumed", mask_format: str = "bitmap"
+              ) -> Plan:
     """Measure the config at batch 1 and 2 (fully reversible; ``'budgets'``: every ``plain_segments``
     setting at batch 1 too; ``'plain'``: plain mode at batch 1 and 2), each in a fresh process.
 
@@ -712,10 +895,11 @@ def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = 
                     + (f" (may use {limit / GIB:.1f} GiB)" if limit else ""))
             try:
                 mp.probes.append(probe_in_subprocess(config, mode, b, (h, w), amp, device, cfg_options, limit,
-                                                     threads, budgets=budgets and not apart))
+                                                     threads, budgets=budgets and not apart, instances=instances,
+                                                     mask_format=mask_format))
                 if apart:
                     timed = probe_in_subprocess(config, mode, b, (h, w), amp, device, cfg_options, limit, threads,
-                                                budgets=True, peak=False)
+                                                budgets=True, peak=False, instances=instances, mask_format=mask_format)
                     mp.probes[-1].settings, mp.probes[-1].settings_note = timed.settings, timed.settings_note
                 if mp.probes[-1].settings_note:
                     missing.append(mp.probes[-1].settings_note)
@@ -727,8 +911,20 @@ def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = 
                 break
     if device == "cpu":
         missing.append("time on a GPU: the step times that choose between budget settings are CPU times here")
-    return Plan(config=config, scope=cfg.default_scope, shape=(h, w), shape_source=how, amp=amp, device=device,
-                batch=batch, auto_scale_lr=scalable, modes=plans, not_measured=missing)
+    plan = Plan(config=config, scope=cfg.default_scope, shape=(h, w), shape_source=how, amp=amp, device=device,
+                batch=batch, auto_scale_lr=scalable, modes=plans, not_measured=missing,
+                instances=instances if cfg.default_scope == "mmdet" else 0, instances_source=instances_source,
+                gpu_assign_thr=float(((cfg.model.get("train_cfg") or {}).get("rpn") or {}).get("assigner", {})
+                                     .get("gpu_assign_thr", -1)))
+    if plan.instances > 1 and plan.reversible is not None:
+        if log:
+            log("measuring reversible at batch 1 with 1 instance per image (the ground truth's share)")
+        try:
+            plan.one_instance = probe_in_subprocess(config, "reversible", 1, (h, w), amp, device, cfg_options,
+                                                    limit, threads, instances=1, mask_format=mask_format)
+        except NotMeasured as err:
+            missing.append(f"the ground truth's share: {err}")
+    return plan
 
 
 def render_plan(plan: Plan, gpu_gib: Sequence[float] = (24.0,), batches: Sequence[int] = BATCHES,
@@ -749,13 +945,14 @@ def render_plan(plan: Plan, gpu_gib: Sequence[float] = (24.0,), batches: Sequenc
     if rev is not None:
         rows += [(f"plain_segments={k}", rev, s["kept"]) for k, s in sorted(plan.settings.items()) if k]
     for name, m, kept in rows:
-        lines.append(f"{'':<27}{name:<18} " + " ".join(f"{m.on_gpu(b, kept, context_gib, fragmentation) / GIB:>7.2f}"
-                                                      for b in batches))
+        lines.append(f"{'':<27}{name:<18} " + " ".join(
+            f"{m.on_gpu(b, kept, context_gib, fragmentation, plan.assign_on_cpu) / GIB:>7.2f}" for b in batches))
     if plan.settings:
         lines.append("step time at batch 1 on the measuring device, by plain_segments: " + ", ".join(
             f"{k}: {s['step_s']:.2f} s" for k, s in sorted(plan.settings.items()))
             + ("" if plan.time_falls else "  (keeping more did not measure faster everywhere: the fastest fitting "
                                           "setting is recommended)"))
+    lines += _ground_truth_lines(plan, gpu_gib, context_gib, fragmentation)
     config = plan.config
     for gib in gpu_gib:
         lines.append(f"{gib:g} GiB card:")
@@ -763,7 +960,7 @@ def render_plan(plan: Plan, gpu_gib: Sequence[float] = (24.0,), batches: Sequenc
             lines.append("  no fully reversible measurement: nothing to predict from")
             continue
         card = gib * GIB
-        top = rev.largest_batch(card, 0.0, context_gib, fragmentation)
+        top = rev.largest_batch(card, 0.0, context_gib, fragmentation, assign_on_cpu=plan.assign_on_cpu)
         scale = " --auto-scale-lr" if plan.auto_scale_lr else ""
         lines.append(f"  fully reversible, largest batch {top}" + (
             f": python tools/train.py {config} --cfg-options train_dataloader.batch_size={top}{scale}" if top else
@@ -771,7 +968,8 @@ def render_plan(plan: Plan, gpu_gib: Sequence[float] = (24.0,), batches: Sequenc
         if plan.settings:
             k = plan.best_setting(card, plan.batch, context_gib, fragmentation)
             if k:
-                pred = rev.on_gpu(plan.batch, plan.settings[k]["kept"], context_gib, fragmentation) / GIB
+                pred = rev.on_gpu(plan.batch, plan.settings[k]["kept"], context_gib, fragmentation,
+                                  plan.assign_on_cpu) / GIB
                 why = "keeps the most activations that fit" if plan.time_falls else "is the fastest setting that fits"
                 lines.append(f"  at the config's batch {plan.batch}: plain_segments={k} {why} "
                              f"({pred:.2f} GiB predicted): python tools/train.py {config} --cfg-options "
@@ -781,6 +979,43 @@ def render_plan(plan: Plan, gpu_gib: Sequence[float] = (24.0,), batches: Sequenc
     for what in plan.not_measured:
         lines.append(f"not measured here: {what}")
     return "\n".join(lines)
+
+
+def _ground_truth_lines(plan: Plan, gpu_gib: Sequence[float], context_gib: float, fragmentation: float
+                        ) -> List[str]:
+    """Detectors: the instances measured with, the ground truth's share of the step, and what
+    ``gpu_assign_thr`` would change."""
+    if not plan.instances:
+        return []
+    lines = [f"ground truth: {plan.instances} instances per image ({plan.instances_source})"]
+    rev, gt = plan.reversible, plan.gt_bytes
+    if rev is None or gt is None:
+        return lines
+    one = plan.one_instance
+    lines.append(f"  at batch 1 the forward + backward working set is {rev.probes[0].fwd_bwd_bytes / GIB:.3f} GiB: "
+                 f"{one.fwd_bwd_bytes / GIB:.3f} GiB with 1 instance (backbone, neck, heads) and {gt / GIB:.3f} GiB "
+                 f"for the ground truth, its masks and the anchor assignment of {plan.instances} instances")
+    p = rev.probes[0]
+    if p.assign_peak_bytes is None:
+        return lines
+    thr, where = plan.suggested_assign_thr(), "on the CPU (the config's gpu_assign_thr)" if plan.assign_on_cpu else ""
+    lines.append(f"  the anchor assignment (MaxIoUAssigner) peaks at {p.assign_peak_bytes / GIB:.3f} GiB, the rest of the "
+                 f"step at {p.outside_assign_bytes / GIB:.3f} GiB {where}".rstrip())
+    if plan.assign_on_cpu or thr is None:
+        lines.append("  train_cfg.rpn.assigner.gpu_assign_thr: " + (
+            "already moves this assignment to the CPU" if plan.assign_on_cpu else
+            "would not help: the step's peak lies outside the assignment"))
+        return lines
+    gain = [(rev.on_gpu(b, 0.0, context_gib, fragmentation) - rev.on_gpu(b, 0.0, context_gib, fragmentation, True))
+            / GIB for b in (1, 2)]
+    cards = ", ".join(f"{g:g} GiB: batch {rev.largest_batch(g * GIB, 0.0, context_gib, fragmentation)} -> "
+                      f"{rev.largest_batch(g * GIB, 0.0, context_gib, fragmentation, assign_on_cpu=True)}"
+                      for g in gpu_gib)
+    lines.append(f"  with train_cfg.rpn.assigner.gpu_assign_thr={thr} (images with more boxes are assigned on the "
+                 f"CPU, slower) the prediction falls by {gain[0]:.2f} GiB at batch 1 and {gain[1]:.2f} GiB at "
+                 f"batch 2; largest fully reversible batch {cards}: add --cfg-options "
+                 f"model.train_cfg.rpn.assigner.gpu_assign_thr={thr}")
+    return lines
 
 
 def _precision(plan: Plan) -> str:
