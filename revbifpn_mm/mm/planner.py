@@ -410,8 +410,7 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
             raise PlanError(f"the optimizer of {config} does not build: {_one_line(_root_cause(err))}") from err
     amp_dtype = (torch.bfloat16 if dev.type == "cpu" else torch.float16) if amp else None
     if data == "dataset":
-        packed, instances = _dataset_batch(cfg, batch)
-        shape = (max(i.shape[-2] for i in packed["inputs"]), max(i.shape[-1] for i in packed["inputs"]))
+        packed, instances, shape = _dataset_batch(cfg, batch)
     else:
         packed = _inputs(cfg, model, batch, shape, dev, instances, mask_format)
     watch = _AssignWatch(meter, dev, model) if peak else None
@@ -520,9 +519,10 @@ class _AssignWatch:
         return max(self.outside, self.assign)
 
 
-def _dataset_batch(cfg: Any, batch: int) -> Tuple[Dict[str, Any], int]:
+def _dataset_batch(cfg: Any, batch: int) -> Tuple[Dict[str, Any], int, Tuple[int, int]]:
     """The ``batch`` distinct training images with the most instances, through the config's training
-    pipeline, collated as the dataloader does; and the most instances of one of them."""
+    pipeline, collated as the dataloader does; the most instances of one of them; the largest
+    (height, width) among them."""
     from mmengine.dataset import pseudo_collate
     from mmengine.registry import DefaultScope
 
@@ -538,7 +538,8 @@ def _dataset_batch(cfg: Any, batch: int) -> Tuple[Dict[str, Any], int]:
         if len(top) < batch:
             raise PlanError(f"the training dataset has {len(top)} images, fewer than batch {batch}")
         packed = pseudo_collate([dataset[i] for _, i in top])
-    return packed, top[0][0]
+    shape = (max(i.shape[-2] for i in packed["inputs"]), max(i.shape[-1] for i in packed["inputs"]))
+    return packed, top[0][0], shape
 
 
 def _failing_op(err: BaseException) -> Optional[str]:
@@ -613,7 +614,8 @@ def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tupl
         PlanError, NotMeasured: as :func:`probe`, re-raised from the measuring process.
     """
     job = dict(config=config, mode=mode, batch=batch, shape=list(shape) if shape else None, amp=amp,
-               device=device, cfg_options=cfg_options or {}, ram_limit_bytes=ram_limit_bytes, threads=threads,
+               device=device, cfg_options=repr(cfg_options or {}),  # repr keeps tuples (a Resize scale) tuples
+               ram_limit_bytes=ram_limit_bytes, threads=threads,
                budgets=budgets, peak=peak, instances=instances, mask_format=mask_format, data=data)
     with tempfile.TemporaryDirectory(prefix="revbifpn_plan_") as tmp:
         out = os.path.join(tmp, "probe.json")
@@ -637,7 +639,10 @@ def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tupl
 
 def _child(job_json: str, out: str) -> int:
     """Entry of the measuring process: run :func:`probe`, write its result (or error) as JSON."""
+    import ast
+
     job = json.loads(job_json)
+    job["cfg_options"] = ast.literal_eval(job["cfg_options"])
     import torch
 
     if job.get("threads"):
@@ -917,14 +922,20 @@ def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = 
                 gpu_assign_thr=float(((cfg.model.get("train_cfg") or {}).get("rpn") or {}).get("assigner", {})
                                      .get("gpu_assign_thr", -1)))
     if plan.instances > 1 and plan.reversible is not None:
-        if log:
-            log("measuring reversible at batch 1 with 1 instance per image (the ground truth's share)")
-        try:
-            plan.one_instance = probe_in_subprocess(config, "reversible", 1, (h, w), amp, device, cfg_options,
-                                                    limit, threads, instances=1, mask_format=mask_format)
-        except NotMeasured as err:
-            missing.append(f"the ground truth's share: {err}")
+        _measure_one_instance(plan, cfg_options, limit, threads, mask_format, log)
     return plan
+
+
+def _measure_one_instance(plan: Plan, cfg_options: Optional[Dict[str, Any]], limit: Optional[int],
+                          threads: Optional[int], mask_format: str, log: Any) -> None:
+    """:attr:`Plan.one_instance`: the fully reversible batch-1 step with one instance per image."""
+    if log:
+        log("measuring reversible at batch 1 with 1 instance per image (the ground truth's share)")
+    try:
+        plan.one_instance = probe_in_subprocess(plan.config, "reversible", 1, plan.shape, plan.amp, plan.device,
+                                                cfg_options, limit, threads, instances=1, mask_format=mask_format)
+    except NotMeasured as err:
+        plan.not_measured.append(f"the ground truth's share: {err}")
 
 
 def render_plan(plan: Plan, gpu_gib: Sequence[float] = (24.0,), batches: Sequence[int] = BATCHES,

@@ -104,7 +104,7 @@ def test_train_cli_refuses_in_one_line(tmp_path):
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), QS, "--auto-batch", "1", "--instances",
                            "4", "--work-dir", str(tmp_path / "w"), "--cfg-options",
-                           f"train_dataloader.dataset.data_root={tmp_path / 'data'}/"],
+                           f"train_dataloader.dataset.data_root={tmp_path / 'synthetic_coco'}/"],
                           cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
