@@ -149,6 +149,8 @@ def _rank0_choice(cfg: Any, decide: Callable[[], Any]) -> Any:
             box = [decide()]
         except AutoBatchError as err:
             box = [err]
+        except Exception as err:  # noqa: BLE001  (the other ranks wait in the broadcast: tell them too)
+            box = [AutoBatchError(f"rank 0 could not plan: {type(err).__name__}: {err}")]
     dist.broadcast_object_list(box, src=0)
     if isinstance(box[0], AutoBatchError):
         raise box[0]

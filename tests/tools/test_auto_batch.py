@@ -110,3 +110,42 @@ def test_train_cli_refuses_in_one_line(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
     assert len(errors) == 1 and "even batch 1 does not fit a 1 GiB card" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+RANKS_SCRIPT = r'''
+import os, sys, json
+sys.path.insert(0, sys.argv[3])
+import torch.distributed as dist
+import auto_batch
+rank = int(os.environ["RANK"])
+dist.init_process_group("gloo")  # tools/cpu_dist.py starts it so on CPU before the auto-batch
+cfg = dict(launcher="pytorch")
+got = auto_batch._rank0_choice(cfg, lambda: f"measured by rank {rank}")
+try:
+    auto_batch._rank0_choice(cfg, lambda: (_ for _ in ()).throw(auto_batch.AutoBatchError(f"no fit on rank {rank}")))
+    err = None
+except auto_batch.AutoBatchError as e:
+    err = str(e)
+with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
+    json.dump(dict(got=got, err=err), f)
+dist.destroy_process_group()
+'''
+
+
+def test_every_rank_gets_rank_0s_choice(tmp_path, free_port):
+    """Two gloo ranks: rank 0 decides (plans), the other receives the same batch or the same refusal."""
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS_SCRIPT)
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(free_port), PYTHONWARNINGS="ignore")
+        procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path), "x", str(ROOT / "tools")],
+                                      env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out.decode()[-2000:]
+    import json
+    for rank in (0, 1):
+        res = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert res == dict(got="measured by rank 0", err="no fit on rank 0"), res
