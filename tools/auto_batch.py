@@ -82,7 +82,7 @@ def _measure(config: str, cfg: Any, card: float, cfg_options: Optional[Dict], in
     import torch
     from plan_memory import instances_to_plan
 
-    from revbifpn_mm.mm import planner
+    import planner
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     count, source, fmt = instances_to_plan(cfg, instances)

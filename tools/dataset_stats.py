@@ -118,9 +118,9 @@ def _ann_path(ds: Dict[str, Any]) -> Optional[str]:
 
 def _mask_loading(cfg: Any) -> Tuple[bool, str]:
     """Whether the training pipeline loads masks, and as bitmaps or polygons."""
-    from revbifpn_mm.mm.planner import _pipeline
+    from planner.config import training_pipeline
 
-    for t in _pipeline(cfg):
+    for t in training_pipeline(cfg):
         if t.get("type") == "LoadAnnotations":
             return bool(t.get("with_mask", False)), "bitmap" if t.get("poly2mask", True) else "polygon"
     return False, "bitmap"
@@ -133,7 +133,7 @@ def read_dataset_stats(cfg: Any) -> Tuple[Optional[DatasetStats], str]:
         ``(stats, why)``: the statistics, or ``None`` with the reason they could not be read
         (no annotation file in the config, the file is absent, or it is not COCO json).
     """
-    from revbifpn_mm.mm.planner import PlanError, training_shape
+    from planner import PlanError, training_shape
 
     leaves = [ds for _, _, ds in dataset_cfgs(cfg, ["train"])]
     paths = [p for p in (_ann_path(ds) for ds in leaves) if p]
@@ -170,7 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="instances per image of a config's training annotations")
     ap.add_argument("config")
     args = ap.parse_args(argv)
-    from revbifpn_mm.mm.planner import PlanError, load_config
+    from planner import PlanError, load_config
     try:
         stats, why = read_dataset_stats(load_config(args.config))
     except PlanError as err:

@@ -25,7 +25,7 @@ from dataclasses import asdict
 
 from mmengine.config import DictAction
 
-from revbifpn_mm.mm import planner
+import planner
 
 ASSUMED_INSTANCES = 100
 """Instances per image measured with when no annotations can be read: a dense image (COCO's average

@@ -1,9 +1,12 @@
 """RevBiFPN as an MMDetection / MMSegmentation backbone (registered as ``'RevBiFPN'``)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+import contextlib
+import math
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmengine.dist import barrier, get_dist_info
 from mmengine.logging import MMLogger
@@ -12,10 +15,10 @@ from mmengine.registry import MODELS, DefaultScope
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..models.pretrained import fetch_checkpoint, load_official_checkpoint, official_sha256
+from ..models.pretrained import CheckpointDownloadError, fetch_checkpoint, load_official_checkpoint, official_sha256
 from ..models.revbifpn import RevBiFPN as _RevBiFPNNet
 
-__all__ = ["RevBiFPNBackbone"]
+__all__ = ["RevBiFPNBackbone", "config_advice"]
 
 
 @MODELS.register_module(name="RevBiFPN")
@@ -47,7 +50,11 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
             Accepted: torch BatchNorms (``'BN'``, ``'SyncBN'``, ...) and ``'GN'``
             (``num_groups=8`` divides every arch's channel counts); ``'MMSyncBN'``,
             ``'LN'`` and other types are refused with a ``ValueError`` (see docs/design.md).
-        norm_eval: Keep every BatchNorm in eval mode during training.
+        norm_eval: Keep every BatchNorm in eval mode during training. ``None`` (default): the
+            default of the HRNet of the registry scope the backbone is built in (mmengine's
+            current ``DefaultScope``, which the Runner and ``MODELS.build`` set from
+            ``default_scope``): ``True`` under ``'mmdet'`` (and scopes whose registry descends
+            from mmdet's), ``False`` under ``'mmseg'`` and with no scope. An explicit value wins.
         drop_path_rate: Maximum stochastic-depth rate (default: the arch's value).
         num_ext_layers: Override of the number of 4-scale layers.
         memory_mode, stream_dtype, lean_recompute, plain_segments, plain_from: The run policy,
@@ -70,7 +77,7 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
                  out_type: str = "neck",
                  frozen_stages: int = -1,
                  norm_cfg: Optional[Dict[str, Any]] = None,
-                 norm_eval: bool = False,
+                 norm_eval: Optional[bool] = None,
                  drop_path_rate: Optional[float] = None,
                  num_ext_layers: Optional[int] = None,
                  memory_mode: str = "reversible",
@@ -113,7 +120,7 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
                              f"{self.arch['name']!r} (L={self.num_layers} layers"
                              f"{' + output MBConvs' if self.with_neck else ''}), got {frozen_stages}")
         self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
+        self.norm_eval = scope_norm_eval() if norm_eval is None else bool(norm_eval)
         self.check_finite = check_finite
         self.out_channels = tuple(self.out_channels[i] for i in self.out_indices)
         self._freeze_stages()
@@ -170,8 +177,9 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         if ckpt.startswith(("http://", "https://")) and cfg.get("sha256") is None and official_sha256(ckpt) is None:
             logger.warning(f"RevBiFPN: {ckpt} is not an official checkpoint URL and init_cfg has no "
                            "sha256: the downloaded file is used unverified")
-        res = load_official_checkpoint(self, ckpt, strict=False, prefix=cfg.get("prefix"), sha256=cfg.get("sha256"),
-                                       fetch=_fetch_rank0_first)
+        with config_advice():
+            res = load_official_checkpoint(self, ckpt, strict=False, prefix=cfg.get("prefix"),
+                                           sha256=cfg.get("sha256"), fetch=_fetch_rank0_first)
         logger.info(f"RevBiFPN: loaded {ckpt} ({len(self.state_dict()) - len(res.missing_keys)} tensors; "
                     f"skipped {len(res.skipped_keys)} head keys)")
         if res.missing_keys:
@@ -181,22 +189,65 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         self._is_init = True
 
     # ----------------------------------------------------------- forward
-    def _pad_fix(self) -> str:
-        d = self.size_divisibility
-        scope = DefaultScope.get_current_instance()
-        mmdet = f"in mmdet set model.data_preprocessor.pad_size_divisor={d}"
-        mmseg = (f"in mmseg set model.data_preprocessor.size_divisor={d} (training) and "
-                 f"model.data_preprocessor.test_cfg=dict(size_divisor={d}) (inference)")
-        name = scope.scope_name if scope is not None else ""
-        return f"; {mmdet if name == 'mmdet' else mmseg if name == 'mmseg' else mmdet + '; ' + mmseg}"
-
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:  # type: ignore[override]
-        """Return the feature maps selected by ``out_indices``."""
+        """Return the feature maps selected by ``out_indices``.
+
+        Any input height and width of at least 32 is accepted, as HRNet accepts them: a size that
+        is not a multiple of 32 is zero-padded at the bottom and right to the next multiple (what
+        mmdet's and mmseg's data preprocessors do with ``pad_size_divisor=32``), and each output of
+        stride ``s`` is cropped to ``ceil(H / s) x ceil(W / s)``, HRNet's shape. Multiples of 32
+        run unchanged (no copy).
+        """
         if self.check_finite and not torch.isfinite(x).all():
             raise ValueError("RevBiFPN input holds NaN or Inf values (check_finite=True): inspect the "
                              "data pipeline / normalisation of this batch")
-        feats = self.forward_features(x)
-        return tuple(feats[i] for i in self.out_indices)
+        d = self.size_divisibility
+        if not (isinstance(x, Tensor) and x.dim() == 4 and (x.shape[-2] % d or x.shape[-1] % d)):
+            feats = self.forward_features(x)  # the exact path (and the input checks' messages)
+            return tuple(feats[i] for i in self.out_indices)
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        if h < d or w < d:
+            raise ValueError(f"RevBiFPN needs inputs of at least {d}x{d} pixels (its coarsest output has "
+                             f"stride {d}), got {h}x{w}: resize the images (e.g. the pipeline's Resize scale)")
+        feats = self.forward_features(F.pad(x, (0, -w % d, 0, -h % d)))
+        return tuple(_crop(feats[i], math.ceil(h / (4 << i)), math.ceil(w / (4 << i))) for i in self.out_indices)
+
+
+def _crop(feat: Tensor, h: int, w: int) -> Tensor:
+    """The top-left ``h x w`` of a feature map, contiguous (as HRNet's outputs are)."""
+    return feat[..., :h, :w].contiguous()
+
+
+#: ``norm_eval`` default of each codebase's ``HRNet`` backbone (mmdet 3.3, mmseg 1.2).
+HRNET_NORM_EVAL = {"mmdet": True, "mmseg": False}
+
+
+def scope_norm_eval() -> bool:
+    """``norm_eval`` of the current scope's HRNet: the first of the scope and its registry's parents
+    (e.g. mmyolo -> mmdet) listed in :data:`HRNET_NORM_EVAL`; False with no scope or none listed."""
+    scope = DefaultScope.get_current_instance()
+    if scope is None:
+        return False
+    registry = MODELS._search_child(scope.scope_name)
+    names = [scope.scope_name]
+    while registry is not None:
+        names.append(registry.scope)
+        registry = registry.parent
+    return next((HRNET_NORM_EVAL[n] for n in names if n in HRNET_NORM_EVAL), False)
+
+
+@contextlib.contextmanager
+def config_advice() -> Iterator[None]:
+    """Re-raise a missing or undownloadable checkpoint with the config keys that fix it (mmdet / mmseg)."""
+    try:
+        yield
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}. In an mmdet/mmseg config: --cfg-options model.backbone.init_cfg.checkpoint="
+                                "URL_OR_PATH, or train from scratch with model.backbone.init_cfg=None (a whole trained "
+                                "detector or segmentor is loaded with load_from=PATH instead)") from err
+    except CheckpointDownloadError as err:
+        raise CheckpointDownloadError(f"{err} (in an mmdet/mmseg config: --cfg-options "
+                                      "model.backbone.init_cfg.checkpoint=PATH)") from err
 
 
 def _fetch_rank0_first(url: str, sha256: Optional[str]) -> str:

@@ -22,7 +22,7 @@ import importlib
 from typing import Any
 
 __all__ = ["ensure_torch_load_compat", "check_mmcv_ops", "require_mm_stack", "register_scope",
-           "MMCVOpsMissingError", "MMCV_FIX", "MMENGINE_FIX"]
+           "MMCVOpsMissingError", "DropInArgumentError", "MMCV_FIX", "MMENGINE_FIX"]
 
 MMCV_FIX = ("run `bash tools/setup_env.sh` from the revbifpn_mm checkout (builds mmcv 2.1.0 with its ops "
             "once and caches the wheel), or build it yourself: `pip install 'setuptools<82' && "
@@ -36,6 +36,14 @@ _done = False
 
 class MMCVOpsMissingError(ImportError):
     """mmcv is installed without its compiled ops."""
+
+
+class DropInArgumentError(ValueError, AssertionError):
+    """A bad argument where the mmdet / mmseg module we replace asserts (e.g. ``HRFPN``).
+
+    Both a ``ValueError`` (the project's error for bad input, with a message naming the fix)
+    and an ``AssertionError`` (what code written against the replaced module catches).
+    """
 
 
 def require_mm_stack() -> None:

@@ -6,14 +6,15 @@ imports it only when mmseg is installed, so the mm layer works with mmdet alone.
 """
 from __future__ import annotations
 
-from typing import Any, List, Sequence
+import warnings
+from typing import Any, List, Optional, Sequence
 
 from mmengine.registry import MODELS
 from mmseg.models.decode_heads.fcn_head import FCNHead
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..models.heads import lean_fcn_forward
+from ..models.heads import is_plain_conv2d, lean_fcn_forward
 
 __all__ = ["LeanFCNHead"]
 
@@ -39,6 +40,12 @@ class LeanFCNHead(FCNHead):
     processes, dropout (the same mask as ``nn.Dropout2d`` for the same RNG state) and
     the BN running statistics updated once per forward.
 
+    The lean computation holds for a plain ``nn.Conv2d`` (``conv_cfg=None``), a torch
+    BatchNorm or SyncBatchNorm (or no norm) and a ReLU (or none), in ``FCNHead``'s order. Any
+    other ``conv_cfg`` (e.g. ``'ConvWS'``, which standardises its weight in forward),
+    ``norm_cfg`` (e.g. ``'GN'``) or ``act_cfg`` builds the same modules, and the head then
+    runs ``FCNHead.forward`` itself, with a warning that the memory saving is off.
+
     Args:
         num_convs: Must be 1 (the HRNet FCN setting).
         kernel_size: Must be 1.
@@ -47,7 +54,7 @@ class LeanFCNHead(FCNHead):
         chunk_channels: Channels computed at once (forward and backward). Defaults to 256.
         **kwargs: ``BaseDecodeHead``'s arguments (``in_channels``, ``channels``,
             ``num_classes``, ``in_index``, ``input_transform`` ('resize_concat' or None),
-            ``norm_cfg`` (BN, SyncBN or None), ``act_cfg`` (ReLU or None), ...).
+            ``norm_cfg``, ``act_cfg``, ``conv_cfg``, ...; see above for the lean ones).
     """
 
     def __init__(self, num_convs: int = 1, kernel_size: int = 1, concat_input: bool = False,
@@ -66,18 +73,10 @@ class LeanFCNHead(FCNHead):
             raise ValueError(f"chunk_channels must be a positive int, got {chunk_channels!r}")
         super().__init__(num_convs=1, kernel_size=1, concat_input=False, dilation=1, **kwargs)
         self.chunk_channels = chunk_channels
-        module = self.convs[0]
-        conv = module.conv
-        if type(conv) is not nn.Conv2d or conv.groups != 1:
-            raise ValueError(f"LeanFCNHead needs a plain 1x1 nn.Conv2d (conv_cfg=None), got {conv}")
-        if module.with_norm and not isinstance(module.norm, _BatchNorm):
-            raise ValueError(f"LeanFCNHead supports norm_cfg BN, SyncBN or None, got {self.norm_cfg!r}: "
-                             "use type='FCNHead' for other norms")
-        if module.with_activation and type(module.activate) is not nn.ReLU:
-            raise ValueError(f"LeanFCNHead supports act_cfg=dict(type='ReLU') or None, got {self.act_cfg!r}: "
-                             "use type='FCNHead' for other activations")
-        if tuple(module.order[:2]) != ("conv", "norm"):
-            raise ValueError(f"LeanFCNHead needs the ConvModule order ('conv', 'norm', 'act'), got {module.order}")
+        why_not = _why_not_lean(self.convs[0])
+        if why_not is not None:
+            warnings.warn(f"LeanFCNHead: {why_not}, which the lean computation does not cover: running "
+                          "FCNHead's own forward (same outputs, no memory saving)", stacklevel=2)
         self._level_channels: List[int] = (list(kwargs["in_channels"]) if self.input_transform == "resize_concat"
                                            else [int(self.in_channels)])
 
@@ -90,7 +89,30 @@ class LeanFCNHead(FCNHead):
             raise ValueError(f"LeanFCNHead got inputs with channels {got}, but in_channels="
                              f"{self._level_channels}: set decode_head.in_channels to the backbone's "
                              "out_channels (e.g. RevBiFPN 's4' gives [192, 256, 512, 1280])")
+        if _why_not_lean(self.convs[0]) is not None:  # checked per call: norms may be converted after build
+            return super().forward(inputs)
         module = self.convs[0]
         return lean_fcn_forward(feats, module.conv, module.norm if module.with_norm else None,
                                 module.with_activation, self.dropout, self.conv_seg, self.chunk_channels,
                                 self.align_corners)
+
+
+def _why_not_lean(module: nn.Module) -> Optional[str]:
+    """Why ``lean_fcn_forward`` would not compute this ConvModule's function, or None if it does.
+
+    It convolves with the raw weight of an ``nn.Conv2d`` (whose forward is not overridden, as
+    ``ConvWS2d``'s is), normalises as torch's BatchNorm / SyncBatchNorm forward (subclasses that
+    keep it, as mmengine's ``SyncBatchNorm`` and ``_BatchNormXd``, included) and activates as ReLU,
+    in the order conv, norm, act.
+    """
+    conv = module.conv
+    if not is_plain_conv2d(conv) or conv.groups != 1:
+        return f"the conv is {type(conv).__name__} (groups={conv.groups}), not a plain nn.Conv2d"
+    norm = module.norm if module.with_norm else None
+    if norm is not None and not (isinstance(norm, _BatchNorm) and type(norm).forward in (_BatchNorm.forward, nn.SyncBatchNorm.forward)):
+        return f"the norm is {type(norm).__name__}, not a torch BatchNorm / SyncBatchNorm"
+    if module.with_activation and type(module.activate) is not nn.ReLU:
+        return f"the activation is {type(module.activate).__name__}, not ReLU"
+    if tuple(module.order) != ("conv", "norm", "act"):
+        return f"the ConvModule order is {module.order}, not ('conv', 'norm', 'act')"
+    return None

@@ -13,7 +13,8 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..models.heads import level_sum
+from ..models.heads import is_plain_conv2d, level_sum
+from .compat import DropInArgumentError
 
 __all__ = ["RevBiFPNNeck"]
 
@@ -49,14 +50,22 @@ class RevBiFPNNeck(BaseModule):
     The reduction and the 3x3 convolutions are computed with ``F.conv2d`` on the blocks of
     HRFPN's weights, not through ``reduction_conv``'s module call: forward hooks on that
     module do not fire (the split is the point of this neck); the 3x3 ``fpn_convs`` run
-    through their modules.
+    through their modules. The split is valid only for a plain ``nn.Conv2d`` (its weight is
+    what it convolves with): for any other conv type of ``conv_cfg`` (e.g. ``'ConvWS'``,
+    whose forward standardises the weight) the neck computes HRFPN's stride-4 concatenation
+    and calls ``reduction_conv`` itself, with a warning that the memory saving is off.
+
+    Bad arguments where HRFPN asserts (``in_channels`` not a list, a wrong number of inputs)
+    raise :class:`~revbifpn_mm.mm.compat.DropInArgumentError`, both a ``ValueError`` and an
+    ``AssertionError``.
 
     Args:
         in_channels: Channels of each input level (the backbone's ``out_channels``).
         out_channels: Channels of every output level. Defaults to 256.
         num_outs: Number of output levels (strides 4, 8, ..., 4 * 2^(num_outs-1)). Defaults to 5.
-        pooling_type: ``'AVG'`` or ``'MAX'``. Defaults to ``'AVG'``.
-        conv_cfg: Conv config of the ConvModules. Defaults to None.
+        pooling_type: ``'AVG'`` or ``'MAX'``, in any case (``'max'`` is max pooling; HRFPN
+            pools by average for anything but ``'MAX'``, we refuse other values). Defaults to ``'AVG'``.
+        conv_cfg: Conv config of the ConvModules, with HRFPN's meaning (see above). Defaults to None.
         norm_cfg: Accepted as HRFPN accepts it, and, as in HRFPN (mmdet 3.3), not used: its convolutions
             are built without a norm, and so are these, to compute its outputs and load its state
             dict (a warning says so). Defaults to None.
@@ -76,9 +85,11 @@ class RevBiFPNNeck(BaseModule):
                  init_cfg: Optional[Dict[str, Any]] = dict(type="Caffe2Xavier", layer="Conv2d")) -> None:
         super().__init__(init_cfg)
         if not isinstance(in_channels, (list, tuple)) or not in_channels:
-            raise ValueError(f"in_channels must be a list of channel counts, got {in_channels!r}")
-        if pooling_type not in ("AVG", "MAX"):
-            raise ValueError(f"pooling_type must be 'AVG' or 'MAX', got {pooling_type!r}")
+            raise DropInArgumentError(f"in_channels must be a list of channel counts (the backbone's "
+                                      f"out_channels), got {in_channels!r}")
+        pooling = pooling_type.upper() if isinstance(pooling_type, str) else pooling_type
+        if pooling not in ("AVG", "MAX"):
+            raise DropInArgumentError(f"pooling_type must be 'AVG' or 'MAX' (any case), got {pooling_type!r}")
         self.in_channels = list(in_channels)
         self.out_channels = out_channels
         self.num_ins = len(in_channels)
@@ -91,7 +102,12 @@ class RevBiFPNNeck(BaseModule):
         self.fpn_convs = nn.ModuleList(
             ConvModule(out_channels, out_channels, kernel_size=3, padding=1, stride=stride,
                        conv_cfg=conv_cfg, act_cfg=None) for _ in range(num_outs))
-        self.pooling = F.max_pool2d if pooling_type == "MAX" else F.avg_pool2d
+        self.pooling = F.max_pool2d if pooling == "MAX" else F.avg_pool2d
+        self.split_weight = is_plain_conv2d(self.reduction_conv.conv)
+        if not self.split_weight:
+            warnings.warn(f"RevBiFPNNeck: conv_cfg={conv_cfg} builds {type(self.reduction_conv.conv).__name__}, "
+                          "not a plain nn.Conv2d, so the reduction is computed as HRFPN does (stride-4 "
+                          "concatenation, then reduction_conv), without the memory saving", stacklevel=2)
         self.lean = bool(lean)
         self.with_cp = bool(with_cp)
         self.stride = stride
@@ -99,7 +115,7 @@ class RevBiFPNNeck(BaseModule):
     def _check(self, inputs: Sequence[Tensor]) -> None:
         got = [int(x.shape[1]) for x in inputs]
         if len(inputs) != self.num_ins or got != self.in_channels:
-            raise ValueError(
+            raise DropInArgumentError(
                 f"RevBiFPNNeck got {len(inputs)} inputs with channels {got}, but in_channels="
                 f"{self.in_channels}: set neck.in_channels to the backbone's output channels "
                 "(e.g. RevBiFPN arch 's4' gives [192, 256, 512, 1280])")
@@ -121,13 +137,22 @@ class RevBiFPNNeck(BaseModule):
         """Whether a norm of the neck uses batch statistics (a recomputation would update them twice)."""
         return any(isinstance(m, _BatchNorm) and m.training for m in self.modules())
 
-    def _forward(self, *inputs: Tensor) -> Tuple[Tensor, ...]:
+    def _reduce(self, inputs: Sequence[Tensor]) -> Tensor:
+        """``reduction_conv(cat_i upsample(x_i))``: split per level for a plain conv, else as HRFPN."""
+        if not self.split_weight:
+            ups = [x if i == 0 else F.interpolate(x, scale_factor=2 ** i, mode="bilinear")
+                   for i, x in enumerate(inputs)]
+            return self.reduction_conv(torch.cat(ups, dim=1))
         conv = self.reduction_conv.conv
         out = level_sum(inputs, torch.split(conv.weight, self.in_channels, dim=1))
         if conv.bias is not None:
             out = out + conv.bias.view(1, -1, 1, 1)
         if self.reduction_conv.with_norm:
             out = self.reduction_conv.norm(out)
+        return out
+
+    def _forward(self, *inputs: Tensor) -> Tuple[Tensor, ...]:
+        out = self._reduce(inputs)
         outs: List[Tensor] = [out] + [self.pooling(out, kernel_size=2 ** i, stride=2 ** i)
                                       for i in range(1, self.num_outs)]
         return tuple(conv_i(o) for conv_i, o in zip(self.fpn_convs, outs))

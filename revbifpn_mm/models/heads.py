@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["level_sum", "lean_fcn_forward"]
+__all__ = ["level_sum", "lean_fcn_forward", "is_plain_conv2d"]
 
 _DIMS = (0, 2, 3)  # BN reduces over batch and space
 
@@ -59,6 +59,14 @@ class _Spec:
     relu: bool
     conv_dtype: torch.dtype  # dtype of the level reductions and of the output (autocast's, if active)
     acc: torch.dtype  # dtype of BN, activation and classifier: the inputs', at least float32
+
+
+def is_plain_conv2d(conv: nn.Module) -> bool:
+    """Whether ``conv`` computes ``F.conv2d`` with its own ``weight``, as ``nn.Conv2d`` does: an
+    ``nn.Conv2d`` whose forward is not overridden (``ConvWS2d`` standardises its weight in its
+    forward, so the split-weight computation of :func:`level_sum` would not be its function)."""
+    return isinstance(conv, nn.Conv2d) and type(conv).forward is nn.Conv2d.forward and \
+        type(conv)._conv_forward is nn.Conv2d._conv_forward
 
 
 def level_sum(feats: Sequence[Tensor], weights: Sequence[Tensor], align_corners: bool = False,
@@ -189,71 +197,111 @@ class _LeanFCN(torch.autograd.Function):
         weight, bias, gamma, beta, w_seg, mean, invstd, mask, *feats = ctx.saved_tensors
         spec: _Spec = ctx.spec
         with_norm = mean is not None
-        acc = spec.acc
-        g = grad_out.to(acc)
-        g_flat = g.flatten(2)  # N, K, HW
-        w_seg32 = w_seg.to(acc)
-        grad_w_seg = torch.empty_like(w_seg32)
-        grad_weight = torch.empty_like(weight)
-        grad_bias = None if bias is None else torch.empty_like(bias)
-        grad_gamma = None if gamma is None or not with_norm else torch.empty_like(mean)
-        grad_beta = None if beta is None or not with_norm else torch.empty_like(mean)
+        g = grad_out.to(spec.acc)
         need_x = [ctx.needs_input_grad[8 + i] for i in range(ctx.n_feats)]
-        grad_feats: List[Optional[Tensor]] = [torch.zeros_like(x) if need else None
-                                              for x, need in zip(feats, need_x)]
+        grads = _Grads(w_seg=torch.empty_like(w_seg, dtype=spec.acc), weight=torch.empty_like(weight),
+                       bias=None if bias is None else torch.empty_like(bias),
+                       gamma=torch.empty_like(mean) if with_norm and gamma is not None else None,
+                       beta=torch.empty_like(mean) if with_norm and beta is not None else None,
+                       feats=[torch.zeros_like(x) if need else None for x, need in zip(feats, need_x)])
         xs = [x.detach().requires_grad_(need) for x, need in zip(feats, need_x)]
+        saved = _Saved(weight, bias, gamma, beta, w_seg.to(spec.acc), mean, invstd, mask)
         for c0, c1 in _chunks(weight.shape[0], spec.chunk):
-            rows = [w.detach().requires_grad_() for w in _rows(weight, c0, c1, spec.splits)]
-            with torch.enable_grad():
-                s = _level_sum(xs, rows, None, spec)
-            s_val = s.detach() if bias is None else s.detach() + _vec(bias[c0:c1].to(s.dtype))
-            scale = shift = None
-            if with_norm:
-                scale, shift = _scale_shift(gamma, beta, mean, invstd, c0, c1)
-            m_c = None if mask is None else mask[:, c0:c1].to(acc)
-            d = _activate(s_val, scale, shift, m_c, spec.relu, acc)
-            grad_w_seg[:, c0:c1] = torch.matmul(g_flat, d.flatten(2).transpose(1, 2)).sum(0)[..., None, None]
-            gy = F.conv2d(g, w_seg32[:, c0:c1].transpose(0, 1))  # W_seg[:, c]^T g
-            if m_c is not None:
-                gy *= m_c
-            if spec.relu:  # mask entries are 0 or 1/(1-p) > 0, so d != 0 exactly where the ReLU passed
-                gy *= d != 0
-            del d
-            if with_norm:
-                inv = _vec(invstd[c0:c1])
-                xhat = (s_val.to(acc) - _vec(mean[c0:c1])) * inv
-                sums = torch.cat([gy.sum(_DIMS), (gy * xhat).sum(_DIMS)])
-                k = c1 - c0
-                if grad_beta is not None:
-                    grad_beta[c0:c1] = sums[:k]
-                if grad_gamma is not None:
-                    grad_gamma[c0:c1] = sums[k:]
-                if spec.batch_stats:
-                    if spec.group is not None:
-                        dist.all_reduce(sums, group=spec.group)
-                    sums /= ctx.count
-                    gy -= _vec(sums[:k])
-                    gy -= xhat * _vec(sums[k:])
-                del xhat
-                gy *= inv if gamma is None else inv * _vec(gamma[c0:c1].to(acc))
-            del s_val
-            if grad_bias is not None:
-                grad_bias[c0:c1] = gy.sum(_DIMS).to(grad_bias.dtype)
-            wanted = [x for x, need in zip(xs, need_x) if need] + rows
-            grads = torch.autograd.grad(s, wanted, gy.to(s.dtype))
-            del s, gy
-            it = iter(grads)
-            for i, need in enumerate(need_x):
-                if need:
-                    grad_feats[i] += next(it)
-            grad_weight[c0:c1] = torch.cat([gw.to(weight.dtype) for gw in it], dim=1)
+            _chunk_backward(spec, ctx.count, saved, g, xs, grads, c0, c1)
 
         def cast(grad: Optional[Tensor], ref: Optional[Tensor]) -> Optional[Tensor]:
             return None if grad is None or ref is None else grad.to(ref.dtype)
 
         grad_b_seg = g.sum(_DIMS) if ctx.has_b_seg else None
-        return (None, grad_weight, grad_bias, cast(grad_gamma, gamma), cast(grad_beta, beta),
-                grad_w_seg.to(w_seg.dtype), cast(grad_b_seg, w_seg), None, *grad_feats)
+        return (None, grads.weight, grads.bias, cast(grads.gamma, gamma), cast(grads.beta, beta),
+                grads.w_seg.to(w_seg.dtype), cast(grad_b_seg, w_seg), None, *grads.feats)
+
+
+@dataclass
+class _Saved:
+    """What ``_LeanFCN``'s backward reads besides the inputs (``w_seg`` in the accumulation dtype)."""
+
+    weight: Tensor
+    bias: Optional[Tensor]
+    gamma: Optional[Tensor]
+    beta: Optional[Tensor]
+    w_seg: Tensor
+    mean: Optional[Tensor]  # None without a norm
+    invstd: Optional[Tensor]
+    mask: Optional[Tensor]
+
+
+@dataclass
+class _Grads:
+    """The gradients ``_LeanFCN``'s backward fills, one chunk of channels at a time."""
+
+    w_seg: Tensor
+    weight: Tensor
+    bias: Optional[Tensor]
+    gamma: Optional[Tensor]
+    beta: Optional[Tensor]
+    feats: List[Optional[Tensor]]  # accumulated over the chunks; None where no gradient is needed
+
+
+def _chunk_backward(spec: _Spec, count: int, saved: _Saved, g: Tensor, xs: List[Tensor], grads: _Grads,
+                    c0: int, c1: int) -> None:
+    """The backward of output channels ``c0:c1``: recompute ``s_c`` and ``d_c`` from the inputs, fill the
+    chunk's gradients of ``W_seg``, ``W``, ``b``, gamma and beta, add its share to the inputs' gradients."""
+    rows = [w.detach().requires_grad_() for w in _rows(saved.weight, c0, c1, spec.splits)]
+    with torch.enable_grad():
+        s = _level_sum(xs, rows, None, spec)
+    bias = saved.bias
+    s_val = s.detach() if bias is None else s.detach() + _vec(bias[c0:c1].to(s.dtype))
+    scale = shift = None
+    if saved.mean is not None:
+        scale, shift = _scale_shift(saved.gamma, saved.beta, saved.mean, saved.invstd, c0, c1)
+    m_c = None if saved.mask is None else saved.mask[:, c0:c1].to(spec.acc)
+    d = _activate(s_val, scale, shift, m_c, spec.relu, spec.acc)
+    grads.w_seg[:, c0:c1] = torch.matmul(g.flatten(2), d.flatten(2).transpose(1, 2)).sum(0)[..., None, None]
+    gy = F.conv2d(g, saved.w_seg[:, c0:c1].transpose(0, 1))  # W_seg[:, c]^T g
+    if m_c is not None:
+        gy *= m_c
+    if spec.relu:  # mask entries are 0 or 1/(1-p) > 0, so d != 0 exactly where the ReLU passed
+        gy *= d != 0
+    del d
+    if saved.mean is not None:
+        gy = _bn_backward(gy, s_val, spec, count, saved, grads, c0, c1)
+    del s_val
+    if grads.bias is not None:
+        grads.bias[c0:c1] = gy.sum(_DIMS).to(grads.bias.dtype)
+    wanted = [x for x in xs if x.requires_grad] + rows
+    found = torch.autograd.grad(s, wanted, gy.to(s.dtype))
+    del s, gy
+    it = iter(found)
+    for i, x in enumerate(xs):
+        if x.requires_grad:
+            grads.feats[i] += next(it)
+    grads.weight[c0:c1] = torch.cat([gw.to(grads.weight.dtype) for gw in it], dim=1)
+
+
+def _bn_backward(gy: Tensor, s_val: Tensor, spec: _Spec, count: int, saved: _Saved, grads: _Grads,
+                 c0: int, c1: int) -> Tensor:
+    """``dL/ds`` from ``gy = dL/dbn(s)`` for channels ``c0:c1`` (in place on ``gy``), filling the chunk's
+    gamma and beta gradients. Train mode backpropagates through the batch statistics, with the two
+    per-channel sums all-reduced over the ranks of a synchronised BN, as ``torch.nn.SyncBatchNorm``."""
+    assert saved.mean is not None and saved.invstd is not None
+    inv = _vec(saved.invstd[c0:c1])
+    xhat = (s_val.to(spec.acc) - _vec(saved.mean[c0:c1])) * inv
+    sums = torch.cat([gy.sum(_DIMS), (gy * xhat).sum(_DIMS)])
+    k = c1 - c0
+    if grads.beta is not None:
+        grads.beta[c0:c1] = sums[:k]
+    if grads.gamma is not None:
+        grads.gamma[c0:c1] = sums[k:]
+    if spec.batch_stats:
+        if spec.group is not None:
+            dist.all_reduce(sums, group=spec.group)
+        sums /= count
+        gy -= _vec(sums[:k])
+        gy -= xhat * _vec(sums[k:])
+    del xhat
+    gy *= inv if saved.gamma is None else inv * _vec(saved.gamma[c0:c1].to(spec.acc))
+    return gy
 
 
 def _scale_shift(gamma: Optional[Tensor], beta: Optional[Tensor], mean: Tensor, invstd: Tensor,

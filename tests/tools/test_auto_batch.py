@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("mmdet")
 
 import auto_batch  # noqa: E402
-from revbifpn_mm.mm import planner  # noqa: E402
+import planner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 QS = str(ROOT / "configs" / "quickstart" / "mask_rcnn_revbifpn_s0_synthetic.py")

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("mmdet")
 
 import dataset_stats  # noqa: E402
-from revbifpn_mm.mm import planner  # noqa: E402
+import planner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 QS_MASK = str(ROOT / "configs" / "quickstart" / "mask_rcnn_revbifpn_s0_synthetic.py")

@@ -1,4 +1,4 @@
-"""The memory planner (revbifpn_mm.mm.planner, tools/plan_memory.py).
+"""The memory planner (tools/planner/, tools/plan_memory.py).
 
 * Its batch-4 prediction, made from measurements at batch 1 and 2, is within 10 % of the
   peak measured at batch 4 (same method, fresh process) for a detector and a segmentor; so is its
@@ -21,8 +21,8 @@ import pytest
 pytest.importorskip("mmdet")
 pytest.importorskip("mmseg")
 
-from revbifpn_mm.mm import planner  # noqa: E402
-from revbifpn_mm.core.memory import RssPeakProbe  # noqa: E402
+import planner  # noqa: E402
+from meters import RssPeakProbe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 QS_DET = str(ROOT / "configs" / "quickstart" / "faster_rcnn_revbifpn_s0_synthetic.py")
@@ -186,6 +186,25 @@ def test_training_shape_follows_the_pipeline():
     with pytest.raises(planner.PlanError, match="--shape"):
         planner.training_shape(seg)
 
+
+def test_the_command_to_train_runs_from_where_the_planner_ran(tmp_path, monkeypatch):
+    """The printed command names the checkout's tools/train.py as a path that works from the current
+    directory, and OpenMMLab's `mim train` where there is no such script."""
+    script = ROOT / "tools" / "train.py"
+    monkeypatch.chdir(tmp_path)  # outside the checkout: the script's absolute path
+    cmd = planner.train_command("x.py", "mmdet", "--cfg-options a=1")
+    assert cmd == f"python {script} x.py --cfg-options a=1", cmd
+    monkeypatch.chdir(ROOT / "tools")  # inside it: the path from here
+    assert planner.train_command("x.py", "mmdet", "--cfg-options a=1") == "python train.py x.py --cfg-options a=1"
+    missing = str(tmp_path / "train.py")
+    assert planner.train_command("x.py", "mmseg", "--amp", script=missing) == "mim train mmseg x.py --amp"
+    monkeypatch.chdir(tmp_path)
+    gib = 1 << 30
+    plan = planner.Plan(config="x.py", scope="mmdet", shape=(800, 1344), shape_source="test", amp=False,
+                        device="cpu", batch=2, auto_scale_lr=False,
+                        modes=[planner.ModePlan("reversible", [_fake(1, gib), _fake(2, 2 * gib)])])
+    assert f"largest batch 9: python {script} x.py --cfg-options" in planner.render_plan(plan, (12,), context_gib=1.0,
+                                                                                     fragmentation=0.1)
 
 
 def test_render_names_allowance_and_what_was_not_measured():
