@@ -100,7 +100,8 @@ def _measure(config: str, cfg: Any, card: float, cfg_options: Optional[Dict], in
                 f"{plan.instances} boxes sets the peak)" if thr else "")
         raise AutoBatchError(
             f"even batch 1 does not fit a {card / GIB:g} GiB card: fully reversible (plain_segments=0, the "
-            f"least memory; plain_segments>0 keeps more) it needs {rev.on_gpu(1, assign_on_cpu=plan.assign_on_cpu) / GIB:.2f} "
+            f"least memory; plain_segments>0 keeps more) it needs "
+            f"{rev.on_gpu(1, assign_on_cpu=plan.assign_on_cpu) / GIB:.2f} "
             f"GiB at {plan.shape[0]}x{plan.shape[1]}. Train on a smaller input (the Resize scale of the "
             f"training pipeline, via --cfg-options){hint}, or on a larger card")
     return AutoBatch(batch=batch, card_gib=card / GIB,
@@ -171,7 +172,8 @@ def apply_auto_batch(args: Any, cfg: Any, log: Callable[[str], None] = print) ->
     scale = cfg.get("auto_scale_lr")
     if isinstance(scale, dict) and "base_batch_size" in scale:
         cfg.auto_scale_lr.enable = True
-        lr = f"learning rate scaled by (GPUs x {choice.batch}) / base_batch_size {scale['base_batch_size']} (auto_scale_lr)"
+        lr = (f"learning rate scaled by (GPUs x {choice.batch}) / base_batch_size {scale['base_batch_size']} "
+              "(auto_scale_lr)")
     else:
         lr = "learning rate NOT scaled: the config has no auto_scale_lr = dict(base_batch_size=N)"
     log(f"auto-batch: batch {choice.batch} per GPU (config: {before}), the largest that fits a {choice.card_gib:g} GiB "

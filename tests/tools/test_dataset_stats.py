@@ -15,7 +15,8 @@ pytestmark = pytest.mark.mm
 
 
 def _coco(path, per_image, crowd=0, size=(60, 80)):
-    images = [{"id": i + 1, "file_name": f"{i}.jpg", "height": size[0], "width": size[1]} for i in range(len(per_image))]
+    images = [{"id": i + 1, "file_name": f"{i}.jpg", "height": size[0], "width": size[1]}
+              for i in range(len(per_image))]
     anns = []
     for img, n in zip(images, per_image):
         for k in range(n + crowd):

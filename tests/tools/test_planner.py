@@ -227,7 +227,8 @@ MASK_S3 = str(ROOT / "configs" / "mask_rcnn_revbifpn_s3.py")
 
 def _dense_options(root, h, w):
     """The S3 Mask R-CNN config on a generated dense dataset, its Resize at the images' size."""
-    return {"train_dataloader.dataset.data_root": root, "train_dataloader.dataset.ann_file": "annotations/instances_train.json",
+    return {"train_dataloader.dataset.data_root": root,
+            "train_dataloader.dataset.ann_file": "annotations/instances_train.json",
             "train_dataloader.dataset.data_prefix": dict(img="train/"),
             "train_dataloader.dataset.metainfo": dict(classes=("circle", "square", "triangle")),
             "train_dataloader.dataset.pipeline.2.scale": (w, h)}
@@ -253,7 +254,8 @@ def test_dense_dataset_prediction_within_10_percent_of_its_densest_images(tmp_pa
         planned = planner.probe_in_subprocess(MASK_S3, "reversible", batch, None, instances=count, **kw)
         real = planner.probe_in_subprocess(MASK_S3, "reversible", batch, None, data="dataset", **kw)
         assert real.instances == count and real.shape == planned.shape == (160, 224)
-        detail = (f"batch {batch}: predicted {planned.peak_bytes / 1e6:.1f} MB, measured {real.peak_bytes / 1e6:.1f} MB; "
+        detail = (f"batch {batch}: predicted {planned.peak_bytes / 1e6:.1f} MB, "
+                  f"measured {real.peak_bytes / 1e6:.1f} MB; "
                   f"fwd+bwd {planned.fwd_bwd_bytes / 1e6:.1f} / {real.fwd_bwd_bytes / 1e6:.1f} MB")
         print(detail)
         assert abs(planned.peak_bytes - real.peak_bytes) / real.peak_bytes <= TOLERANCE, detail

@@ -23,4 +23,5 @@ from .run import MODES, expected_seconds, make_plan
 
 __all__ = ["PlanError", "NotMeasured", "Probe", "ModePlan", "Plan", "CONTEXT_GIB", "FRAGMENTATION", "GIB",
            "ALLOWANCE_TEXT", "BATCHES", "BOXES_PER_IMAGE", "MODES", "load_config", "training_pipeline",
-           "training_shape", "probe", "probe_in_subprocess", "make_plan", "render_plan", "train_command", "available_ram_bytes", "expected_seconds"]
+           "training_shape", "probe", "probe_in_subprocess", "make_plan", "render_plan", "train_command",
+           "available_ram_bytes", "expected_seconds"]

@@ -9,7 +9,8 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["PlanError", "NotMeasured", "load_config", "training_pipeline", "training_shape", "config_batch", "set_mode", "build_model",
+__all__ = ["PlanError", "NotMeasured", "load_config", "training_pipeline", "training_shape", "config_batch",
+           "rpn_assign_threshold", "set_mode", "build_model",
            "one_line", "root_cause", "is_oom"]
 
 
@@ -142,6 +143,12 @@ def config_batch(cfg: Any) -> Tuple[int, bool]:
     scale = cfg.get("auto_scale_lr", None)
     return int(loader.get("batch_size", 1) or 1), isinstance(scale, dict) and "base_batch_size" in scale
 
+
+
+def rpn_assign_threshold(cfg: Any) -> float:
+    """The config's ``train_cfg.rpn.assigner.gpu_assign_thr`` (-1: the anchor assignment stays on the GPU)."""
+    rpn = (cfg.model.get("train_cfg") or {}).get("rpn") or {}
+    return float((rpn.get("assigner") or {}).get("gpu_assign_thr", -1))
 
 
 def set_mode(cfg: Any, mode: str) -> None:

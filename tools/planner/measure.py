@@ -208,13 +208,8 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
         cfg_options: config overrides.
         budgets: also measure every ``plain_segments`` setting (:attr:`Probe.settings`).
         peak: read the peak memory (on CPU this slows the steps that follow: time without it).
-        instances: detectors, synthetic inputs: ground-truth boxes (and masks) per image.
-        mask_format: ``'bitmap'`` or ``'polygon'`` masks where the model has a mask head.
-        data: ``'synthetic'``, or ``'dataset'``: the ``batch`` training images with the most
-            instances, through the config's own training pipeline (a check of the synthetic inputs).
-
-    Returns:
-        The :class:`Probe`.
+        instances, mask_format: detectors' synthetic boxes per image and masks (``'bitmap'``, ``'polygon'``).
+        data: ``'synthetic'``, or ``'dataset'``: the config's densest training images, through its pipeline.
 
     Raises:
         PlanError: the model or its optimizer does not build.
@@ -235,13 +230,11 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
     optim, config_amp = _optimizer(cfg, model, config, dev)
     amp = amp or config_amp
     amp_dtype = (torch.bfloat16 if dev.type == "cpu" else torch.float16) if amp else None
-    if data == "dataset":
-        packed, instances, shape = dataset_batch(cfg, batch)
-    else:
-        packed = synthetic_batch(cfg, model, batch, shape, dev, instances, mask_format)
+    packed, instances, shape = dataset_batch(cfg, batch) if data == "dataset" else (
+        synthetic_batch(cfg, model, batch, shape, dev, instances, mask_format), instances, shape)
+    watch = _AssignWatch(meter, dev, model) if peak else None
     try:
-        steps = _run_steps(model, optim, packed, amp_dtype, meter, budgets,
-                           _AssignWatch(meter, dev, model) if peak else None)
+        steps = _run_steps(model, optim, packed, amp_dtype, meter, budgets, watch)
     except (RuntimeError, MemoryError) as err:
         mapped = _step_error(err, dev, batch, amp_dtype)
         if mapped is err:

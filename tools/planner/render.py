@@ -108,7 +108,8 @@ def _ground_truth_lines(plan: Plan, context_gib: float, fragmentation: float) ->
     if p.assign_peak_bytes is None:
         return lines
     thr, where = plan.suggested_assign_thr(), "on the CPU (the config's gpu_assign_thr)" if plan.assign_on_cpu else ""
-    lines.append(f"  the anchor assignment (MaxIoUAssigner) peaks at {p.assign_peak_bytes / GIB:.3f} GiB, the rest of the "
+    lines.append(f"  the anchor assignment (MaxIoUAssigner) peaks at {p.assign_peak_bytes / GIB:.3f} GiB, "
+                 f"the rest of the "
                  f"step at {p.outside_assign_bytes / GIB:.3f} GiB {where}".rstrip())
     if plan.assign_on_cpu or thr is None:
         lines.append("  train_cfg.rpn.assigner.gpu_assign_thr: " + (

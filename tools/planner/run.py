@@ -4,7 +4,8 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from .config import NotMeasured, build_model, config_batch, load_config, training_shape
+from .config import (NotMeasured, build_model, config_batch, load_config, rpn_assign_threshold,
+                     training_shape)
 from .inputs import BOXES_PER_IMAGE, synthetic_batch
 from .measure import available_ram_bytes, probe_in_subprocess
 from .predict import GIB, ModePlan, Plan
@@ -91,8 +92,7 @@ def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = 
     plan = Plan(config=config, scope=cfg.default_scope, shape=(h, w), shape_source=how, amp=amp, device=device,
                 batch=batch, auto_scale_lr=scalable, modes=plans, not_measured=missing,
                 instances=instances if cfg.default_scope == "mmdet" else 0, instances_source=instances_source,
-                gpu_assign_thr=float(((cfg.model.get("train_cfg") or {}).get("rpn") or {}).get("assigner", {})
-                                     .get("gpu_assign_thr", -1)))
+                gpu_assign_thr=rpn_assign_threshold(cfg))
     if plan.instances > 1 and plan.reversible is not None:
         _measure_one_instance(plan, cfg_options, limit, threads, mask_format, log)
     return plan
