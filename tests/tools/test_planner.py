@@ -225,15 +225,6 @@ def test_render_names_allowance_and_what_was_not_measured():
 MASK_S3 = str(ROOT / "configs" / "mask_rcnn_revbifpn_s3.py")
 
 
-def _dense_options(root, h, w):
-    """The S3 Mask R-CNN config on a generated dense dataset, its Resize at the images' size."""
-    return {"train_dataloader.dataset.data_root": root,
-            "train_dataloader.dataset.ann_file": "annotations/instances_train.json",
-            "train_dataloader.dataset.data_prefix": dict(img="train/"),
-            "train_dataloader.dataset.metainfo": dict(classes=("circle", "square", "triangle")),
-            "train_dataloader.dataset.pipeline.2.scale": (w, h)}
-
-
 @needs_rss
 def test_dense_dataset_prediction_within_10_percent_of_its_densest_images(tmp_path):
     """Mask R-CNN S3 on a generated dataset with 80-120 polygons per 160x224 image: the plan's
@@ -241,28 +232,25 @@ def test_dense_dataset_prediction_within_10_percent_of_its_densest_images(tmp_pa
     against a step on the dataset's densest images through the config's own pipeline, at batch 1
     and 2, on the whole step and on its forward + backward working set. The planner's former
     assumption of 8 boxes per image is off by more than 10 % on the working set."""
-    from plan_memory import instances_to_plan
+    from plan_dense_check import compare, dense_options
     from synthetic_data import generate_synthetic_coco
 
     info = generate_synthetic_coco(tmp_path / "dense", num_train=3, num_val=1, image_size=(160, 224),
                                    instances=(80, 120))
-    opts = _dense_options(info["root"] + "/", 160, 224)
-    count, source, fmt = instances_to_plan(planner.load_config(MASK_S3, opts))
-    assert source.startswith("the most of any training image") and fmt == "bitmap" and count >= 80, source
-    for batch in (1, 2):
-        kw = dict(cfg_options=opts, threads=1, timeout=900)
-        planned = planner.probe_in_subprocess(MASK_S3, "reversible", batch, None, instances=count, **kw)
-        real = planner.probe_in_subprocess(MASK_S3, "reversible", batch, None, data="dataset", **kw)
-        assert real.instances == count and real.shape == planned.shape == (160, 224)
-        detail = (f"batch {batch}: predicted {planned.peak_bytes / 1e6:.1f} MB, "
+    opts = dense_options(info["root"], 160, 224)
+    pairs = compare(MASK_S3, opts, threads=1, timeout=900)
+    for planned, real in pairs:
+        assert real.instances == planned.instances >= 80 and real.shape == planned.shape == (160, 224)
+        detail = (f"batch {planned.batch}: predicted {planned.peak_bytes / 1e6:.1f} MB, "
                   f"measured {real.peak_bytes / 1e6:.1f} MB; "
                   f"fwd+bwd {planned.fwd_bwd_bytes / 1e6:.1f} / {real.fwd_bwd_bytes / 1e6:.1f} MB")
         print(detail)
         assert abs(planned.peak_bytes - real.peak_bytes) / real.peak_bytes <= TOLERANCE, detail
         assert abs(planned.fwd_bwd_bytes - real.fwd_bwd_bytes) / real.fwd_bwd_bytes <= TOLERANCE, detail
-        if batch == 1:
-            few = planner.probe_in_subprocess(MASK_S3, "reversible", 1, None, instances=planner.BOXES_PER_IMAGE, **kw)
-            assert (real.fwd_bwd_bytes - few.fwd_bwd_bytes) / real.fwd_bwd_bytes > TOLERANCE, (few, real)
+    real = pairs[0][1]
+    few = planner.probe_in_subprocess(MASK_S3, "reversible", 1, None, instances=planner.BOXES_PER_IMAGE,
+                                      cfg_options=opts, threads=1, timeout=900)
+    assert (real.fwd_bwd_bytes - few.fwd_bwd_bytes) / real.fwd_bwd_bytes > TOLERANCE, (few, real)
 
 
 def _fake_split(batch, outside, assign, instances=100):
