@@ -227,7 +227,7 @@ MASK_S3 = str(ROOT / "configs" / "mask_rcnn_revbifpn_s3.py")
 
 @needs_rss
 def test_dense_dataset_prediction_within_10_percent_of_its_densest_images(tmp_path):
-    """Mask R-CNN S3 on a generated dataset with 80-120 polygons per 160x224 image: the plan's
+    """Mask R-CNN S3 on a generated dataset with 100-150 polygons per 256x320 image: the plan's
     synthetic batch (the dataset's most instances per image, read from its annotations, bitmap masks)
     against a step on the dataset's densest images through the config's own pipeline, at batch 1
     and 2, on the whole step and on its forward + backward working set. The planner's former
@@ -235,12 +235,12 @@ def test_dense_dataset_prediction_within_10_percent_of_its_densest_images(tmp_pa
     from plan_dense_check import compare, dense_options
     from synthetic_data import generate_synthetic_coco
 
-    info = generate_synthetic_coco(tmp_path / "dense", num_train=3, num_val=1, image_size=(160, 224),
-                                   instances=(80, 120))
-    opts = dense_options(info["root"], 160, 224)
+    info = generate_synthetic_coco(tmp_path / "dense", num_train=3, num_val=1, image_size=(256, 320),
+                                   instances=(100, 150))
+    opts = dense_options(info["root"], 256, 320)
     pairs = compare(MASK_S3, opts, threads=1, timeout=900)
     for planned, real in pairs:
-        assert real.instances == planned.instances >= 80 and real.shape == planned.shape == (160, 224)
+        assert real.instances == planned.instances >= 100 and real.shape == planned.shape == (256, 320)
         detail = (f"batch {planned.batch}: predicted {planned.peak_bytes / 1e6:.1f} MB, "
                   f"measured {real.peak_bytes / 1e6:.1f} MB; "
                   f"fwd+bwd {planned.fwd_bwd_bytes / 1e6:.1f} / {real.fwd_bwd_bytes / 1e6:.1f} MB")
