@@ -67,7 +67,8 @@ def test_norm_eval_keeps_bn_in_eval(mm_build):
 @pytest.mark.parametrize("frozen", [0, 2, 6])
 def test_frozen_stages_freeze_exactly_the_documented_modules(frozen, budget, mm_build):
     """At every memory budget setting too (frozen stages inside kept segments and reversible ones)."""
-    b = mm_build(dict(type="RevBiFPN", arch="s0", frozen_stages=frozen, **budget))  # L = 5 -> stage 6 = output MBConvs
+    b = mm_build(dict(type="RevBiFPN", arch="s0", frozen_stages=frozen, norm_eval=False,  # (mmdet default: True)
+                      **budget))  # L = 5 -> stage 6 = output MBConvs
     b.train()
     frozen_prefixes = tuple(f"rev_stack.{i}." for k in range(1, min(frozen, 5) + 1) for i in (3 * k - 2, 3 * k - 1, 3 * k))
     if frozen >= 6:

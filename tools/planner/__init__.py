@@ -14,12 +14,14 @@ prediction model extrapolates linearly in the batch. One module per concern:
 * :mod:`planner.run`: which measurements a plan takes (:func:`make_plan`) and about how long.
 * :mod:`planner.render`: the plan as text, with the command to train with per card.
 """
-from .config import NotMeasured, PlanError, load_config, training_shape
+from .config import NotMeasured, PlanError, load_config, training_pipeline, training_shape
+from .inputs import BOXES_PER_IMAGE
 from .measure import available_ram_bytes, probe, probe_in_subprocess
 from .predict import ALLOWANCE_TEXT, BATCHES, CONTEXT_GIB, FRAGMENTATION, GIB, ModePlan, Plan, Probe
 from .render import render_plan, train_command
 from .run import MODES, expected_seconds, make_plan
 
 __all__ = ["PlanError", "NotMeasured", "Probe", "ModePlan", "Plan", "CONTEXT_GIB", "FRAGMENTATION", "GIB",
-           "ALLOWANCE_TEXT", "BATCHES", "MODES", "load_config", "training_shape", "probe", "probe_in_subprocess",
-           "make_plan", "render_plan", "train_command", "available_ram_bytes", "expected_seconds"]
+           "ALLOWANCE_TEXT", "BATCHES", "BOXES_PER_IMAGE", "MODES", "load_config", "training_pipeline",
+           "training_shape", "probe", "probe_in_subprocess", "make_plan", "render_plan", "train_command",
+           "available_ram_bytes", "expected_seconds"]

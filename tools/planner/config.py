@@ -8,7 +8,8 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["PlanError", "NotMeasured", "load_config", "training_shape", "config_batch", "set_mode", "build_model",
+__all__ = ["PlanError", "NotMeasured", "load_config", "training_pipeline", "training_shape", "config_batch",
+           "rpn_assign_threshold", "set_mode", "build_model",
            "one_line", "root_cause", "is_oom"]
 
 
@@ -61,7 +62,8 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _pipeline(cfg: Any) -> List[Dict[str, Any]]:
+def training_pipeline(cfg: Any) -> List[Dict[str, Any]]:
+    """The transforms of the training dataset (through dataset wrappers), else ``train_pipeline``."""
     ds = cfg.get("train_dataloader", {}).get("dataset", {})
     while isinstance(ds, dict) and "pipeline" not in ds and "dataset" in ds:  # RepeatDataset & co
         ds = ds["dataset"]
@@ -92,7 +94,7 @@ def training_shape(cfg: Any) -> Tuple[int, int, str]:
     pre = cfg.model.get("data_preprocessor", {}) or {}
     h = w = None
     how = []
-    for t in _pipeline(cfg):
+    for t in training_pipeline(cfg):
         kind = t.get("type", "")
         scales = None
         if kind in ("Resize", "FixShapeResize", "RandomResize") and t.get("scale") is not None:
@@ -140,6 +142,12 @@ def config_batch(cfg: Any) -> Tuple[int, bool]:
     scale = cfg.get("auto_scale_lr", None)
     return int(loader.get("batch_size", 1) or 1), isinstance(scale, dict) and "base_batch_size" in scale
 
+
+
+def rpn_assign_threshold(cfg: Any) -> float:
+    """The config's ``train_cfg.rpn.assigner.gpu_assign_thr`` (-1: the anchor assignment stays on the GPU)."""
+    rpn = (cfg.model.get("train_cfg") or {}).get("rpn") or {}
+    return float((rpn.get("assigner") or {}).get("gpu_assign_thr", -1))
 
 
 def set_mode(cfg: Any, mode: str) -> None:

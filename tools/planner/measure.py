@@ -19,7 +19,7 @@ from meters import FreshProcessKilled, NoPeak, run_fresh
 
 from .config import NotMeasured, PlanError, build_model, is_oom, load_config, one_line, root_cause, set_mode, \
     training_shape
-from .inputs import synthetic_batch
+from .inputs import BOXES_PER_IMAGE, dataset_batch, synthetic_batch
 from .predict import Probe
 
 __all__ = ["probe", "probe_in_subprocess", "available_ram_bytes"]
@@ -84,8 +84,8 @@ def _optimizer(cfg: Any, model: Any, config: str, device: Any) -> Tuple[Any, boo
             raise PlanError(f"the optimizer of {config} does not build: {one_line(root_cause(err))}") from err
 
 
-def _run_steps(model: Any, optim: Any, packed: Dict[str, Any], amp_dtype: Any, meter: Any, sweep: bool
-               ) -> Dict[str, Any]:
+def _run_steps(model: Any, optim: Any, packed: Dict[str, Any], amp_dtype: Any, meter: Any, sweep: bool,
+               watch: Optional[_AssignWatch] = None) -> Dict[str, Any]:
     """Warm up, then measure forward + backward and the optimizer step apart (bytes above the start, seconds)."""
     import torch
 
@@ -107,9 +107,9 @@ def _run_steps(model: Any, optim: Any, packed: Dict[str, Any], amp_dtype: Any, m
     fwd_bwd()  # warm-up: allocates the gradients and lazily initialised buffers
     opt_step()  # ... and the optimizer state
     start = time.perf_counter()
-    meter.reset()
+    watch.start() if watch else meter.reset()
     fwd_bwd()
-    fb = meter.read()
+    fb = watch.stop() if watch else meter.read()
     reserved = torch.cuda.max_memory_reserved(dev) if dev.type == "cuda" else None
     meter.reset()
     opt_step()
@@ -117,8 +117,62 @@ def _run_steps(model: Any, optim: Any, packed: Dict[str, Any], amp_dtype: Any, m
     seconds = time.perf_counter() - start
     settings, note = _sweep_plain_segments(model, lambda: (fwd_bwd(), optim.zero_grad(set_to_none=False)), forward) \
         if sweep and hasattr(model.backbone, "set_policy") else ({}, None)
+    split = watch is not None and watch.watched
     return dict(fwd_bwd_bytes=int(fb), optim_step_bytes=int(op), step_s=seconds, reserved_bytes=reserved,
-                plain_segments=settings, plain_segments_note=note)
+                plain_segments=settings, plain_segments_note=note, assign_peak_bytes=watch.assign if split else None,
+                outside_assign_bytes=watch.outside if split else None)
+
+
+class _AssignWatch:
+    """Splits the peak of one forward + backward at the detector's ``MaxIoUAssigner``: the peak while
+    anchors are assigned (mmdet's assigner holds a ground truth x anchors IoU matrix and its
+    intermediates per image) and the peak outside, which is the step's peak when
+    ``gpu_assign_thr`` sends the assignment to the CPU."""
+
+    def __init__(self, meter: Any, dev: Any, model: Any) -> None:
+        heads = [getattr(model, name, None) for name in ("rpn_head", "bbox_head")]
+        self.assigners = [h.assigner for h in heads if hasattr(getattr(h, "assigner", None), "gpu_assign_thr")]
+        self.watched = bool(self.assigners)
+        self.meter, self.dev = meter, dev
+        self.outside = self.assign = self.start_level = self.base = 0
+
+    def _level(self) -> int:
+        import torch
+
+        from meters import _status_bytes
+        return torch.cuda.memory_allocated(self.dev) if self.dev.type == "cuda" else _status_bytes("VmRSS:")
+
+    def _cut(self) -> int:
+        """The peak since the last cut, above the level at :meth:`start`; the meter restarts."""
+        peak = self.meter.read() + self.base - self.start_level
+        self.meter.reset()
+        self.base = self._level()
+        return peak
+
+    def _wrap(self, assigner: Any) -> None:
+        original = assigner.assign
+
+        def assign(*args: Any, **kwargs: Any) -> Any:
+            self.outside = max(self.outside, self._cut())
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.assign = max(self.assign, self._cut())
+        assigner.assign = assign
+
+    def start(self) -> None:
+        """Reset the meter and watch the assigners."""
+        self.meter.reset()
+        self.start_level = self.base = self._level()
+        for assigner in self.assigners:
+            self._wrap(assigner)
+
+    def stop(self) -> int:
+        """Stop watching; the peak of the whole forward + backward above the start."""
+        self.outside = max(self.outside, self._cut())
+        for assigner in self.assigners:
+            del assigner.assign  # the class's method again
+        return max(self.outside, self.assign)
 
 
 def _step_error(err: BaseException, dev: Any, batch: int, amp_dtype: Any) -> Exception:
@@ -136,7 +190,8 @@ def _step_error(err: BaseException, dev: Any, batch: int, amp_dtype: Any) -> Exc
 
 def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] = None,
           amp: bool = False, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
-          sweep: bool = False, peak: bool = True) -> Probe:
+          sweep: bool = False, peak: bool = True, instances: int = BOXES_PER_IMAGE,
+          mask_format: str = "bitmap", data: str = "synthetic") -> Probe:
     """Measure one training step of the config's model, in this process.
 
     On CPU the peak resident set only grows and glibc's allocation policy is changed for the
@@ -153,9 +208,8 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
         cfg_options: config overrides.
         sweep: also measure every ``plain_segments`` setting (:attr:`Probe.plain_segments`).
         peak: read the peak memory (on CPU this slows the steps that follow: time without it).
-
-    Returns:
-        The :class:`Probe`.
+        instances, mask_format: detectors' synthetic boxes per image and masks (``'bitmap'``, ``'polygon'``).
+        data: ``'synthetic'``, or ``'dataset'``: the config's densest training images, through its pipeline.
 
     Raises:
         PlanError: the model or its optimizer does not build.
@@ -176,9 +230,11 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
     optim, config_amp = _optimizer(cfg, model, config, dev)
     amp = amp or config_amp
     amp_dtype = (torch.bfloat16 if dev.type == "cpu" else torch.float16) if amp else None
-    packed = synthetic_batch(cfg, model, batch, shape, dev)
+    packed, instances, shape = dataset_batch(cfg, batch) if data == "dataset" else (
+        synthetic_batch(cfg, model, batch, shape, dev, instances, mask_format), instances, shape)
+    watch = _AssignWatch(meter, dev, model) if peak else None
     try:
-        steps = _run_steps(model, optim, packed, amp_dtype, meter, sweep)
+        steps = _run_steps(model, optim, packed, amp_dtype, meter, sweep, watch)
     except (RuntimeError, MemoryError) as err:
         mapped = _step_error(err, dev, batch, amp_dtype)
         if mapped is err:
@@ -190,7 +246,8 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
                  optimizer=type(optim.optimizer).__name__, params_bytes=_storage_bytes(params),
                  buffers_bytes=_storage_bytes(list(model.buffers())),
                  grads_bytes=_storage_bytes([p.grad for p in params if p.grad is not None]),
-                 optim_bytes=_storage_bytes(state), **steps)
+                 optim_bytes=_storage_bytes(state), instances=instances if cfg.default_scope == "mmdet" else 0,
+                 **steps)
 
 
 def _failing_op(err: BaseException) -> Optional[str]:
@@ -225,7 +282,9 @@ def available_ram_bytes() -> int:
 def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] = None,
                         amp: bool = False, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
                         ram_limit_bytes: Optional[int] = None, threads: Optional[int] = None,
-                        timeout: Optional[float] = None, sweep: bool = False, peak: bool = True) -> Probe:
+                        timeout: Optional[float] = None, sweep: bool = False, peak: bool = True,
+                        instances: int = BOXES_PER_IMAGE, mask_format: str = "bitmap",
+                        data: str = "synthetic") -> Probe:
     """:func:`probe` in a fresh Python process (the peak resident set is per process).
 
     Args:
@@ -240,8 +299,9 @@ def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tupl
         PlanError, NotMeasured: as :func:`probe`, re-raised from the measuring process.
     """
     job = dict(config=config, mode=mode, batch=batch, shape=list(shape) if shape else None, amp=amp,
-               device=device, cfg_options=cfg_options or {}, ram_limit_bytes=ram_limit_bytes, threads=threads,
-               sweep=sweep, peak=peak)
+               device=device, cfg_options=repr(cfg_options or {}),  # repr keeps tuples (a Resize scale) tuples
+               ram_limit_bytes=ram_limit_bytes, threads=threads, sweep=sweep, peak=peak, instances=instances,
+               mask_format=mask_format, data=data)
     try:
         res = run_fresh("planner.measure", [json.dumps(job)], timeout=timeout)
     except FreshProcessKilled as err:
@@ -268,7 +328,10 @@ def _limit_address_space(job: Dict[str, Any]) -> None:
 
 def _child(job_json: str, out: str) -> int:
     """Entry of the measuring process: run :func:`probe`, write its result (or error) as JSON."""
+    import ast
+
     job = json.loads(job_json)
+    job["cfg_options"] = ast.literal_eval(job["cfg_options"])
     import torch
 
     if job.get("threads"):
@@ -277,7 +340,8 @@ def _child(job_json: str, out: str) -> int:
         if job.get("ram_limit_bytes"):
             _limit_address_space(job)
         res = asdict(probe(job["config"], job["mode"], job["batch"], tuple(job["shape"]) if job["shape"] else None,
-                           job["amp"], job["device"], job["cfg_options"] or None, job["sweep"], job["peak"]))
+                           job["amp"], job["device"], job["cfg_options"] or None, job["sweep"], job["peak"],
+                           job["instances"], job["mask_format"], job["data"]))
     except (PlanError, NotMeasured) as err:
         res = dict(error=type(err).__name__, message=str(err))
     with open(out, "w", encoding="utf-8") as f:

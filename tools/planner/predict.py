@@ -52,6 +52,15 @@ class Probe:
     saves for backward (``saved``) and the seconds of one training step (``step_s``), at this batch."""
     plain_segments_note: Optional[str] = None
     """The ``plain_segments`` settings that could not be measured, and why."""
+    instances: int = 0
+    """Ground-truth instances per image of the measured batch (the most of any image)."""
+    assign_peak_bytes: Optional[int] = None
+    """Detectors with a ``MaxIoUAssigner`` (``gpu_assign_thr``): the forward + backward peak reached
+    while the anchors are assigned, image by image; ``fwd_bwd_bytes`` is the larger of this and
+    :attr:`outside_assign_bytes`."""
+    outside_assign_bytes: Optional[int] = None
+    """The forward + backward peak outside the assignment: the step's peak with the assignment on the
+    CPU (``gpu_assign_thr`` below the instances), where it holds no GPU memory."""
 
     @property
     def fixed_bytes(self) -> int:
@@ -98,28 +107,43 @@ class ModePlan:
         """Working set of the optimizer step (the larger of the two runs)."""
         return max(p.optim_step_bytes for p in self.probes)
 
-    def allocated(self, batch: int, kept: float = 0.0) -> float:
+    def _line(self, attr: str, batch: int) -> float:
+        first, second = (getattr(p, attr) for p in self.probes)
+        return first + (batch - 1) * (second - first)
+
+    def fwd_bwd(self, batch: int, assign_on_cpu: bool = False) -> float:
+        """Predicted forward + backward working set at ``batch``, bytes. Where the probes split it at
+        the assignment, the larger of the two lines (the peak may move out of the assignment as the
+        batch grows); ``assign_on_cpu``: the line outside the assignment alone (``gpu_assign_thr``)."""
+        if self.probes[0].outside_assign_bytes is None or self.probes[1].outside_assign_bytes is None:
+            return self._line("fwd_bwd_bytes", batch)
+        outside = self._line("outside_assign_bytes", batch)
+        return outside if assign_on_cpu else max(outside, self._line("assign_peak_bytes", batch))
+
+    def allocated(self, batch: int, kept: float = 0.0, assign_on_cpu: bool = False) -> float:
         """Predicted peak of allocated memory at ``batch`` with ``kept`` more bytes per sample, bytes."""
-        fb = self.probes[0].fwd_bwd_bytes + (batch - 1) * self.per_sample_bytes + batch * kept
+        fb = self.fwd_bwd(batch, assign_on_cpu) + batch * kept
         return self.fixed_bytes + max(fb, self.optim_step_bytes)
 
     def on_gpu(self, batch: int, kept: float = 0.0, context_gib: float = CONTEXT_GIB,
-               fragmentation: float = FRAGMENTATION) -> float:
+               fragmentation: float = FRAGMENTATION, assign_on_cpu: bool = False) -> float:
         """Predicted GPU memory at ``batch`` with the context/allocator allowance, bytes."""
-        return self.allocated(batch, kept) * (1 + fragmentation) + context_gib * GIB
+        return self.allocated(batch, kept, assign_on_cpu) * (1 + fragmentation) + context_gib * GIB
 
     def largest_batch(self, gpu_bytes: float, kept: float = 0.0, context_gib: float = CONTEXT_GIB,
-                      fragmentation: float = FRAGMENTATION, cap: int = 4096) -> int:
+                      fragmentation: float = FRAGMENTATION, cap: int = 4096, assign_on_cpu: bool = False) -> int:
         """Largest batch whose prediction fits in ``gpu_bytes`` (0: not even batch 1; ``cap`` at most)."""
-        if self.on_gpu(1, kept, context_gib, fragmentation) > gpu_bytes:
+        def fits(b: int) -> bool:
+            return self.on_gpu(b, kept, context_gib, fragmentation, assign_on_cpu) <= gpu_bytes
+        if not fits(1):
             return 0
-        per = (self.per_sample_bytes + kept) * (1 + fragmentation)
-        if per <= 0:
+        lo, hi = 1, cap  # the prediction grows with the batch: the last fitting batch by bisection
+        if fits(hi):
             return cap
-        b = int((gpu_bytes - self.on_gpu(1, kept, context_gib, fragmentation)) // per) + 1
-        while b > 1 and self.on_gpu(b, kept, context_gib, fragmentation) > gpu_bytes:
-            b -= 1
-        return min(b, cap)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo
 
 
 @dataclass
@@ -138,6 +162,41 @@ class Plan:
     """Whether the config supports ``--auto-scale-lr``."""
     modes: List[ModePlan]
     not_measured: List[str] = field(default_factory=list)
+    instances: int = 0
+    """Detectors: ground-truth instances per image measured with (the dataset's most, or assumed)."""
+    instances_source: str = ""
+    one_instance: Optional[Probe] = None
+    """Detectors: the fully reversible batch-1 step with one instance per image (the ground truth's
+    and the assignment's share is the difference)."""
+    gpu_assign_thr: float = -1
+    """The config's ``train_cfg.rpn.assigner.gpu_assign_thr`` (-1: assignment on the GPU)."""
+
+    @property
+    def gt_bytes(self) -> Optional[float]:
+        """Ground truth + assignment at batch 1: the working set with :attr:`instances` per image minus
+        the one with a single instance (None where not measured)."""
+        rev = self.reversible
+        if rev is None or self.one_instance is None:
+            return None
+        return rev.probes[0].fwd_bwd_bytes - self.one_instance.fwd_bwd_bytes
+
+    @property
+    def assign_on_cpu(self) -> bool:
+        """Whether the config already sends this many boxes' assignment to the CPU."""
+        return 0 < self.gpu_assign_thr < self.instances
+
+    def suggested_assign_thr(self) -> Optional[int]:
+        """The most ground-truth boxes whose assignment stays below the rest of the batch-1 step (the
+        assignment's peak is linear in the boxes between the 1- and the N-instance steps); None where the
+        assignment does not set the peak or was not measured."""
+        rev, one = self.reversible, self.one_instance
+        if rev is None or one is None or one.assign_peak_bytes is None or rev.probes[0].assign_peak_bytes is None:
+            return None
+        top, outside = rev.probes[0].assign_peak_bytes, rev.probes[0].outside_assign_bytes
+        if top <= outside or self.instances <= 1:
+            return None
+        per_box = (top - one.assign_peak_bytes) / (self.instances - 1)
+        return max(1, int(1 + (outside - one.assign_peak_bytes) // per_box)) if per_box > 0 else None
 
     @property
     def reversible(self) -> Optional[ModePlan]:
@@ -160,7 +219,7 @@ class Plan:
         fastest fitting one where keeping more did not measure faster; None if none fits."""
         rev = self.reversible
         fits = [k for k, s in sorted(self.plain_segments.items())
-                if rev.on_gpu(batch, s["kept"], context_gib, fragmentation) <= gpu_bytes]
+                if rev.on_gpu(batch, s["kept"], context_gib, fragmentation, self.assign_on_cpu) <= gpu_bytes]
         if not fits:
             return None
         return min(fits, key=lambda k: (self.plain_segments[k]["step_s"], -k)) if not self.time_falls else max(fits)

@@ -52,14 +52,14 @@ def _predictions(plan: Plan, batches: Sequence[int], context_gib: float, fragmen
     if rev is not None:
         rows += [(f"plain_segments={k}", rev, s["kept"]) for k, s in sorted(plan.plain_segments.items()) if k]
     for name, m, kept in rows:
-        lines.append(f"{'':<27}{name:<18} " + " ".join(f"{m.on_gpu(b, kept, context_gib, fragmentation) / GIB:>7.2f}"
-                                                      for b in batches))
+        lines.append(f"{'':<27}{name:<18} " + " ".join(
+            f"{m.on_gpu(b, kept, context_gib, fragmentation, plan.assign_on_cpu) / GIB:>7.2f}" for b in batches))
     if plan.plain_segments:
         lines.append("step time at batch 1 on the measuring device, by plain_segments: " + ", ".join(
             f"{k}: {s['step_s']:.2f} s" for k, s in sorted(plan.plain_segments.items()))
             + ("" if plan.time_falls else "  (keeping more did not measure faster everywhere: the fastest fitting "
                                           "setting is recommended)"))
-    return lines
+    return lines + _ground_truth_lines(plan, context_gib, fragmentation)
 
 
 def _card(plan: Plan, gib: float, context_gib: float, fragmentation: float) -> List[str]:
@@ -69,20 +69,59 @@ def _card(plan: Plan, gib: float, context_gib: float, fragmentation: float) -> L
     if rev is None:
         return lines + ["  no fully reversible measurement: nothing to predict from"]
     card = gib * GIB
-    top = rev.largest_batch(card, 0.0, context_gib, fragmentation)
+    top = rev.largest_batch(card, 0.0, context_gib, fragmentation, assign_on_cpu=plan.assign_on_cpu)
     scale = " --auto-scale-lr" if plan.auto_scale_lr else ""
     lines.append(f"  fully reversible, largest batch {top}" + (
         ": " + train_command(plan.config, plan.scope, f"--cfg-options train_dataloader.batch_size={top}{scale}")
         if top else ": does not fit (not even batch 1)"))
+    thr = None if plan.assign_on_cpu else plan.suggested_assign_thr()
+    top_thr = rev.largest_batch(card, 0.0, context_gib, fragmentation, assign_on_cpu=True) if thr else 0
+    if top_thr > top:
+        lines.append(f"  with model.train_cfg.rpn.assigner.gpu_assign_thr={thr}: largest batch {top_thr}")
     if plan.plain_segments:
         k = plan.best_plain_segments(card, plan.batch, context_gib, fragmentation)
         if k:
-            pred = rev.on_gpu(plan.batch, plan.plain_segments[k]["kept"], context_gib, fragmentation) / GIB
+            pred = rev.on_gpu(plan.batch, plan.plain_segments[k]["kept"], context_gib, fragmentation,
+                              plan.assign_on_cpu) / GIB
             why = "keeps the most activations that fit" if plan.time_falls else "is the fastest setting that fits"
             lines.append(f"  at the config's batch {plan.batch}: plain_segments={k} {why} ({pred:.2f} GiB predicted): "
                          + train_command(plan.config, plan.scope, f"--cfg-options model.backbone.plain_segments={k}"))
         elif k == 0:
             lines.append(f"  at the config's batch {plan.batch}: only fully reversible fits")
+    return lines
+
+
+def _ground_truth_lines(plan: Plan, context_gib: float, fragmentation: float) -> List[str]:
+    """Detectors: the instances measured with, the ground truth's share of the step, and what
+    ``gpu_assign_thr`` would change."""
+    if not plan.instances:
+        return []
+    lines = [f"ground truth: {plan.instances} instances per image ({plan.instances_source})"]
+    rev, gt = plan.reversible, plan.gt_bytes
+    if rev is None or gt is None:
+        return lines
+    one = plan.one_instance
+    lines.append(f"  at batch 1 the forward + backward working set is {rev.probes[0].fwd_bwd_bytes / GIB:.3f} GiB: "
+                 f"{one.fwd_bwd_bytes / GIB:.3f} GiB with 1 instance (backbone, neck, heads) and {gt / GIB:.3f} GiB "
+                 f"for the ground truth, its masks and the anchor assignment of {plan.instances} instances")
+    p = rev.probes[0]
+    if p.assign_peak_bytes is None:
+        return lines
+    thr, where = plan.suggested_assign_thr(), "on the CPU (the config's gpu_assign_thr)" if plan.assign_on_cpu else ""
+    lines.append(f"  the anchor assignment (MaxIoUAssigner) peaks at {p.assign_peak_bytes / GIB:.3f} GiB, "
+                 f"the rest of the "
+                 f"step at {p.outside_assign_bytes / GIB:.3f} GiB {where}".rstrip())
+    if plan.assign_on_cpu or thr is None:
+        lines.append("  train_cfg.rpn.assigner.gpu_assign_thr: " + (
+            "already moves this assignment to the CPU" if plan.assign_on_cpu else
+            "would not help: the step's peak lies outside the assignment"))
+        return lines
+    gain = [(rev.on_gpu(b, 0.0, context_gib, fragmentation) - rev.on_gpu(b, 0.0, context_gib, fragmentation, True))
+            / GIB for b in (1, 2)]
+    lines.append(f"  with train_cfg.rpn.assigner.gpu_assign_thr={thr} (images with more boxes are assigned on the "
+                 f"CPU, slower) the prediction falls by {gain[0]:.2f} GiB at batch 1 and {gain[1]:.2f} GiB at "
+                 f"batch 2: add --cfg-options "
+                 f"model.train_cfg.rpn.assigner.gpu_assign_thr={thr}")
     return lines
 
 

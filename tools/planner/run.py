@@ -4,8 +4,9 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from .config import NotMeasured, build_model, config_batch, load_config, training_shape
-from .inputs import synthetic_batch
+from .config import (NotMeasured, build_model, config_batch, load_config, rpn_assign_threshold,
+                     training_shape)
+from .inputs import BOXES_PER_IMAGE, synthetic_batch
 from .measure import available_ram_bytes, probe_in_subprocess
 from .predict import GIB, ModePlan, Plan
 
@@ -37,7 +38,9 @@ def expected_seconds(config: str, shape: Tuple[int, int], modes: Sequence[str], 
 
 def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = False,
               modes: Sequence[str] = MODES, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
-              ram_fraction: float = 0.6, threads: Optional[int] = None, log: Any = None) -> Plan:
+              ram_fraction: float = 0.6, threads: Optional[int] = None, log: Any = None,
+              instances: int = BOXES_PER_IMAGE, instances_source: str = "assumed", mask_format: str = "bitmap"
+              ) -> Plan:
     """Measure the config at batch 1 and 2 (fully reversible; ``'plain_segments'``: every ``plain_segments``
     setting at batch 1 too; ``'plain'``: plain mode at batch 1 and 2), each in a fresh process.
 
@@ -70,10 +73,11 @@ def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = 
                     + (f" (may use {limit / GIB:.1f} GiB)" if limit else ""))
             try:
                 mp.probes.append(probe_in_subprocess(config, mode, b, (h, w), amp, device, cfg_options, limit,
-                                                     threads, sweep=sweep and not apart))
+                                                     threads, sweep=sweep and not apart, instances=instances,
+                                                     mask_format=mask_format))
                 if apart:
                     timed = probe_in_subprocess(config, mode, b, (h, w), amp, device, cfg_options, limit, threads,
-                                                sweep=True, peak=False)
+                                                sweep=True, peak=False, instances=instances, mask_format=mask_format)
                     mp.probes[-1].plain_segments, mp.probes[-1].plain_segments_note = timed.plain_segments, timed.plain_segments_note
                 if mp.probes[-1].plain_segments_note:
                     missing.append(mp.probes[-1].plain_segments_note)
@@ -85,5 +89,23 @@ def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = 
                 break
     if device == "cpu":
         missing.append("time on a GPU: the step times that choose between plain_segments settings are CPU times here")
-    return Plan(config=config, scope=cfg.default_scope, shape=(h, w), shape_source=how, amp=amp, device=device,
-                batch=batch, auto_scale_lr=scalable, modes=plans, not_measured=missing)
+    plan = Plan(config=config, scope=cfg.default_scope, shape=(h, w), shape_source=how, amp=amp, device=device,
+                batch=batch, auto_scale_lr=scalable, modes=plans, not_measured=missing,
+                instances=instances if cfg.default_scope == "mmdet" else 0, instances_source=instances_source,
+                gpu_assign_thr=rpn_assign_threshold(cfg))
+    if plan.instances > 1 and plan.reversible is not None:
+        _measure_one_instance(plan, cfg_options, limit, threads, mask_format, log)
+    return plan
+
+
+def _measure_one_instance(plan: Plan, cfg_options: Optional[Dict[str, Any]], limit: Optional[int],
+                          threads: Optional[int], mask_format: str, log: Any) -> None:
+    """:attr:`Plan.one_instance`: the fully reversible batch-1 step with one instance per image."""
+    if log:
+        log("measuring reversible at batch 1 with 1 instance per image (the ground truth's share)")
+    try:
+        plan.one_instance = probe_in_subprocess(plan.config, "reversible", 1, plan.shape, plan.amp, plan.device,
+                                                cfg_options, limit, threads, instances=1, mask_format=mask_format)
+    except NotMeasured as err:
+        plan.not_measured.append(f"the ground truth's share: {err}")
+
