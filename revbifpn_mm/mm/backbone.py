@@ -18,7 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..models.pretrained import CheckpointDownloadError, fetch_checkpoint, load_official_checkpoint, official_sha256
 from ..models.revbifpn import RevBiFPN as _RevBiFPNNet
 
-__all__ = ["RevBiFPNBackbone", "config_advice"]
+__all__ = ["RevBiFPNBackbone", "config_advice", "scope_norm_eval"]
 
 
 @MODELS.register_module(name="RevBiFPN")
