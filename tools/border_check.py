@@ -27,15 +27,12 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 def build(arch: str, seed: int) -> torch.nn.Module:
     from mmengine.config import Config
-    from mmengine.registry import DefaultScope
-    from mmseg.registry import MODELS
-    from mmseg.utils import register_all_modules
-    register_all_modules(init_default_scope=False)
+
+    from bench.models import build as build_in_scope
     cfg = Config.fromfile(osp.join(REPO, "configs", "mmseg", f"fcn_revbifpn_{arch}_4xb4-80k_ade20k-512x512.py"))
     cfg.model.backbone.init_cfg = None
     torch.manual_seed(seed)
-    with DefaultScope.overwrite_default_scope("mmseg"):
-        model = MODELS.build(cfg.model)
+    model = build_in_scope(cfg.model, "mmseg")
     model.init_weights()
     return model.eval()
 
