@@ -139,3 +139,25 @@ except MMCVOpsMissingError as e:
 """)
     assert "OPS_ERR mmcv 2.1.0's compiled ops do not run on cpu" in out, out
     assert "tools/setup_env.sh --rebuild-mmcv" in out
+
+
+MMSEG_WARNINGS = """
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    import revbifpn_mm.mm
+from mmengine.registry import MODELS
+print('MMSEG_WARNINGS', [str(w.message) for w in caught if 'mmseg' in str(w.message)])
+print('HEAD', MODELS.get('LeanFCNHead') is not None)
+"""
+
+
+@needs_mmcv
+def test_a_broken_mmseg_warns_an_absent_one_does_not():
+    """mmseg absent: the lean head is simply not registered; mmseg installed but failing to import
+    (here its models blocked): a warning says so and names the fix."""
+    absent = run(block("mmseg") + MMSEG_WARNINGS)
+    assert "MMSEG_WARNINGS []" in absent and "HEAD False" in absent, absent
+    broken = run(block("mmseg.models") + MMSEG_WARNINGS)
+    assert "mmseg is installed but does not import" in broken and "HEAD False" in broken, broken
+    assert "tools/setup_env.sh" in broken, broken

@@ -36,7 +36,7 @@ import torch
 from bench import models as M
 from bench import report
 from bench.measure import peak_pass, time_pass
-from revbifpn_mm.core.memory import peak_probe_for
+from meters import peak_probe_for
 
 SUITES = {"backbones": "1x800x1344", "fair-fight": "1x800x1344", "seg": "1x1024x2048", "depth": "1x512x512",
           "kernels": "2x128x128", "throughput": None, "report": None}

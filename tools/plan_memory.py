@@ -3,6 +3,7 @@
     python tools/plan_memory.py configs/faster_rcnn_revbifpn_s3.py --gpu-mem 12 24 80
     python tools/plan_memory.py configs/mmseg/fcn_revbifpn_s2_4xb4-160k_ade20k-512x512.py --amp
     python tools/plan_memory.py CONFIG --shape 512 512 --modes reversible
+    python tools/plan_memory.py configs/mask_rcnn_revbifpn_s3.py --gpu-mem 12 --instances 300
 
 It builds the config's real model and optimizer and measures short training steps at the config's
 training resolution, each in a fresh process (on this machine's CPU unless --device cuda): fully
@@ -10,7 +11,12 @@ reversible at batch 1 and 2, every budget setting (plain_segments) at batch 1, a
 it fits. Then it predicts the memory of any batch and setting, with a stated allowance for the CUDA
 context and the caching allocator, and prints per card (GiB, as nvidia-smi counts them) the largest
 batch that fits fully reversible and, at the config's own batch, the setting that keeps the most
-activations and still fits, each with the command to train with it. See docs/planner.md.
+activations and still fits, each with the command to train with it.
+
+Detectors are measured with the most ground-truth instances of any training image (read from the
+config's COCO annotations when present; else ASSUMED_INSTANCES, or --instances N), with masks where
+the model has a mask head, and the plan names the ground truth's and the anchor assignment's share
+and what train_cfg.rpn.assigner.gpu_assign_thr would save. See docs/planner.md.
 """
 import argparse
 import json
@@ -19,7 +25,11 @@ from dataclasses import asdict
 
 from mmengine.config import DictAction
 
-from revbifpn_mm.mm import planner
+import planner
+
+ASSUMED_INSTANCES = 100
+"""Instances per image measured with when no annotations can be read: a dense image (COCO's average
+is about 7); the plan says so."""
 
 
 def parse_args(argv=None):
@@ -37,13 +47,34 @@ def parse_args(argv=None):
                     help="what to measure: comma list of reversible, budgets, plain (default all)")
     ap.add_argument("--device", default="cpu", help="where to measure: cpu (default) or cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of the measuring processes")
+    ap.add_argument("--instances", type=int, default=None, metavar="N",
+                    help="detectors: ground-truth instances per image to measure with (default: the most of any "
+                         f"training image in the config's annotations, else {ASSUMED_INSTANCES})")
     ap.add_argument("--json", default=None, help="also write the measurements and predictions here")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, help="config overrides, key=value")
     return ap.parse_args(argv)
 
 
+def instances_to_plan(cfg, override=None):
+    """``(instances, where from, mask format)`` to measure a detector with: ``override``, else the most
+    instances of any training image (an epoch meets every image, so a plan for the 95th percentile would
+    run out of memory within the first epoch), else :data:`ASSUMED_INSTANCES`."""
+    from dataset_stats import read_dataset_stats
+
+    stats, why = read_dataset_stats(cfg)
+    fmt = stats.mask_format if stats else "bitmap"
+    if override is not None:
+        return override, "--instances", fmt
+    if stats is not None:
+        return stats.instances_max, "the most of any training image; " + stats.describe(), fmt
+    return ASSUMED_INSTANCES, f"assumed, no annotations read: {why}; pass --instances N", fmt
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.instances is not None and args.instances < 1:
+        print(f"error: --instances must be at least 1, got {args.instances}", file=sys.stderr)
+        return 2
     shape = (256, 256) if args.quick and args.shape is None else args.shape
     modes = [m for m in args.modes.split(",") if m]
     bad = [m for m in modes if m not in planner.MODES]
@@ -65,8 +96,10 @@ def main(argv=None):
             seconds = planner.expected_seconds(args.config, hw, modes, args.cfg_options)
             log(f"expected wall time on this CPU: about {max(1, round(seconds / 60))} min ({', '.join(modes)} at "
                 f"{hw[0]}x{hw[1]})")
+        instances, source, fmt = instances_to_plan(cfg, args.instances)
         plan = planner.make_plan(args.config, shape=shape, amp=args.amp, modes=modes, device=args.device,
-                                 cfg_options=args.cfg_options, threads=args.threads, log=log)
+                                 cfg_options=args.cfg_options, threads=args.threads, log=log,
+                                 instances=instances, instances_source=source, mask_format=fmt)
     except planner.PlanError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -74,10 +107,12 @@ def main(argv=None):
     if args.json:
         rev = plan.reversible
         out = dict(asdict(plan), settings=plan.settings, context_gib=planner.CONTEXT_GIB,
-                   fragmentation=planner.FRAGMENTATION, cards={})
+                   fragmentation=planner.FRAGMENTATION, cards={},
+                   gt_bytes=plan.gt_bytes, suggested_assign_thr=plan.suggested_assign_thr())
         for gib in args.gpu_mem:
             if rev is not None:
-                out["cards"][gib] = dict(largest_batch=rev.largest_batch(gib * planner.GIB),
+                out["cards"][gib] = dict(largest_batch=rev.largest_batch(gib * planner.GIB,
+                                                                         assign_on_cpu=plan.assign_on_cpu),
                                          setting_at_config_batch=plan.best_setting(gib * planner.GIB, plan.batch))
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(out, f, indent=2, default=float)

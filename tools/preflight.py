@@ -13,6 +13,7 @@ import os
 import os.path as osp
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from revbifpn_mm.mm.backbone import config_advice
 from revbifpn_mm.mm.compat import register_scope
 from revbifpn_mm.models.pretrained import check_local_checkpoint
 
@@ -335,7 +336,8 @@ def check_pretrained(cfg: Any) -> None:
         return
     ckpt = init_cfg.get("checkpoint")
     if ckpt and not _is_remote(str(ckpt)) and ":" not in str(ckpt).split("/")[0]:
-        check_local_checkpoint(str(ckpt))
+        with config_advice():
+            check_local_checkpoint(str(ckpt))
 
 
 def loadable(path: str) -> bool:

@@ -8,6 +8,7 @@ maps, 0 = background), and ``.complete`` (the parameters, written last). numpy, 
 standard library only; importing touches neither disk nor network.
 
     python tools/synthetic_data.py --root data/synthetic_coco
+    python tools/synthetic_data.py --root data/dense_coco --image-size 800 1344 --instances 100 300
 """
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ _NOISE_SIGMA = 6.0
 _MIN_SIZE = 20.0
 _MAX_SIZE = 100.0
 _PLACEMENT_TRIES = 50
+_DEFAULT_INSTANCES = (1, 4)
+_DENSE_FILL = 1.5  # dense images: the largest object spans at most sqrt(area / (1.5 * instances)) px
 _JPEG_QUALITY = 95
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -110,9 +113,12 @@ def _boxes_intersect(a: Sequence[float], b: Sequence[float], margin: float) -> b
     return not (a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1])
 
 
-def _size_range(height: int, width: int) -> Tuple[float, float]:
-    """Object size range for an image; 20-100 px for images of 256 px or more."""
+def _size_range(height: int, width: int, max_instances: int = _DEFAULT_INSTANCES[1]) -> Tuple[float, float]:
+    """Object size range for an image; 20-100 px for images of 256 px or more. With more than the
+    default four objects per image the largest size shrinks so that they all find a free spot."""
     hi = min(_MAX_SIZE, 0.45 * min(height, width))
+    if max_instances > _DEFAULT_INSTANCES[1]:
+        hi = min(hi, math.sqrt(height * width / (_DENSE_FILL * max_instances)))
     lo = min(_MIN_SIZE, hi / 2.0)
     return lo, max(hi, lo + 1.0)
 
@@ -133,16 +139,19 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return smooth + stripes[..., None]
 
 
-def _render_image(rng: np.random.Generator, height: int, width: int
+def _render_image(rng: np.random.Generator, height: int, width: int,
+                  instances: Tuple[int, int] = _DEFAULT_INSTANCES
                   ) -> Tuple[np.ndarray, np.ndarray, List[Dict[str, Any]]]:
     """One image from its own ``rng``: ``(rgb, label_map, objects)``, a uint8 HxWx3 image, a uint8 HxW
     label map (0 = background, ``k`` = ``CLASSES[k - 1]``) and per object a dict with ``label``
-    (0-based), ``polygon`` (flat list of rounded floats), ``bbox`` (COCO ``[x, y, w, h]``) and ``area``."""
+    (0-based), ``polygon`` (flat list of rounded floats), ``bbox`` (COCO ``[x, y, w, h]``) and ``area``.
+    ``instances``: the range (inclusive) the number of objects tried is drawn from; an object with no
+    free spot is dropped."""
     rgb = _background(rng, height, width)
     label_map = np.zeros((height, width), dtype=np.uint8)
 
-    lo, hi = _size_range(height, width)
-    num_objects = int(rng.integers(1, 5))
+    lo, hi = _size_range(height, width, instances[1])
+    num_objects = int(rng.integers(instances[0], instances[1] + 1))
     placed: List[List[float]] = []
     objects: List[Dict[str, Any]] = []
     for _ in range(num_objects):
@@ -182,7 +191,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _write_split(work: Path, split: int, num_images: int, image_size: Tuple[int, int], seed: int) -> Dict[str, int]:
+def _write_split(work: Path, split: int, num_images: int, image_size: Tuple[int, int], seed: int,
+                 instances: Tuple[int, int] = _DEFAULT_INSTANCES) -> Dict[str, int]:
     """Writes the images, label maps and COCO json of one split into ``work``."""
     name = _SPLITS[split]
     height, width = image_size
@@ -197,7 +207,7 @@ def _write_split(work: Path, split: int, num_images: int, image_size: Tuple[int,
     for index in range(num_images):
         # One independent stream per image: image k is the same whatever the counts.
         rng = np.random.default_rng([seed, split, index])
-        rgb, label_map, objects = _render_image(rng, height, width)
+        rgb, label_map, objects = _render_image(rng, height, width, instances)
         image_id = index + 1
         stem = f"{image_id:06d}"
         file_name = f"{stem}.jpg"
@@ -220,9 +230,13 @@ def _write_split(work: Path, split: int, num_images: int, image_size: Tuple[int,
     return {"images": len(images), "annotations": len(annotations)}
 
 
-def _params(num_train: int, num_val: int, image_size: Tuple[int, int], seed: int) -> Dict[str, Any]:
-    return {"generator_version": GENERATOR_VERSION, "num_train": int(num_train), "num_val": int(num_val),
-            "image_size": [int(image_size[0]), int(image_size[1])], "seed": int(seed)}
+def _params(num_train: int, num_val: int, image_size: Tuple[int, int], seed: int,
+            instances: Tuple[int, int] = _DEFAULT_INSTANCES) -> Dict[str, Any]:
+    params = {"generator_version": GENERATOR_VERSION, "num_train": int(num_train), "num_val": int(num_val),
+              "image_size": [int(image_size[0]), int(image_size[1])], "seed": int(seed)}
+    if tuple(instances) != _DEFAULT_INSTANCES:  # the default keeps the marker of existing datasets valid
+        params["instances"] = [int(instances[0]), int(instances[1])]
+    return params
 
 
 def _read_marker(root: Path) -> Optional[Dict[str, Any]]:
@@ -245,32 +259,17 @@ def _summary(root: Path, counts: Dict[str, Dict[str, int]], cached: bool) -> Dic
             "num_annotations": {s: counts[s]["annotations"] for s in _SPLITS}, "cached": cached}
 
 
-def generate_synthetic_coco(root: PathLike, num_train: int = 200, num_val: int = 50,
-                            image_size: Tuple[int, int] = (256, 256), seed: int = 0,
-                            overwrite: bool = False) -> Dict[str, Any]:
-    """Writes (or reuses) the synthetic shapes dataset under ``root``.
-
-    Deterministic (the same ``seed`` gives byte-identical files). Built in a temporary sibling
-    directory and renamed into place, the ``.complete`` marker last, so ``root`` is either absent,
-    complete, or foreign. ``overwrite`` regenerates even a complete dataset of the same parameters
-    and replaces a foreign non-empty ``root``. Returns the roots, image folders and annotation
-    files per split, the class names, the counts, and ``cached`` (an existing dataset was reused).
-
-    Raises:
-        ValueError: If a count is negative or the image is smaller than 16 px.
-        FileExistsError: If ``root`` is a non-empty directory without a marker
-            from this function and ``overwrite`` is False.
-    """
+def _check_args(num_train: int, num_val: int, image_size: Tuple[int, int], instances: Tuple[int, int]) -> None:
     if num_train < 0 or num_val < 0:
         raise ValueError(f"num_train and num_val must be >= 0, got {num_train}, {num_val}")
     if len(image_size) != 2 or min(image_size) < 16:
         raise ValueError(f"image_size must be (height, width) with both >= 16, got {image_size!r}")
-    root = Path(root)
-    params = _params(num_train, num_val, image_size, seed)
+    if len(instances) != 2 or not 1 <= instances[0] <= instances[1]:
+        raise ValueError(f"instances must be (fewest, most) objects per image with 1 <= fewest <= most, "
+                         f"got {instances!r}")
 
-    marker = _read_marker(root)
-    if not overwrite and marker is not None and marker.get("params") == params:
-        return _summary(root, marker["counts"], cached=True)
+
+def _check_root(root: Path, marker: Optional[Dict[str, Any]], overwrite: bool) -> None:
     if root.exists():
         if not root.is_dir():
             raise FileExistsError(f"{root} exists and is not a directory")
@@ -280,18 +279,20 @@ def generate_synthetic_coco(root: PathLike, num_train: int = 200, num_val: int =
                 "pass overwrite=True to replace it"
             )
 
+
+def _build_and_swap(root: Path, params: Dict[str, Any]) -> Dict[str, Any]:
+    """Writes the dataset in a temporary sibling of ``root``, the marker last, and renames it into place."""
     root.parent.mkdir(parents=True, exist_ok=True)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     work = root.parent / f".{root.name}.tmp-{tag}"
     work.mkdir()
+    size = tuple(params["image_size"])
+    instances = tuple(params.get("instances", _DEFAULT_INSTANCES))
     try:
-        counts = {
-            name: _write_split(work, split, n, (int(image_size[0]), int(image_size[1])), int(seed))
-            for split, (name, n) in enumerate(zip(_SPLITS, (num_train, num_val)))
-        }
+        counts = {name: _write_split(work, split, n, size, params["seed"], instances)
+                  for split, (name, n) in enumerate(zip(_SPLITS, (params["num_train"], params["num_val"])))}
         with open(work / MARKER_NAME, "w", encoding="utf-8") as f:
             json.dump({"params": params, "counts": counts}, f, indent=2, sort_keys=True)
-
         old = None
         if root.exists():
             old = root.parent / f".{root.name}.old-{tag}"
@@ -312,6 +313,36 @@ def generate_synthetic_coco(root: PathLike, num_train: int = 200, num_val: int =
     return _summary(root, counts, cached=False)
 
 
+def generate_synthetic_coco(root: PathLike, num_train: int = 200, num_val: int = 50,
+                            image_size: Tuple[int, int] = (256, 256), seed: int = 0,
+                            overwrite: bool = False, instances: Tuple[int, int] = _DEFAULT_INSTANCES
+                            ) -> Dict[str, Any]:
+    """Writes (or reuses) the synthetic shapes dataset under ``root``.
+
+    Deterministic (the same ``seed`` gives byte-identical files). Built in a temporary sibling
+    directory and renamed into place, the ``.complete`` marker last, so ``root`` is either absent,
+    complete, or foreign. ``overwrite`` regenerates even a complete dataset of the same parameters
+    and replaces a foreign non-empty ``root``. ``instances`` is the range of objects tried per image
+    (default 1-4; e.g. ``(100, 300)`` for a dense dataset, where the objects get smaller so that
+    they fit). Returns the roots, image folders and annotation files per split, the class names,
+    the counts, and ``cached`` (an existing dataset was reused).
+
+    Raises:
+        ValueError: If a count is negative, the image is smaller than 16 px or the instance range
+            is empty.
+        FileExistsError: If ``root`` is a non-empty directory without a marker
+            from this function and ``overwrite`` is False.
+    """
+    _check_args(num_train, num_val, image_size, instances)
+    root = Path(root)
+    params = _params(num_train, num_val, image_size, seed, instances)
+    marker = _read_marker(root)
+    if not overwrite and marker is not None and marker.get("params") == params:
+        return _summary(root, marker["counts"], cached=True)
+    _check_root(root, marker, overwrite)
+    return _build_and_swap(root, params)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: write the dataset (``argv`` defaults to ``sys.argv[1:]``), print a summary, return 0."""
     parser = argparse.ArgumentParser(prog="python tools/synthetic_data.py", description=(
@@ -321,12 +352,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--num-val", type=int, default=50)
     parser.add_argument("--image-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--instances", type=int, nargs=2, default=_DEFAULT_INSTANCES, metavar=("MIN", "MAX"),
+                        help="objects tried per image (default 1 4; e.g. 100 300 for a dense dataset)")
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if up to date")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
     info = generate_synthetic_coco(args.root, num_train=args.num_train, num_val=args.num_val,
-                                   image_size=tuple(args.image_size), seed=args.seed, overwrite=args.overwrite)
+                                   image_size=tuple(args.image_size), seed=args.seed, overwrite=args.overwrite,
+                                   instances=tuple(args.instances))
     elapsed = time.perf_counter() - start
     state = "up to date (reused)" if info["cached"] else f"generated in {elapsed:.1f}s"
     lines = [f"synthetic dataset at {info['root']}: {state}",

@@ -3,12 +3,18 @@
 Usage (the same command line as mmdet's / mmseg's tools/train.py)::
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
-                          [--auto-scale-lr] [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
+                          [--auto-scale-lr] [--auto-batch GIB|auto [--instances N]]
+                          [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 
 The codebase is chosen by the config's ``default_scope`` ('mmdet' or 'mmseg'). A config
 whose data root is ``.../synthetic_coco`` gets the synthetic dataset generated when it
 is absent; a missing COCO / ADE20K dataset stops with a message that says where to put it.
 Multi-GPU: ``bash tools/dist_train.sh CONFIG GPUS [args]``.
+
+``--auto-batch 12`` (a 12 GiB card; ``auto``: this GPU's memory) measures the config's memory plan
+(tools/plan_memory.py, cached per config, card and version), trains with the largest batch per GPU
+that fits fully reversible and scales the learning rate as ``--auto-scale-lr`` does
+(tools/auto_batch.py; every rank of a distributed job gets rank 0's choice).
 """
 import argparse
 import sys
@@ -26,6 +32,13 @@ def parse_args(argv=None):
                         help="enable automatic mixed precision training (needs a GPU)")
     parser.add_argument("--auto-scale-lr", action="store_true",
                         help="scale the learning rate linearly with the total batch size (auto_scale_lr)")
+    parser.add_argument("--auto-batch", metavar="GIB|auto", default=None,
+                        help="set the batch per GPU to the largest that fits this much GPU memory fully reversible "
+                             "(GiB, or 'auto': this GPU's), measured by the memory planner and cached; scales the "
+                             "learning rate as --auto-scale-lr")
+    parser.add_argument("--instances", type=int, default=None, metavar="N",
+                        help="with --auto-batch: ground-truth instances per image to plan for (default: the most "
+                             "of any training image, read from the annotations)")
     parser.add_argument("--resume", nargs="?", type=str, const="auto",
                         help="resume from the given checkpoint, or, without a value, from the latest "
                              "checkpoint in the work dir (the newest complete one, with a warning, when "
@@ -91,6 +104,13 @@ def main(argv=None):
         print(f"generated the synthetic dataset in {root}")
     try:
         check_data(cfg, splits, scope)
+        if args.auto_batch is not None:
+            from auto_batch import AutoBatchError, apply_auto_batch
+            try:
+                apply_auto_batch(args, cfg, log=lambda msg: print(msg, flush=True))
+            except AutoBatchError as err:
+                print(f"ERROR: --auto-batch: {err}", file=sys.stderr)
+                return 2
         check_pretrained(cfg)  # the runner initialises the backbone even before load_from / resume
         if args.resume is not None:
             path, warning = resume_checkpoint(cfg.work_dir, None if args.resume == "auto" else args.resume)

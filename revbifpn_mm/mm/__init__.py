@@ -12,6 +12,7 @@ checkpoint types for torch's weights-only loader (:func:`ensure_torch_load_compa
 ``resume``, ``load_from`` and the inferencers of mmdet / mmseg rely on.
 """
 import importlib.util
+import warnings
 
 from .compat import MMCVOpsMissingError, check_mmcv_ops, ensure_torch_load_compat, require_mm_stack
 
@@ -29,8 +30,9 @@ except ValueError:  # a module that was imported without a spec, or blocked in s
 if _MMSEG:
     try:
         from .decode_head import LeanFCNHead  # noqa: F401  (registers it)
-    except ImportError:  # mmseg itself needs mmcv's compiled ops: no mmseg model builds without them
-        pass
+    except ImportError as err:  # mmseg installed but broken (e.g. mmcv without its compiled ops)
+        warnings.warn(f"mmseg is installed but does not import ({type(err).__name__}: {err}): LeanFCNHead is "
+                      "not registered; fix the mmseg / mmcv install (tools/setup_env.sh) to use it", stacklevel=2)
 
 __all__ = ["RevBiFPNBackbone", "RevBiFPNNeck", "SafeCheckpointHook", "MMCVOpsMissingError", "check_mmcv_ops",
            "ensure_torch_load_compat", "require_mm_stack"]

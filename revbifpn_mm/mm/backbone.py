@@ -1,8 +1,9 @@
 """RevBiFPN as an MMDetection / MMSegmentation backbone (registered as ``'RevBiFPN'``)."""
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -14,10 +15,10 @@ from mmengine.registry import MODELS, DefaultScope
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..models.pretrained import fetch_checkpoint, load_official_checkpoint, official_sha256
+from ..models.pretrained import CheckpointDownloadError, fetch_checkpoint, load_official_checkpoint, official_sha256
 from ..models.revbifpn import RevBiFPN as _RevBiFPNNet
 
-__all__ = ["RevBiFPNBackbone"]
+__all__ = ["RevBiFPNBackbone", "config_advice"]
 
 
 @MODELS.register_module(name="RevBiFPN")
@@ -176,8 +177,9 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         if ckpt.startswith(("http://", "https://")) and cfg.get("sha256") is None and official_sha256(ckpt) is None:
             logger.warning(f"RevBiFPN: {ckpt} is not an official checkpoint URL and init_cfg has no "
                            "sha256: the downloaded file is used unverified")
-        res = load_official_checkpoint(self, ckpt, strict=False, prefix=cfg.get("prefix"), sha256=cfg.get("sha256"),
-                                       fetch=_fetch_rank0_first)
+        with config_advice():
+            res = load_official_checkpoint(self, ckpt, strict=False, prefix=cfg.get("prefix"),
+                                           sha256=cfg.get("sha256"), fetch=_fetch_rank0_first)
         logger.info(f"RevBiFPN: loaded {ckpt} ({len(self.state_dict()) - len(res.missing_keys)} tensors; "
                     f"skipped {len(res.skipped_keys)} head keys)")
         if res.missing_keys:
@@ -232,6 +234,20 @@ def scope_norm_eval() -> bool:
         names.append(registry.scope)
         registry = registry.parent
     return next((HRNET_NORM_EVAL[n] for n in names if n in HRNET_NORM_EVAL), False)
+
+
+@contextlib.contextmanager
+def config_advice() -> Iterator[None]:
+    """Re-raise a missing or undownloadable checkpoint with the config keys that fix it (mmdet / mmseg)."""
+    try:
+        yield
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}. In an mmdet/mmseg config: --cfg-options model.backbone.init_cfg.checkpoint="
+                                "URL_OR_PATH, or train from scratch with model.backbone.init_cfg=None (a whole trained "
+                                "detector or segmentor is loaded with load_from=PATH instead)") from err
+    except CheckpointDownloadError as err:
+        raise CheckpointDownloadError(f"{err} (in an mmdet/mmseg config: --cfg-options "
+                                      "model.backbone.init_cfg.checkpoint=PATH)") from err
 
 
 def _fetch_rank0_first(url: str, sha256: Optional[str]) -> str:

@@ -13,35 +13,35 @@ def _make(arch: str, **kwargs: Any) -> RevBiFPN:
 
 
 def revbifpn_s0(**kwargs: Any) -> RevBiFPN:
-    """RevBiFPN-S0 (3.42M parameters with the ImageNet head). Keyword arguments go to :class:`RevBiFPN`."""
+    """RevBiFPN-S0. Keyword arguments go to :class:`RevBiFPN`; its size and weights: ``OFFICIAL_WEIGHTS``."""
     return _make("s0", **kwargs)
 
 
 def revbifpn_s1(**kwargs: Any) -> RevBiFPN:
-    """RevBiFPN-S1 (5.11M parameters with the ImageNet head)."""
+    """RevBiFPN-S1 (as :func:`revbifpn_s0`)."""
     return _make("s1", **kwargs)
 
 
 def revbifpn_s2(**kwargs: Any) -> RevBiFPN:
-    """RevBiFPN-S2 (10.6M parameters with the ImageNet head)."""
+    """RevBiFPN-S2 (as :func:`revbifpn_s0`)."""
     return _make("s2", **kwargs)
 
 
 def revbifpn_s3(**kwargs: Any) -> RevBiFPN:
-    """RevBiFPN-S3 (19.6M parameters with the ImageNet head)."""
+    """RevBiFPN-S3 (as :func:`revbifpn_s0`)."""
     return _make("s3", **kwargs)
 
 
 def revbifpn_s4(**kwargs: Any) -> RevBiFPN:
-    """RevBiFPN-S4 (48.7M parameters with the ImageNet head)."""
+    """RevBiFPN-S4 (as :func:`revbifpn_s0`)."""
     return _make("s4", **kwargs)
 
 
 def revbifpn_s5(**kwargs: Any) -> RevBiFPN:
-    """RevBiFPN-S5 (82.0M parameters with the ImageNet head)."""
+    """RevBiFPN-S5 (as :func:`revbifpn_s0`)."""
     return _make("s5", **kwargs)
 
 
 def revbifpn_s6(**kwargs: Any) -> RevBiFPN:
-    """RevBiFPN-S6 (142.3M parameters with the ImageNet head)."""
+    """RevBiFPN-S6 (as :func:`revbifpn_s0`)."""
     return _make("s6", **kwargs)

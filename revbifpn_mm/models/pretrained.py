@@ -35,32 +35,30 @@ class OfficialWeights(NamedTuple):
     url: str
     sha256: str
     top1: float
-    """ImageNet top-1 accuracy (%) at ``resolution``."""
+    """ImageNet top-1 accuracy (%) at the arch's ImageNet resolution (``ARCH_SETTINGS[arch]['resolution']``)."""
     params_m: float
     """Parameters of the ImageNet classifier, in millions."""
-    resolution: int
-    """Training and evaluation resolution on ImageNet."""
 
 
 _OFFICIAL_URL = "https://cerebras-public.s3.us-west-2.amazonaws.com/revbifpn/revbifpn_{}.pth.tar"
 
 OFFICIAL_WEIGHTS: Dict[str, OfficialWeights] = {
     "s0": OfficialWeights(_OFFICIAL_URL.format("s0"),
-                          "a9ee012a2670003ea18deca1afaed7c1323ffaafc83b0a30874d262bf2403cfa", 72.8, 3.42, 224),
+                          "a9ee012a2670003ea18deca1afaed7c1323ffaafc83b0a30874d262bf2403cfa", 72.8, 3.42),
     "s1": OfficialWeights(_OFFICIAL_URL.format("s1"),
-                          "584b0c3ea677ac5eff6c0f54b4b683973e7533bfde334155cd770aef041673c4", 75.9, 5.11, 256),
+                          "584b0c3ea677ac5eff6c0f54b4b683973e7533bfde334155cd770aef041673c4", 75.9, 5.11),
     "s2": OfficialWeights(_OFFICIAL_URL.format("s2"),
-                          "62ff9387b498550d31e248742a002be22cb29e800cd387ec9c93b6da7418dcc8", 79.0, 10.6, 256),
+                          "62ff9387b498550d31e248742a002be22cb29e800cd387ec9c93b6da7418dcc8", 79.0, 10.6),
     "s3": OfficialWeights(_OFFICIAL_URL.format("s3"),
-                          "1695576b09ee9fc584df616abaf0762188122468825cc92b5abfeec63b609d25", 81.1, 19.6, 288),
+                          "1695576b09ee9fc584df616abaf0762188122468825cc92b5abfeec63b609d25", 81.1, 19.6),
     "s4": OfficialWeights(_OFFICIAL_URL.format("s4"),
-                          "61d7b65524000bb147aac26ad559906a2380e55a499d9d420063cc2b9e2ef42a", 83.0, 48.7, 320),
+                          "61d7b65524000bb147aac26ad559906a2380e55a499d9d420063cc2b9e2ef42a", 83.0, 48.7),
     "s5": OfficialWeights(_OFFICIAL_URL.format("s5"),
-                          "d7713a25c7f62bf4b9ebaa2693a7b6896e7965c6647cbd1d98eddeae8b74cdc3", 83.7, 82.0, 352),
+                          "d7713a25c7f62bf4b9ebaa2693a7b6896e7965c6647cbd1d98eddeae8b74cdc3", 83.7, 82.0),
     "s6": OfficialWeights(_OFFICIAL_URL.format("s6"),
-                          "31f355d5fb54610ad9051d08d0ec10bb0d33f40c0936352cb863b9f9a3d4fa09", 84.2, 142.3, 352),
+                          "31f355d5fb54610ad9051d08d0ec10bb0d33f40c0936352cb863b9f9a3d4fa09", 84.2, 142.3),
 }
-"""Official ImageNet checkpoints by arch: URL, SHA-256 of the whole file, top-1, params, resolution."""
+"""Official ImageNet checkpoints by arch: URL, SHA-256 of the whole file, top-1, parameters."""
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -139,9 +137,7 @@ def check_local_checkpoint(path: Union[str, os.PathLike]) -> None:
         raise FileNotFoundError(
             f"RevBiFPN checkpoint not found: {os.fspath(path)!r}. The official ImageNet weights are listed with "
             "URL and SHA-256 in docs/model_zoo.md and revbifpn_mm.models.OFFICIAL_WEIGHTS; give the URL (downloaded "
-            "once and verified) or a local copy. In an mmdet/mmseg config: --cfg-options "
-            "model.backbone.init_cfg.checkpoint=URL_OR_PATH, or train from scratch with model.backbone.init_cfg=None "
-            "(a whole trained detector or segmentor is loaded with load_from=PATH instead)")
+            "once and verified) or a local copy")
 
 
 def resolve_checkpoint(checkpoint: Union[str, os.PathLike], sha256: Optional[str] = None,
@@ -229,8 +225,7 @@ def fetch_checkpoint(url: str, sha256: Optional[str] = None,
             f"could not download {url} ({type(err).__name__}: {err}). Without internet access, "
             f"fetch the file on another machine and put it at {dst!r} (the cache directory, "
             "$TORCH_HOME/hub/checkpoints); it is then used from there, its SHA-256 checked. Or "
-            "use a local copy instead of the URL (in an mmdet/mmseg config: --cfg-options "
-            "model.backbone.init_cfg.checkpoint=PATH)") from err
+            "use a local copy instead of the URL") from err
     if expected:
         _check_digest(tmp, expected, url, dst)
     os.replace(tmp, dst)

@@ -21,7 +21,7 @@ from .blocks import ConvNormAct, MBConv, NormLayer, default_norm_layer
 __all__ = ["ARCH_SETTINGS", "RevBiFPN", "ClassificationHead", "resolve_arch"]
 
 NUM_SCALES = 4
-#: Per-scale settings shared by every variant (spec section 8).
+#: Per-scale settings shared by every variant (the paper's architecture, arXiv 2206.14098).
 BLOCK_KERNELS = (3, 5, 5, 5)
 EXPAND = (1, 1, 2, 2)
 SE_RATIO = (0.25, 0.25, 0.125, 0.0)
@@ -31,7 +31,7 @@ NECK_SE = (0.25, 0.25, 0.125, 0.125)
 NECK_KERNEL = 5
 HEAD_KERNEL = 5
 
-#: Architecture table (spec section 8). Channels are explicit (no float rounding).
+#: Architecture table (the paper's S0-S6). Channels are explicit (no float rounding).
 ARCH_SETTINGS: Dict[str, Dict[str, Any]] = {
     "s0": dict(channels=(48, 64, 80, 160), out_channels=(48, 64, 128, 320), fc_features=1280,
                num_ext_layers=2, drop_path_rate=0.0, head_dropout=0.25, resolution=224),
@@ -96,7 +96,7 @@ def resolve_arch(arch: Union[str, Dict[str, Any]], **overrides: Any) -> Dict[str
 
 
 class ClassificationHead(nn.Module):
-    """ImageNet head: pyramid of stride-2 MBConvs, 1x1 conv, GAP, dropout, FC (spec section 7)."""
+    """ImageNet head: pyramid of stride-2 MBConvs, 1x1 conv, GAP, dropout, FC."""
 
     def __init__(self, out_channels: Sequence[int], fc_features: int, num_classes: int,
                  dropout: float = 0.0, norm_layer: NormLayer = default_norm_layer) -> None:
@@ -119,10 +119,10 @@ class ClassificationHead(nn.Module):
 class RevBiFPN(nn.Module):
     """RevBiFPN backbone (and optional ImageNet classifier).
 
-    The trunk (stem, reversible residual blocks, RevSilos) is exactly invertible and
-    runs inside one reversible autograd Function; the per-scale output MBConvs (the
-    official "neck") are recomputed from the stored trunk outputs. Training
-    activation memory is therefore independent of depth.
+    The trunk (stem, reversible residual blocks, RevSilos) is exactly invertible and runs
+    as reversible segments, one autograd Function each (docs/design.md); the per-scale
+    output MBConvs (the official "neck") are recomputed from the stored trunk outputs.
+    Training activation memory is therefore independent of depth.
 
     Args:
         arch: ``'s0'`` ... ``'s6'`` or an arch dict (see :data:`ARCH_SETTINGS`).

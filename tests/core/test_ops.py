@@ -8,7 +8,7 @@ from torch import nn
 
 from revbifpn_mm.core import (CallState, RecomputedPerScale, RevBlockGroup, RevResidualBlock, RevSequential,
                               RevSilo, SpaceToDepth, TriangularCoupling, depth_to_space, space_to_depth)
-from revbifpn_mm.core import KernelCounter
+from meters import KernelCounter
 from revbifpn_mm.core.sequential import random_couplings
 from revbifpn_mm.models import MBConv
 from fidelity import randomize_affine_

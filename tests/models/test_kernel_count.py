@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from revbifpn_mm.core import KernelCounter
+from meters import KernelCounter
 from revbifpn_mm.models import RevBiFPN
 
 #: Largest reversible / plain kernel ratio per BN setting.

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from revbifpn_mm.core import SavedTensorCounter
-from revbifpn_mm.core.memory import RssPeakProbe
+from meters import RssPeakProbe
 from revbifpn_mm.models import RevBiFPN
 from revbifpn_mm.models.blocks import MBConv
 
@@ -139,7 +139,7 @@ def test_lean_channel_scale_under_bf16_autocast():
 # --------------------------------------------------------------------------- the memory it saves
 _PEAK_CODE = """
 import json, sys
-from revbifpn_mm.core.memory import RssPeakProbe
+from meters import RssPeakProbe
 probe = RssPeakProbe()  # before the model's allocations: pins glibc's mmap threshold
 import torch
 from revbifpn_mm.models import RevBiFPN
@@ -167,7 +167,7 @@ def _backward_peak(mode, size):
     import sys
     root = pathlib.Path(__file__).resolve().parents[2]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(root), str(root / "tools"), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", _PEAK_CODE, mode, str(size)], capture_output=True, text=True,
                          timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from revbifpn_mm.core import saved_bytes
-from revbifpn_mm.models import (ARCH_SETTINGS, RevBiFPN, load_official_checkpoint, revbifpn_s0, revbifpn_s1,
-                                revbifpn_s2, revbifpn_s3, revbifpn_s4, revbifpn_s5, revbifpn_s6)
+from revbifpn_mm.models import (ARCH_SETTINGS, OFFICIAL_WEIGHTS, RevBiFPN, load_official_checkpoint, revbifpn_s0,
+                                revbifpn_s1, revbifpn_s2, revbifpn_s3, revbifpn_s4, revbifpn_s5, revbifpn_s6)
 
 # spec section 12.1 (measured on the official code): total, and trunk+neck without head
 SPEC_PARAMS = {
@@ -30,6 +30,7 @@ def nparams(m):
 @pytest.mark.parametrize("arch", sorted(ARCH_SETTINGS))
 def test_parameter_counts_match_spec(arch):
     total, backbone = SPEC_PARAMS[arch]
+    assert abs(total / 1e6 - OFFICIAL_WEIGHTS[arch].params_m) <= 0.05  # the zoo table, to its digits
     assert nparams(ENTRY[arch]()) == total
     assert nparams(ENTRY[arch](num_classes=0)) == backbone
     assert nparams(ENTRY[arch](num_classes=0, with_neck=False)) == SPEC_TRUNK[arch]
@@ -212,8 +213,10 @@ def test_unknown_arch_lists_valid_ones():
 
 
 def test_checkpoint_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found") as err:
         RevBiFPN("s0", checkpoint=str(tmp_path / "nope.pth.tar"))
+    # the torch-only layer gives no mmdet/mmseg advice: the mm layer adds its config keys
+    assert "cfg-options" not in str(err.value) and "init_cfg" not in str(err.value), err.value
     good = tmp_path / "s0.pth"
     torch.save(RevBiFPN("s0").state_dict(), good)
     data = good.read_bytes()

@@ -1,5 +1,5 @@
 """The measuring code of the benchmark (tools/bench/measure.py) and the probes it uses
-(revbifpn_mm.core.memory): peak probes, kernel count, interleaved timing, the memory-only step."""
+(tools/meters.py): peak probes, kernel count, interleaved timing, the memory-only step."""
 import os
 import subprocess
 import sys
@@ -12,7 +12,7 @@ from torch import nn
 import bench.measure
 from bench.measure import (Case, count_step_kernels, interleaved_min_times, measure_case, measure_step, merge_rows,
                            peak_pass, time_pass, training_loss)
-from revbifpn_mm.core.memory import KernelCounter, PeakProbe, RssPeakProbe
+from meters import KernelCounter, PeakProbe, RssPeakProbe
 
 
 class _CallsSinceReset(PeakProbe):
@@ -57,7 +57,7 @@ def test_peak_is_read_from_a_step_after_the_reset_timed_or_not(steps):
 _RSS_SCRIPT = textwrap.dedent("""
     import json, torch
     from torch import nn
-    from revbifpn_mm.core.memory import RssPeakProbe
+    from meters import RssPeakProbe
     from bench.measure import measure_step
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""The memory planner (revbifpn_mm.mm.planner, tools/plan_memory.py).
+"""The memory planner (tools/planner/, tools/plan_memory.py).
 
 * Its batch-4 prediction, made from measurements at batch 1 and 2, is within 10 % of the
   peak measured at batch 4 (same method, fresh process) for a detector and a segmentor; so is its
@@ -21,8 +21,8 @@ import pytest
 pytest.importorskip("mmdet")
 pytest.importorskip("mmseg")
 
-from revbifpn_mm.mm import planner  # noqa: E402
-from revbifpn_mm.core.memory import RssPeakProbe  # noqa: E402
+import planner  # noqa: E402
+from meters import RssPeakProbe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 QS_DET = str(ROOT / "configs" / "quickstart" / "faster_rcnn_revbifpn_s0_synthetic.py")
@@ -187,6 +187,25 @@ def test_training_shape_follows_the_pipeline():
         planner.training_shape(seg)
 
 
+def test_the_command_to_train_runs_from_where_the_planner_ran(tmp_path, monkeypatch):
+    """The printed command names the checkout's tools/train.py as a path that works from the current
+    directory, and OpenMMLab's `mim train` where there is no such script."""
+    script = ROOT / "tools" / "train.py"
+    monkeypatch.chdir(tmp_path)  # outside the checkout: the script's absolute path
+    cmd = planner.train_command("x.py", "mmdet", "--cfg-options a=1")
+    assert cmd == f"python {script} x.py --cfg-options a=1", cmd
+    monkeypatch.chdir(ROOT / "tools")  # inside it: the path from here
+    assert planner.train_command("x.py", "mmdet", "--cfg-options a=1") == "python train.py x.py --cfg-options a=1"
+    missing = str(tmp_path / "train.py")
+    assert planner.train_command("x.py", "mmseg", "--amp", script=missing) == "mim train mmseg x.py --amp"
+    monkeypatch.chdir(tmp_path)
+    gib = 1 << 30
+    plan = planner.Plan(config="x.py", scope="mmdet", shape=(800, 1344), shape_source="test", amp=False,
+                        device="cpu", batch=2, auto_scale_lr=False,
+                        modes=[planner.ModePlan("reversible", [_fake(1, gib), _fake(2, 2 * gib)])])
+    assert f"largest batch 9: python {script} x.py --cfg-options" in planner.render_plan(plan, (12,), context_gib=1.0,
+                                                                                     fragmentation=0.1)
+
 
 def test_render_names_allowance_and_what_was_not_measured():
     gib = 1 << 30
@@ -201,3 +220,68 @@ def test_render_names_allowance_and_what_was_not_measured():
            "train_dataloader.batch_size=9\n" in text, text  # no --auto-scale-lr: the config has none
     assert "24 GiB card:\n  fully reversible, largest batch 19:" in text
     assert "not measured here: plain: not measured at batch 2" in text
+
+
+MASK_S3 = str(ROOT / "configs" / "mask_rcnn_revbifpn_s3.py")
+
+
+@needs_rss
+def test_dense_dataset_prediction_within_10_percent_of_its_densest_images(tmp_path):
+    """Mask R-CNN S3 on a generated dataset with 100-150 polygons per 256x320 image: the plan's
+    synthetic batch (the dataset's most instances per image, read from its annotations, bitmap masks)
+    against a step on the dataset's densest images through the config's own pipeline, at batch 1
+    and 2, on the whole step and on its forward + backward working set. The planner's former
+    assumption of 8 boxes per image is off by more than 10 % on the working set."""
+    from plan_dense_check import compare, dense_options
+    from synthetic_data import generate_synthetic_coco
+
+    info = generate_synthetic_coco(tmp_path / "dense", num_train=3, num_val=1, image_size=(256, 320),
+                                   instances=(100, 150))
+    opts = dense_options(info["root"], 256, 320)
+    pairs = compare(MASK_S3, opts, threads=1, timeout=900)
+    for planned, real in pairs:
+        assert real.instances == planned.instances >= 100 and real.shape == planned.shape == (256, 320)
+        detail = (f"batch {planned.batch}: predicted {planned.peak_bytes / 1e6:.1f} MB, "
+                  f"measured {real.peak_bytes / 1e6:.1f} MB; "
+                  f"fwd+bwd {planned.fwd_bwd_bytes / 1e6:.1f} / {real.fwd_bwd_bytes / 1e6:.1f} MB")
+        print(detail)
+        assert abs(planned.peak_bytes - real.peak_bytes) / real.peak_bytes <= TOLERANCE, detail
+        assert abs(planned.fwd_bwd_bytes - real.fwd_bwd_bytes) / real.fwd_bwd_bytes <= TOLERANCE, detail
+    real = pairs[0][1]
+    few = planner.probe_in_subprocess(MASK_S3, "reversible", 1, None, instances=planner.BOXES_PER_IMAGE,
+                                      cfg_options=opts, threads=1, timeout=900)
+    assert (real.fwd_bwd_bytes - few.fwd_bwd_bytes) / real.fwd_bwd_bytes > TOLERANCE, (few, real)
+
+
+def _fake_split(batch, outside, assign, instances=100):
+    p = _fake(batch, max(outside, assign))
+    p.outside_assign_bytes, p.assign_peak_bytes, p.instances = outside, assign, instances
+    return p
+
+
+def test_assignment_split_predicts_the_larger_line_and_what_gpu_assign_thr_saves():
+    """The assignment's peak (per image) and the rest of the step (per sample) are extrapolated apart:
+    the larger line sets the prediction, and with gpu_assign_thr the rest alone does."""
+    gib = 1 << 30
+    # assignment: 3 GiB + 0.2 GiB per sample; rest: 1 GiB + 1 GiB per sample -> crosses above batch 3
+    rev = planner.ModePlan("reversible", [_fake_split(1, 2 * gib, int(3.2 * gib)),
+                                          _fake_split(2, 3 * gib, int(3.4 * gib))])
+    assert rev.fwd_bwd(1) == int(3.2 * gib) and rev.fwd_bwd(2) == int(3.4 * gib)
+    assert rev.fwd_bwd(8) == 9 * gib  # the rest's line, not 3.2 + 7 * 0.2 GiB from the two points
+    assert rev.fwd_bwd(1, assign_on_cpu=True) == 2 * gib
+    one = _fake_split(1, int(1.5 * gib), int(1.6 * gib), instances=1)
+    plan = planner.Plan(config="x.py", scope="mmdet", shape=(800, 1344), shape_source="test", amp=False, device="cpu",
+                        batch=2, auto_scale_lr=False, modes=[rev], instances=100, instances_source="test",
+                        one_instance=one)
+    assert plan.gt_bytes == int(3.2 * gib) - int(1.6 * gib)
+    # assignment peak linear in the boxes: 1.6 GiB at 1, 3.2 GiB at 100 -> stays under the rest's 2 GiB up to 25
+    assert plan.suggested_assign_thr() == 25
+    text = planner.render_plan(plan, (5.7,), context_gib=1.0, fragmentation=0.1)
+    assert "ground truth: 100 instances per image (test)" in text, text
+    assert "gpu_assign_thr=25" in text and "falls by 1.32 GiB at batch 1" in text, text
+    # on_gpu(b) = (1 GiB fixed + fb(b)) * 1.1 + 1: on the GPU b=1 5.62, b=2 5.84 GiB; on the CPU b=2 5.40, b=3 6.50
+    card = 5.7 * gib
+    assert rev.largest_batch(card) == 1 and rev.largest_batch(card, assign_on_cpu=True) == 2
+    assert "with model.train_cfg.rpn.assigner.gpu_assign_thr=25: largest batch 2" in text, text
+    plan.gpu_assign_thr = 50  # the config already sends 100 boxes to the CPU: planned so
+    assert plan.assign_on_cpu and "already moves this assignment to the CPU" in planner.render_plan(plan, (5.7,))

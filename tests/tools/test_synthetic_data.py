@@ -220,3 +220,41 @@ def test_module_imports_no_heavy_dependencies():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""
+
+
+def test_dense_dataset_has_the_instances_asked_for(tmp_path):
+    info = generate_synthetic_coco(tmp_path / "dense", num_train=3, num_val=1, image_size=(128, 160), seed=1,
+                                   instances=(30, 40))
+    coco = _load(info, "train")
+    per_image = {img["id"]: 0 for img in coco["images"]}
+    for ann in coco["annotations"]:
+        per_image[ann["image_id"]] += 1
+        x, y, bw, bh = ann["bbox"]
+        assert 0 <= x and 0 <= y and x + bw <= 160 and y + bh <= 128
+    # objects shrink with the count so that nearly all of them find a free spot
+    assert all(27 <= n <= 40 for n in per_image.values()), per_image
+    boxes = [a["bbox"] for a in coco["annotations"] if a["image_id"] == 1]
+    for i, a in enumerate(boxes):  # placed without overlap, as in the default dataset
+        for b in boxes[i + 1:]:
+            assert not synthetic._boxes_intersect([a[0], a[1], a[0] + a[2], a[1] + a[3]],
+                                                  [b[0], b[1], b[0] + b[2], b[1] + b[3]], margin=0.0)
+    # another density is another dataset: the marker does not let one stand for the other
+    again = generate_synthetic_coco(tmp_path / "dense", num_train=3, num_val=1, image_size=(128, 160), seed=1)
+    assert again["cached"] is False and max(_count_per_image(_load(again, "train")).values()) <= 4
+    with pytest.raises(ValueError, match="instances"):
+        generate_synthetic_coco(tmp_path / "x", instances=(5, 2))
+
+
+def _count_per_image(coco):
+    out = {img["id"]: 0 for img in coco["images"]}
+    for ann in coco["annotations"]:
+        out[ann["image_id"]] += 1
+    return out
+
+
+def test_cli_dense(tmp_path, capsys):
+    args = ["--root", str(tmp_path / "d"), "--num-train", "1", "--num-val", "1", "--image-size", "96", "96",
+            "--instances", "20", "20"]
+    assert synthetic.main(args) == 0
+    with open(tmp_path / "d" / "annotations" / "instances_train.json", encoding="utf-8") as f:
+        assert 18 <= len(json.load(f)["annotations"]) <= 20

@@ -1,7 +1,7 @@
 """Measuring one training step: peak memory, bytes saved for backward, step time, kernel count.
 
 The measuring half of ``tools/benchmark_memory.py`` (whose docstring says what each figure is); the
-probes and counters are the package's (:mod:`revbifpn_mm.core.memory`). Torch only. A :class:`Case`
+probes and counters are ``tools/meters.py``'s, the saved bytes the package's. Torch only. A :class:`Case`
 builds one model; :func:`peak_pass` measures cases one after the other (memory, kernels);
 :func:`time_pass` builds them all, then times them in turn without a probe; :func:`merge_rows` joins
 the two.
@@ -21,7 +21,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from revbifpn_mm.core.memory import KernelCounter, PeakProbe, saved_bytes
+from meters import KernelCounter, PeakProbe
+from revbifpn_mm.core import saved_bytes
 
 logger = logging.getLogger(__name__)
 

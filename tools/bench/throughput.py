@@ -16,19 +16,19 @@ import argparse
 import gc
 import json
 import math
-import os
-import subprocess
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from meters import RssPeakProbe, run_fresh
+from planner.predict import CONTEXT_GIB
+
 from . import models as M
 from .measure import interleaved_min_times, training_loss
 
 GIB = 1 << 30
-CONTEXT_GIB = 1.0  # the memory planner's allowance for the CUDA context outside the caching allocator
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:  # noqa: D103
@@ -121,18 +121,13 @@ def cuda_rows(spec: str, cap_gib: float, h: int, w: int, max_batch: int, device:
 # --------------------------------------------------------------------------- CPU
 def cpu_probe(spec: str, batch: int, h: int, w: int, timeout: float = 1800) -> Dict[str, Any]:
     """Peak resident set of one step of ``spec`` at ``batch`` above its resident state, in a fresh process."""
-    tools = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tools, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "bench.throughput", spec, str(batch), str(h), str(w)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"the probe of {spec} at batch {batch} failed: {(proc.stdout + proc.stderr)[-1500:]}")
-    return json.loads(lines[-1])
+    try:
+        return run_fresh("bench.throughput", [spec, batch, h, w], timeout=timeout)
+    except RuntimeError as err:  # FreshProcessKilled included
+        raise RuntimeError(f"the probe of {spec} at batch {batch} failed: {str(err)[-1500:]}") from err
 
 
-def _child(spec: str, batch: int, h: int, w: int) -> None:
-    from revbifpn_mm.core.memory import RssPeakProbe
+def _child(spec: str, batch: int, h: int, w: int, out: str) -> None:
     probe = RssPeakProbe()  # before the model: it pins glibc's mmap threshold
     torch.manual_seed(0)
     model = build(spec)
@@ -141,7 +136,8 @@ def _child(spec: str, batch: int, h: int, w: int) -> None:
     probe.reset()
     training_loss(model(x)).backward()
     resident = sum(p.numel() * p.element_size() * (2 if p.requires_grad else 1) for p in model.parameters())
-    print(json.dumps(dict(step_bytes=probe.read(), resident_bytes=resident)))
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(dict(step_bytes=probe.read(), resident_bytes=resident), f)
 
 
 def cpu_rows(specs: List[str], cap_gib: float, h: int, w: int, max_batch: int, rounds: int) -> List[Dict[str, Any]]:
@@ -188,4 +184,4 @@ def rows(args: argparse.Namespace, device: torch.device) -> List[Dict[str, Any]]
 
 
 if __name__ == "__main__":
-    _child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    _child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])

@@ -1,79 +1,35 @@
-"""What a training step costs: bytes saved for backward, peak memory, dispatched kernels.
+"""Meters of a training step for the tools: peak memory, dispatched kernels, and the fresh process a peak needs.
 
-* :class:`SavedTensorCounter` / :func:`saved_bytes`: the activation bytes autograd keeps for
-  the backward pass (device-independent).
 * :class:`PeakProbe`: the peak memory of a piece of code, from CUDA's allocator
   (:class:`CudaPeakProbe`) or, on Linux CPUs, from the process's peak resident set
-  (:class:`RssPeakProbe`); the memory planner reads its measurements with these.
+  (:class:`RssPeakProbe`, which changes glibc's allocation policy for the whole process).
+* :func:`run_fresh`: a module's measurement in a fresh Python process (a resident-set peak is
+  per process and only grows), its JSON result read back; the memory planner and the
+  throughput benchmark measure through it.
 * :class:`KernelCounter`: the aten ops a piece of code dispatches, views and allocations
   excluded; on a GPU in the launch-bound regime a step's time follows this count.
 
-Torch only; nothing here runs at import.
+The bytes autograd saves for backward are counted by the package
+(:class:`revbifpn_mm.core.SavedTensorCounter`). Torch only; nothing here runs at import.
 """
 from __future__ import annotations
 
 import collections
 import ctypes
+import json
 import os
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+import subprocess
+import sys
+import tempfile
+from typing import Any, Dict, Optional, Sequence
 
 import torch
-from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["SavedTensorCounter", "saved_bytes", "PeakProbe", "CudaPeakProbe", "RssPeakProbe", "peak_probe_for",
-           "KernelCounter", "VIEW_OPS"]
+__all__ = ["PeakProbe", "CudaPeakProbe", "RssPeakProbe", "peak_probe_for", "NoPeak", "FreshProcessKilled",
+           "run_fresh", "KernelCounter", "VIEW_OPS"]
 
-
-class SavedTensorCounter:
-    """Context manager that records every tensor saved for backward, deduplicated by storage.
-
-    Parameters (or any tensors passed as ``exclude``) are not counted: they exist
-    anyway and are not activation memory. Views of one storage count once, with the
-    storage's full size.
-
-    Example:
-        >>> with SavedTensorCounter(exclude=model.parameters()) as c:
-        ...     loss = model(x).sum()
-        >>> c.nbytes  # activation bytes held for the backward pass
-    """
-
-    def __init__(self, exclude: Optional[Iterable[Tensor]] = None) -> None:
-        self._excluded = {t.untyped_storage().data_ptr() for t in (exclude or ())}
-        self.storages: Dict[Tuple[str, int], int] = {}
-        self._ctx: Any = None
-
-    def _pack(self, t: Tensor) -> Tensor:
-        st = t.untyped_storage()
-        ptr = st.data_ptr()
-        if ptr not in self._excluded and ptr != 0:
-            self.storages[(str(t.device), ptr)] = st.nbytes()
-        # A detached alias: the same storage and version counter, no grad_fn. Returning ``t`` itself
-        # would tie a custom Function's saved outputs to their own node, a reference cycle through
-        # C++ that no garbage collection frees (each counted forward of a reversible run followed by
-        # plain segments kept its outputs alive until the process ended).
-        return t.detach()
-
-    @property
-    def nbytes(self) -> int:
-        """Total bytes of the distinct storages saved for backward."""
-        return sum(self.storages.values())
-
-    def __enter__(self) -> "SavedTensorCounter":
-        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-        self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._ctx.__exit__(*exc)
-
-
-def saved_bytes(fn: Callable[[], Any], exclude: Optional[Iterable[Tensor]] = None) -> int:
-    """Run ``fn()`` and return the activation bytes it saved for backward."""
-    with SavedTensorCounter(exclude) as c:
-        out = fn()
-    del out
-    return c.nbytes
+TOOLS = os.path.dirname(os.path.abspath(__file__))
 
 
 # --------------------------------------------------------------------------- peak probes
@@ -177,6 +133,47 @@ def peak_probe_for(device: torch.device) -> Optional[PeakProbe]:
     if device.type == "cpu" and RssPeakProbe.available():
         return RssPeakProbe()
     return None
+
+
+class NoPeak(PeakProbe):
+    """Stands in for a peak probe where only time is measured: reads 0."""
+
+    def reset(self) -> None:  # noqa: D102
+        pass
+
+    def read(self) -> int:  # noqa: D102
+        return 0
+
+
+# --------------------------------------------------------------------------- fresh process
+class FreshProcessKilled(RuntimeError):
+    """The measuring process was killed by a signal (usually for lack of memory)."""
+
+
+def run_fresh(module: str, args: Sequence[str], timeout: Optional[float] = None,
+              env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """Run ``python -m module *args OUT`` in a fresh process with tools/ importable; return the JSON it wrote to OUT.
+
+    The module's entry takes the path of its result file as its last argument and writes one JSON
+    object there (errors included, as it sees fit).
+
+    Raises:
+        FreshProcessKilled: the process was killed by a signal and wrote nothing.
+        RuntimeError: it failed otherwise and wrote nothing (the message holds its output's tail).
+    """
+    path = os.pathsep.join(p for p in (TOOLS, os.environ.get("PYTHONPATH", "")) if p)
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {}), "PYTHONPATH": path}
+    with tempfile.TemporaryDirectory(prefix="revbifpn_fresh_") as tmp:
+        out = os.path.join(tmp, "result.json")
+        proc = subprocess.run([sys.executable, "-m", module, *map(str, args), out],
+                              capture_output=True, text=True, env=full_env, timeout=timeout)
+        if not os.path.isfile(out):
+            if proc.returncode < 0 or proc.returncode == 137:
+                raise FreshProcessKilled(f"the measuring process was killed (signal {-proc.returncode})")
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
+            raise RuntimeError(f"the measuring process ({module}) failed:\n" + "\n".join(tail))
+        with open(out, encoding="utf-8") as f:
+            return json.load(f)
 
 
 # --------------------------------------------------------------------------- kernel count

@@ -1,0 +1,65 @@
+"""The activation bytes autograd keeps for backward: :class:`SavedTensorCounter`, :func:`saved_bytes`.
+
+Device-independent; the measure of a memory mode (reversible, a ``plain_segments`` budget, plain).
+Peak memory and kernel counts are measured by the tools (``tools/meters.py``). Torch only;
+nothing here runs at import.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["SavedTensorCounter", "saved_bytes"]
+
+
+class SavedTensorCounter:
+    """Context manager that records every tensor saved for backward, deduplicated by storage.
+
+    Parameters (or any tensors passed as ``exclude``) are not counted: they exist
+    anyway and are not activation memory. Views of one storage count once, with the
+    storage's full size.
+
+    Example:
+        >>> with SavedTensorCounter(exclude=model.parameters()) as c:
+        ...     loss = model(x).sum()
+        >>> c.nbytes  # activation bytes held for the backward pass
+    """
+
+    def __init__(self, exclude: Optional[Iterable[Tensor]] = None) -> None:
+        self._excluded = {t.untyped_storage().data_ptr() for t in (exclude or ())}
+        self.storages: Dict[Tuple[str, int], int] = {}
+        self._ctx: Any = None
+
+    def _pack(self, t: Tensor) -> Tensor:
+        st = t.untyped_storage()
+        ptr = st.data_ptr()
+        if ptr not in self._excluded and ptr != 0:
+            self.storages[(str(t.device), ptr)] = st.nbytes()
+        # A detached alias: the same storage and version counter, no grad_fn. Returning ``t`` itself
+        # would tie a custom Function's saved outputs to their own node, a reference cycle through
+        # C++ that no garbage collection frees (each counted forward of a reversible run followed by
+        # plain segments kept its outputs alive until the process ended).
+        return t.detach()
+
+    @property
+    def nbytes(self) -> int:
+        """Total bytes of the distinct storages saved for backward."""
+        return sum(self.storages.values())
+
+    def __enter__(self) -> "SavedTensorCounter":
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._ctx.__exit__(*exc)
+
+
+def saved_bytes(fn: Callable[[], Any], exclude: Optional[Iterable[Tensor]] = None) -> int:
+    """Run ``fn()`` and return the activation bytes it saved for backward."""
+    with SavedTensorCounter(exclude) as c:
+        out = fn()
+    del out
+    return c.nbytes

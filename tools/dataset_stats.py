@@ -1,0 +1,184 @@
+"""What the training data of a detection config puts on the GPU: instances per image and masks.
+
+Reads the COCO annotation files of the config's training dataset (through ``RepeatDataset``,
+``ClassBalancedDataset``, ``ConcatDataset`` and other wrappers) when they are present, and returns
+the instances per image (50th / 95th percentile and maximum, counted as mmdet's ``CocoDataset``
+keeps them: crowd regions and degenerate boxes left out), whether the annotations carry masks and
+how the pipeline loads them (bitmaps or polygons), the images' sizes, and the size of one sample
+after the training pipeline (the memory planner's :func:`training_shape`).
+
+    python tools/dataset_stats.py CONFIG
+
+The memory planner measures with the largest count (see :func:`planning_instances`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from preflight import dataset_cfgs
+
+__all__ = ["DatasetStats", "read_dataset_stats", "coco_instance_counts", "percentile", "main"]
+
+
+@dataclass
+class DatasetStats:
+    """Instances per training image and what comes with them."""
+
+    ann_files: List[str]
+    images: int
+    """Training images counted (without images that ``filter_empty_gt`` drops)."""
+    instances_p50: int
+    instances_p95: int
+    instances_max: int
+    masks: bool
+    """Whether the annotations carry segmentations and the pipeline loads them (``with_mask``)."""
+    mask_format: str
+    """``'bitmap'`` (``LoadAnnotations`` ``poly2mask=True``, mmdet's default: one image-sized uint8
+    plane per instance) or ``'polygon'``."""
+    largest_image: Tuple[int, int]
+    """(height, width) of the largest image of the annotation files."""
+    shape: Tuple[int, int]
+    """(height, width) of one sample after the training pipeline."""
+    shape_source: str
+    notes: List[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """One line: what was read."""
+        masks = f"masks as {self.mask_format}s" if self.masks else "no masks"
+        return (f"{self.images} training images, instances per image p50 {self.instances_p50} / p95 "
+                f"{self.instances_p95} / max {self.instances_max}, {masks}; largest image "
+                f"{self.largest_image[0]}x{self.largest_image[1]}, after the pipeline {self.shape[0]}x{self.shape[1]} "
+                f"({self.shape_source})")
+
+
+def percentile(values: Sequence[int], q: float) -> int:
+    """The ``q``-th percentile (0-100) of ``values`` by the nearest-rank method (an element of them)."""
+    if not values:
+        return 0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return int(ordered[rank - 1])
+
+
+def _kept(ann: Dict[str, Any]) -> bool:
+    """Whether mmdet's CocoDataset keeps the annotation as a ground-truth instance."""
+    if ann.get("iscrowd", 0):
+        return False  # an ignored region, not an instance
+    bbox = ann.get("bbox") or [0, 0, 0, 0]
+    return ann.get("area", 1) > 0 and bbox[2] >= 1 and bbox[3] >= 1
+
+
+def coco_instance_counts(path: str, filter_empty: bool = True) -> Tuple[List[int], bool, Tuple[int, int]]:
+    """Instances per image of one COCO annotation file.
+
+    Args:
+        path: the COCO json.
+        filter_empty: leave out images without instances (``filter_cfg.filter_empty_gt``).
+
+    Returns:
+        ``(counts, masks, largest)``: the instances of each image, whether any instance has a
+        segmentation, and the (height, width) of the largest image.
+
+    Raises:
+        ValueError: the file is not COCO instance annotations.
+    """
+    with open(path, encoding="utf-8") as f:
+        try:
+            coco = json.load(f)
+        except ValueError as err:
+            raise ValueError(f"{path} is not JSON ({err})") from err
+    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list) \
+            or not isinstance(coco.get("annotations"), list):
+        raise ValueError(f"{path} is not a COCO annotation file (needs 'images' and 'annotations' lists)")
+    per_image = {img["id"]: 0 for img in coco["images"]}
+    masks = False
+    for ann in coco["annotations"]:
+        if _kept(ann) and ann.get("image_id") in per_image:
+            per_image[ann["image_id"]] += 1
+            masks = masks or bool(ann.get("segmentation"))
+    counts = [n for n in per_image.values() if n or not filter_empty]
+    largest = max(((int(i.get("height", 0)), int(i.get("width", 0))) for i in coco["images"]),
+                  key=lambda hw: hw[0] * hw[1], default=(0, 0))
+    return counts, masks, largest
+
+
+def _ann_path(ds: Dict[str, Any]) -> Optional[str]:
+    ann = ds.get("ann_file")
+    if not ann:
+        return None
+    root = ds.get("data_root")
+    return os.path.join(root, ann) if root and not os.path.isabs(ann) else ann
+
+
+def _mask_loading(cfg: Any) -> Tuple[bool, str]:
+    """Whether the training pipeline loads masks, and as bitmaps or polygons."""
+    from planner.config import training_pipeline
+
+    for t in training_pipeline(cfg):
+        if t.get("type") == "LoadAnnotations":
+            return bool(t.get("with_mask", False)), "bitmap" if t.get("poly2mask", True) else "polygon"
+    return False, "bitmap"
+
+
+def read_dataset_stats(cfg: Any) -> Tuple[Optional[DatasetStats], str]:
+    """The instance statistics of the config's training annotations.
+
+    Returns:
+        ``(stats, why)``: the statistics, or ``None`` with the reason they could not be read
+        (no annotation file in the config, the file is absent, or it is not COCO json).
+    """
+    from planner import PlanError, training_shape
+
+    leaves = [ds for _, _, ds in dataset_cfgs(cfg, ["train"])]
+    paths = [p for p in (_ann_path(ds) for ds in leaves) if p]
+    if not paths:
+        return None, "the training dataset names no annotation file"
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        return None, f"annotation file {missing[0]} not found"
+    counts: List[int] = []
+    masks, largest = False, (0, 0)
+    for path, ds in zip(paths, leaves):
+        filter_empty = bool((ds.get("filter_cfg") or {}).get("filter_empty_gt", False))
+        try:
+            c, m, big = coco_instance_counts(path, filter_empty)
+        except (ValueError, KeyError, TypeError) as err:
+            return None, f"{path}: {err}" if isinstance(err, ValueError) else f"{path} is not COCO json ({err!r})"
+        counts += c
+        masks = masks or m
+        largest = max(largest, big, key=lambda hw: hw[0] * hw[1])
+    if not counts:
+        return None, f"no image with instances in {', '.join(paths)}"
+    try:
+        h, w, how = training_shape(cfg)
+    except PlanError:
+        (h, w), how = largest, "no resize in the pipeline: the largest image"
+    loads, fmt = _mask_loading(cfg)
+    return DatasetStats(ann_files=paths, images=len(counts), instances_p50=percentile(counts, 50),
+                        instances_p95=percentile(counts, 95), instances_max=max(counts), masks=masks and loads,
+                        mask_format=fmt, largest_image=largest, shape=(h, w), shape_source=how), ""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line: print the statistics of a config's training annotations."""
+    ap = argparse.ArgumentParser(description="instances per image of a config's training annotations")
+    ap.add_argument("config")
+    args = ap.parse_args(argv)
+    from planner import PlanError, load_config
+    try:
+        stats, why = read_dataset_stats(load_config(args.config))
+    except PlanError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(stats.describe() if stats else f"no dataset statistics: {why}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

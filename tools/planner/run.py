@@ -1,0 +1,111 @@
+"""The plan of one config: which measurements to take, each in a fresh process, and a rough wall time for them."""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from .config import (NotMeasured, build_model, config_batch, load_config, rpn_assign_threshold,
+                     training_shape)
+from .inputs import BOXES_PER_IMAGE, synthetic_batch
+from .measure import available_ram_bytes, probe_in_subprocess
+from .predict import GIB, ModePlan, Plan
+
+__all__ = ["MODES", "expected_seconds", "make_plan"]
+
+MODES = ("reversible", "budgets", "plain")
+
+
+def expected_seconds(config: str, shape: Tuple[int, int], modes: Sequence[str], cfg_options: Optional[Dict] = None,
+                     startup_s: float = 10.0) -> float:
+    """A rough wall time of :func:`make_plan`, from one training step of the model at half the input's
+    height and width, scaled by area (a calibration, not a measurement of the plan)."""
+    cfg = load_config(config, cfg_options)
+    model = build_model(cfg, config)
+    small = (max(64, shape[0] // 2 // 32 * 32), max(64, shape[1] // 2 // 32 * 32))
+    packed = synthetic_batch(cfg, model, 1, small, "cpu")
+    start = time.perf_counter()
+    model.parse_losses(model(**model.data_preprocessor(packed, True), mode="loss"))[0].backward()
+    step = (time.perf_counter() - start) * shape[0] * shape[1] / (small[0] * small[1])
+    segments = model.backbone.rev_stack.budget_segments + 1 if hasattr(model.backbone, "rev_stack") else 0
+    per_probe = startup_s + 4 * step  # warm-up, forward + backward, optimizer step; batch 2 doubles it
+    total = 0.0
+    for mode in modes:
+        total += 3 * per_probe
+        if mode == "budgets":  # one more process on CPU (timed without the peak probe)
+            total += segments * 3 * step + per_probe
+    return total
+
+
+def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = False,
+              modes: Sequence[str] = MODES, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
+              ram_fraction: float = 0.6, threads: Optional[int] = None, log: Any = None,
+              instances: int = BOXES_PER_IMAGE, instances_source: str = "assumed", mask_format: str = "bitmap"
+              ) -> Plan:
+    """Measure the config at batch 1 and 2 (fully reversible; ``'budgets'``: every ``plain_segments``
+    setting at batch 1 too; ``'plain'``: plain mode at batch 1 and 2), each in a fresh process.
+
+    What does not fit here is reported as not measured, with the reason: the measuring process may
+    use at most ``ram_fraction`` of the memory available when it starts (CPU).
+
+    Raises:
+        PlanError: the config does not load or build, or has no training resolution.
+    """
+    cfg = load_config(config, cfg_options)
+    if shape is None:
+        h, w, how = training_shape(cfg)
+    else:
+        h, w, how = int(shape[0]), int(shape[1]), "--shape"
+    batch, scalable = config_batch(cfg)
+    plans, missing = [], []
+    for mode in ("reversible", "plain"):
+        if mode == "reversible" and not {"reversible", "budgets"} & set(modes) or mode == "plain" and "plain" not in modes:
+            continue
+        mp = ModePlan(mode)
+        plans.append(mp)
+        for b in (1, 2):
+            limit = int(available_ram_bytes() * ram_fraction) or None if device == "cpu" else None
+            budgets = mode == "reversible" and b == 1 and "budgets" in modes
+            # On CPU the peak probe's allocator policy slows steps that allocate more: the settings
+            # are then counted and timed in a process of their own, without it.
+            apart = budgets and device == "cpu"
+            if log:
+                log(f"measuring {mode} at batch {b}, {h}x{w}" + (" and every plain_segments setting" if budgets else "")
+                    + (f" (may use {limit / GIB:.1f} GiB)" if limit else ""))
+            try:
+                mp.probes.append(probe_in_subprocess(config, mode, b, (h, w), amp, device, cfg_options, limit,
+                                                     threads, budgets=budgets and not apart, instances=instances,
+                                                     mask_format=mask_format))
+                if apart:
+                    timed = probe_in_subprocess(config, mode, b, (h, w), amp, device, cfg_options, limit, threads,
+                                                budgets=True, peak=False, instances=instances, mask_format=mask_format)
+                    mp.probes[-1].settings, mp.probes[-1].settings_note = timed.settings, timed.settings_note
+                if mp.probes[-1].settings_note:
+                    missing.append(mp.probes[-1].settings_note)
+            except NotMeasured as err:
+                where = f"this machine's available memory ({limit / GIB:.1f} GiB allowed)" if limit else device
+                mp.skipped = f"not measured at batch {b}: {err}" + (
+                    f"; it needs more than {where}" if "fit" in str(err) else "")
+                missing.append(f"{mode}: {mp.skipped}")
+                break
+    if device == "cpu":
+        missing.append("time on a GPU: the step times that choose between budget settings are CPU times here")
+    plan = Plan(config=config, scope=cfg.default_scope, shape=(h, w), shape_source=how, amp=amp, device=device,
+                batch=batch, auto_scale_lr=scalable, modes=plans, not_measured=missing,
+                instances=instances if cfg.default_scope == "mmdet" else 0, instances_source=instances_source,
+                gpu_assign_thr=rpn_assign_threshold(cfg))
+    if plan.instances > 1 and plan.reversible is not None:
+        _measure_one_instance(plan, cfg_options, limit, threads, mask_format, log)
+    return plan
+
+
+def _measure_one_instance(plan: Plan, cfg_options: Optional[Dict[str, Any]], limit: Optional[int],
+                          threads: Optional[int], mask_format: str, log: Any) -> None:
+    """:attr:`Plan.one_instance`: the fully reversible batch-1 step with one instance per image."""
+    if log:
+        log("measuring reversible at batch 1 with 1 instance per image (the ground truth's share)")
+    try:
+        plan.one_instance = probe_in_subprocess(plan.config, "reversible", 1, plan.shape, plan.amp, plan.device,
+                                                cfg_options, limit, threads, instances=1, mask_format=mask_format)
+    except NotMeasured as err:
+        plan.not_measured.append(f"the ground truth's share: {err}")
+
