@@ -14,7 +14,8 @@ pytestmark = pytest.mark.mm
 
 
 def build(**norm_cfg):
-    return RevBiFPNBackbone(arch="s0", norm_cfg=norm_cfg)
+    # norm_eval explicit: its default follows the current mmengine scope, which earlier tests may set
+    return RevBiFPNBackbone(arch="s0", norm_cfg=norm_cfg, norm_eval=False)
 
 
 def test_mmcv_sync_bn_is_refused_with_torch_sync_bn_as_the_fix():
