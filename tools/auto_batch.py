@@ -177,8 +177,8 @@ def apply_auto_batch(args: Any, cfg: Any, log: Callable[[str], None] = print) ->
     else:
         lr = "learning rate NOT scaled: the config has no auto_scale_lr = dict(base_batch_size=N)"
     log(f"auto-batch: batch {choice.batch} per GPU (config: {before}), the largest that fits a {choice.card_gib:g} GiB "
-        f"card fully reversible: {choice.predicted_gib:.2f} GiB predicted, batch {choice.batch + 1} would need "
-        f"{choice.next_gib:.2f} GiB; measured on {choice.measured_on}"
+        f"card fully reversible: {choice.predicted_gib:.3f} GiB predicted, batch {choice.batch + 1} would need "
+        f"{choice.next_gib:.3f} GiB; measured on {choice.measured_on}"
         + (f" with {choice.instances} instances per image ({choice.instances_source})" if choice.instances else "")
         + f"; {lr}" + ("; plan read from the cache" if choice.cached else ""))
     return choice

@@ -60,7 +60,7 @@ def test_largest_fitting_batch_scaled_lr_and_cache_hit(fake_plan):
     assert cfg.auto_scale_lr.enable is True  # mmengine scales the lr by (GPUs x 19) / base_batch_size
     assert len(fake_plan) == 1 and fake_plan[0]["instances"] == 50 and fake_plan[0]["modes"] == ("reversible",)
     line = logs[-1]
-    assert "batch 19 per GPU (config: 4)" in line and "batch 20 would need 24.10 GiB" in line, line
+    assert "batch 19 per GPU (config: 4)" in line and "batch 20 would need 24.100 GiB" in line, line
     assert "50 instances per image (--instances)" in line and "auto_scale_lr" in line, line
     # a restart: the same config, card and version read the cached plan, nothing is measured
     cfg2 = planner.load_config(QS)
