@@ -107,20 +107,6 @@ def test_the_neck_computes_hrfpn_with_its_arguments(kw, mm_build):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("scope,keys", [
-    ("mmdet", ["model.data_preprocessor.pad_size_divisor=32"]),
-    ("mmseg", ["model.data_preprocessor.size_divisor=32 (training)",
-               "model.data_preprocessor.test_cfg=dict(size_divisor=32) (inference)"])])
-def test_a_bad_input_size_names_the_keys_of_the_framework_in_use(scope, keys, mm_build):
-    from mmengine.registry import DefaultScope
-    b = mm_build(dict(type="RevBiFPN", arch="s0"), scope)
-    with DefaultScope.overwrite_default_scope(scope), pytest.raises(ValueError) as err:
-        b(torch.randn(1, 3, 70, 64))
-    assert "multiples of 32, got 70x64" in str(err.value) and all(k in str(err.value) for k in keys), str(err.value)
-    if scope == "mmseg":
-        assert "pad_size_divisor" not in str(err.value)  # mmseg's SegDataPreProcessor rejects that key
-
-
 @pytest.mark.parametrize("kw,fix", [
     (dict(with_cp=True), "Drop with_cp"),
     (dict(pretrained="x.pth"), "init_cfg=dict(type='Pretrained', checkpoint='x.pth')"),
