@@ -16,6 +16,8 @@ from revbifpn_mm.core import RecomputedPerScale, RevBlockGroup, RevResidualBlock
 from revbifpn_mm.models import RevBiFPN
 from revbifpn_mm.models.blocks import MBConv
 
+pytestmark = pytest.mark.slow  # compilation: minutes on a busy CPU (the compiled steps: see the report)
+
 #: Tolerance of compiled vs eager gradients and BN statistics, relative to the largest magnitude of each
 #: (gradients: over all parameters, as a bias whose true gradient is 0 has only round-off to compare).
 #: Compiled code reorders float32 sums (fused BN statistics, decomposed batch_norm): measured at S0,
