@@ -18,18 +18,17 @@ What still tells graphs apart are Dynamo's guards: grad mode (the no-grad forwar
 recomputation), training flags and ``track_running_stats`` (the container freezes BN running
 statistics during the recomputation by clearing that flag, so that graph does not update them),
 the 0/1 specialisation of sizes and storage offsets, and a size turning dynamic: more than Dynamo's
-default limit of 8 per signature, so :data:`RECOMPILE_LIMIT` raises it, scoped to these calls.
+default limit of 8 per signature, so :data:`RECOMPILE_LIMIT` raises it (see :func:`_configure`).
 
 Failure: if ``torch.compile`` is unavailable or a compilation fails, one warning says why and
 every transform runs eager from then on (the process never crashes on it).
 """
 from __future__ import annotations
 
-import contextlib
 import types
 import warnings
 import weakref
-from typing import Callable, Dict, Iterator, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +67,7 @@ def _compiled_for(module: nn.Module) -> _Fn:
         key = _signature(module)
         fn = _by_signature.get(key)
         if fn is None:
+            _configure()
             code = _call.__code__.replace(co_name=f"transform_{len(_by_signature)}")  # a code object of its own
             fn = torch.compile(types.FunctionType(code, _call.__globals__, code.co_name), backend=BACKEND)
             _by_signature[key] = fn
@@ -75,16 +75,17 @@ def _compiled_for(module: nn.Module) -> _Fn:
     return fn
 
 
-@contextlib.contextmanager
-def _settings() -> Iterator[None]:
-    """Compiler settings of a compiled transform call, scoped to it: the backward graph is compiled with
-    the forward (not lazily inside ``autograd.grad``, where a failure could not fall back), and each
-    signature may hold up to :data:`RECOMPILE_LIMIT` graphs."""
+def _configure() -> None:
+    """Compiler settings the compiled transforms need, set once for the process when the first one is
+    compiled (a scoped ``config.patch`` around every call cost about 0.5 ms a call here): the backward
+    graph is compiled with the forward (``force_non_lazy_backward_lowering``: not lazily inside
+    ``autograd.grad``, where a failure could not fall back; for other compiled code in the process this
+    moves its backward compilation earlier, nothing else), and Dynamo's ``recompile_limit`` is raised to
+    at least :data:`RECOMPILE_LIMIT` (never lowered)."""
     import torch._dynamo.config as dynamo_config
     import torch._functorch.config as functorch_config
-    with functorch_config.patch(force_non_lazy_backward_lowering=True), \
-            dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT):
-        yield
+    functorch_config.force_non_lazy_backward_lowering = True
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
 
 
 def compiled_call(module: nn.Module, x: Tensor) -> Tensor:
@@ -96,8 +97,7 @@ def compiled_call(module: nn.Module, x: Tensor) -> Tensor:
     global _failure
     if _failure is None:
         try:
-            with _settings():
-                return _compiled_for(module)(module, x)
+            return _compiled_for(module)(module, x)
         except Exception as e:  # noqa: BLE001: any compiler failure must fall back, never crash a run
             _failure = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
             warnings.warn(f"compile_transforms: torch.compile failed ({_failure}); the transforms run eager "
