@@ -1,7 +1,7 @@
 """compile_transforms on one RevBiFPN: first-step (compile) time, gradients and BN statistics against eager,
 and how many graphs new input sizes add.
 
-    python tools/compile_check.py --arch s0 --size 64
+    python tools/compile_check.py --arch s0 --size 64 [--backend aot_eager]
 
 For each BN mode (training, frozen) one eager and one compiled copy of the same model take one step on
 2 x 3 x SIZE x SIZE; then the compiled one steps at three larger sizes, each time printing the graphs
@@ -55,7 +55,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", default="s0")
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--backend", default="inductor",
+                    help="torch.compile backend; 'aot_eager' counts the same graphs without generating code")
     args = ap.parse_args()
+    compiled.BACKEND = args.backend
     x = torch.randn(2, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     for frozen in (False, True):
         eager = _model(args.arch, frozen)
