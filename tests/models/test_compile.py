@@ -111,7 +111,6 @@ def test_compiled_step_matches_eager(bn, policy, backend):
     assert set(tracked.values()) == ({1} if bn == "train" else {0})  # once per step, never by the recomputation
 
 
-@pytest.mark.parametrize("backend", ["aot_eager"], indirect=True)
 def _tiny(bn: str) -> RevSequential:
     """One reversible residual block of MBConvs (with SE) and a recomputed MBConv tail."""
     torch.manual_seed(0)
@@ -144,6 +143,7 @@ def test_inductor_step_matches_eager(bn, backend):
     assert tracked == ({1} if bn == "train" else {0})
 
 
+@pytest.mark.parametrize("backend", ["aot_eager"], indirect=True)
 def test_compiled_drop_path_replays_exactly(backend):
     """Couplings that draw random numbers run eager, so their masks replay exactly (a mask drawn anew
     in the recomputation, or a compiled RNG, would differ by O(1)); the compiled tail matches to
