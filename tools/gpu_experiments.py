@@ -3,6 +3,7 @@
     python tools/gpu_experiments.py checks   --out OUT.json   # RNG replay and mixed precision on CUDA
     python tools/gpu_experiments.py overhead --out OUT.json   # the seed's recomputation-overhead table
     python tools/gpu_experiments.py graphs   --out OUT.json   # S3 backbone + neck step under CUDA graphs
+    python tools/gpu_experiments.py graphs --compile-transforms --out OUT.json  # the same, transforms compiled
 
 Each writes its JSON as soon as each row is measured; ``--device cpu`` runs the same code at a tiny
 size (how the tests check it). checks: reversible vs plain gradients with stochastic depth active
@@ -105,9 +106,10 @@ def overhead(device: torch.device, archs: List[str], size: int, batch: int, roun
 
 
 def graphs(device: torch.device, arch: str, batch: int, h: int, w: int, rounds: int,
-           emit: Callable[[Dict[str, Any]], None]) -> None:
+           emit: Callable[[Dict[str, Any]], None], compile_transforms: bool = False) -> None:
     torch.manual_seed(0)
-    eager = M.freeze_bn(M.torch_backbone_neck(f"revbifpn_{arch}", drop_path_rate=0.0, lean_recompute=False), True)
+    eager = M.freeze_bn(M.torch_backbone_neck(f"revbifpn_{arch}", drop_path_rate=0.0, lean_recompute=False,
+                                              compile_transforms=compile_transforms), True)
     eager = eager.to(device)
     graphed_model = copy.deepcopy(eager)
     x = M.image(batch, h, w, device)
@@ -116,7 +118,8 @@ def graphs(device: torch.device, arch: str, batch: int, h: int, w: int, rounds: 
     def loss_of(outs: Any) -> torch.Tensor:
         return sum((o * wo).sum() for o, wo in zip(outs, weights))
 
-    row: Dict[str, Any] = dict(experiment="cuda_graphs", arch=arch, input=[batch, 3, h, w])
+    row: Dict[str, Any] = dict(experiment="cuda_graphs", arch=arch, input=[batch, 3, h, w],
+                               compile_transforms=compile_transforms)
     try:
         graphed = torch.cuda.make_graphed_callables(graphed_model, (x,), num_warmup_iters=3)
     except Exception as err:  # noqa: BLE001  (what blocks capture is the finding)
@@ -152,6 +155,8 @@ def main(argv: Any = None) -> int:
     ap.add_argument("--archs", default="s0,s2,s4,s6", help="overhead: RevBiFPN sizes")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--tiny", action="store_true", help="tiny inputs (a check of the code paths, not a measurement)")
+    ap.add_argument("--compile-transforms", action="store_true",
+                    help="graphs: the backbone with compile_transforms=True (fixed shape), eager vs captured")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     rows: List[Dict[str, Any]] = []
@@ -167,7 +172,8 @@ def main(argv: Any = None) -> int:
     elif device.type != "cuda":
         emit(dict(experiment="cuda_graphs", captured=False, error="needs a CUDA device"))
     else:
-        graphs(device, "s3", 2, *((128, 128) if args.tiny else (800, 1344)), args.rounds, emit)
+        graphs(device, "s3", 2, *((128, 128) if args.tiny else (800, 1344)), args.rounds, emit,
+               args.compile_transforms)
     return 0
 
 

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .op import RevOp, _compute_dtype, apply_transform, vjp
+from .op import RevOp, _compute_dtype, apply_transform, call_transform, vjp
 from .state import CallState
 
 __all__ = ["TriangularCoupling", "RevResidualBlock", "RevSilo", "RevBlockGroup"]
@@ -68,8 +68,9 @@ class TriangularCoupling(nn.Module):
         """Apply the coupling. Transforms run source-major (``i`` then ``j``), the same order as
         in :meth:`backward_pass`, so recorded RNG replays exactly. Each source is cast from the
         stream to its transforms' dtype once."""
+        stochastic = state is not None and id(self) in state.stochastic
         if state is not None:
-            state.rng.push(id(self) in state.stochastic)
+            state.rng.push(stochastic)
         ys: List[Optional[Tensor]] = list(xs[: self.n_in]) + [None] * (self.n_out - self.n_in)
         for i, targets in self.sources:
             cast: Dict[torch.dtype, Tensor] = {}
@@ -78,7 +79,7 @@ class TriangularCoupling(nn.Module):
                 dtype = (state is not None and state.compute_dtype) or _compute_dtype(module, xs[i])
                 if dtype not in cast:
                     cast[dtype] = xs[i].to(dtype)
-                t = module(cast[dtype])
+                t = call_transform(module, cast[dtype], state, stochastic)
                 ys[j] = t.to(xs[0].dtype) if ys[j] is None else ys[j] + t
         return ys  # type: ignore[return-value]
 
@@ -106,12 +107,14 @@ class TriangularCoupling(nn.Module):
         before it is read as a source.
         """
         xs, dxs = ys, dys
+        stochastic = id(self) in state.stochastic
         with state.rng.replay():
             for i, targets in self.sources:
                 xi = xs[i].to(state.compute_dtype) if state.compute_dtype is not None else xs[i]  # cast once
                 for j in targets:  # one transform at a time: the smallest working set
                     sub = _subtract_from(xs, j, state) if j < self.n_in else None
-                    dxs[i] = state.streams.add(dxs[i], vjp(self.transform(i, j), xi, dxs[j], state, sub))
+                    dxs[i] = state.streams.add(dxs[i], vjp(self.transform(i, j), xi, dxs[j], state, sub,
+                                                                   stochastic=stochastic))
                 del xi
         del xs[self.n_in:], dxs[self.n_in:]  # an expanding coupling's new stream
         return xs, dxs

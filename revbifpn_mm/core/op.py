@@ -7,9 +7,10 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
 
+from .compiled import compiled_call
 from .state import CallState
 
-__all__ = ["RevOp", "vjp", "apply_transform", "submodules", "trainable_params"]
+__all__ = ["RevOp", "vjp", "apply_transform", "call_transform", "submodules", "trainable_params"]
 
 Tensors = List[Tensor]
 
@@ -70,13 +71,25 @@ def _compute_dtype(module: nn.Module, x: Tensor) -> torch.dtype:
     return x.dtype
 
 
-def apply_transform(module: nn.Module, x: Tensor) -> Tensor:
-    """``module(x)`` with ``x`` cast from the (possibly float64) stream to the module's dtype."""
-    return module(x.to(_compute_dtype(module, x)))
+def call_transform(module: nn.Module, x: Tensor, state: Optional[CallState] = None,
+                   stochastic: bool = False) -> Tensor:
+    """``module(x)``: compiled when ``state`` asks for it (:attr:`CallState.compiled`), eager where the
+    transform draws random numbers (``stochastic``: eager keeps the recorded RNG replay exact) or
+    without a state (the ordinary autograd path)."""
+    if state is not None and state.compiled and not stochastic:
+        return compiled_call(module, x)
+    return module(x)
+
+
+def apply_transform(module: nn.Module, x: Tensor, state: Optional[CallState] = None) -> Tensor:
+    """``module(x)`` with ``x`` cast from the (possibly float64) stream to the module's dtype
+    (compiled where ``state`` asks for it, see :func:`call_transform`)."""
+    return call_transform(module, x.to(_compute_dtype(module, x)), state)
 
 
 def vjp(module: nn.Module, x: Tensor, grad_out: Tensor, state: CallState,
-        on_output: Optional[Callable[[Tensor], None]] = None, lean: bool = False) -> Tensor:
+        on_output: Optional[Callable[[Tensor], None]] = None, lean: bool = False,
+        stochastic: bool = False) -> Tensor:
     """Recompute ``module(x)`` with autograd and back-propagate ``grad_out`` through it.
 
     The recomputed output is handed (detached) to ``on_output`` and then released *before*
@@ -93,15 +106,19 @@ def vjp(module: nn.Module, x: Tensor, grad_out: Tensor, state: CallState,
             stream; it must not keep a reference to it.
         lean: Run the transform's ``lean_forward`` where it has one (a smaller working set for
             a second evaluation of its cheap layers; see :class:`~revbifpn_mm.core.RunPolicy`).
+            A compiled recomputation (``state.compiled``) runs ``forward`` instead: the compiler's
+            partitioner already recomputes the cheap elementwise layers rather than saving them.
+        stochastic: The transform draws random numbers (it then runs eager, see :func:`call_transform`).
 
     Returns:
         The gradient of the loss with respect to ``x`` (in the transform's dtype).
     """
-    fn = getattr(module, "lean_forward", module) if lean else module
+    compiled = state.compiled and not stochastic
+    fn = getattr(module, "lean_forward", module) if lean and not compiled else module
     with torch.enable_grad():
         x_ = x.detach().to(state.compute_dtype or _compute_dtype(module, x)).requires_grad_(True)
         with state.autocast():  # only the recomputed forward, as in the original
-            y = fn(x_)  # the backward runs outside autocast, as plain autograd's does
+            y = compiled_call(module, x_) if compiled else fn(x_)  # the backward runs outside autocast
         if on_output is not None:
             on_output(y.detach())
         if not y.requires_grad:  # nothing in the transform depends on x or a trainable parameter

@@ -73,6 +73,16 @@ class RunPolicy:
             and gradient then exist about once at a time). ``False`` runs the same algorithm
             out of place (for tests and debugging: set through ``set_policy``, no model
             constructor takes it). Default True.
+        compile_transforms: Run the transforms the reversible call evaluates (each MBConv and
+            RevSilo transform, in the forward and in the backward's recomputation) through
+            ``torch.compile``, one compiled function per distinct block signature with dynamic
+            shapes (:mod:`revbifpn_mm.core.compiled`); the container itself stays eager. Fewer,
+            fused kernels per step, for a first step that compiles (minutes on a CPU). Gradients
+            and BN statistics equal the eager ones to float32 round-off (fusion reorders sums).
+            Transforms that draw random numbers (drop path in training) and the recomputed tail's
+            ``lean_forward`` stay eager / are replaced by the compiled ``forward``; plain segments
+            and ``memory_mode='plain'`` run eager. Where compilation fails, one warning says why
+            and the transforms run eager. Default False.
     """
 
     memory_mode: Union[str, MemoryMode] = MemoryMode.REVERSIBLE
@@ -81,6 +91,7 @@ class RunPolicy:
     plain_segments: int = 0
     plain_from: str = "output"
     reuse_buffers: bool = True
+    compile_transforms: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -102,6 +113,8 @@ class RunPolicy:
             raise ValueError(f"plain_from must be one of {PLAIN_FROM}, got {self.plain_from!r}")
         if not isinstance(self.reuse_buffers, bool):
             raise ValueError(f"reuse_buffers must be True or False, got {self.reuse_buffers!r}")
+        if not isinstance(self.compile_transforms, bool):
+            raise ValueError(f"compile_transforms must be True or False, got {self.compile_transforms!r}")
 
     def replace(self, **changes: Any) -> "RunPolicy":
         """A copy with ``changes`` applied (and validated)."""

@@ -40,8 +40,9 @@ class RecomputedPerScale(nn.Module):
         """The transform of scale ``h``."""
         return getattr(self, f"recomp_transform_{h}")
 
-    def forward(self, ys: Sequence[Tensor]) -> List[Tensor]:  # noqa: D102
-        return [apply_transform(self.transform(h), y) for h, y in enumerate(ys)]
+    def forward(self, ys: Sequence[Tensor], state: Optional[CallState] = None) -> List[Tensor]:
+        """``O_h = M_h(y_h)``; compiled where ``state`` asks for it (a reversible call)."""
+        return [apply_transform(self.transform(h), y, state) for h, y in enumerate(ys)]
 
     def backward_pass(self, ys: Sequence[Tensor], douts: Sequence[Tensor], state: CallState) -> List[Tensor]:
         """Gradients with respect to the tail inputs ``ys`` (parameters go to ``state.grads``).
@@ -221,7 +222,7 @@ class _RevSegment(torch.autograd.Function):
             ys = _run_ops(seg.ops, xs, seg.state)
             if seg.last:
                 if seg.tail is not None:
-                    outs = seg.tail(ys)
+                    outs = seg.tail(ys, seg.state)
                 else:
                     outs = [y.to(seg.out_dtype) for y in ys] if seg.out_dtype is not None else ys
                 ctx.save_for_backward(*ys)
@@ -398,7 +399,8 @@ class RevSequential(nn.Module):
     def _forward_reversible(self, xs: List[Tensor], stream: Optional[torch.dtype], plain: List[bool],
                             walk: _Walk) -> Tuple[Tensor, ...]:
         state = CallState(xs, [p for ps in walk.params for p in ps], self.policy.reuse_buffers,
-                          frozenset(walk.stochastic), self.policy.lean_recompute, walk.compute_dtype)
+                          frozenset(walk.stochastic), self.policy.lean_recompute, walk.compute_dtype,
+                          self.policy.compile_transforms)
         out_dtype = xs[0].dtype
         n = self.num_segments
         tail_plain = self.tail is None or plain[n]

@@ -211,6 +211,7 @@ class CallState:
         streams: Stream arithmetic of the backward (:class:`OwnedStreams` or :class:`Streams`).
         stochastic: ``id`` of every coupling that draws random numbers in this call.
         lean: Whether recomputed tail transforms run their ``lean_forward``.
+        compiled: Whether the transforms run compiled (``RunPolicy.compile_transforms``).
         compute_dtype: The dtype every transform computes in (their parameters' one), or None
             where the parameters do not share one (each transform is then asked).
         handoff: ``handoff[k]`` carries the outputs of segment ``k`` reconstructed by segment
@@ -219,7 +220,7 @@ class CallState:
 
     def __init__(self, inputs: Sequence[Tensor], params: Sequence[Tensor] = (), reuse_buffers: bool = True,
                  stochastic: frozenset = frozenset(), lean: bool = False,
-                 compute_dtype: Optional[torch.dtype] = None) -> None:
+                 compute_dtype: Optional[torch.dtype] = None, compiled: bool = False) -> None:
         self.rng = RngReplay(sorted({t.device.index for t in inputs if t.is_cuda and t.device.index is not None}))
         self.autocast = AutocastReplay(inputs[0].device.type)
         self.grads = GradSink(params)
@@ -228,6 +229,7 @@ class CallState:
         self.stochastic = stochastic
         self.lean = lean
         self.compute_dtype = compute_dtype
+        self.compiled = compiled
         self.handoff: Dict[int, List[Tensor]] = {}
 
     def begin_backward(self) -> None:

@@ -57,7 +57,7 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
             from mmdet's), ``False`` under ``'mmseg'`` and with no scope. An explicit value wins.
         drop_path_rate: Maximum stochastic-depth rate (default: the arch's value).
         num_ext_layers: Override of the number of 4-scale layers.
-        memory_mode, stream_dtype, lean_recompute, plain_segments, plain_from: The run policy,
+        memory_mode, stream_dtype, lean_recompute, plain_segments, plain_from, compile_transforms: The run policy,
             :class:`revbifpn_mm.core.RunPolicy` (each field is documented there): fully
             reversible by default; ``plain_segments=n`` keeps the activations of the last ``n``
             segments (the output MBConvs are the last), trading memory for the recomputation.
@@ -85,6 +85,7 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
                  lean_recompute: bool = True,
                  plain_segments: int = 0,
                  plain_from: str = "output",
+                 compile_transforms: bool = False,
                  check_finite: bool = False,
                  init_cfg: Optional[Dict[str, Any]] = None,
                  with_cp: bool = False,
@@ -108,7 +109,8 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         super().__init__(arch=arch, num_classes=0, drop_path_rate=drop_path_rate,
                          num_ext_layers=num_ext_layers, with_neck=out_type == "neck",
                          norm_layer=norm_layer, memory_mode=memory_mode, stream_dtype=stream_dtype,
-                         lean_recompute=lean_recompute, plain_segments=plain_segments, plain_from=plain_from)
+                         lean_recompute=lean_recompute, plain_segments=plain_segments, plain_from=plain_from,
+                         compile_transforms=compile_transforms)
         self.init_cfg = init_cfg
         self.out_type = out_type
         self.out_indices = tuple(out_indices)

@@ -18,7 +18,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:  # noqa: D103
     ap.add_argument("--archs", default="s0,s3", help="RevBiFPN sizes, comma list (default s0,s3)")
     ap.add_argument("--plain-segments", default="plain",
                     help="settings besides fully reversible: comma list of 'plain', N (plain_segments=N from the "
-                         "output end) and inN (from the input end); default 'plain'")
+                         "output end), inN (from the input end) and 'compiled' (compile_transforms=True); "
+                         "default 'plain'")
     add_renamed(ap, "--budgets", "--plain-segments")
     ap.add_argument("--bn", default="frozen", choices=("frozen", "train"),
                     help="frozen (norm_eval, as detection trains; float32 streams) or train (float64 streams)")
@@ -32,12 +33,14 @@ def _settings(text: str) -> List[tuple]:
     for item in filter(None, text.split(",")):
         if item == "plain":
             out.append(("plain", dict(memory_mode="plain")))
+        elif item == "compiled":
+            out.append(("compiled", dict(compile_transforms=True)))
         elif item.lstrip("in").isdigit():
             frm = "input" if item.startswith("in") else "output"
             out.append((f"plain_segments={item.lstrip('in')}" + ("" if frm == "output" else ",from_input"),
                         dict(plain_segments=int(item.lstrip("in")), plain_from=frm)))
         else:
-            raise ValueError(f"--plain-segments: 'plain', N or inN, got {item!r}")
+            raise ValueError(f"--plain-segments: 'plain', 'compiled', N or inN, got {item!r}")
     return out
 
 

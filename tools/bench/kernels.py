@@ -1,36 +1,67 @@
-"""``kernels``: aten kernels dispatched per training step of RevBiFPN backbones, reversible vs plain,
-frozen vs training BN. The count does not depend on the device; on a GPU in the launch-bound regime a
-step's time follows it."""
+"""``kernels``: kernels launched per training step of RevBiFPN backbones, plain, reversible and reversible
+with ``compile_transforms``, frozen and training BN, beside mmdet's HRNetV2p / ResNet backbones, all
+counted by one rule (:mod:`bench.launches`: torch.profiler, outermost ops plus compiled kernels). The
+count does not depend on the device; on a GPU in the launch-bound regime a step's time follows it.
+Compiled rows also give the first step's time (compilation included) beside the eager first step."""
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict, List
+import logging
+import time
+from typing import Any, Callable, Dict, List
 
 import torch
+from torch import nn
 
 from revbifpn_mm.models import RevBiFPN
 
 from . import models as M
-from .measure import count_step_kernels, training_loss
+from .launches import enable_kernel_profile, step_launches
+from .measure import training_loss
+
+logger = logging.getLogger(__name__)
+MODES = {"plain": dict(memory_mode="plain"), "reversible": {},
+         "compiled": dict(compile_transforms=True)}
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:  # noqa: D103
     ap.add_argument("--archs", default="s0,s3", help="RevBiFPN sizes, comma list")
+    ap.add_argument("--modes", default="plain,reversible,compiled",
+                    help=f"comma list of {', '.join(MODES)} (compiled: reversible with compile_transforms=True)")
+    ap.add_argument("--bns", default="frozen,train", help="comma list of frozen, train")
+    ap.add_argument("--baselines", default="hrnetv2p_w18,r50_fpn",
+                    help="mmdet backbones (of the Faster R-CNN configs) counted the same way; 'none' for none")
+
+
+def _row(name: str, model: nn.Module, x: torch.Tensor, **info: Any) -> Dict[str, Any]:
+    t0 = time.perf_counter()
+    training_loss(model(x)).backward()  # warm-up (compiles where compiled)
+    first = time.perf_counter() - t0
+    model.zero_grad(set_to_none=True)
+    fwd, bwd = step_launches(lambda: model(x))
+    logger.info("%s: %d kernels (first step %.1f s)", name, fwd + bwd, first)
+    return dict(name=name, group="kernels", amp="fp32", kernels_fwd=fwd, kernels_bwd=bwd, kernels=fwd + bwd,
+                first_step_s=first, **info)
+
+
+def _built(make: Callable[[], nn.Module], frozen: bool, device: torch.device) -> nn.Module:
+    torch.manual_seed(0)
+    return M.freeze_bn(make().to(device), frozen)
 
 
 def rows(args: argparse.Namespace, device: torch.device) -> List[Dict[str, Any]]:  # noqa: D103
+    enable_kernel_profile()
     b, h, w = args.input
     x = M.image(b, h, w, device)
     out = []
     for arch in filter(None, args.archs.split(",")):
-        for bn in ("frozen", "train"):
-            for mode in ("plain", "reversible"):
-                torch.manual_seed(0)
-                m = M.freeze_bn(RevBiFPN(arch, num_classes=0, memory_mode=mode).to(device), bn == "frozen")
-                training_loss(m(x)).backward()  # warm-up
-                m.zero_grad(set_to_none=True)
-                fwd, bwd = count_step_kernels(lambda: m(x))
-                out.append(dict(name=f"revbifpn_{arch} {mode} bn={bn}", group="kernels", amp="fp32", arch=arch,
-                                mode=mode, bn=bn, kernels_fwd=fwd, kernels_bwd=bwd, kernels=fwd + bwd,
-                                ref=f"revbifpn_{arch} plain bn={bn}" if mode == "reversible" else None))
+        for bn in filter(None, args.bns.split(",")):
+            for mode in filter(None, args.modes.split(",")):
+                m = _built(lambda: RevBiFPN(arch, num_classes=0, **MODES[mode]), bn == "frozen", device)
+                out.append(_row(f"revbifpn_{arch} {mode} bn={bn}", m, x, arch=arch, mode=mode, bn=bn,
+                                ref=f"revbifpn_{arch} plain bn={bn}" if mode != "plain" else None))
+    for name in filter(lambda n: n and n != "none", args.baselines.split(",")):
+        for bn in filter(None, args.bns.split(",")):
+            m = _built(lambda: M.build(M.detector_cfg("faster", name).backbone, "mmdet"), bn == "frozen", device)
+            out.append(_row(f"{name} bn={bn}", m, x, arch=name, mode="eager", bn=bn))
     return out

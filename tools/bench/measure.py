@@ -220,7 +220,8 @@ def peak_pass(cases: Sequence[Case], device: torch.device, warmup: int = 1, prob
 
 def time_pass(cases: Sequence[Case], device: torch.device, rounds: int = 3,
               clock: Callable[[], float] = time.perf_counter) -> List[Dict[str, Any]]:
-    """Step times without any probe: every case built and warmed up by one step, then all timed by
+    """Step times without any probe: every case built and warmed up by one step (its time, compilation
+    included: ``first_step_s``), then all timed by
     :func:`interleaved_min_times`; a case whose build or warm-up raises gets an ``error`` row."""
     steps: Dict[str, Callable[[], None]] = {}
     rows: Dict[str, Dict[str, Any]] = {}
@@ -238,7 +239,9 @@ def time_pass(cases: Sequence[Case], device: torch.device, rounds: int = 3,
                     out = run()
                 training_loss(out).backward()
                 model.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
             step()
+            first = time.perf_counter() - t0  # compilation included, where the case compiles
         except _STEP_ERRORS as err:
             failed = _failed(c, err)
         if failed is not None:
@@ -247,7 +250,7 @@ def time_pass(cases: Sequence[Case], device: torch.device, rounds: int = 3,
             _release()
             continue
         steps[key] = step
-        rows[key] = dict(name=c.name, group=c.group, amp=c.amp, batch=c.batch, **c.info)
+        rows[key] = dict(name=c.name, group=c.group, amp=c.amp, batch=c.batch, first_step_s=first, **c.info)
     logger.info("timing %d models, %d interleaved rounds", len(steps), rounds)
     if steps:
         for key, sec in interleaved_min_times(steps, rounds, device, clock).items():

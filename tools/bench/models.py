@@ -252,9 +252,10 @@ def parse_size(text: str) -> Tuple[int, int]:
 
 
 def options(text: Optional[str]) -> Dict[str, Any]:
-    """RevBiFPN options from ``'plain_segments=2,plain_from=input'`` (ints where they parse)."""
+    """RevBiFPN options from ``'plain_segments=2,plain_from=input,compile_transforms=true'`` (ints and
+    true / false where they parse)."""
     out: Dict[str, Any] = {}
     for item in filter(None, (text or "").split(",")):
         k, _, v = item.partition("=")
-        out[k] = int(v) if v.lstrip("-").isdigit() else v
+        out[k] = int(v) if v.lstrip("-").isdigit() else {"true": True, "false": False}.get(v.lower(), v)
     return out

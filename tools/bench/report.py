@@ -51,7 +51,8 @@ def fmt(v: Any, spec: str = ".3f") -> str:
 
 
 COLUMNS = [("batch", "batch", "d"), ("params (M)", "params_m", ".3f"), ("saved GB/sample", "saved_gb_per_sample", ".4f"),
-           ("peak GB/sample", "peak_gb_per_sample", ".4f"), ("step s", "step_s", ".3f"), ("images/s", "images_s", ".2f"),
+           ("peak GB/sample", "peak_gb_per_sample", ".4f"), ("step s", "step_s", ".3f"), ("first step s", "first_step_s", ".1f"),
+           ("images/s", "images_s", ".2f"),
            ("peak GB", "peak_gb", ".3f"), ("allocated GB", "allocated_gb", ".2f"), ("reserved GB", "reserved_gb", ".2f"),
            ("forward kernels", "kernels_fwd", "d"), ("backward kernels", "kernels_bwd", "d"), ("kernels", "kernels", "d")]
 

@@ -1,0 +1,84 @@
+"""compile_transforms on one RevBiFPN: first-step (compile) time, gradients and BN statistics against eager,
+and how many graphs new input sizes add.
+
+    python tools/compile_check.py --arch s0 --size 64 [--backend aot_eager]
+
+For each BN mode (training, frozen) one eager and one compiled copy of the same model take one step on
+2 x 3 x SIZE x SIZE; then the compiled one steps at three larger sizes, each time printing the graphs
+Dynamo compiled for it (the automatic dynamic shapes turn a changing size dynamic after its first change).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from typing import Dict, Tuple
+
+import torch
+from torch import nn
+from torch._dynamo.utils import counters
+
+from revbifpn_mm.core import compiled
+from revbifpn_mm.models import RevBiFPN
+
+
+def _model(arch: str, frozen: bool) -> nn.Module:
+    torch.manual_seed(0)
+    model = RevBiFPN(arch, num_classes=0, drop_path_rate=0.0).train()
+    for m in model.modules():
+        if frozen and isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    return model
+
+
+def _step(model: nn.Module, x: torch.Tensor) -> Tuple[float, Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    t0 = time.perf_counter()
+    sum((o.float() ** 2).mean() for o in model(x)).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    return time.perf_counter() - t0, grads, {n: b.clone() for n, b in model.named_buffers()}
+
+
+def _diffs(ref: Dict[str, torch.Tensor], got: Dict[str, torch.Tensor], bufs: Dict[str, torch.Tensor],
+           got_bufs: Dict[str, torch.Tensor]) -> Tuple[float, float]:
+    """Gradients: largest difference / largest gradient; BN statistics: largest difference of a
+    running mean in running stds, or of a running variance relative to it."""
+    grad = max((got[n] - g).abs().max().item() for n, g in ref.items()) / max(g.abs().max().item() for g in ref.values())
+    stat = 0.0
+    for k in (k for k in bufs if k.endswith("running_var")):
+        var, mean = bufs[k].double(), k[:-len("running_var")] + "running_mean"
+        stat = max(stat, ((got_bufs[k].double() - var).abs() / var).max().item(),
+                   ((got_bufs[mean].double() - bufs[mean].double()).abs() / var.sqrt()).max().item())
+    return grad, stat
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", default="s0")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--backend", default="inductor",
+                    help="torch.compile backend; 'aot_eager' counts the same graphs without generating code")
+    args = ap.parse_args()
+    compiled.BACKEND = args.backend
+    x = torch.randn(2, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    for frozen in (False, True):
+        eager = _model(args.arch, frozen)
+        comp = copy.deepcopy(eager)
+        comp.set_policy(compile_transforms=True)
+        graphs = counters["stats"]["unique_graphs"]
+        t_eager, g_ref, b_ref = _step(eager, x)
+        t_comp, g, b = _step(comp, x)
+        grad, stat = _diffs(g_ref, g, b_ref, b)
+        tracked = sorted({v.item() for k, v in b.items() if k.endswith("num_batches_tracked")})
+        print(f"{args.arch} {args.size}x{args.size} {'frozen' if frozen else 'training'} BN: first step eager "
+              f"{t_eager:.1f} s, compiled {t_comp:.1f} s; gradients {grad:.2e}, BN statistics {stat:.2e}, "
+              f"num_batches_tracked {tracked}; signatures {len(compiled._by_signature)}, graphs "
+              f"{counters['stats']['unique_graphs'] - graphs}, failure {compiled.compile_failure()}", flush=True)
+    for size in (args.size + 32, args.size + 64, args.size + 96):
+        graphs = counters["stats"]["unique_graphs"]
+        t, _, _ = _step(comp, torch.randn(2, 3, size, size))
+        print(f"next size {size}x{size}: step {t:.1f} s, new graphs {counters['stats']['unique_graphs'] - graphs}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
