@@ -21,7 +21,8 @@ the 0/1 specialisation of sizes and storage offsets, and a size turning dynamic:
 default limit of 8 per signature, so :data:`RECOMPILE_LIMIT` raises it (see :func:`_configure`).
 
 Failure: if ``torch.compile`` is unavailable or a compilation fails, one warning says why and
-every transform runs eager from then on (the process never crashes on it).
+every transform runs eager from then on (the process never crashes on it); a module's own error
+(wrong input, out of memory) is raised as eager raises it and does not turn compilation off.
 """
 from __future__ import annotations
 
@@ -91,18 +92,38 @@ def _configure() -> None:
 def compiled_call(module: nn.Module, x: Tensor) -> Tensor:
     """``module(x)``, compiled (shared with every block of the same signature); eager after a failure.
 
-    The first failure to compile (``torch.compile`` missing, a backend or compiler error) warns once
-    with its reason and turns compilation off for the process; the call then runs eager.
+    A compiler failure (``torch.compile`` unavailable here, or a Dynamo / AOTAutograd / backend error:
+    ``torch._dynamo.exc.TorchDynamoException``) runs the call eager; if that succeeds, the failure was
+    the compiler's: one warning with its reason, and compilation stays off for the process. If the
+    eager call raises too, the error is the module's own (a wrong input, out of memory): it propagates
+    as eager raises it and compilation stays on. Any other exception propagates untouched.
     """
+    if _failure is not None:
+        return module(x)
+    try:
+        fn = _compiled_for(module)
+    except Exception as e:  # noqa: BLE001: torch.compile refuses this platform or Python in its own types
+        return _fall_back(e, module, x)
+    try:
+        return fn(module, x)
+    except _compiler_errors() as e:
+        return _fall_back(e, module, x)
+
+
+def _compiler_errors() -> tuple:
+    from torch._dynamo.exc import TorchDynamoException  # BackendCompilerFailed, InductorError, ... derive from it
+    return (TorchDynamoException,)
+
+
+def _fall_back(error: Exception, module: nn.Module, x: Tensor) -> Tensor:
+    """Run eager; only when that works is ``error`` the compiler's: warn once and stop compiling."""
     global _failure
-    if _failure is None:
-        try:
-            return _compiled_for(module)(module, x)
-        except Exception as e:  # noqa: BLE001: any compiler failure must fall back, never crash a run
-            _failure = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            warnings.warn(f"compile_transforms: torch.compile failed ({_failure}); the transforms run eager "
-                          "from now on", RuntimeWarning, stacklevel=2)
-    return module(x)
+    y = module(x)
+    text = str(error).strip()
+    _failure = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+    warnings.warn(f"compile_transforms: torch.compile failed ({_failure}); the transforms run eager "
+                  "from now on", RuntimeWarning, stacklevel=3)
+    return y
 
 
 def compile_failure() -> Optional[str]:

@@ -196,6 +196,50 @@ def test_compile_failure_falls_back_with_one_warning(fresh_compile, monkeypatch)
     assert all(torch.equal(g[k], v) for k, v in g_ref.items())  # eager: bitwise
 
 
+def _compile_returning(fn):
+    """A stand-in for ``torch.compile`` whose compiled function is ``fn``."""
+    return lambda *args, **kwargs: fn
+
+
+def test_a_compiler_error_at_the_call_falls_back(fresh_compile, monkeypatch):
+    """A Dynamo / backend error raised while the compiled function runs: eager result, one warning."""
+    from torch._dynamo.exc import InternalTorchDynamoError
+
+    def fails(module, x):
+        raise InternalTorchDynamoError("backend fell over")
+
+    monkeypatch.setattr(torch, "compile", _compile_returning(fails))
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+    x = torch.randn(1, 4, 8, 8)
+    with pytest.warns(RuntimeWarning, match="backend fell over"):
+        y = compiled.compiled_call(conv, x)
+    assert torch.equal(y, conv(x)) and compiled.compile_failure().startswith("InternalTorchDynamoError")
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory"), ValueError("a user error")])
+def test_errors_that_are_not_the_compilers_propagate_and_keep_compiling(fresh_compile, monkeypatch, error):
+    """Out of memory or a module's own exception is raised as is; compilation is not turned off."""
+    def fails(module, x):
+        raise error
+
+    monkeypatch.setattr(torch, "compile", _compile_returning(fails))
+    with pytest.raises(type(error), match=str(error)):
+        compiled.compiled_call(torch.nn.Conv2d(4, 4, 1), torch.randn(1, 4, 4, 4))
+    assert compiled.compile_failure() is None
+
+
+def test_a_wrong_input_raises_the_eager_error_and_keeps_compiling(fresh_compile, monkeypatch):
+    """A channel mismatch found while Dynamo traces (a TorchDynamoException) is re-run eager, which
+    raises torch's own message; the compiler did nothing wrong, so it stays on."""
+    monkeypatch.setattr(compiled, "BACKEND", "aot_eager")
+    conv = torch.nn.Conv2d(4, 4, 1)
+    with pytest.raises(RuntimeError, match="expected input.*to have 4 channels"):
+        compiled.compiled_call(conv, torch.randn(1, 3, 4, 4))
+    assert compiled.compile_failure() is None
+    x = torch.randn(1, 4, 4, 4)
+    assert torch.allclose(compiled.compiled_call(conv, x), conv(x))
+
+
 @pytest.mark.parametrize("bad", ["yes", 1, None])
 def test_compile_transforms_is_a_bool(bad):
     with pytest.raises(ValueError, match="compile_transforms must be True or False"):
