@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -98,8 +98,9 @@ class _ChannelScale(torch.autograd.Function):
 class MBConv(nn.Module):
     """Inverted-residual block without identity skip (residuals live in the couplings).
 
-    ``[1x1 expand + BN + hswish] -> kxk depthwise (stride) + BN + hswish -> [SE]
-    -> 1x1 project + BN -> drop path``.
+    ``exp_conv [1x1 expand + BN + hswish] -> dw_conv [kxk depthwise (stride) + BN + hswish] -> se
+    -> project_conv [1x1 + BN] -> drop path``; an absent expansion (``expand_ratio == 1``) or SE is an
+    ``nn.Identity`` (no parameters: the official key layout is unchanged).
 
     Args:
         in_chs: Input channels.
@@ -112,8 +113,8 @@ class MBConv(nn.Module):
         drop_prob: Stochastic-depth probability (training only).
         norm_layer: Normalisation layer factory.
 
-    Forward: ``drop_path(project(middle(expand(x))))``. :meth:`lean_forward` computes the same
-    with a smaller working set for backward (used when a reversible backward recomputes it).
+    :meth:`lean_forward` computes the same as :meth:`forward` with a smaller working set for backward
+    (used when a reversible backward recomputes it).
     """
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1,
@@ -124,44 +125,41 @@ class MBConv(nn.Module):
             raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
         mid = int(in_chs * expand_ratio)
         self.drop_prob = float(drop_prob)
-        self.exp_conv: Optional[ConvNormAct] = (
-            ConvNormAct(in_chs, mid, 1, norm_layer=norm_layer) if expand_ratio != 1 else None)
+        self.exp_conv = ConvNormAct(in_chs, mid, 1, norm_layer=norm_layer) if expand_ratio != 1 else nn.Identity()
         self.dw_conv = ConvNormAct(mid, mid, kernel_size, stride, groups=mid, norm_layer=norm_layer)
-        self.se: Optional[SqueezeExcite] = (
-            SqueezeExcite(mid, max(1, int(in_chs * se_ratio))) if 0 < se_ratio <= 1 else None)
+        self.se = SqueezeExcite(mid, max(1, int(in_chs * se_ratio))) if 0 < se_ratio <= 1 else nn.Identity()
         self.project_conv = ConvNormAct(mid, out_chs, 1, act=False, norm_layer=norm_layer)
 
-    def _middle(self, x: Tensor, lean: bool = False) -> Tensor:
-        """Expansion BN + act (if any), depthwise conv + BN + act, SE.
-
-        With ``lean`` each BN + act pair is checkpointed too (see :meth:`ConvNormAct.norm_act`).
-        """
-        if self.exp_conv is not None:
-            x = self.exp_conv.norm_act(x, lean)
-        x = self.dw_conv.norm_act(self.dw_conv.conv(x), lean)
-        if self.se is not None:
-            x = self.se(x, lean)
-        return x
-
-    def _run(self, x: Tensor, lean: bool) -> Tensor:
-        if self.exp_conv is not None:
-            x = self.exp_conv.conv(x)
-        x = checkpoint(self._middle, x, True, use_reentrant=False) if lean else self._middle(x)
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        x = self.exp_conv(x)
+        x = self.dw_conv(x)
+        x = self.se(x)
         x = self.project_conv(x)
         return drop_path(x, self.drop_prob, self.training)
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        return self._run(x, False)
-
     def lean_forward(self, x: Tensor) -> Tensor:
-        """:meth:`forward` with the middle checkpointed: only the middle's input is kept for backward,
-        the middle (expansion BN + Hardswish, depthwise conv + BN + Hardswish, SE) runs once more as it
-        back-propagates, and inside that second run each BN + Hardswish pair keeps only the BN input.
-        That removes 3-5 feature maps of the expanded width from the block's working set. Outputs and
-        gradients are bitwise :meth:`forward`'s. A training-mode BN inside would update its running
-        statistics once per evaluation: call it where they are frozen (the reversible backward does).
+        """:meth:`forward` with the middle checkpointed: only the middle's input (the expansion conv's
+        output) is kept for backward, the middle (expansion BN + Hardswish, depthwise conv + BN +
+        Hardswish, SE) runs once more as it back-propagates, and inside that second run each BN +
+        Hardswish pair keeps only the BN input. That removes 3-5 feature maps of the expanded width from
+        the block's working set. Outputs and gradients are bitwise :meth:`forward`'s. A training-mode BN
+        inside would update its running statistics once per evaluation: call it where they are frozen
+        (the reversible backward does). Without grad mode it is :meth:`forward`.
         """
-        return self._run(x, torch.is_grad_enabled())
+        if not torch.is_grad_enabled():
+            return self.forward(x)
+        if isinstance(self.exp_conv, ConvNormAct):
+            x = self.exp_conv.conv(x)
+        x = checkpoint(self._lean_middle, x, use_reentrant=False)
+        x = self.project_conv(x)
+        return drop_path(x, self.drop_prob, self.training)
+
+    def _lean_middle(self, x: Tensor) -> Tensor:
+        """The layers between the expansion conv and the projection, each BN + act pair checkpointed."""
+        if isinstance(self.exp_conv, ConvNormAct):
+            x = self.exp_conv.norm_act(x, lean=True)
+        x = self.dw_conv.norm_act(self.dw_conv.conv(x), lean=True)
+        return self.se(x, lean=True) if isinstance(self.se, SqueezeExcite) else x
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"drop_prob={self.drop_prob}"

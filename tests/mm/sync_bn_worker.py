@@ -29,7 +29,7 @@ def main(init_path: str, data_path: str, out_dir: str) -> None:
     assert model.policy.lean_recompute
     lean_bn = sum(isinstance(b, torch.nn.SyncBatchNorm)
                   for m in model.rev_stack.tail.modules() if isinstance(m, MBConv)
-                  for conv in (m.exp_conv, m.dw_conv) if conv is not None for b in conv.modules())
+                  for conv in (m.exp_conv, m.dw_conv) for b in conv.modules())
     model.load_state_dict(torch.load(init_path))
     model.train()
     ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)

@@ -84,7 +84,7 @@ def test_lean_forward_keeps_less_for_backward_and_computes_the_same():
     model = RevBiFPN("s0", num_classes=0).eval()  # frozen BN: no running statistics move here
     for h, block in enumerate(m for m in model.rev_stack.tail.modules() if isinstance(m, MBConv)):
         side = 128 // 4 // 2 ** h
-        x = torch.randn(2, block.dw_conv.conv.in_channels if block.exp_conv is None else block.exp_conv.conv.in_channels,
+        x = torch.randn(2, block.dw_conv.conv.in_channels if isinstance(block.exp_conv, torch.nn.Identity) else block.exp_conv.conv.in_channels,
                         side, side, requires_grad=True)
         params = list(block.parameters())
         res = []
