@@ -3,8 +3,8 @@
 The reversible backward relies on these APIs (the release that introduced each):
 
 * ``torch.autograd.grad`` with ``torch.autograd.graph.GradientEdge`` *outputs*
-  (:func:`revbifpn_mm.core.vjp` back-propagates from the edge of a recomputed output
-  that it has already released): torch 2.5.
+  (:func:`revbifpn_mm.core.recompute` back-propagates from the edge of a recomputed output
+  that its caller has already released): torch 2.5.
 * ``torch.is_autocast_enabled(device_type)`` and ``torch.get_autocast_dtype(device_type)``
   (autocast replay in the backward): torch 2.4.
 

@@ -1,6 +1,7 @@
 """Reversible machinery (pure PyTorch): invertible ops, couplings, the container and its run policy."""
 from .couplings import RevBlockGroup, RevResidualBlock, RevSilo, TriangularCoupling
-from .op import RevOp, vjp
+from .backward import recompute
+from .op import RevOp
 from .policy import MemoryMode, RunPolicy
 from .saved_tensors import SavedTensorCounter, saved_bytes
 from .sequential import RecomputedPerScale, RevSequential
@@ -10,5 +11,5 @@ from .tensor_ops import SpaceToDepth, depth_to_space, space_to_depth
 __all__ = [
     "CallState", "MemoryMode", "RecomputedPerScale", "RevBlockGroup", "RevOp", "RevResidualBlock",
     "RevSequential", "RevSilo", "RunPolicy", "SavedTensorCounter", "SpaceToDepth", "TriangularCoupling",
-    "depth_to_space", "saved_bytes", "space_to_depth", "vjp",
+    "depth_to_space", "recompute", "saved_bytes", "space_to_depth",
 ]

@@ -14,12 +14,13 @@ reversible residual block and the RevSilo are compositions of two such couplings
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .op import RevOp, _compute_dtype, apply_transform, call_transform, vjp
+from .backward import coupling_backward
+from .op import RevOp, _compute_dtype, apply_transform, call_transform
 from .state import CallState
 
 __all__ = ["TriangularCoupling", "RevResidualBlock", "RevSilo", "RevBlockGroup"]
@@ -39,6 +40,7 @@ class TriangularCoupling(nn.Module):
 
     Forward:  ``y_j = x_j + sum_{i<j} T_ij(x_i)``.
     Inverse:  ``x_j = y_j - sum_{i<j} T_ij(x_i)`` for ``j = 0, 1, ...`` in order.
+    Backward (rebuilding the inputs as it goes): :func:`~revbifpn_mm.core.backward.coupling_backward`.
     """
 
     def __init__(self, n_in: int, n_out: int, transforms: Dict[Tuple[int, int], nn.Module]) -> None:
@@ -66,7 +68,7 @@ class TriangularCoupling(nn.Module):
 
     def forward(self, xs: Sequence[Tensor], state: Optional[CallState] = None) -> Tensors:
         """Apply the coupling. Transforms run source-major (``i`` then ``j``), the same order as
-        in :meth:`backward_pass`, so recorded RNG replays exactly. Each source is cast from the
+        in its backward (``coupling_backward``), so recorded RNG replays exactly. Each source is cast from the
         stream to its transforms' dtype once."""
         stochastic = state is not None and id(self) in state.stochastic
         if state is not None:
@@ -90,41 +92,6 @@ class TriangularCoupling(nn.Module):
             if j < self.n_in:
                 xs[j] = xs[j] - apply_transform(self.transform(i, j), xs[i])
         return xs
-
-    def backward_pass(self, ys: Tensors, dys: Tensors,
-                      state: CallState) -> Tuple[Tensors, Tensors]:
-        """Reconstruct the inputs and their gradients in one sweep over the sources.
-
-        When source ``i`` is visited, every contribution of sources ``< i`` has already been
-        subtracted from stream ``i``, so ``x_i`` is exact. Its gradient starts as ``dy_i``
-        (identity path) and receives ``J_ij^T dy_j`` from every target ``j``; the recomputed
-        ``T_ij(x_i)`` is subtracted from stream ``j``.
-
-        The lists ``ys`` and ``dys`` are consumed: they become the returned ``xs`` and ``dxs``
-        (updated in place, in place on the tensors too where ``state.streams`` owns them). This
-        is exact because the sources run in increasing order: ``dy_j`` is read (as a target)
-        before stream ``j``'s own gradient accumulates (as a source), and ``x_j`` is complete
-        before it is read as a source.
-        """
-        xs, dxs = ys, dys
-        stochastic = id(self) in state.stochastic
-        with state.rng.replay():
-            for i, targets in self.sources:
-                xi = xs[i].to(state.compute_dtype) if state.compute_dtype is not None else xs[i]  # cast once
-                for j in targets:  # one transform at a time: the smallest working set
-                    sub = _subtract_from(xs, j, state) if j < self.n_in else None
-                    dxs[i] = state.streams.add(dxs[i], vjp(self.transform(i, j), xi, dxs[j], state, sub,
-                                                                   stochastic=stochastic))
-                del xi
-        del xs[self.n_in:], dxs[self.n_in:]  # an expanding coupling's new stream
-        return xs, dxs
-
-
-def _subtract_from(xs: Tensors, j: int, state: CallState) -> Callable[[Tensor], None]:
-    """``t -> xs[j] = xs[j] - t`` (in place where ``state.streams`` owns ``xs[j]``)."""
-    def sub(t: Tensor) -> None:
-        xs[j] = state.streams.sub(xs[j], t)
-    return sub
 
 
 class RevResidualBlock(RevOp):
@@ -166,8 +133,8 @@ class RevResidualBlock(RevOp):
         a, b = self._split(ys[0])
         da, db = self._split(dys[0])
         del ys[0], dys[0]
-        (b, a), (db, da) = self.g.backward_pass([b, a], [db, da], state)
-        (a, b), (da, db) = self.f.backward_pass([a, b], [da, db], state)
+        (b, a), (db, da) = coupling_backward(self.g, [b, a], [db, da], state)
+        (a, b), (da, db) = coupling_backward(self.f, [a, b], [da, db], state)
         ys.append(state.streams.join(a, b))
         del a, b
         dys.append(state.streams.join(da, db))
@@ -259,7 +226,7 @@ class RevSilo(RevOp):
         rys, rdys = ys[::-1], dys[::-1]
         ys.clear()
         dys.clear()
-        zs, dzs = self.g.backward_pass(rys, rdys, state)
+        zs, dzs = coupling_backward(self.g, rys, rdys, state)
         zs.reverse()
         dzs.reverse()
-        return self.f.backward_pass(zs, dzs, state)
+        return coupling_backward(self.f, zs, dzs, state)

@@ -5,17 +5,17 @@ Forward of the container: ``y = tail(op_{n-1}(... op_1(op_0(x))))``; inverse of 
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.dropout import _DropoutNd
 
+from .backward import RevSegment, Segment
 from .couplings import TriangularCoupling
-from .op import RevOp, apply_transform, trainable_params, vjp
+from .op import RevOp, apply_transform, run_ops
 from .policy import MemoryMode, RunPolicy
 from .state import CallState
 
@@ -27,7 +27,8 @@ class RecomputedPerScale(nn.Module):
 
     Registered children are ``recomp_transform_<h>`` (the official neck layout).
     In a reversible call only its inputs (the trunk outputs, stored anyway) are kept;
-    its activations are recomputed from them (checkpointing).
+    its activations are recomputed from them (checkpointing:
+    :func:`~revbifpn_mm.core.backward.tail_backward`).
     """
 
     def __init__(self, transforms: Sequence[nn.Module]) -> None:
@@ -43,38 +44,6 @@ class RecomputedPerScale(nn.Module):
     def forward(self, ys: Sequence[Tensor], state: Optional[CallState] = None) -> List[Tensor]:
         """``O_h = M_h(y_h)``; compiled where ``state`` asks for it (a reversible call)."""
         return [apply_transform(self.transform(h), y, state) for h, y in enumerate(ys)]
-
-    def backward_pass(self, ys: Sequence[Tensor], douts: Sequence[Tensor], state: CallState) -> List[Tensor]:
-        """Gradients with respect to the tail inputs ``ys`` (parameters go to ``state.grads``).
-
-        They are fresh buffers, handed to ``state.streams`` so that the trunk's backward
-        accumulates into them in place (unless one aliases its incoming gradient).
-        """
-        dys = []
-        for h, (y, d) in enumerate(zip(ys, douts)):
-            dy = vjp(self.transform(h), y, d, state, lean=state.lean)
-            dys.append(dy if _share_storage([dy], [d]) else state.streams.own(dy))
-        return dys
-
-
-def _run_ops(ops: Sequence[RevOp], xs: Sequence[Tensor], state: Optional[CallState]) -> List[Tensor]:
-    """Apply ``ops`` in order (recording on ``state`` when given)."""
-    ys = list(xs)
-    for op in ops:
-        ys = op(ys, state)
-    return ys
-
-
-def _share_storage(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
-    """Whether any tensor of ``a`` shares its storage with a tensor of ``b``."""
-    ptrs = {t.untyped_storage().data_ptr() for t in b}
-    return any(t.untyped_storage().data_ptr() in ptrs for t in a)
-
-
-def _graph_retained() -> bool:
-    """Whether the running backward keeps the graph (``retain_graph`` / ``create_graph``): the
-    autograd engine's own query (the one AOTAutograd uses to free its saved tensors)."""
-    return bool(torch._C._autograd._get_current_graph_task_keep_graph())
 
 
 @dataclass
@@ -171,106 +140,6 @@ def random_couplings(*modules: nn.Module) -> frozenset:
     return frozenset(_Walk.of([list(modules)]).stochastic)
 
 
-@contextlib.contextmanager
-def _frozen_statistics(bns: Sequence[_BatchNorm]) -> Iterator[None]:
-    """Training-mode BatchNorms that normalise with batch statistics without updating their running
-    ones: the recomputation runs in here, so each step updates them once (standard PyTorch
-    semantics; the official implementation updates them a second time)."""
-    for m in bns:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m in bns:
-            m.track_running_stats = True
-
-
-@dataclass
-class _Segment:
-    """One reversible segment of one call: its ops, its place in the run, the call's state."""
-
-    ops: List[RevOp]
-    tail: Optional["RecomputedPerScale"]  # the tail, when it is reversible and follows this segment
-    state: CallState
-    index: int
-    first: bool  # the first segment of a run of reversible ones: its inputs come from elsewhere
-    last: bool  # the last of the run: it stores its outputs
-    n_in: int
-    out_dtype: Optional[torch.dtype]  # the container's output dtype, when this segment ends the container
-    bns: List[_BatchNorm]
-    begins_backward: bool = False  # the call's last reversible segment: its backward runs first
-
-
-class _RevSegment(torch.autograd.Function):
-    """Runs one segment without storing its activations.
-
-    Inputs are ``(segment, *xs, *params)``. The segment's parameters are inputs of the
-    Function, so autograd sees them: they receive gradients even when the image does not
-    require grad, ``torch.autograd.grad`` works on them, and each segment hands its parameter
-    gradients to autograd as soon as its backward is done (DDP's hooks fire per segment, and
-    no full-model gradient buffer is held). Only the last segment of a reversible run saves
-    tensors: its outputs (``save_for_backward``); every other one receives its outputs,
-    reconstructed, from the next segment's backward (``state.handoff``). The saved outputs
-    become the backward's first working buffers only when they are private (neither returned
-    nor inputs) and the engine does not keep the graph.
-    """
-
-    @staticmethod
-    def forward(ctx, seg: _Segment, *args: Tensor):  # type: ignore[override]
-        xs = list(args[:seg.n_in])
-        with torch.no_grad():
-            ys = _run_ops(seg.ops, xs, seg.state)
-            if seg.last:
-                if seg.tail is not None:
-                    outs = seg.tail(ys, seg.state)
-                else:
-                    outs = [y.to(seg.out_dtype) for y in ys] if seg.out_dtype is not None else ys
-                ctx.save_for_backward(*ys)
-                ctx.private = not _share_storage(ys, list(outs) + xs)
-            else:
-                outs = ys
-        ctx.seg = seg
-        ctx.in_dtypes = [x.dtype for x in xs]
-        ctx.param_ids = [id(p) for p in args[seg.n_in:]]
-        ctx.set_materialize_grads(True)
-        return tuple(outs)
-
-    @staticmethod
-    def backward(ctx, *douts: Tensor):  # type: ignore[override]
-        if torch.is_grad_enabled():  # the engine enables grad mode in backward only for create_graph=True
-            raise RuntimeError(
-                "double backward (create_graph=True, e.g. a gradient penalty) is not supported through "
-                "the reversible path of RevSequential: its backward reconstructs activations without "
-                "building a graph, so the second-order term would silently be dropped. Train this "
-                "model with memory_mode='plain' (or call set_memory_mode('plain') on it) for such losses")
-        seg: _Segment = ctx.seg
-        state = seg.state
-        if seg.begins_backward:
-            state.begin_backward()
-        if seg.last:
-            ys = list(ctx.saved_tensors)
-            if ctx.private and state.reuse_buffers and not _graph_retained():
-                ys = [state.streams.own(y) for y in ys]  # freed after this backward anyway: update in place
-        else:
-            ys = state.handoff.pop(seg.index)
-        need = ctx.needs_input_grad[1:1 + seg.n_in]
-        with torch.no_grad(), _frozen_statistics(seg.bns):
-            dys = seg.tail.backward_pass(ys, list(douts), state) if seg.tail is not None else list(douts)
-            cd = state.compute_dtype
-            if cd is not None:  # gradients need no float64 streams: the transforms' dtype (a private copy)
-                dys = [state.streams.own(d.to(cd)) if d.is_floating_point() and d.dtype != cd else d for d in dys]
-            del douts  # the op lists below are consumed, so replaced tensors are freed at once
-            # Without an input gradient, ops below the first trainable one (frozen stages, the
-            # parameter-free stem) need neither reconstruction nor backward.
-            stop = 0 if any(need) else next((i for i, op in enumerate(seg.ops) if trainable_params(op)), len(seg.ops))
-            for op in reversed(seg.ops[stop:]):
-                ys, dys = op.backward_pass(ys, dys, state)
-        if any(need) and not seg.first:
-            state.handoff[seg.index - 1] = ys
-        dxs = [dx.to(dt) if n else None for dx, dt, n in zip(dys, ctx.in_dtypes, need)]
-        return (None, *dxs, *state.grads.pop(ctx.param_ids))
-
-
 class RevSequential(nn.Module):
     """A sequence of :class:`RevOp` s, optionally followed by a recomputed tail.
 
@@ -329,8 +198,8 @@ class RevSequential(nn.Module):
         return len(self.segment_sizes)
 
     @property
-    def budget_segments(self) -> int:
-        """Trunk segments plus the tail: what :attr:`RunPolicy.plain_segments` counts."""
+    def max_plain_segments(self) -> int:
+        """The largest useful :attr:`RunPolicy.plain_segments`: the trunk segments plus the tail."""
         return self.num_segments + (self.tail is not None)
 
     def segment(self, k: int) -> List[RevOp]:
@@ -384,7 +253,7 @@ class RevSequential(nn.Module):
         reversible = self.training and torch.is_grad_enabled() and not all(plain) and (
             any(walk.params) or any(x.requires_grad for x in xs))
         if not reversible:
-            ys = _run_ops(self.ops(), self._to_stream(xs, stream), None)
+            ys = run_ops(self.ops(), self._to_stream(xs, stream), None)
             return tuple(self.tail(ys) if self.tail is not None else (y.to(xs[0].dtype) for y in ys))
         if walk.unfreezable is not None:
             bad = walk.unfreezable
@@ -401,37 +270,45 @@ class RevSequential(nn.Module):
         state = CallState(xs, [p for ps in walk.params for p in ps], self.policy.reuse_buffers,
                           frozenset(walk.stochastic), self.policy.lean_recompute, walk.compute_dtype,
                           self.policy.compile_transforms)
-        out_dtype = xs[0].dtype
-        n = self.num_segments
-        tail_plain = self.tail is None or plain[n]
         h = self._to_stream(xs, stream)
-        first = True  # the next reversible segment starts a run
-        seg = None
-        for k in range(n):
-            last = k == n - 1
-            if plain[k]:
-                h = _run_ops(self.segment(k), h, None)
-                first = True
-                continue
-            params = walk.params[k]
-            if not last and not params and not any(t.requires_grad for t in h):
-                with torch.no_grad():  # frozen segment below everything trainable: no backward at all
-                    h = _run_ops(self.segment(k), h, None)
-                continue
-            with_tail = last and not tail_plain
-            ends = last and self.tail is None  # the container's outputs: cast to the input's dtype inside
-            seg = _Segment(self.segment(k), self.tail if with_tail else None, state, k, first,
-                           last or plain[k + 1], len(h), out_dtype if ends else None,
-                           walk.training_bns[k] + (walk.training_bns[n] if with_tail else []))
-            if with_tail:
-                params = params + walk.params[n]
-            h = list(_RevSegment.apply(seg, *h, *params))
-            first = False
-        if not tail_plain and plain[n - 1]:  # a reversible tail after a plain trunk: a segment of its own
-            seg = _Segment([], self.tail, state, n, True, True, len(h), None, walk.training_bns[n])
-            h = list(_RevSegment.apply(seg, *h, *walk.params[n]))
-        if seg is not None:
-            seg.begins_backward = True
+        for step in self._schedule(plain, walk, state, any(x.requires_grad for x in xs), xs[0].dtype):
+            if isinstance(step, Segment):
+                h = list(RevSegment.apply(step, len(h), *h, *step.params))
+            else:
+                ops, grad = step
+                with torch.set_grad_enabled(grad):
+                    h = run_ops(ops, h, None)
         if self.tail is not None:
-            return tuple(self.tail(h)) if tail_plain else tuple(h)
-        return tuple(y.to(out_dtype) for y in h)  # no-op casts unless the last segment was plain
+            return tuple(self.tail(h)) if plain[-1] else tuple(h)
+        return tuple(y.to(xs[0].dtype) for y in h)  # no-op casts unless the last segment was plain
+
+    def _schedule(self, plain: List[bool], walk: _Walk, state: CallState, input_grad: bool,
+                  out_dtype: torch.dtype) -> List[Union[Segment, Tuple[List[RevOp], bool]]]:
+        """What a reversible call runs, in order: a :class:`Segment` per reversible segment (the tail
+        joins the last one, or is a segment of its own after a plain trunk), and ``(ops, grad)`` for a
+        plain segment (``grad=True``) or a frozen one below everything trainable (no backward at all).
+        A plain tail is not scheduled: the caller applies it."""
+        n = self.num_segments
+        tail = self.tail if self.tail is not None and not plain[n] else None
+        steps: List[Union[Segment, Tuple[List[RevOp], bool]]] = []
+        below: Optional[Segment] = None  # the previous segment of the current reversible run
+        grad = input_grad  # whether the running activations require grad
+        for k in range(n):
+            last, params = k == n - 1, walk.params[k]
+            if plain[k] or (not last and not params and not grad):
+                steps.append((self.segment(k), plain[k]))
+                below = None
+            else:
+                joins = tail is not None and last
+                below = Segment(self.segment(k), state, params + (walk.params[n] if joins else []),
+                                walk.training_bns[k] + (walk.training_bns[n] if joins else []),
+                                stores=last or plain[k + 1], below=below, tail=tail if joins else None,
+                                out_dtype=out_dtype if last and self.tail is None else None)
+                steps.append(below)
+            grad = grad or bool(params)
+        if tail is not None and plain[n - 1]:
+            steps.append(Segment([], state, walk.params[n], walk.training_bns[n], stores=True, tail=tail))
+        segments = [s for s in steps if isinstance(s, Segment)]
+        if segments:
+            segments[-1].begins_backward = True
+        return steps

@@ -22,11 +22,9 @@ import weakref
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch import Tensor
 
-__all__ = ["CallState", "RngReplay", "AutocastReplay", "GradSink", "Streams", "OwnedStreams",
-           "frozen_bn_statistics"]
+__all__ = ["CallState", "RngReplay", "AutocastReplay", "GradSink", "Streams", "OwnedStreams"]
 
 _RngState = Tuple[Tensor, Dict[int, Tensor]]
 
@@ -214,8 +212,6 @@ class CallState:
         compiled: Whether the transforms run compiled (``RunPolicy.compile_transforms``).
         compute_dtype: The dtype every transform computes in (their parameters' one), or None
             where the parameters do not share one (each transform is then asked).
-        handoff: ``handoff[k]`` carries the outputs of segment ``k`` reconstructed by segment
-            ``k + 1``'s backward, so that no segment but the last of a reversible run stores anything.
     """
 
     def __init__(self, inputs: Sequence[Tensor], params: Sequence[Tensor] = (), reuse_buffers: bool = True,
@@ -230,31 +226,8 @@ class CallState:
         self.lean = lean
         self.compute_dtype = compute_dtype
         self.compiled = compiled
-        self.handoff: Dict[int, List[Tensor]] = {}
 
     def begin_backward(self) -> None:
         """Start a backward pass: replay from the last recorded RNG state, fresh buffers."""
         self.rng.rewind()
         self.streams = OwnedStreams() if self.reuse_buffers else Streams()
-
-
-@contextlib.contextmanager
-def frozen_bn_statistics(*modules: nn.Module) -> Iterator[None]:
-    """Run BatchNorm layers in training mode without touching their running statistics.
-
-    Inside the context every training-mode BatchNorm of ``modules`` still normalises with
-    the statistics of the current batch, but neither ``running_mean``, ``running_var`` nor
-    ``num_batches_tracked`` is updated. The reversible backward wraps its recomputation in
-    this context so that each training step updates the running statistics exactly once
-    (standard PyTorch semantics; the official implementation updates them a second time).
-    """
-    toggled = []
-    for m in (sub for module in modules for sub in module.modules()):
-        if isinstance(m, _BatchNorm) and m.training and m.track_running_stats:
-            m.track_running_stats = False
-            toggled.append(m)
-    try:
-        yield
-    finally:
-        for m in toggled:
-            m.track_running_stats = True

@@ -136,7 +136,7 @@ def test_gradcheck_reversible_function():
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    assert seq.num_segments == 2  # the gradient crosses a segment boundary (handoff of reconstructed outputs)
+    assert seq.num_segments == 2  # the gradient crosses a segment boundary (the segment below receives its rebuilt outputs)
     assert torch.autograd.gradcheck(lambda x, *ps: seq([x]), (x, *params),
                                     eps=1e-6, atol=1e-6, rtol=1e-4)
 

@@ -54,7 +54,7 @@ def test_every_setting_gives_plain_gradients_and_statistics(arch, bn, end):
     plain.set_memory_mode("plain")
     ref = _grads(plain, x)
     gmax = max(g.abs().max().item() for g in ref[1:])
-    n = base.rev_stack.budget_segments
+    n = base.rev_stack.max_plain_segments
     assert n >= 4
     for k in (range(1, n + 1) if arch == "s0" else (1, n // 2, n)):
         m = copy.deepcopy(base)
@@ -71,7 +71,7 @@ def test_kept_bytes_rise_with_every_segment_from_reversible_to_plain(s0, end):
     """Fails if the setting is ignored (every k the reversible figure) or reversibility is off."""
     x = torch.randn(1, 3, 128, 128)
     m = copy.deepcopy(s0)
-    n = m.rev_stack.budget_segments
+    n = m.rev_stack.max_plain_segments
     kept = []
     for k in range(n + 1):
         m.set_policy(plain_segments=k, plain_from=end)
@@ -90,7 +90,7 @@ def test_bad_settings_are_refused_and_more_than_all_is_all(s0):
         s0.set_policy(plain_segments=-1)
     x = torch.randn(1, 3, 64, 64)
     m = copy.deepcopy(s0)
-    n = m.rev_stack.budget_segments
+    n = m.rev_stack.max_plain_segments
     m.set_policy(plain_segments=n)
     everything = saved_bytes(lambda: m(x), exclude=m.parameters())
     m.set_policy(plain_segments=n + 5)

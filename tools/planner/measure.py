@@ -42,7 +42,7 @@ def _sweep_plain_segments(model: Any, run_step: Callable[[], Any], forward: Call
     out: Dict[str, Dict[str, float]] = {}
     note = None
     try:
-        for k in range(backbone.rev_stack.budget_segments + 1):
+        for k in range(backbone.rev_stack.max_plain_segments + 1):
             backbone.set_policy(plain_segments=k)
             try:
                 with SavedTensorCounter(exclude=params) as saved:

@@ -26,7 +26,7 @@ def expected_seconds(config: str, shape: Tuple[int, int], modes: Sequence[str], 
     start = time.perf_counter()
     model.parse_losses(model(**model.data_preprocessor(packed, True), mode="loss"))[0].backward()
     step = (time.perf_counter() - start) * shape[0] * shape[1] / (small[0] * small[1])
-    segments = model.backbone.rev_stack.budget_segments + 1 if hasattr(model.backbone, "rev_stack") else 0
+    segments = model.backbone.rev_stack.max_plain_segments + 1 if hasattr(model.backbone, "rev_stack") else 0
     per_probe = startup_s + 4 * step  # warm-up, forward + backward, optimizer step; batch 2 doubles it
     total = 0.0
     for mode in modes:

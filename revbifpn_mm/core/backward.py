@@ -1,0 +1,271 @@
+"""The reversible backward, top to bottom: how a segment's inputs are rebuilt and its gradients formed.
+
+A training call of :class:`~revbifpn_mm.core.RevSequential` runs its trunk as a chain of
+:class:`Segment` s, each one :class:`RevSegment` autograd Function that keeps nothing of its own
+(the last segment of a run keeps its outputs). The backward of one segment, as it runs::
+
+    RevSegment.backward(douts)                       the last segment first
+    |- ys  = its outputs: saved (the last of a run), or rebuilt by the segment above
+    |- dys = tail_backward(tail, ys, douts)          a tail is recomputed from ys (checkpointing)
+    |- for op in reversed(ops):                      RevSilo, RevBlockGroup, RevResidualBlock, stem
+    |      ys, dys = op.backward_pass(ys, dys)       each runs its couplings in reverse order:
+    |      '- coupling_backward: for each source i, for each target j > i:
+    |             t, backprop = recompute(T_ij, x_i)     T_ij evaluated again, with autograd
+    |             x_j  = y_j - t                         the inverse: stream j's input rebuilt
+    |             dx_i = dx_i + backprop(dy_j)           J_ij^T dy_j; parameter grads to state.grads
+    |- the segment below receives ys (its outputs, rebuilt) for its own backward
+    '- returns the input gradients and this segment's parameter gradients (state.grads.pop)
+
+Around it: BatchNorm running statistics are frozen while the segment is recomputed (each step
+updates them once), the RNG state of each random coupling is replayed (``state.rng``), the forward's
+autocast is re-entered for each recomputed transform (``state.autocast``), and the stream arithmetic
+runs in place on the buffers this backward allocated (``state.streams``). Everything per call lives
+on the :class:`~revbifpn_mm.core.state.CallState` that the call's segments share.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .compiled import compiled_call
+from .op import RevOp, _compute_dtype, run_ops, trainable_params
+from .state import CallState
+
+__all__ = ["Segment", "RevSegment", "tail_backward", "coupling_backward", "recompute"]
+
+Tensors = List[Tensor]
+
+_DOUBLE_BACKWARD = (
+    "double backward (create_graph=True, e.g. a gradient penalty) is not supported through the reversible "
+    "path of RevSequential: its backward reconstructs activations without building a graph, so the "
+    "second-order term would silently be dropped. Train this model with memory_mode='plain' (or call "
+    "set_memory_mode('plain') on it) for such losses")
+
+
+@dataclass(eq=False)
+class Segment:
+    """One reversible segment of one call, as the container scheduled it.
+
+    Attributes:
+        ops: The invertible ops, in forward order.
+        state: The call's state, shared by its segments.
+        params: The trainable parameters of ``ops`` (and of ``tail``): inputs of the Function.
+        bns: Training-mode BatchNorms whose statistics are frozen while the segment is recomputed.
+        stores: The last segment of a reversible run: it saves its outputs for the backward.
+        below: The reversible segment before it in the same run: it receives the inputs this
+            segment's backward rebuilds (``None`` for the first of a run, whose inputs come from
+            elsewhere).
+        tail: The recomputed tail, when it follows this (storing) segment in the same Function.
+        out_dtype: The dtype of the container's outputs, when this segment ends the container.
+        begins_backward: The call's last reversible segment: its backward runs first.
+        rebuilt_outputs: This segment's outputs, rebuilt by the backward of the segment above.
+    """
+
+    ops: List[RevOp]
+    state: CallState
+    params: List[Tensor]
+    bns: List[_BatchNorm]
+    stores: bool
+    below: Optional["Segment"] = None
+    tail: Optional[nn.Module] = None
+    out_dtype: Optional[torch.dtype] = None
+    begins_backward: bool = False
+    rebuilt_outputs: Optional[Tensors] = None
+
+
+class RevSegment(torch.autograd.Function):
+    """Runs one :class:`Segment` without storing its activations: ``apply(segment, n_in, *xs, *params)``.
+
+    The segment's parameters are inputs of the Function, so autograd sees them: they receive
+    gradients even when the image does not require grad, ``torch.autograd.grad`` works on them, and
+    each segment hands its parameter gradients to autograd as soon as its backward is done (DDP's
+    hooks fire per segment, and no full-model gradient buffer is held). The saved outputs become
+    the backward's first working buffers only when they are private (neither returned nor inputs)
+    and the engine does not keep the graph.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, seg: Segment, n_in: int, *args: Tensor) -> Tuple[Tensor, ...]:  # type: ignore[override]
+        xs = list(args[:n_in])
+        with torch.no_grad():
+            ys = outs = run_ops(seg.ops, xs, seg.state)
+            if seg.stores:
+                if seg.tail is not None:
+                    outs = seg.tail(ys, seg.state)
+                elif seg.out_dtype is not None:
+                    outs = [y.to(seg.out_dtype) for y in ys]
+                ctx.save_for_backward(*ys)
+                ctx.private = not _share_storage(ys, list(outs) + xs)
+        ctx.seg, ctx.n_in = seg, n_in
+        ctx.in_dtypes = [x.dtype for x in xs]
+        ctx.param_ids = [id(p) for p in args[n_in:]]
+        ctx.set_materialize_grads(True)
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx: Any, *douts: Tensor) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
+        if torch.is_grad_enabled():  # the engine enables grad mode in backward only for create_graph=True
+            raise RuntimeError(_DOUBLE_BACKWARD)
+        seg: Segment = ctx.seg
+        state = seg.state
+        if seg.begins_backward:
+            state.begin_backward()
+        ys = _outputs(ctx, seg)
+        need = ctx.needs_input_grad[2:2 + ctx.n_in]
+        with torch.no_grad(), _frozen_statistics(seg.bns):
+            dys = tail_backward(seg.tail, ys, douts, state) if seg.tail is not None else list(douts)
+            dys = _in_compute_dtype(dys, state)
+            del douts  # the lists below are consumed, so each replaced tensor is freed at once
+            for op in reversed(seg.ops[_first_to_rebuild(seg.ops, any(need)):]):
+                ys, dys = op.backward_pass(ys, dys, state)
+        if any(need) and seg.below is not None:
+            seg.below.rebuilt_outputs = ys
+        dxs = [dx.to(dt) if n else None for dx, dt, n in zip(dys, ctx.in_dtypes, need)]
+        return (None, None, *dxs, *state.grads.pop(ctx.param_ids))
+
+
+def _outputs(ctx: Any, seg: Segment) -> Tensors:
+    """The segment's outputs: rebuilt by the segment above, or saved (and then, when private and the
+    graph is not kept, owned by this backward so that the streams update them in place)."""
+    if not seg.stores:
+        ys, seg.rebuilt_outputs = seg.rebuilt_outputs, None
+        return ys  # type: ignore[return-value]
+    ys = list(ctx.saved_tensors)
+    if ctx.private and seg.state.reuse_buffers and not _graph_retained():
+        ys = [seg.state.streams.own(y) for y in ys]  # freed after this backward anyway
+    return ys
+
+
+def _in_compute_dtype(dys: Tensors, state: CallState) -> Tensors:
+    """Gradients need no float64 streams: in the transforms' dtype (a private copy) where they all share one."""
+    cd = state.compute_dtype
+    if cd is None:
+        return dys
+    return [state.streams.own(d.to(cd)) if d.is_floating_point() and d.dtype != cd else d for d in dys]
+
+
+def _first_to_rebuild(ops: Sequence[RevOp], input_grad: bool) -> int:
+    """Without an input gradient, ops below the first trainable one (frozen stages, the parameter-free
+    stem) need neither reconstruction nor backward."""
+    if input_grad:
+        return 0
+    return next((i for i, op in enumerate(ops) if trainable_params(op)), len(ops))
+
+
+def tail_backward(tail: nn.Module, ys: Sequence[Tensor], douts: Sequence[Tensor], state: CallState) -> Tensors:
+    """Gradients of the tail's inputs: ``dy_h = J_h^T dout_h`` for ``O_h = M_h(y_h)``, each ``M_h``
+    recomputed from the stored ``y_h`` (its ``lean_forward`` with ``state.lean``).
+
+    They are fresh buffers, handed to ``state.streams`` so that the trunk's backward accumulates into
+    them in place (unless one aliases its incoming gradient).
+    """
+    dys = []
+    for h, (y, d) in enumerate(zip(ys, douts)):
+        backprop = recompute(tail.transform(h), y, state, lean=state.lean)[1]  # the output is not needed
+        dy = backprop(d)
+        del backprop
+        dys.append(dy if _share_storage([dy], [d]) else state.streams.own(dy))
+    return dys
+
+
+def coupling_backward(coupling: nn.Module, ys: Tensors, dys: Tensors, state: CallState) -> Tuple[Tensors, Tensors]:
+    """Rebuild the inputs of a triangular coupling and their gradients in one sweep over its sources.
+
+    For ``y_j = x_j + sum_{i<j} T_ij(x_i)``: when source ``i`` is visited, every contribution of
+    sources ``< i`` has been subtracted from stream ``i``, so ``x_i`` is exact. Its gradient starts as
+    ``dy_i`` (identity path) and receives ``J_ij^T dy_j`` from every target ``j``; the recomputed
+    ``T_ij(x_i)`` is subtracted from stream ``j``. One transform at a time: the smallest working set.
+
+    The lists ``ys`` and ``dys`` are consumed: they become the returned ``xs`` and ``dxs`` (in place
+    on the tensors too where ``state.streams`` owns them). This is exact because the sources run in
+    increasing order: ``dy_j`` is read (as a target) before stream ``j``'s own gradient accumulates
+    (as a source), and ``x_j`` is complete before it is read as a source. An expanding coupling's new
+    stream is dropped.
+    """
+    xs, dxs = ys, dys
+    stochastic = id(coupling) in state.stochastic
+    with state.rng.replay():
+        for i, targets in coupling.sources:
+            xi = xs[i].to(state.compute_dtype) if state.compute_dtype is not None else xs[i]  # cast once
+            for j in targets:
+                t, backprop = recompute(coupling.transform(i, j), xi, state, stochastic=stochastic)
+                if j < coupling.n_in:
+                    xs[j] = state.streams.sub(xs[j], t)  # x_j = y_j - T_ij(x_i)
+                del t
+                dxs[i] = state.streams.add(dxs[i], backprop(dxs[j]))  # dx_i += J_ij^T dy_j
+                del backprop  # its input copy, before the next transform runs
+            del xi
+    del xs[coupling.n_in:], dxs[coupling.n_in:]
+    return xs, dxs
+
+
+def recompute(module: nn.Module, x: Tensor, state: CallState, *, lean: bool = False,
+              stochastic: bool = False) -> Tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """Evaluate a transform again, with autograd: ``(t, backprop)``.
+
+    ``t = module(x)`` (detached, in the transform's dtype) runs under the forward's autocast;
+    ``backprop(dy)`` returns ``J^T dy``, the gradient with respect to ``x``, and adds the trainable
+    parameters' gradients to ``state.grads``. Back-propagation starts from ``t``'s gradient edge
+    (``torch.autograd.graph.get_gradient_edge``), so once the caller drops ``t`` its storage is not part
+    of the working set of ``backprop`` unless the transform's own graph saved it.
+
+    Args:
+        module: The transform (parameters may be frozen).
+        x: Its (rebuilt) input, possibly in a wider stream dtype; not modified.
+        state: The call's state: autocast, compute dtype, gradients, compilation.
+        lean: Run the transform's ``lean_forward`` where it has one (a smaller working set; see
+            :class:`~revbifpn_mm.core.RunPolicy`). A compiled recomputation runs ``forward``: the
+            compiler's partitioner already recomputes the cheap elementwise layers.
+        stochastic: The transform draws random numbers: it runs eager, so the RNG replay stays exact.
+    """
+    compiled = state.compiled and not stochastic
+    fn = getattr(module, "lean_forward", module) if lean and not compiled else module
+    with torch.enable_grad():
+        x_ = x.detach().to(state.compute_dtype or _compute_dtype(module, x)).requires_grad_(True)
+        with state.autocast():  # only the recomputed forward, as in the original; the backward runs outside
+            y = compiled_call(module, x_) if compiled else fn(x_)
+    t = y.detach()
+    if not y.requires_grad:  # nothing in the transform depends on x or a trainable parameter
+        return t, lambda dy: torch.zeros_like(x_)
+    edge, out_dtype, params = get_gradient_edge(y), y.dtype, trainable_params(module)
+    del y
+
+    def backprop(dy: Tensor) -> Tensor:
+        with torch.enable_grad():
+            grads = torch.autograd.grad(edge, [x_] + params, dy.to(out_dtype), allow_unused=True)
+        state.grads.add(params, grads[1:])
+        return torch.zeros_like(x_) if grads[0] is None else grads[0]
+
+    return t, backprop
+
+
+@contextlib.contextmanager
+def _frozen_statistics(bns: Sequence[_BatchNorm]) -> Iterator[None]:
+    """Training-mode BatchNorms that normalise with batch statistics without updating their running
+    ones: the recomputation runs in here, so each step updates them once (standard PyTorch semantics;
+    the official implementation updates them a second time)."""
+    for m in bns:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
+
+
+def _share_storage(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
+    """Whether any tensor of ``a`` shares its storage with a tensor of ``b``."""
+    ptrs = {t.untyped_storage().data_ptr() for t in b}
+    return any(t.untyped_storage().data_ptr() in ptrs for t in a)
+
+
+def _graph_retained() -> bool:
+    """Whether the running backward keeps the graph (``retain_graph`` / ``create_graph``): the
+    autograd engine's own query (the one AOTAutograd uses to free its saved tensors)."""
+    return bool(torch._C._autograd._get_current_graph_task_keep_graph())
