@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections import Counter
 from typing import Any, Callable, Dict, List
 
 import torch
@@ -31,17 +32,26 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:  # noqa: D103
     ap.add_argument("--bns", default="frozen,train", help="comma list of frozen, train")
     ap.add_argument("--baselines", default="hrnetv2p_w18,r50_fpn",
                     help="mmdet backbones (of the Faster R-CNN configs) counted the same way; 'none' for none")
+    ap.add_argument("--top", type=int, default=0, metavar="N",
+                    help="also log each row's N most launched operators, and count its convolutions (forward "
+                         "and backward: calls no compiler fuses) as the row's 'convolutions'")
 
 
-def _row(name: str, model: nn.Module, x: torch.Tensor, **info: Any) -> Dict[str, Any]:
+def _row(name: str, model: nn.Module, x: torch.Tensor, top: int = 0, **info: Any) -> Dict[str, Any]:
     t0 = time.perf_counter()
     training_loss(model(x)).backward()  # warm-up (compiles where compiled)
     first = time.perf_counter() - t0
     model.zero_grad(set_to_none=True)
-    fwd, bwd = step_launches(lambda: model(x))
+    names: Counter = Counter()
+    fwd, bwd = step_launches(lambda: model(x), names)
     logger.info("%s: %d kernels (first step %.1f s)", name, fwd + bwd, first)
-    return dict(name=name, group="kernels", amp="fp32", kernels_fwd=fwd, kernels_bwd=bwd, kernels=fwd + bwd,
-                first_step_s=first, **info)
+    row = dict(name=name, group="kernels", amp="fp32", kernels_fwd=fwd, kernels_bwd=bwd, kernels=fwd + bwd,
+               first_step_s=first, **info)
+    if top:
+        row["convolutions"] = sum(n for k, n in names.items() if "conv" in k.lower() and "cpp_fused" not in k)
+        logger.info("%s: %d convolutions; most launched: %s", name, row["convolutions"],
+                    ", ".join(f"{k} {n}" for k, n in names.most_common(top)))
+    return row
 
 
 def _built(make: Callable[[], nn.Module], frozen: bool, device: torch.device) -> nn.Module:
@@ -58,10 +68,10 @@ def rows(args: argparse.Namespace, device: torch.device) -> List[Dict[str, Any]]
         for bn in filter(None, args.bns.split(",")):
             for mode in filter(None, args.modes.split(",")):
                 m = _built(lambda: RevBiFPN(arch, num_classes=0, **MODES[mode]), bn == "frozen", device)
-                out.append(_row(f"revbifpn_{arch} {mode} bn={bn}", m, x, arch=arch, mode=mode, bn=bn,
+                out.append(_row(f"revbifpn_{arch} {mode} bn={bn}", m, x, args.top, arch=arch, mode=mode, bn=bn,
                                 ref=f"revbifpn_{arch} plain bn={bn}" if mode != "plain" else None))
     for name in filter(lambda n: n and n != "none", args.baselines.split(",")):
         for bn in filter(None, args.bns.split(",")):
             m = _built(lambda: M.build(M.detector_cfg("faster", name).backbone, "mmdet"), bn == "frozen", device)
-            out.append(_row(f"{name} bn={bn}", m, x, arch=name, mode="eager", bn=bn))
+            out.append(_row(f"{name} bn={bn}", m, x, args.top, arch=name, mode="eager", bn=bn))
     return out

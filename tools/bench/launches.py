@@ -13,7 +13,8 @@ frames do not run as compiled. The profiler sees what actually ran. What is coun
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Tuple
+from collections import Counter
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -44,8 +45,9 @@ def enable_kernel_profile() -> None:
         pass
 
 
-def count_launches(run: Callable[[], Any]) -> int:
-    """Kernels launched by ``run()`` (see the module docstring for the rule)."""
+def count_launches(run: Callable[[], Any], names: Optional[Counter] = None) -> int:
+    """Kernels launched by ``run()`` (see the module docstring for the rule), each counted in ``names`` by
+    its operator or kernel name when given."""
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=acts) as prof:
         run()
@@ -54,6 +56,8 @@ def count_launches(run: Callable[[], Any]) -> int:
     events = prof.events()
     device = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     if device:
+        if names is not None:
+            names.update(e.name for e in device)
         return len(device)
     total = 0
     for e in events:
@@ -62,17 +66,21 @@ def count_launches(run: Callable[[], Any]) -> int:
         parent = e.cpu_parent
         while parent is not None and not _is_counted(parent.name):
             parent = parent.cpu_parent
-        total += parent is None
+        if parent is None:
+            total += 1
+            if names is not None:
+                names[e.name] += 1
     return total
 
 
-def step_launches(forward: Callable[[], Any]) -> Tuple[int, int]:
-    """Kernels launched by ``forward()`` and by the backward of its :func:`training_loss`."""
+def step_launches(forward: Callable[[], Any], names: Optional[Counter] = None) -> Tuple[int, int]:
+    """Kernels launched by ``forward()`` and by the backward of its :func:`training_loss` (by name in
+    ``names`` when given)."""
     box = {}
 
     def fwd() -> None:
         box["loss"] = training_loss(forward())
 
-    n_fwd = count_launches(fwd)
-    n_bwd = count_launches(lambda: box.pop("loss").backward())
+    n_fwd = count_launches(fwd, names)
+    n_bwd = count_launches(lambda: box.pop("loss").backward(), names)
     return n_fwd, n_bwd
