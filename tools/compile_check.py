@@ -2,10 +2,13 @@
 and how many graphs new input sizes add.
 
     python tools/compile_check.py --arch s0 --size 64 [--backend aot_eager]
+    python tools/compile_check.py --train CONFIG --iters 20 [--backend aot_eager]
 
 For each BN mode (training, frozen) one eager and one compiled copy of the same model take one step on
 2 x 3 x SIZE x SIZE; then the compiled one steps at three larger sizes, each time printing the graphs
 Dynamo compiled for it (the automatic dynamic shapes turn a changing size dynamic after its first change).
+With ``--train``, tools/train.py trains CONFIG for ``--iters`` iterations with ``compile_transforms=True``
+(no validation) and prints how many graphs Dynamo compiled, for how many block signatures.
 """
 from __future__ import annotations
 
@@ -51,14 +54,34 @@ def _diffs(ref: Dict[str, torch.Tensor], got: Dict[str, torch.Tensor], bufs: Dic
     return grad, stat
 
 
+def train_count(config: str, iters: int) -> None:
+    """Train ``config`` for ``iters`` iterations with compiled transforms; print the graphs compiled."""
+    import tempfile
+
+    import train
+
+    graphs = counters["stats"]["unique_graphs"]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as work_dir:
+        train.main([config, "--work-dir", work_dir, "--cfg-options", "model.backbone.compile_transforms=True",
+                    f"train_cfg.max_iters={iters}", f"train_cfg.val_interval={iters + 1}"])
+    print(f"{config}: {iters} iterations in {time.perf_counter() - t0:.0f} s, {len(compiled._by_signature)} block "
+          f"signatures, {counters['stats']['unique_graphs'] - graphs} graphs compiled, failure "
+          f"{compiled.compile_failure()}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", default="s0")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--backend", default="inductor",
                     help="torch.compile backend; 'aot_eager' counts the same graphs without generating code")
+    ap.add_argument("--train", metavar="CONFIG", help="count the graphs of a training run of this config instead")
+    ap.add_argument("--iters", type=int, default=20)
     args = ap.parse_args()
     compiled.BACKEND = args.backend
+    if args.train:
+        return train_count(args.train, args.iters)
     x = torch.randn(2, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     for frozen in (False, True):
         eager = _model(args.arch, frozen)
