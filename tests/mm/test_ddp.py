@@ -7,6 +7,7 @@ accumulates the same two images (``accumulative_counts=2``): DDP averages the pe
 gradients, which is what gradient accumulation computes. Sampling is made deterministic
 (PseudoSamplers, no flip) so that both runs see identical losses.
 """
+import json
 import os
 import subprocess
 import sys
@@ -35,10 +36,11 @@ env_cfg = dict(dist_cfg=dict(backend='gloo'))
 """
 
 
-def _write_cfg(tmp_path, name, iters, acc, data, init, norm="BN", norm_eval=True, extra="", plain_segments=0):
+def _write_cfg(tmp_path, name, iters, acc, data, init, norm="BN", norm_eval=True, extra="", plain_segments=0,
+               compile_transforms=False):
     path = tmp_path / f"{name}.py"
     backbone = (f"norm_eval={norm_eval}, drop_path_rate=0.0, norm_cfg=dict(type={norm!r}, eps=1e-3), "
-                f"plain_segments={plain_segments}")
+                f"plain_segments={plain_segments}, compile_transforms={compile_transforms}")
     path.write_text(deterministic_faster_rcnn(data, backbone, batch_size=1)
                     + CFG.format(iters=iters, acc=acc, init=init, extra=extra))
     return str(path)
@@ -75,15 +77,27 @@ def _run(cmd, env=None):
     return out
 
 
-@pytest.mark.parametrize("plain_segments", [0, 3])
-def test_ddp_gradients_equal_single_process(tmp_path, data, free_port, plain_segments):
-    """Fully reversible and at a memory budget setting (kept and reversible segments mixed)."""
+@pytest.mark.parametrize("plain_segments,compile_transforms", [(0, False), (3, False), (0, True)])
+def test_ddp_gradients_equal_single_process(tmp_path, data, free_port, plain_segments, compile_transforms):
+    """Fully reversible, at a memory budget setting (kept and reversible segments mixed), and with
+    ``compile_transforms`` in the DDP ranks (``aot_eager``: ``tests/mm/compile_aot_eager.py``) against
+    the eager single process."""
     probe = _write_cfg(tmp_path, "probe", iters=1, acc=1, data=data, init=None)
     init_path, init = _initial_checkpoint(tmp_path, probe)
-    ddp_cfg = _write_cfg(tmp_path, "ddp", iters=1, acc=1, data=data, init=init_path, plain_segments=plain_segments)
+    extra = ("custom_imports = dict(imports=['revbifpn_mm', 'compile_aot_eager'], allow_failed_imports=False)"
+             if compile_transforms else "")
+    ddp_cfg = _write_cfg(tmp_path, "ddp", iters=1, acc=1, data=data, init=init_path, plain_segments=plain_segments,
+                         compile_transforms=compile_transforms, extra=extra)
     one_cfg = _write_cfg(tmp_path, "one", iters=2, acc=2, data=data, init=init_path)
+    report = str(tmp_path / "compiled")
     _run(["bash", "tools/dist_train.sh", ddp_cfg, "2", "--work-dir", str(tmp_path / "ddp")],
-         env={"PORT": str(free_port), "PYTHON": sys.executable})
+         env={"PORT": str(free_port), "PYTHON": sys.executable, "COMPILE_REPORT": report,
+              "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests", "mm"), ROOT])})
+    if compile_transforms:  # the ranks really ran compiled
+        for rank in (0, 1):
+            with open(f"{report}.{rank}") as f:
+                seen = json.load(f)
+            assert seen["signatures"] > 0 and seen["failure"] is None, seen
     _run([sys.executable, "tools/train.py", one_cfg, "--work-dir", str(tmp_path / "one")])
     after_ddp = _backbone(str(tmp_path / "ddp" / "iter_1.pth"))
     after_one = _backbone(str(tmp_path / "one" / "iter_2.pth"))

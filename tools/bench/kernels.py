@@ -2,7 +2,9 @@
 with ``compile_transforms``, frozen and training BN, beside mmdet's HRNetV2p / ResNet backbones, all
 counted by one rule (:mod:`bench.launches`: torch.profiler, outermost ops plus compiled kernels). The
 count does not depend on the device; on a GPU in the launch-bound regime a step's time follows it.
-Compiled rows also give the first step's time (compilation included) beside the eager first step."""
+Compiled rows also give the first step's time (compilation included) beside the eager first step. Backbones
+run without stochastic depth, as every detection and segmentation config trains them (``drop_path_rate=0``;
+a random coupling would run eager under ``compile_transforms``, to keep its RNG replay exact)."""
 from __future__ import annotations
 
 import argparse
@@ -67,7 +69,8 @@ def rows(args: argparse.Namespace, device: torch.device) -> List[Dict[str, Any]]
     for arch in filter(None, args.archs.split(",")):
         for bn in filter(None, args.bns.split(",")):
             for mode in filter(None, args.modes.split(",")):
-                m = _built(lambda: RevBiFPN(arch, num_classes=0, **MODES[mode]), bn == "frozen", device)
+                m = _built(lambda: RevBiFPN(arch, num_classes=0, drop_path_rate=0.0, **MODES[mode]), bn == "frozen",
+                           device)
                 out.append(_row(f"revbifpn_{arch} {mode} bn={bn}", m, x, args.top, arch=arch, mode=mode, bn=bn,
                                 ref=f"revbifpn_{arch} plain bn={bn}" if mode != "plain" else None))
     for name in filter(lambda n: n and n != "none", args.baselines.split(",")):
