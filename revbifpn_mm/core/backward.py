@@ -34,7 +34,7 @@ from torch.autograd.graph import get_gradient_edge
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .compiled import compiled_call
-from .op import RevOp, _compute_dtype, run_ops, trainable_params
+from .op import RevOp, _compute_dtype, cast, run_ops, trainable_params
 from .state import CallState
 
 __all__ = ["Segment", "RevSegment", "tail_backward", "coupling_backward", "recompute"]
@@ -126,7 +126,7 @@ class RevSegment(torch.autograd.Function):
                 ys, dys = op.backward_pass(ys, dys, state)
         if any(need) and seg.below is not None:
             seg.below.rebuilt_outputs = ys
-        dxs = [dx.to(dt) if n else None for dx, dt, n in zip(dys, ctx.in_dtypes, need)]
+        dxs = [cast(dx, dt) if n else None for dx, dt, n in zip(dys, ctx.in_dtypes, need)]
         return (None, None, *dxs, *state.grads.pop(ctx.param_ids))
 
 
@@ -192,7 +192,7 @@ def coupling_backward(coupling: nn.Module, ys: Tensors, dys: Tensors, state: Cal
     stochastic = id(coupling) in state.stochastic
     with state.rng.replay():
         for i, targets in coupling.sources:
-            xi = xs[i].to(state.compute_dtype) if state.compute_dtype is not None else xs[i]  # cast once
+            xi = cast(xs[i], state.compute_dtype) if state.compute_dtype is not None else xs[i]  # cast once
             for j in targets:
                 t, backprop = recompute(coupling.transform(i, j), xi, state, stochastic=stochastic)
                 if j < coupling.n_in:
@@ -227,7 +227,7 @@ def recompute(module: nn.Module, x: Tensor, state: CallState, *, lean: bool = Fa
     compiled = state.compiled and not stochastic
     fn = getattr(module, "lean_forward", module) if lean and not compiled else module
     with torch.enable_grad():
-        x_ = x.detach().to(state.compute_dtype or _compute_dtype(module, x)).requires_grad_(True)
+        x_ = cast(x.detach(), state.compute_dtype or _compute_dtype(module, x)).requires_grad_(True)
         with state.autocast():  # only the recomputed forward, as in the original; the backward runs outside
             y = compiled_call(module, x_) if compiled else fn(x_)
     t = y.detach()
@@ -238,7 +238,7 @@ def recompute(module: nn.Module, x: Tensor, state: CallState, *, lean: bool = Fa
 
     def backprop(dy: Tensor) -> Tensor:
         with torch.enable_grad():
-            grads = torch.autograd.grad(edge, [x_] + params, dy.to(out_dtype), allow_unused=True)
+            grads = torch.autograd.grad(edge, [x_] + params, cast(dy, out_dtype), allow_unused=True)
         state.grads.add(params, grads[1:])
         return torch.zeros_like(x_) if grads[0] is None else grads[0]
 

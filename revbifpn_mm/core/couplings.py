@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .backward import coupling_backward
-from .op import RevOp, _compute_dtype, apply_transform, call_transform
+from .op import RevOp, _compute_dtype, apply_transform, call_transform, cast
 from .state import CallState
 
 __all__ = ["TriangularCoupling", "RevResidualBlock", "RevSilo", "RevBlockGroup"]
@@ -75,14 +75,14 @@ class TriangularCoupling(nn.Module):
             state.rng.push(stochastic)
         ys: List[Optional[Tensor]] = list(xs[: self.n_in]) + [None] * (self.n_out - self.n_in)
         for i, targets in self.sources:
-            cast: Dict[torch.dtype, Tensor] = {}
+            cast_to: Dict[torch.dtype, Tensor] = {}
             for j in targets:
                 module = self.transform(i, j)
                 dtype = (state is not None and state.compute_dtype) or _compute_dtype(module, xs[i])
-                if dtype not in cast:
-                    cast[dtype] = xs[i].to(dtype)
-                t = call_transform(module, cast[dtype], state, stochastic)
-                ys[j] = t.to(xs[0].dtype) if ys[j] is None else ys[j] + t
+                if dtype not in cast_to:
+                    cast_to[dtype] = cast(xs[i], dtype)
+                t = call_transform(module, cast_to[dtype], state, stochastic)
+                ys[j] = cast(t, xs[0].dtype) if ys[j] is None else ys[j] + t
         return ys  # type: ignore[return-value]
 
     def inverse(self, ys: Sequence[Tensor]) -> Tensors:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from .compiled import compiled_call
 from .state import CallState
 
-__all__ = ["RevOp", "run_ops", "apply_transform", "call_transform", "submodules", "trainable_params"]
+__all__ = ["RevOp", "run_ops", "cast", "apply_transform", "call_transform", "submodules", "trainable_params"]
 
 Tensors = List[Tensor]
 
@@ -48,6 +48,12 @@ def run_ops(ops: Sequence[RevOp], xs: Sequence[Tensor], state: Optional[CallStat
     for op in ops:
         ys = op(ys, state)
     return ys
+
+
+def cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)`` without a dispatcher call where ``t`` already has that dtype (the reversible path
+    casts between stream and compute dtypes a few times per transform: hundreds of calls a step)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def submodules(module: nn.Module) -> Iterator[nn.Module]:
@@ -91,4 +97,4 @@ def call_transform(module: nn.Module, x: Tensor, state: Optional[CallState] = No
 def apply_transform(module: nn.Module, x: Tensor, state: Optional[CallState] = None) -> Tensor:
     """``module(x)`` with ``x`` cast from the (possibly float64) stream to the module's dtype
     (compiled where ``state`` asks for it, see :func:`call_transform`)."""
-    return call_transform(module, x.to(_compute_dtype(module, x)), state)
+    return call_transform(module, cast(x, _compute_dtype(module, x)), state)
