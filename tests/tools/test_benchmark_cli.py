@@ -94,3 +94,14 @@ def test_fair_fight_and_seg_at_a_tiny_shape(tmp_path):
     s = _rows(tmp_path / "s")
     assert s["revbifpn_s0 lean bn=train 64x128"]["saved_gb_per_sample"] < s["revbifpn_s0 fcn bn=train 64x128"][
         "saved_gb_per_sample"]
+
+
+def test_fair_fight_compiled_adds_a_compiled_row_per_revbifpn_backbone():
+    """``--compiled``: each RevBiFPN detector also with ``compile_transforms=True``; baselines unchanged."""
+    from bench import fair_fight
+    args = benchmark_memory.parse_args(["fair-fight", "--backbones", "revbifpn_s3,r50_fpn", "--with-cp", "off",
+                                        "--compiled", "--out", "x"])
+    cases = fair_fight.cases(args, "cpu")
+    assert [c.name for c in cases] == ["faster_rcnn revbifpn_s3", "faster_rcnn revbifpn_s3 compiled",
+                                       "faster_rcnn r50_fpn"]
+    assert cases[1].info["compile_transforms"] is True and "compile_transforms" not in cases[0].info

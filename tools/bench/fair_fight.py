@@ -19,6 +19,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:  # noqa: D103
     ap.add_argument("--with-cp", default="both", choices=("both", "on", "off"), help="baseline rows with with_cp")
     ap.add_argument("--dtypes", default="fp32", help="comma list of fp32, bf16, fp16 (the last two under autocast)")
     add_renamed(ap, "--amp", "--dtypes")
+    ap.add_argument("--compiled", action="store_true",
+                    help="each RevBiFPN row also with compile_transforms=True (labelled 'compiled')")
 
 
 def cp_variants(backbone: str, with_cp: str) -> tuple:
@@ -31,15 +33,19 @@ def cases(args: argparse.Namespace, device: torch.device) -> List[Case]:  # noqa
     out = []
     for amp in filter(None, args.dtypes.split(",")):
         for bb in filter(None, args.backbones.split(",")):
-            for cp in cp_variants(bb, args.with_cp):
+            variants = [(cp, {}) for cp in cp_variants(bb, args.with_cp)]
+            if args.compiled and bb.startswith("revbifpn_"):
+                variants.append((False, dict(compile_transforms=True)))
+            for cp, rev in variants:
                 for kind in filter(None, args.detectors.split(",")):
-                    label = f"{bb}{' + with_cp' if cp else ''}"
-                    info = dict(backbone=bb, with_cp=cp)
+                    label = f"{bb}{' + with_cp' if cp else ''}{' compiled' if rev else ''}"
+                    info = dict(backbone=bb, with_cp=cp, **rev)
                     if kind == "neck":
-                        build = M.backbone_builder(lambda bb=bb, cp=cp: M.backbone_neck(bb, cp), b, h, w, device)
+                        build = M.backbone_builder(lambda bb=bb, cp=cp, rev=rev: M.backbone_neck(bb, cp, **rev),
+                                                   b, h, w, device)
                         out.append(Case(f"{label} backbone+neck", "backbone+neck", build, amp, b, info))
                     else:
-                        build = M.run_builder(lambda k=kind, bb=bb, cp=cp: M.detector(k, bb, cp), M.detector_run,
-                                              b, h, w, device)
+                        build = M.run_builder(lambda k=kind, bb=bb, cp=cp, rev=rev: M.detector(k, bb, cp, **rev),
+                                              M.detector_run, b, h, w, device)
                         out.append(Case(f"{kind}_rcnn {label}", "detector", build, amp, b, dict(info, detector=kind)))
     return out
