@@ -36,9 +36,9 @@ def fresh_compile():
     compiled.reset_compiled()
 
 
-def _model(bn: str, drop_path_rate: float = 0.0, **policy):
+def _model(bn: str, drop_path_rate: float = 0.0, arch: str = "s0", **policy):
     torch.manual_seed(0)
-    model = RevBiFPN("s0", num_classes=0, drop_path_rate=drop_path_rate, **policy).train()
+    model = RevBiFPN(arch, num_classes=0, drop_path_rate=drop_path_rate, **policy).train()
     if bn == "frozen":
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -91,11 +91,13 @@ def backend(request):
     return request.param
 
 
-@pytest.mark.parametrize("bn,policy,backend", [
-    ("train", {}, "aot_eager"), ("frozen", {}, "aot_eager"), ("train", dict(plain_segments=2), "aot_eager")],
+@pytest.mark.parametrize("arch,bn,policy,backend", [
+    ("s0", "train", {}, "aot_eager"), ("s0", "frozen", {}, "aot_eager"),
+    ("s0", "train", dict(plain_segments=2), "aot_eager"),
+    ("s2", "train", {}, "aot_eager"), ("s2", "frozen", {}, "aot_eager")],
     indirect=["backend"])
-def test_compiled_step_matches_eager(bn, policy, backend):
-    eager = _model(bn, **policy)
+def test_compiled_step_matches_eager(arch, bn, policy, backend):
+    eager = _model(bn, arch=arch, **policy)
     comp = copy.deepcopy(eager)
     comp.set_policy(compile_transforms=True)
     x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
@@ -104,7 +106,7 @@ def test_compiled_step_matches_eager(bn, policy, backend):
     assert any(m in compiled._by_module for m in comp.modules()), "nothing ran compiled"
     assert compiled.compile_failure() is None, compiled.compile_failure()
     grad_rel, stat_rel = _worst_rel(g_ref, g), _worst_stats(sd_ref, sd)
-    print(f"compiled ({backend}) vs eager ({bn} BN, {policy}): gradients {grad_rel:.2e}, "
+    print(f"{arch} compiled ({backend}) vs eager ({bn} BN, {policy}): gradients {grad_rel:.2e}, "
           f"BN statistics {stat_rel:.2e}")
     assert grad_rel < TOL and stat_rel < TOL
     tracked = {k: v.item() for k, v in sd.items() if k.endswith("num_batches_tracked")}
