@@ -2,9 +2,9 @@
 
 For MMDetection and MMSegmentation configs alike (the config's ``default_scope`` selects the
 codebase): the embedded synthetic dataset where a config points at a missing one, data checks that
-turn a missing COCO / ADE20K into one message that says where to put it, checkpoint checks, the
-resume choice, and the distributed start and stop. Reports through return values and exceptions
-(:class:`DataError`); the scripts print. mmengine is imported lazily.
+turn a missing COCO / ADE20K into one message that says where to put it, checkpoint checks and the
+resume choice (the distributed start and stop are :mod:`cpu_dist`'s). Reports through return values
+and exceptions (:class:`DataError`); the scripts print. mmengine is imported lazily.
 """
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ from revbifpn_mm.mm.compat import register_scope
 from revbifpn_mm.models.pretrained import check_local_checkpoint
 
 __all__ = ["DataError", "SYNTHETIC_ROOT", "register_scope", "dataset_cfgs", "ensure_synthetic_data", "check_data",
-           "check_pretrained", "check_built_datasets", "data_help", "apply_cpu_dist_backend", "shutdown_distributed",
-           "parse_with_launcher", "mmcv_ops_problem", "loadable", "resume_checkpoint", "load_cfg", "native_threads",
-           "build_runner", "leaf_datasets"]
+           "check_pretrained", "check_built_datasets", "data_help", "parse_with_launcher", "mmcv_ops_problem",
+           "loadable", "resume_checkpoint", "load_cfg", "build_runner", "leaf_datasets"]
 
 #: Data root of the quickstart configs (relative to the repository root).
 SYNTHETIC_ROOT = "data/synthetic_coco"
@@ -80,50 +79,6 @@ def load_cfg(args: Any) -> Any:
     elif cfg.get("work_dir", None) is None:
         cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
     return cfg
-
-
-def apply_cpu_dist_backend(cfg: Any) -> bool:
-    """Make a distributed config runnable on a machine without CUDA (see :mod:`cpu_dist`).
-
-    Returns True if the config was changed.
-    """
-    from cpu_dist import prepare_cpu_distributed
-    return prepare_cpu_distributed(cfg, cfg.get("launcher", "none"))
-
-
-def native_threads(prefix: str) -> int:
-    """How many threads of this process have a name starting with ``prefix`` (Linux; 0 elsewhere)."""
-    try:
-        names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
-    except OSError:
-        return 0
-    return sum(n.startswith(prefix) for n in names)
-
-
-def shutdown_distributed(barrier: bool = True) -> int:
-    """Destroy the default process group, if any, and with it gloo's threads, before the interpreter exits.
-
-    Gloo's worker threads (``pt_gloo_runloop``) destroy finished work objects, whose tensors may be
-    owned by Python; if that happens while the interpreter finalizes, the thread's GIL acquisition
-    ends it with ``std::terminate`` ("terminate called without an active exception", exit -6 after
-    a successful run: pytorch/pytorch#190489). ``destroy_process_group`` joins those threads only
-    when nothing else holds the group: callers drop what does (the runner and its DDP wrapper)
-    first, and this collects the garbage around it. ``barrier``: wait for the other ranks first
-    (not after an error, when they may never arrive).
-
-    Returns:
-        The gloo worker threads still alive afterwards (0 when the group is gone).
-    """
-    import gc
-
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        if barrier:
-            dist.barrier()
-        gc.collect()
-        dist.destroy_process_group()
-        gc.collect()
-    return native_threads("pt_gloo")
 
 
 # --------------------------------------------------------------------------- datasets
