@@ -1,4 +1,4 @@
-"""Distributed training on CPU-only PyTorch through the mmengine Runner.
+"""Distributed runs through the mmengine Runner: their start on CPU-only PyTorch, and their stop.
 
 mmengine 0.10.7's ``pytorch`` launcher calls ``torch.cuda.set_device`` (which a CPU
 build of torch does not have) and wraps the model with ``device_ids=[LOCAL_RANK]``
@@ -6,8 +6,7 @@ build of torch does not have) and wraps the model with ``device_ids=[LOCAL_RANK]
 :func:`prepare_cpu_distributed` switches to ``gloo``; for the pytorch launcher it also
 initialises the process group itself (mmengine then skips its own initialisation) and
 asks for a DDP wrapper without ``device_ids``. On CUDA machines nothing changes.
-:func:`shutdown_distributed` ends a distributed run: the process group and gloo's threads go
-before the interpreter exits.
+:func:`shutdown_distributed` destroys the process group, and gloo's threads, before exit.
 """
 from __future__ import annotations
 
@@ -17,8 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["prepare_cpu_distributed", "uses_sync_bn", "cpu_sync_bn_available", "native_threads",
-           "shutdown_distributed"]
+__all__ = ["prepare_cpu_distributed", "uses_sync_bn", "cpu_sync_bn_available", "native_threads", "shutdown_distributed"]
 
 _SYNC_BN_TYPES = {"SyncBN", "MMSyncBN", "SyncBatchNorm"}
 

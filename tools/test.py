@@ -113,8 +113,7 @@ def build_cfg(args, scope_of):
 def main(argv=None):
     args = parse_args(argv)
     from cpu_dist import prepare_cpu_distributed, shutdown_distributed
-    from preflight import (DataError, build_runner, check_data, ensure_synthetic_data, mmcv_ops_problem,
-                           register_scope)
+    from preflight import DataError, build_runner, check_data, ensure_synthetic_data, mmcv_ops_problem, register_scope
 
     problem = mmcv_ops_problem()  # Faster/Mask R-CNN need mmcv's compiled ops: one clear line, no trace
     if problem:

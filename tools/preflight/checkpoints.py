@@ -1,6 +1,9 @@
 """The checkpoints of a run: the backbone's local pretrained one, and the one ``--resume`` loads."""
+import glob
 import os.path as osp
-from typing import Any, List, Optional, Tuple
+import re
+import zipfile
+from typing import Any, Optional, Tuple
 
 from revbifpn_mm.mm.backbone import config_advice
 from revbifpn_mm.models.pretrained import check_local_checkpoint
@@ -29,7 +32,6 @@ def check_pretrained(cfg: Any) -> None:
 def loadable(path: str) -> bool:
     """Whether ``path`` is a complete checkpoint: a zip archive (``torch.save``'s format) whose
     members all pass their CRC check. A save cut short leaves a file without its central directory."""
-    import zipfile
     try:
         with zipfile.ZipFile(path) as z:
             return z.testzip() is None
@@ -37,14 +39,24 @@ def loadable(path: str) -> bool:
         return False
 
 
-def _checkpoints_newest_first(work_dir: str) -> List[str]:
-    import glob
-    import re
-
+def _newest_loadable(folder: str) -> Optional[str]:
+    """The newest complete ``*.pth`` of ``folder`` (highest number in the name, then latest written), or None."""
     def key(path: str) -> Tuple[int, float]:
         m = re.search(r"(\d+)\.pth$", path)
         return (int(m.group(1)) if m else -1, osp.getmtime(path))
-    return sorted(glob.glob(osp.join(work_dir, "*.pth")), key=key, reverse=True)
+    return next((p for p in sorted(glob.glob(osp.join(folder, "*.pth")), key=key, reverse=True) if loadable(p)), None)
+
+
+def _requested(path: str) -> str:
+    """``path`` if it is a complete checkpoint; else a :class:`DataError` that names the one to take instead."""
+    if not osp.isfile(path):
+        raise DataError(f"--resume checkpoint not found: {path!r}")
+    if loadable(path):
+        return path
+    alt = _newest_loadable(osp.dirname(path) or ".")
+    raise DataError(f"--resume checkpoint {path!r} is incomplete or corrupt (a save cut short?): "
+                    + (f"resume from {alt!r} instead (--resume {alt})" if alt else
+                       "no complete checkpoint beside it; start again without --resume"))
 
 
 def resume_checkpoint(work_dir: str, requested: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
@@ -59,26 +71,20 @@ def resume_checkpoint(work_dir: str, requested: Optional[str]) -> Tuple[Optional
             message names the file and what to do), or an explicit path does not exist.
     """
     if requested is not None:
-        if not osp.isfile(requested):
-            raise DataError(f"--resume checkpoint not found: {requested!r}")
-        if loadable(requested):
-            return requested, None
-        alt = next((p for p in _checkpoints_newest_first(osp.dirname(requested) or ".") if loadable(p)), None)
-        raise DataError(f"--resume checkpoint {requested!r} is incomplete or corrupt (a save cut short?): "
-                        + (f"resume from {alt!r} instead (--resume {alt})" if alt else
-                           "no complete checkpoint beside it; start again without --resume"))
+        return _requested(requested), None
     marker = osp.join(work_dir, "last_checkpoint")
     latest = open(marker).read().strip() if osp.isfile(marker) else None
     if latest and osp.isfile(latest) and loadable(latest):
         return latest, None
-    good = next((p for p in _checkpoints_newest_first(work_dir) if loadable(p)), None)
+    good = _newest_loadable(work_dir)
     if latest is None and good is None:
         return None, None  # a fresh run: mmengine starts from scratch
+    state = "missing" if not osp.isfile(latest or "") else "incomplete or corrupt"
     if good is None:
         raise DataError(f"cannot resume: the latest checkpoint {latest!r} ({marker}) is "
-                        f"{'missing' if not osp.isfile(latest or '') else 'incomplete or corrupt (a save cut short?)'} "
+                        f"{state if state == 'missing' else state + ' (a save cut short?)'} "
                         f"and {work_dir!r} holds no complete one; start again without --resume")
     if good == latest:
         return good, None
-    return good, (f"the latest checkpoint {latest!r} is {'missing' if not osp.isfile(latest or '') else 'incomplete or corrupt'}"
-                  f" (a save cut short?): resuming from {good!r}, the newest complete one")
+    return good, (f"the latest checkpoint {latest!r} is {state} (a save cut short?): resuming from {good!r}, "
+                  "the newest complete one")

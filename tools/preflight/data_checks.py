@@ -4,7 +4,7 @@ import os
 import os.path as osp
 from typing import Any, Dict, List, Optional, Sequence
 
-from .datasets import _SPLIT_KEYS, DataError, _is_remote, _is_synthetic_root, dataset_cfgs
+from .datasets import DataError, _is_remote, _is_synthetic_root, data_path, dataset_cfgs
 
 __all__ = ["data_help", "check_data"]
 
@@ -12,44 +12,35 @@ __all__ = ["data_help", "check_data"]
 _MAX_PARSE_BYTES = 32 * 1024 * 1024
 _EVALUATOR_KEYS = {"val": "val_evaluator", "test": "test_evaluator"}
 
-QUICKSTART_HINT = ("To try RevBiFPN without downloading a dataset, run the quickstart on the generated "
-                   "synthetic shapes dataset: `python tools/quickstart.py` (or `python tools/train.py "
-                   "configs/quickstart/faster_rcnn_revbifpn_s0_synthetic.py`).")
-
-
-def _join(root: Optional[str], path: str) -> str:
-    if root and not osp.isabs(path) and not _is_remote(path):
-        return osp.join(root, path)
-    return path
-
 
 def data_help(scope: str, split: str = "train", dataset_type: Optional[str] = None) -> str:
     """How to provide the dataset of an mmdet (COCO) or mmseg (ADE20K, Cityscapes) config."""
-    if scope == "mmseg" and dataset_type == "CityscapesDataset":
+    if scope != "mmseg":
+        return ("Put COCO 2017 under data/coco/: data/coco/annotations/instances_{train,val}2017.json, "
+                "data/coco/train2017/*.jpg, data/coco/val2017/*.jpg (e.g. `mkdir -p data && ln -s "
+                "/path/to/coco data/coco`), or point the config at your copy with `--cfg-options "
+                "train_dataloader.dataset.data_root=/path/to/coco/ val_dataloader.dataset.data_root="
+                "/path/to/coco/ test_dataloader.dataset.data_root=/path/to/coco/ "
+                "val_evaluator.ann_file=/path/to/coco/annotations/instances_val2017.json "
+                "test_evaluator.ann_file=/path/to/coco/annotations/instances_val2017.json`.\n"
+                "To try RevBiFPN without downloading a dataset, run the quickstart on the generated "
+                "synthetic shapes dataset: `python tools/quickstart.py` (or `python tools/train.py "
+                "configs/quickstart/faster_rcnn_revbifpn_s0_synthetic.py`).")
+    if dataset_type == "CityscapesDataset":
         where = ("Put Cityscapes under data/cityscapes/: leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and "
                  "gtFine/{train,val}/<city>/*_gtFine_labelTrainIds.png (make the labelTrainIds maps with "
                  "mmseg's `tools/dataset_converters/cityscapes.py data/cityscapes`), e.g. `mkdir -p data && "
                  "ln -s /path/to/cityscapes data/cityscapes`, or point the config at your copy with "
-                 f"`--cfg-options {_SPLIT_KEYS[split]}.dataset.data_root=/path/to/cityscapes` (and the same "
+                 f"`--cfg-options {split}_dataloader.dataset.data_root=/path/to/cityscapes` (and the same "
                  "for val_dataloader / test_dataloader).")
-    elif scope == "mmseg":
+    else:
         where = ("Put ADE20K (ADEChallengeData2016) under data/ade/ADEChallengeData2016/ "
                  "(images/{training,validation}/*.jpg, annotations/{training,validation}/*.png), e.g. "
                  "`mkdir -p data/ade && ln -s /path/to/ADEChallengeData2016 data/ade/`, or point the "
-                 f"config at your copy with `--cfg-options {_SPLIT_KEYS[split]}.dataset.data_root=/path/to/"
+                 f"config at your copy with `--cfg-options {split}_dataloader.dataset.data_root=/path/to/"
                  "ADEChallengeData2016` (and the same for val_dataloader / test_dataloader).")
-    if scope == "mmseg":
-        quick = ("To try RevBiFPN segmentation without downloading a dataset: `python tools/train.py "
-                 "configs/quickstart/fcn_revbifpn_s0_synthetic_seg.py` (uses a generated dataset).")
-        return f"{where}\n{quick}"
-    where = ("Put COCO 2017 under data/coco/: data/coco/annotations/instances_{train,val}2017.json, "
-             "data/coco/train2017/*.jpg, data/coco/val2017/*.jpg (e.g. `mkdir -p data && ln -s "
-             "/path/to/coco data/coco`), or point the config at your copy with `--cfg-options "
-             "train_dataloader.dataset.data_root=/path/to/coco/ val_dataloader.dataset.data_root="
-             "/path/to/coco/ test_dataloader.dataset.data_root=/path/to/coco/ "
-             "val_evaluator.ann_file=/path/to/coco/annotations/instances_val2017.json "
-             "test_evaluator.ann_file=/path/to/coco/annotations/instances_val2017.json`.")
-    return f"{where}\n{QUICKSTART_HINT}"
+    return (f"{where}\nTo try RevBiFPN segmentation without downloading a dataset: `python tools/train.py "
+            "configs/quickstart/fcn_revbifpn_s0_synthetic_seg.py` (uses a generated dataset).")
 
 
 def _count_coco_images(path: str) -> Optional[int]:
@@ -86,25 +77,13 @@ def check_data(cfg: Any, splits: Sequence[str], scope: Optional[str] = None) -> 
             and how to provide the data (or run the quickstart).
     """
     scope = scope or cfg.get("default_scope", None) or "mmdet"
-    problems: List[str] = []
-    first_split = None
-    dataset_type = None
-    for split, where, ds in dataset_cfgs(cfg, splits):
-        dataset_type = dataset_type or ds.get("type")
-        found = _dataset_problems(split, where, ds)
-        problems += found
-        first_split = first_split or (split if found else None)
-    for split in splits:
-        found = _evaluator_problems(cfg, split)
-        problems += found
-        first_split = first_split or (split if found else None)
-    if problems:
-        seen: List[str] = []
-        for p in problems:
-            if p not in seen:
-                seen.append(p)
-        raise DataError("Dataset not found:\n  - " + "\n  - ".join(seen) + "\n"
-                        + data_help(scope, first_split or "train", dataset_type))
+    leaves = dataset_cfgs(cfg, splits)
+    found = [(split, p) for split, where, ds in leaves for p in _dataset_problems(split, where, ds)]
+    found += [(split, p) for split in splits for p in _evaluator_problems(cfg, split)]
+    if found:  # each problem once, in order; the help names the first split with one
+        dataset_type = next((ds["type"] for _, _, ds in leaves if ds.get("type")), None)
+        raise DataError("Dataset not found:\n  - " + "\n  - ".join(dict.fromkeys(p for _, p in found)) + "\n"
+                        + data_help(scope, found[0][0], dataset_type))
 
 
 def _dataset_problems(split: str, where: str, ds: Dict[str, Any]) -> List[str]:
@@ -117,13 +96,13 @@ def _dataset_problems(split: str, where: str, ds: Dict[str, Any]) -> List[str]:
         if isinstance(prefix, dict) else []
     ann = ds.get("ann_file") or ""
     if root and not osp.isdir(root):
-        expected = ([f"annotation file {_join(root, ann)}"] if ann else []) + \
-            [f"{key} folder {_join(root, sub)}" for key, sub in folders]
+        expected = ([f"annotation file {data_path(root, ann)}"] if ann else []) + \
+            [f"{key} folder {data_path(root, sub)}" for key, sub in folders]
         return [f"data root {root!r} does not exist ({where}.data_root)"
                 + (f"; expected {' and '.join(expected)}" if expected else "")]
     problems = []
     if ann and not _is_remote(ann):
-        path = _join(root, ann)
+        path = data_path(root, ann)
         if not osp.isfile(path):
             problems.append(f"annotation file {path!r} not found ({where}.ann_file)")
         elif _count_coco_images(path) == 0:
@@ -133,7 +112,7 @@ def _dataset_problems(split: str, where: str, ds: Dict[str, Any]) -> List[str]:
                 + (f" (regenerate the synthetic one with `python tools/synthetic_data.py "
                    f"--root {root} --overwrite`)" if _is_synthetic_root(root) else "") + ".")
     for key, sub in folders:
-        path = _join(root, sub)
+        path = data_path(root, sub)
         if _is_remote(sub):
             continue
         if not osp.isdir(path):

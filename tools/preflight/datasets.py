@@ -1,15 +1,9 @@
-"""The datasets of a config: its leaf dataset configs, and the synthetic dataset generated where a
-config points at an absent one."""
+"""The datasets of a config: its leaf dataset configs, and the synthetic dataset where it is absent."""
 import os
 import os.path as osp
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-__all__ = ["DataError", "SYNTHETIC_ROOT", "leaf_datasets", "dataset_cfgs", "ensure_synthetic_data"]
-
-#: Data root of the quickstart configs (relative to the repository root).
-SYNTHETIC_ROOT = "data/synthetic_coco"
-_SYNTHETIC_NAME = osp.basename(SYNTHETIC_ROOT)
-_SPLIT_KEYS = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader"}
+__all__ = ["DataError", "leaf_datasets", "dataset_cfgs", "data_path", "ensure_synthetic_data"]
 
 
 class DataError(RuntimeError):
@@ -33,11 +27,9 @@ def dataset_cfgs(cfg: Any, splits: Sequence[str]) -> List[Tuple[str, str, Dict[s
     """``(split, config path, dataset cfg)`` of every leaf dataset of the given splits."""
     out = []
     for split in splits:
-        loader = cfg.get(_SPLIT_KEYS[split], None)
-        if not isinstance(loader, dict) or not isinstance(loader.get("dataset"), dict):
-            continue
-        for where, ds in leaf_datasets(loader["dataset"], f"{_SPLIT_KEYS[split]}.dataset"):
-            out.append((split, where, ds))
+        loader = cfg.get(f"{split}_dataloader", None)
+        if isinstance(loader, dict) and isinstance(loader.get("dataset"), dict):
+            out += [(split, where, ds) for where, ds in leaf_datasets(loader["dataset"], f"{split}_dataloader.dataset")]
     return out
 
 
@@ -45,8 +37,17 @@ def _is_remote(path: str) -> bool:
     return "://" in path or path.startswith("s3:")
 
 
+def data_path(root: Optional[str], path: str) -> str:
+    """``path`` of a dataset config (``ann_file``, a ``data_prefix`` folder) joined to its ``data_root``,
+    unless it is absolute or remote."""
+    if root and not osp.isabs(path) and not _is_remote(path):
+        return osp.join(root, path)
+    return path
+
+
 def _is_synthetic_root(root: Optional[str]) -> bool:
-    return bool(root) and osp.basename(osp.normpath(str(root))) == _SYNTHETIC_NAME
+    """Whether ``root`` is a ``.../synthetic_coco`` data root (the quickstart configs' ``data/synthetic_coco``)."""
+    return bool(root) and osp.basename(osp.normpath(str(root))) == "synthetic_coco"
 
 
 def ensure_synthetic_data(cfg: Any, splits: Sequence[str] = ("train", "val", "test")) -> List[str]:
@@ -59,18 +60,12 @@ def ensure_synthetic_data(cfg: Any, splits: Sequence[str] = ("train", "val", "te
     Returns:
         The roots that were generated.
     """
-    roots = []
-    for _split, _where, ds in dataset_cfgs(cfg, splits):
-        root = ds.get("data_root")
-        if _is_synthetic_root(root) and root not in roots:
-            roots.append(root)
+    roots = dict.fromkeys(ds["data_root"] for _, _, ds in dataset_cfgs(cfg, splits)
+                          if _is_synthetic_root(ds.get("data_root")))
     generated = []
     for root in roots:
-        marker = osp.join(root, ".complete")
-        if osp.isfile(marker):
-            continue
-        if osp.isdir(root) and os.listdir(root):
-            continue  # something else is there: check_data reports it if it is unusable
+        if osp.isfile(osp.join(root, ".complete")) or (osp.isdir(root) and os.listdir(root)):
+            continue  # complete, or something else is there: check_data reports it if it is unusable
         from synthetic_data import generate_synthetic_coco
         generate_synthetic_coco(root)
         generated.append(root)

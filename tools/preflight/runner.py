@@ -1,7 +1,7 @@
 """The mmengine runner of a config, built with the datasets of its loops checked."""
 from typing import Any, Dict, Optional, Sequence
 
-from .datasets import _SPLIT_KEYS, DataError
+from .datasets import DataError
 
 __all__ = ["build_runner", "check_built_datasets"]
 
@@ -36,21 +36,20 @@ def check_built_datasets(runner: Any, splits: Sequence[str]) -> Dict[str, int]:
     """
     sizes = {}
     for split in splits:
-        loop = {"train": "train_loop", "val": "val_loop", "test": "test_loop"}[split]
-        if getattr(runner, f"_{loop}", None) is None:
+        if getattr(runner, f"_{split}_loop", None) is None:
             continue
-        n = _dataset_len(getattr(runner, loop))
+        n = _dataset_len(getattr(runner, f"{split}_loop"))
         if n is None:
             continue
         sizes[split] = n
         if n == 0:
-            ds_cfg = runner.cfg.get(_SPLIT_KEYS[split], {}).get("dataset", {})
+            ds_cfg = runner.cfg.get(f"{split}_dataloader", {}).get("dataset", {})
             hint = ""
             if isinstance(ds_cfg, dict) and isinstance(ds_cfg.get("filter_cfg"), dict):
                 hint = (" (after filter_cfg="
                         f"{dict(ds_cfg['filter_cfg'])}: images without annotations or smaller than "
                         "min_size are dropped)")
-            raise DataError(f"The {split} dataset of {_SPLIT_KEYS[split]} is empty: 0 samples{hint}. "
+            raise DataError(f"The {split} dataset of {split}_dataloader is empty: 0 samples{hint}. "
                             "Check its data_root, ann_file and data_prefix, and that the annotation "
                             "file lists images with annotations.")
     return sizes
