@@ -1,4 +1,4 @@
-"""Distributed training on CPU-only PyTorch through the mmengine Runner.
+"""Distributed runs through the mmengine Runner: their start on CPU-only PyTorch, and their stop.
 
 mmengine 0.10.7's ``pytorch`` launcher calls ``torch.cuda.set_device`` (which a CPU
 build of torch does not have) and wraps the model with ``device_ids=[LOCAL_RANK]``
@@ -6,15 +6,17 @@ build of torch does not have) and wraps the model with ``device_ids=[LOCAL_RANK]
 :func:`prepare_cpu_distributed` switches to ``gloo``; for the pytorch launcher it also
 initialises the process group itself (mmengine then skips its own initialisation) and
 asks for a DDP wrapper without ``device_ids``. On CUDA machines nothing changes.
+:func:`shutdown_distributed` destroys the process group, and gloo's threads, before exit.
 """
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
 import torch
 
-__all__ = ["prepare_cpu_distributed", "uses_sync_bn", "cpu_sync_bn_available"]
+__all__ = ["prepare_cpu_distributed", "uses_sync_bn", "cpu_sync_bn_available", "native_threads", "shutdown_distributed"]
 
 _SYNC_BN_TYPES = {"SyncBN", "MMSyncBN", "SyncBatchNorm"}
 
@@ -88,3 +90,36 @@ def prepare_cpu_distributed(cfg: Any, launcher: str) -> bool:
     wrapper.setdefault("find_unused_parameters", cfg.get("find_unused_parameters", False))
     cfg.model_wrapper_cfg = wrapper
     return True
+
+
+def native_threads(prefix: str) -> int:
+    """How many threads of this process have a name starting with ``prefix`` (Linux; 0 elsewhere)."""
+    try:
+        names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return 0
+    return sum(n.startswith(prefix) for n in names)
+
+
+def shutdown_distributed(barrier: bool = True) -> int:
+    """Destroy the default process group, if any, and with it gloo's threads, before the interpreter exits.
+
+    Gloo's worker threads (``pt_gloo_runloop``) destroy finished work objects, whose tensors may be
+    owned by Python; if that happens while the interpreter finalizes, the thread's GIL acquisition
+    ends it with ``std::terminate`` ("terminate called without an active exception", exit -6 after
+    a successful run: pytorch/pytorch#190489). ``destroy_process_group`` joins those threads only
+    when nothing else holds the group: callers drop what does (the runner and its DDP wrapper)
+    first, and this collects the garbage around it. ``barrier``: wait for the other ranks first
+    (not after an error, when they may never arrive).
+
+    Returns:
+        The gloo worker threads still alive afterwards (0 when the group is gone).
+    """
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        if barrier:
+            dist.barrier()
+        gc.collect()
+        dist.destroy_process_group()
+        gc.collect()
+    return native_threads("pt_gloo")

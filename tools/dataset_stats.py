@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from preflight import dataset_cfgs
+from preflight import data_path, dataset_cfgs
 
 __all__ = ["DatasetStats", "read_dataset_stats", "coco_instance_counts", "percentile", "main"]
 
@@ -108,14 +108,6 @@ def coco_instance_counts(path: str, filter_empty: bool = True) -> Tuple[List[int
     return counts, masks, largest
 
 
-def _ann_path(ds: Dict[str, Any]) -> Optional[str]:
-    ann = ds.get("ann_file")
-    if not ann:
-        return None
-    root = ds.get("data_root")
-    return os.path.join(root, ann) if root and not os.path.isabs(ann) else ann
-
-
 def _mask_loading(cfg: Any) -> Tuple[bool, str]:
     """Whether the training pipeline loads masks, and as bitmaps or polygons."""
     from planner.config import training_pipeline
@@ -136,7 +128,7 @@ def read_dataset_stats(cfg: Any) -> Tuple[Optional[DatasetStats], str]:
     from planner import PlanError, training_shape
 
     leaves = [ds for _, _, ds in dataset_cfgs(cfg, ["train"])]
-    paths = [p for p in (_ann_path(ds) for ds in leaves) if p]
+    paths = [data_path(ds.get("data_root"), ds["ann_file"]) for ds in leaves if ds.get("ann_file")]
     if not paths:
         return None, "the training dataset names no annotation file"
     missing = [p for p in paths if not os.path.isfile(p)]

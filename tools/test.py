@@ -112,15 +112,15 @@ def build_cfg(args, scope_of):
 
 def main(argv=None):
     args = parse_args(argv)
-    from preflight import (DataError, apply_cpu_dist_backend, build_runner, check_data, ensure_synthetic_data,
-                           mmcv_ops_problem, register_scope, shutdown_distributed)
+    from cpu_dist import prepare_cpu_distributed, shutdown_distributed
+    from preflight import DataError, build_runner, check_data, ensure_synthetic_data, mmcv_ops_problem, register_scope
 
     problem = mmcv_ops_problem()  # Faster/Mask R-CNN need mmcv's compiled ops: one clear line, no trace
     if problem:
         print(f"ERROR: {problem}", file=sys.stderr)
         return 2
     cfg, scope = build_cfg(args, register_scope)
-    apply_cpu_dist_backend(cfg)
+    prepare_cpu_distributed(cfg, cfg.launcher)
     for root in ensure_synthetic_data(cfg, ("test",)):
         print(f"generated the synthetic dataset in {root}")
     try:

@@ -88,9 +88,9 @@ def build_cfg(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    from preflight import (DataError, apply_cpu_dist_backend, build_runner, check_data, check_pretrained,
-                           ensure_synthetic_data, mmcv_ops_problem, register_scope, resume_checkpoint,
-                           shutdown_distributed)
+    from cpu_dist import prepare_cpu_distributed, shutdown_distributed
+    from preflight import (DataError, build_runner, check_data, check_pretrained, ensure_synthetic_data,
+                           mmcv_ops_problem, register_scope, resume_checkpoint)
 
     problem = mmcv_ops_problem()  # Faster/Mask R-CNN need mmcv's compiled ops: one clear line, no trace
     if problem:
@@ -98,7 +98,7 @@ def main(argv=None):
         return 2
     cfg = build_cfg(args)
     scope = register_scope(cfg)
-    apply_cpu_dist_backend(cfg)
+    prepare_cpu_distributed(cfg, cfg.launcher)
     splits = ["train"] + (["val"] if cfg.get("val_cfg") and cfg.get("val_dataloader") else [])
     for root in ensure_synthetic_data(cfg, splits):
         print(f"generated the synthetic dataset in {root}")

@@ -159,7 +159,9 @@ def test_destroying_the_group_joins_glooes_threads_only_once_nothing_holds_it(tm
     before shutdown_distributed, which then leaves no gloo thread behind."""
     code = f"""
 import torch, torch.distributed as dist
-from preflight import native_threads, shutdown_distributed
+import revbifpn_mm  # tools/train.py's first import (it brings torch.distributed.fsdp, without which gloo's
+# threads outlive destroy_process_group here, torch 2.13 CPU; it came through preflight before)
+from cpu_dist import native_threads, shutdown_distributed
 dist.init_process_group('gloo', init_method='tcp://127.0.0.1:{free_port}', rank=0, world_size=1)
 ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
 ddp(torch.randn(3, 2)).sum().backward()

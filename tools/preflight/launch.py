@@ -1,0 +1,49 @@
+"""The start of a tool's run: mmengine's launcher options, the config, and mmcv's compiled ops."""
+import os
+import os.path as osp
+from typing import Any, Optional, Sequence
+
+__all__ = ["parse_with_launcher", "load_cfg", "mmcv_ops_problem"]
+
+
+def mmcv_ops_problem() -> Optional[str]:
+    """Why mmcv's compiled ops cannot serve this run, or None: checked by running them on the device
+    the runner will use (CUDA when torch sees a GPU, else the CPU), before anything is built."""
+    import torch
+    try:
+        from revbifpn_mm.mm import check_mmcv_ops
+        check_mmcv_ops("cuda" if torch.cuda.is_available() else "cpu")
+    except ImportError as err:  # MMCVOpsMissingError included
+        return str(err)
+    return None
+
+
+def parse_with_launcher(parser: Any, argv: Optional[Sequence[str]] = None) -> Any:
+    """Add mmengine's ``--launcher`` / ``--local-rank`` options to ``parser`` and parse ``argv``.
+
+    ``torch.distributed.launch`` passes ``--local-rank`` (``--local_rank`` on old
+    versions); its value becomes ``LOCAL_RANK`` unless the launcher already set it.
+    """
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
+                        help="job launcher")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    args = parser.parse_args(argv)
+    if "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    return args
+
+
+def load_cfg(args: Any) -> Any:
+    """The config of ``args.config`` with ``--launcher``, ``--cfg-options`` and ``--work-dir`` applied
+    (default work dir ``./work_dirs/<config name>``, as mmdet's and mmseg's tools)."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get("work_dir", None) is None:
+        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+    return cfg
