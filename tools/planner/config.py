@@ -190,7 +190,9 @@ def is_oom(err: BaseException) -> bool:
     if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
         return True
     text = str(err)
-    return "can't allocate memory" in text or "out of memory" in text.lower()
+    # a library that cannot be mapped under the address-space limit fails its import
+    return "can't allocate memory" in text or "out of memory" in text.lower() or (
+        isinstance(err, ImportError) and "failed to map segment" in text)
 
 
 def root_cause(err: BaseException) -> BaseException:

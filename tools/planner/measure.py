@@ -317,6 +317,8 @@ def _limit_address_space(job: Dict[str, Any]) -> None:
     """Let this process add at most ``job['ram_limit_bytes']`` of address space from here (``RLIMIT_AS``)."""
     import resource
 
+    import torch._dynamo  # noqa: F401  (torch's optimizers import it on first use: its libraries mapped now)
+
     load_config(job["config"], job["cfg_options"] or None)  # imports the codebase (maps its libraries)
     with open("/proc/self/status") as f:
         size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
