@@ -60,15 +60,20 @@ def card_bytes(value: str) -> float:
     return gib * GIB
 
 
+#: Raised when what a plan measures changes (2: boxes at the data's sizes), so older cached plans are not reused.
+PLAN_INPUTS = 2
+
+
 def plan_key(cfg: Any, card: float, instances: Optional[int]) -> str:
     """Hash of what the plan depends on: the model, optimizer and training data of the config (not its
-    work dir, resume or logging settings), the card's size, the instance override and this package's version."""
+    work dir, resume or logging settings), the card's size, the instance override, this package's version
+    and :data:`PLAN_INPUTS`."""
     import revbifpn_mm
 
     parts = {k: cfg.get(k) for k in ("model", "optim_wrapper", "train_pipeline")}
     parts["dataset"] = (cfg.get("train_dataloader") or {}).get("dataset")
-    text = json.dumps(dict(parts=parts, card=round(card), instances=instances, version=revbifpn_mm.__version__),
-                      sort_keys=True, default=str)
+    text = json.dumps(dict(parts=parts, card=round(card), instances=instances, version=revbifpn_mm.__version__,
+                           inputs=PLAN_INPUTS), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -85,10 +90,10 @@ def _measure(config: str, cfg: Any, card: float, cfg_options: Optional[Dict], in
     import planner
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    count, source, fmt = instances_to_plan(cfg, instances)
+    count, source, fmt, sides = instances_to_plan(cfg, instances)
     log(f"planning {config} for a {card / GIB:g} GiB card on {device} (fully reversible, batch 1 and 2)")
     plan = planner.make_plan(config, modes=("reversible",), device=device, cfg_options=cfg_options, log=log,
-                             instances=count, instances_source=source, mask_format=fmt)
+                             instances=count, instances_source=source, mask_format=fmt, box_sides=sides)
     rev = plan.reversible
     if rev is None:
         raise AutoBatchError("the plan could not measure the fully reversible step: "

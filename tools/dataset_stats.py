@@ -3,13 +3,15 @@
 Reads the COCO annotation files of the config's training dataset (through ``RepeatDataset``,
 ``ClassBalancedDataset``, ``ConcatDataset`` and other wrappers) when they are present, and returns
 the instances per image (50th / 95th percentile and maximum, counted as mmdet's ``CocoDataset``
-keeps them: crowd regions and degenerate boxes left out), whether the annotations carry masks and
-how the pipeline loads them (bitmaps or polygons), the images' sizes, and the size of one sample
-after the training pipeline (the memory planner's :func:`training_shape`).
+keeps them: crowd regions and degenerate boxes left out), the boxes' sides relative to their image's,
+whether the annotations carry masks and how the pipeline loads them (bitmaps or polygons), the
+images' sizes, and the size of one sample after the training pipeline (the memory planner's
+:func:`training_shape`).
 
     python tools/dataset_stats.py CONFIG
 
-The memory planner measures with the largest count (see :func:`planning_instances`).
+The memory planner measures with the largest count and boxes of the data's sizes (see
+``plan_memory.instances_to_plan``).
 """
 from __future__ import annotations
 
@@ -23,7 +25,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from preflight import data_path, dataset_cfgs
 
-__all__ = ["DatasetStats", "read_dataset_stats", "coco_instance_counts", "percentile", "main"]
+__all__ = ["DatasetStats", "read_dataset_stats", "coco_instance_counts", "percentile", "box_side_sample", "main"]
+
+#: At most this many (width, height) pairs represent the data's box sizes in a plan.
+BOX_SAMPLE = 64
 
 
 @dataclass
@@ -46,13 +51,21 @@ class DatasetStats:
     shape: Tuple[int, int]
     """(height, width) of one sample after the training pipeline."""
     shape_source: str
+    box_sides: List[Tuple[float, float]] = field(default_factory=list)
+    """Up to :data:`BOX_SAMPLE` (width, height) of the boxes as fractions of their image's, evenly
+    spaced over the boxes ordered by area (:func:`box_side_sample`); a resize keeping the aspect ratio
+    keeps them."""
     notes: List[str] = field(default_factory=list)
 
     def describe(self) -> str:
         """One line: what was read."""
         masks = f"masks as {self.mask_format}s" if self.masks else "no masks"
+        boxes = ""
+        if self.box_sides:
+            w, h = self.box_sides[len(self.box_sides) // 2]
+            boxes = f", median box {w * self.shape[1]:.0f}x{h * self.shape[0]:.0f} px after the pipeline"
         return (f"{self.images} training images, instances per image p50 {self.instances_p50} / p95 "
-                f"{self.instances_p95} / max {self.instances_max}, {masks}; largest image "
+                f"{self.instances_p95} / max {self.instances_max}{boxes}, {masks}; largest image "
                 f"{self.largest_image[0]}x{self.largest_image[1]}, after the pipeline {self.shape[0]}x{self.shape[1]} "
                 f"({self.shape_source})")
 
@@ -66,6 +79,15 @@ def percentile(values: Sequence[int], q: float) -> int:
     return int(ordered[rank - 1])
 
 
+def box_side_sample(sides: Sequence[Tuple[float, float]], n: int = BOX_SAMPLE) -> List[Tuple[float, float]]:
+    """``n`` of ``sides`` (or all, if fewer), evenly spaced over them ordered by area: a small sample
+    with the distribution of the boxes' sizes (element ``k`` is the ``(k + 0.5) / n`` quantile)."""
+    ordered = sorted(sides, key=lambda wh: (wh[0] * wh[1], wh))
+    if len(ordered) <= n:
+        return [(round(w, 5), round(h, 5)) for w, h in ordered]
+    return [tuple(round(v, 5) for v in ordered[int((k + 0.5) * len(ordered) / n)]) for k in range(n)]
+
+
 def _kept(ann: Dict[str, Any]) -> bool:
     """Whether mmdet's CocoDataset keeps the annotation as a ground-truth instance."""
     if ann.get("iscrowd", 0):
@@ -74,16 +96,18 @@ def _kept(ann: Dict[str, Any]) -> bool:
     return ann.get("area", 1) > 0 and bbox[2] >= 1 and bbox[3] >= 1
 
 
-def coco_instance_counts(path: str, filter_empty: bool = True) -> Tuple[List[int], bool, Tuple[int, int]]:
-    """Instances per image of one COCO annotation file.
+def coco_instance_counts(path: str, filter_empty: bool = True
+                         ) -> Tuple[List[int], bool, Tuple[int, int], List[Tuple[float, float]]]:
+    """Instances per image of one COCO annotation file, and their boxes' sides.
 
     Args:
         path: the COCO json.
         filter_empty: leave out images without instances (``filter_cfg.filter_empty_gt``).
 
     Returns:
-        ``(counts, masks, largest)``: the instances of each image, whether any instance has a
-        segmentation, and the (height, width) of the largest image.
+        ``(counts, masks, largest, sides)``: the instances of each image, whether any instance has a
+        segmentation, the (height, width) of the largest image, and each instance's box (width,
+        height) as fractions of its image's (where the image gives its size).
 
     Raises:
         ValueError: the file is not COCO instance annotations.
@@ -97,15 +121,19 @@ def coco_instance_counts(path: str, filter_empty: bool = True) -> Tuple[List[int
             or not isinstance(coco.get("annotations"), list):
         raise ValueError(f"{path} is not a COCO annotation file (needs 'images' and 'annotations' lists)")
     per_image = {img["id"]: 0 for img in coco["images"]}
-    masks = False
+    sizes = {img["id"]: (img.get("width") or 0, img.get("height") or 0) for img in coco["images"]}
+    masks, sides = False, []
     for ann in coco["annotations"]:
         if _kept(ann) and ann.get("image_id") in per_image:
             per_image[ann["image_id"]] += 1
             masks = masks or bool(ann.get("segmentation"))
+            iw, ih = sizes[ann["image_id"]]
+            if iw > 0 and ih > 0:
+                sides.append((min(1.0, ann["bbox"][2] / iw), min(1.0, ann["bbox"][3] / ih)))
     counts = [n for n in per_image.values() if n or not filter_empty]
     largest = max(((int(i.get("height", 0)), int(i.get("width", 0))) for i in coco["images"]),
                   key=lambda hw: hw[0] * hw[1], default=(0, 0))
-    return counts, masks, largest
+    return counts, masks, largest, sides
 
 
 def _mask_loading(cfg: Any) -> Tuple[bool, str]:
@@ -135,14 +163,16 @@ def read_dataset_stats(cfg: Any) -> Tuple[Optional[DatasetStats], str]:
     if missing:
         return None, f"annotation file {missing[0]} not found"
     counts: List[int] = []
+    sides: List[Tuple[float, float]] = []
     masks, largest = False, (0, 0)
     for path, ds in zip(paths, leaves):
         filter_empty = bool((ds.get("filter_cfg") or {}).get("filter_empty_gt", False))
         try:
-            c, m, big = coco_instance_counts(path, filter_empty)
+            c, m, big, boxes = coco_instance_counts(path, filter_empty)
         except (ValueError, KeyError, TypeError) as err:
             return None, f"{path}: {err}" if isinstance(err, ValueError) else f"{path} is not COCO json ({err!r})"
         counts += c
+        sides += boxes
         masks = masks or m
         largest = max(largest, big, key=lambda hw: hw[0] * hw[1])
     if not counts:
@@ -154,7 +184,8 @@ def read_dataset_stats(cfg: Any) -> Tuple[Optional[DatasetStats], str]:
     loads, fmt = _mask_loading(cfg)
     return DatasetStats(ann_files=paths, images=len(counts), instances_p50=percentile(counts, 50),
                         instances_p95=percentile(counts, 95), instances_max=max(counts), masks=masks and loads,
-                        mask_format=fmt, largest_image=largest, shape=(h, w), shape_source=how), ""
+                        mask_format=fmt, largest_image=largest, shape=(h, w), shape_source=how,
+                        box_sides=box_side_sample(sides)), ""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -5,7 +5,7 @@
 Writes (or reuses) a generated COCO-layout dataset with that many polygons per image
 (``tools/synthetic_data.py``), points Mask R-CNN S3 (``--config``) at it with its ``Resize`` at the
 images' size, and measures at batch 1 and 2, each in a fresh process: the planner's synthetic batch
-(the dataset's most instances per image, read from its annotations, bitmap masks) and the
+(the dataset's most instances per image and its box sizes, read from its annotations, bitmap masks) and the
 dataset's densest images through the config's own pipeline. Prints both peaks and their difference
 (docs/planner.md).
 """
@@ -32,15 +32,16 @@ def dense_options(root: str, height: int, width: int) -> Dict[str, Any]:
 def compare(config: str, options: Dict[str, Any], batches: Sequence[int] = (1, 2), threads: Optional[int] = None,
             timeout: float = 3600) -> List[Tuple[Any, Any]]:
     """Per batch, ``(planned, real)`` :class:`planner.Probe`: the synthetic batch with the data's most
-    instances, and the densest images of the data through the pipeline."""
+    instances at the data's box sizes, and the densest images of the data through the pipeline."""
     import planner
     from plan_memory import instances_to_plan
 
-    count, _, fmt = instances_to_plan(planner.load_config(config, options))
+    count, _, fmt, sides = instances_to_plan(planner.load_config(config, options))
     out = []
     for batch in batches:
         kw = dict(cfg_options=options, threads=threads, timeout=timeout)
-        planned = planner.probe_in_subprocess(config, "reversible", batch, None, instances=count, mask_format=fmt, **kw)
+        planned = planner.probe_in_subprocess(config, "reversible", batch, None, instances=count, mask_format=fmt,
+                                              box_sides=sides, **kw)
         real = planner.probe_in_subprocess(config, "reversible", batch, None, data="dataset", **kw)
         out.append((planned, real))
     return out

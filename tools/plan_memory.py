@@ -56,18 +56,19 @@ def parse_args(argv=None):
 
 
 def instances_to_plan(cfg, override=None):
-    """``(instances, where from, mask format)`` to measure a detector with: ``override``, else the most
-    instances of any training image (an epoch meets every image, so a plan for the 95th percentile would
-    run out of memory within the first epoch), else :data:`ASSUMED_INSTANCES`."""
+    """``(instances, where from, mask format, box sides)`` to measure a detector with: ``override``, else the
+    most instances of any training image (an epoch meets every image, so a plan for the 95th percentile
+    would run out of memory within the first epoch), else :data:`ASSUMED_INSTANCES`; the boxes at the
+    data's sizes (``DatasetStats.box_sides``) where the annotations were read, else ``None``."""
     from dataset_stats import read_dataset_stats
 
     stats, why = read_dataset_stats(cfg)
-    fmt = stats.mask_format if stats else "bitmap"
+    fmt, sides = (stats.mask_format, [list(wh) for wh in stats.box_sides] or None) if stats else ("bitmap", None)
     if override is not None:
-        return override, "--instances", fmt
+        return override, "--instances", fmt, sides
     if stats is not None:
-        return stats.instances_max, "the most of any training image; " + stats.describe(), fmt
-    return ASSUMED_INSTANCES, f"assumed, no annotations read: {why}; pass --instances N", fmt
+        return stats.instances_max, "the most of any training image; " + stats.describe(), fmt, sides
+    return ASSUMED_INSTANCES, f"assumed, no annotations read: {why}; pass --instances N", fmt, None
 
 
 def main(argv=None):
@@ -99,10 +100,10 @@ def main(argv=None):
             seconds = planner.expected_seconds(args.config, hw, modes, args.cfg_options)
             log(f"expected wall time on this CPU: about {max(1, round(seconds / 60))} min ({', '.join(modes)} at "
                 f"{hw[0]}x{hw[1]})")
-        instances, source, fmt = instances_to_plan(cfg, args.instances)
+        instances, source, fmt, sides = instances_to_plan(cfg, args.instances)
         plan = planner.make_plan(args.config, shape=shape, amp=args.amp, modes=modes, device=args.device,
                                  cfg_options=args.cfg_options, threads=args.threads, log=log,
-                                 instances=instances, instances_source=source, mask_format=fmt)
+                                 instances=instances, instances_source=source, mask_format=fmt, box_sides=sides)
     except planner.PlanError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

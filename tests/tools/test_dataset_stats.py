@@ -88,3 +88,24 @@ def test_reads_the_generated_dense_dataset(tmp_path):
     for a in counts:
         per[a["image_id"]] = per.get(a["image_id"], 0) + 1
     assert stats.instances_max == max(per.values()) and stats.images == 3 and stats.masks
+
+
+def test_box_sides_relative_to_their_image_and_drawn_by_the_planner(tmp_path):
+    """The boxes' sides as fractions of their own image's; the planner's synthetic boxes take them
+    (scaled to its input, at least 1 pixel) instead of its default 2-20 % of each side."""
+    a = _leaf(tmp_path, "a.json", [2, 3])  # 5x5 boxes in 60x80 images
+    _coco(tmp_path / "b.json", [1], size=(10, 10))  # a 5x5 box in a 10x10 image
+    b = dict(a, ann_file="b.json")
+    stats, why = dataset_stats.read_dataset_stats(_cfg(dict(type="ConcatDataset", datasets=[a, b])))
+    assert stats is not None, why
+    assert stats.box_sides == [(0.0625, 0.08333)] * 5 + [(0.5, 0.5)]  # ordered by area
+    assert "median box 16x21 px after the pipeline" in stats.describe()  # the 4th of 6, at 256x256
+    assert dataset_stats.box_side_sample([(0.01 * k, 0.1) for k in range(1, 101)], 4) == \
+        [(0.13, 0.1), (0.38, 0.1), (0.63, 0.1), (0.88, 0.1)]
+    from planner.inputs import _det_inputs
+
+    boxes = _det_inputs(1, (100, 200), 50, 3, None, "cpu", [(0.25, 0.5), (0.001, 0.001)])
+    boxes = boxes["data_samples"][0].gt_instances.bboxes
+    sides = {(round(float(x1 - x0), 3), round(float(y1 - y0), 3)) for x0, y0, x1, y1 in boxes}
+    assert sides == {(50.0, 50.0), (1.0, 1.0)}
+    assert boxes[:, 0].min() >= 0 and boxes[:, 2].max() <= 200 and boxes[:, 3].max() <= 100

@@ -1,14 +1,15 @@
 """The synthetic training batch the planner measures with: one place for what the inputs hold.
 
 A batch has the config's training resolution and, per image, ``instances`` random boxes (default
-``BOXES_PER_IMAGE``; with uint8 bitmap or polygon masks where the model has a mask head) for mmdet,
-a random label map for mmseg. :func:`dataset_batch` takes the densest images of the config's own
-training data instead, through its pipeline (a check of the synthetic batch).
+``BOXES_PER_IMAGE``; of the data's sizes where they are known; with uint8 bitmap or polygon masks
+where the model has a mask head) for mmdet, a random label map for mmseg. :func:`dataset_batch`
+takes the densest images of the config's own training data instead, through its pipeline (a check
+of the synthetic batch).
 """
 from __future__ import annotations
 
 import importlib
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .config import PlanError
 
@@ -34,9 +35,11 @@ def _num_classes(node: Any) -> Optional[int]:
 
 
 def synthetic_batch(cfg: Any, model: Any, batch: int, shape: Tuple[int, int], device: Any,
-                    instances: int = BOXES_PER_IMAGE, mask_format: str = "bitmap") -> Dict[str, Any]:
+                    instances: int = BOXES_PER_IMAGE, mask_format: str = "bitmap",
+                    box_sides: Optional[Sequence[Sequence[float]]] = None) -> Dict[str, Any]:
     """A packed training batch (``inputs``, ``data_samples``) of ``batch`` images of ``shape`` for the model;
-    detectors: ``instances`` boxes per image, with ``mask_format`` masks where the model has a mask head."""
+    detectors: ``instances`` boxes per image, drawn from ``box_sides`` (width, height as fractions of
+    the image's; ``None``: 2-20 % of each side), with ``mask_format`` masks where the model has a mask head."""
     import torch
 
     h, w = shape
@@ -56,14 +59,15 @@ def synthetic_batch(cfg: Any, model: Any, batch: int, shape: Tuple[int, int], de
             samples.append(s)
         return dict(inputs=inputs, data_samples=samples)
     return _det_inputs(batch, (h, w), instances, max(2, classes), mask_format if getattr(model, "with_mask", False)
-                       else None, device)
+                       else None, device, box_sides)
 
 
 def _det_inputs(batch: int, shape: Tuple[int, int], instances: int, classes: int, mask_format: Optional[str],
-                device: Any) -> Dict[str, Any]:
-    """A detection batch: uint8 images, ``instances`` random boxes per image (2-20 % of the image side)
-    and, with ``mask_format`` (``'bitmap'``: one uint8 image-sized plane per instance, as mmdet's
-    ``LoadAnnotations`` makes them; ``'polygon'``: a 4-point polygon), masks filling the boxes."""
+                device: Any, box_sides: Optional[Sequence[Sequence[float]]] = None) -> Dict[str, Any]:
+    """A detection batch: uint8 images, ``instances`` random boxes per image (sides drawn from
+    ``box_sides``, else 2-20 % of the image side, at least 1 pixel) and, with ``mask_format``
+    (``'bitmap'``: one uint8 image-sized plane per instance, as mmdet's ``LoadAnnotations`` makes
+    them; ``'polygon'``: a 4-point polygon), masks filling the boxes."""
     import numpy as np
     import torch
     from mmdet.structures import DetDataSample
@@ -74,7 +78,11 @@ def _det_inputs(batch: int, shape: Tuple[int, int], instances: int, classes: int
     rng = np.random.default_rng(0)
     inputs, samples = [], []
     for _ in range(batch):
-        size = rng.uniform(0.02, 0.2, (instances, 2)) * (w, h)
+        if box_sides:
+            size = np.asarray(box_sides, dtype=np.float64)[rng.integers(0, len(box_sides), instances)] * (w, h)
+        else:
+            size = rng.uniform(0.02, 0.2, (instances, 2)) * (w, h)
+        size = np.clip(size, 1.0, (w, h))
         x0y0 = rng.uniform(0, 1, (instances, 2)) * ((w, h) - size)
         boxes = np.concatenate([x0y0, x0y0 + size], axis=1).astype(np.float32)
         gt = InstanceData(bboxes=torch.from_numpy(boxes).to(device),

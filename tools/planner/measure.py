@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from dataclasses import asdict
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from meters import FreshProcessKilled, NoPeak, run_fresh
 
@@ -191,7 +191,8 @@ def _step_error(err: BaseException, dev: Any, batch: int, amp_dtype: Any) -> Exc
 def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] = None,
           amp: bool = False, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
           sweep: bool = False, peak: bool = True, instances: int = BOXES_PER_IMAGE,
-          mask_format: str = "bitmap", data: str = "synthetic") -> Probe:
+          mask_format: str = "bitmap", data: str = "synthetic",
+          box_sides: Optional[List[List[float]]] = None) -> Probe:
     """Measure one training step of the config's model, in this process.
 
     On CPU the peak resident set only grows and glibc's allocation policy is changed for the
@@ -209,6 +210,8 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
         sweep: also measure every ``plain_segments`` setting (:attr:`Probe.plain_segments`).
         peak: read the peak memory (on CPU this slows the steps that follow: time without it).
         instances, mask_format: detectors' synthetic boxes per image and masks (``'bitmap'``, ``'polygon'``).
+        box_sides: the boxes' (width, height) are drawn from these fractions of the image's (the
+            data's, ``dataset_stats``); ``None``: 2-20 % of each side.
         data: ``'synthetic'``, or ``'dataset'``: the config's densest training images, through its pipeline.
 
     Raises:
@@ -231,7 +234,7 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
     amp = amp or config_amp
     amp_dtype = (torch.bfloat16 if dev.type == "cpu" else torch.float16) if amp else None
     packed, instances, shape = dataset_batch(cfg, batch) if data == "dataset" else (
-        synthetic_batch(cfg, model, batch, shape, dev, instances, mask_format), instances, shape)
+        synthetic_batch(cfg, model, batch, shape, dev, instances, mask_format, box_sides), instances, shape)
     watch = _AssignWatch(meter, dev, model) if peak else None
     try:
         steps = _run_steps(model, optim, packed, amp_dtype, meter, sweep, watch)
@@ -284,7 +287,7 @@ def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tupl
                         ram_limit_bytes: Optional[int] = None, threads: Optional[int] = None,
                         timeout: Optional[float] = None, sweep: bool = False, peak: bool = True,
                         instances: int = BOXES_PER_IMAGE, mask_format: str = "bitmap",
-                        data: str = "synthetic") -> Probe:
+                        data: str = "synthetic", box_sides: Optional[List[List[float]]] = None) -> Probe:
     """:func:`probe` in a fresh Python process (the peak resident set is per process).
 
     Args:
@@ -301,7 +304,7 @@ def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tupl
     job = dict(config=config, mode=mode, batch=batch, shape=list(shape) if shape else None, amp=amp,
                device=device, cfg_options=repr(cfg_options or {}),  # repr keeps tuples (a Resize scale) tuples
                ram_limit_bytes=ram_limit_bytes, threads=threads, sweep=sweep, peak=peak, instances=instances,
-               mask_format=mask_format, data=data)
+               mask_format=mask_format, data=data, box_sides=box_sides)
     try:
         res = run_fresh("planner.measure", [json.dumps(job)], timeout=timeout)
     except FreshProcessKilled as err:
@@ -343,7 +346,7 @@ def _child(job_json: str, out: str) -> int:
             _limit_address_space(job)
         res = asdict(probe(job["config"], job["mode"], job["batch"], tuple(job["shape"]) if job["shape"] else None,
                            job["amp"], job["device"], job["cfg_options"] or None, job["sweep"], job["peak"],
-                           job["instances"], job["mask_format"], job["data"]))
+                           job["instances"], job["mask_format"], job["data"], job["box_sides"]))
     except (PlanError, NotMeasured) as err:
         res = dict(error=type(err).__name__, message=str(err))
     with open(out, "w", encoding="utf-8") as f:

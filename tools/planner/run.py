@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .config import (NotMeasured, build_model, config_batch, load_config, rpn_assign_threshold,
                      training_shape)
@@ -39,13 +39,14 @@ def expected_seconds(config: str, shape: Tuple[int, int], modes: Sequence[str], 
 def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = False,
               modes: Sequence[str] = MODES, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
               ram_fraction: float = 0.6, threads: Optional[int] = None, log: Any = None,
-              instances: int = BOXES_PER_IMAGE, instances_source: str = "assumed", mask_format: str = "bitmap"
-              ) -> Plan:
+              instances: int = BOXES_PER_IMAGE, instances_source: str = "assumed", mask_format: str = "bitmap",
+              box_sides: Optional[List[List[float]]] = None) -> Plan:
     """Measure the config at batch 1 and 2 (fully reversible; ``'plain_segments'``: every ``plain_segments``
     setting at batch 1 too; ``'plain'``: plain mode at batch 1 and 2), each in a fresh process.
 
     What does not fit here is reported as not measured, with the reason: the measuring process may
-    use at most ``ram_fraction`` of the memory available when it starts (CPU).
+    use at most ``ram_fraction`` of the memory available when it starts (CPU). Detectors are measured
+    with ``instances`` boxes per image, of ``box_sides`` (see :func:`probe`).
 
     Raises:
         PlanError: the config does not load or build, or has no training resolution.
@@ -74,10 +75,11 @@ def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = 
             try:
                 mp.probes.append(probe_in_subprocess(config, mode, b, (h, w), amp, device, cfg_options, limit,
                                                      threads, sweep=sweep and not apart, instances=instances,
-                                                     mask_format=mask_format))
+                                                     mask_format=mask_format, box_sides=box_sides))
                 if apart:
                     timed = probe_in_subprocess(config, mode, b, (h, w), amp, device, cfg_options, limit, threads,
-                                                sweep=True, peak=False, instances=instances, mask_format=mask_format)
+                                                sweep=True, peak=False, instances=instances, mask_format=mask_format,
+                                                box_sides=box_sides)
                     mp.probes[-1].plain_segments, mp.probes[-1].plain_segments_note = timed.plain_segments, timed.plain_segments_note
                 if mp.probes[-1].plain_segments_note:
                     missing.append(mp.probes[-1].plain_segments_note)
@@ -94,18 +96,20 @@ def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = 
                 instances=instances if cfg.default_scope == "mmdet" else 0, instances_source=instances_source,
                 gpu_assign_thr=rpn_assign_threshold(cfg))
     if plan.instances > 1 and plan.reversible is not None:
-        _measure_one_instance(plan, cfg_options, limit, threads, mask_format, log)
+        _measure_one_instance(plan, cfg_options, limit, threads, mask_format, box_sides, log)
     return plan
 
 
 def _measure_one_instance(plan: Plan, cfg_options: Optional[Dict[str, Any]], limit: Optional[int],
-                          threads: Optional[int], mask_format: str, log: Any) -> None:
+                          threads: Optional[int], mask_format: str, box_sides: Optional[List[List[float]]],
+                          log: Any) -> None:
     """:attr:`Plan.one_instance`: the fully reversible batch-1 step with one instance per image."""
     if log:
         log("measuring reversible at batch 1 with 1 instance per image (the ground truth's share)")
     try:
         plan.one_instance = probe_in_subprocess(plan.config, "reversible", 1, plan.shape, plan.amp, plan.device,
-                                                cfg_options, limit, threads, instances=1, mask_format=mask_format)
+                                                cfg_options, limit, threads, instances=1, mask_format=mask_format,
+                                                box_sides=box_sides)
     except NotMeasured as err:
         plan.not_measured.append(f"the ground truth's share: {err}")
 
