@@ -209,9 +209,8 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
         cfg_options: config overrides.
         sweep: also measure every ``plain_segments`` setting (:attr:`Probe.plain_segments`).
         peak: read the peak memory (on CPU this slows the steps that follow: time without it).
-        instances, mask_format: detectors' synthetic boxes per image and masks (``'bitmap'``, ``'polygon'``).
-        box_sides: the boxes' (width, height) are drawn from these fractions of the image's (the
-            data's, ``dataset_stats``); ``None``: 2-20 % of each side.
+        instances, mask_format, box_sides: detectors' synthetic boxes per image, their masks (``'bitmap'``,
+            ``'polygon'``) and sizes (drawn from these (w, h) fractions of the image, ``None``: 2-20 %).
         data: ``'synthetic'``, or ``'dataset'``: the config's densest training images, through its pipeline.
 
     Raises:
@@ -243,14 +242,20 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
         if mapped is err:
             raise
         raise mapped from err
+    return Probe(mode=mode, batch=batch, shape=shape, device=str(dev), amp=amp,
+                 instances=instances if cfg.default_scope == "mmdet" else 0, **_state_bytes(model, optim), **steps)
+
+
+def _state_bytes(model: Any, optim: Any) -> Dict[str, Any]:
+    """The optimizer's name and the bytes of the parameters, buffers, gradients and optimizer state."""
+    import torch
+
     params = list(model.parameters())
     state = [t for s in optim.optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
-    return Probe(mode=mode, batch=batch, shape=shape, device=str(dev), amp=amp,
-                 optimizer=type(optim.optimizer).__name__, params_bytes=_storage_bytes(params),
-                 buffers_bytes=_storage_bytes(list(model.buffers())),
-                 grads_bytes=_storage_bytes([p.grad for p in params if p.grad is not None]),
-                 optim_bytes=_storage_bytes(state), instances=instances if cfg.default_scope == "mmdet" else 0,
-                 **steps)
+    return dict(optimizer=type(optim.optimizer).__name__, params_bytes=_storage_bytes(params),
+                buffers_bytes=_storage_bytes(list(model.buffers())),
+                grads_bytes=_storage_bytes([p.grad for p in params if p.grad is not None]),
+                optim_bytes=_storage_bytes(state))
 
 
 def _failing_op(err: BaseException) -> Optional[str]:

@@ -57,7 +57,7 @@ def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = 
     else:
         h, w, how = int(shape[0]), int(shape[1]), "--shape"
     batch, scalable = config_batch(cfg)
-    plans, missing = [], []
+    plans, missing, inputs = [], [], dict(instances=instances, mask_format=mask_format, box_sides=box_sides)
     for mode in ("reversible", "plain"):
         if mode == "reversible" and not {"reversible", "plain_segments"} & set(modes) or mode == "plain" and "plain" not in modes:
             continue
@@ -74,12 +74,10 @@ def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = 
                     + (f" (may use {limit / GIB:.1f} GiB)" if limit else ""))
             try:
                 mp.probes.append(probe_in_subprocess(config, mode, b, (h, w), amp, device, cfg_options, limit,
-                                                     threads, sweep=sweep and not apart, instances=instances,
-                                                     mask_format=mask_format, box_sides=box_sides))
+                                                     threads, sweep=sweep and not apart, **inputs))
                 if apart:
                     timed = probe_in_subprocess(config, mode, b, (h, w), amp, device, cfg_options, limit, threads,
-                                                sweep=True, peak=False, instances=instances, mask_format=mask_format,
-                                                box_sides=box_sides)
+                                                sweep=True, peak=False, **inputs)
                     mp.probes[-1].plain_segments, mp.probes[-1].plain_segments_note = timed.plain_segments, timed.plain_segments_note
                 if mp.probes[-1].plain_segments_note:
                     missing.append(mp.probes[-1].plain_segments_note)
