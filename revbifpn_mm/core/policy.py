@@ -42,6 +42,10 @@ def _stream_dtype(value: Any) -> Union[None, str, torch.dtype]:
 class RunPolicy:
     """Execution options of a reversible container, resolved once per forward.
 
+    The model constructors take ``memory_mode``, ``stream_dtype``, ``plain_segments`` and
+    ``compile_transforms``; the other fields are for experiments and tests and are set on a
+    built model with ``set_policy``.
+
     Attributes:
         memory_mode: ``'reversible'`` (default): only the trunk outputs are kept for the
             backward, which reconstructs every other activation from them (activation memory
@@ -71,8 +75,7 @@ class RunPolicy:
         reuse_buffers: Let the backward update the stream tensors it allocated itself in place
             and reuse the stored outputs as its first working buffers (each scale's activation
             and gradient then exist about once at a time). ``False`` runs the same algorithm
-            out of place (for tests and debugging: set through ``set_policy``, no model
-            constructor takes it). Default True.
+            out of place (for tests and debugging). Default True.
         compile_transforms: Run the transforms the reversible call evaluates (each MBConv and
             RevSilo transform, in the forward and in the backward's recomputation) through
             ``torch.compile``, one compiled function per distinct block signature with dynamic

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
-import torch
 import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmengine.dist import barrier, get_dist_info
@@ -36,8 +36,8 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
     (``rev_stack.{3k-2,3k-1,3k}``); stage ``L + 1`` is the per-scale output MBConvs
     (``rev_stack.recomp_op``). The stem (stage 0) has no parameters.
     ``frozen_stages = k`` freezes stages ``1..k``: parameters get
-    ``requires_grad=False`` and their BatchNorms stay in eval mode. ``L = 3 +
-    num_ext_layers`` (S0-S2: 5, S3: 6, S4/S5: 7, S6: 8).
+    ``requires_grad=False`` and their BatchNorms stay in eval mode. ``L`` is 5 for
+    S0-S2, 6 for S3, 7 for S4/S5 and 8 for S6.
 
     Args:
         arch: ``'s0'`` ... ``'s6'`` or an arch dict. Defaults to ``'s4'``.
@@ -56,12 +56,10 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
             ``default_scope``): ``True`` under ``'mmdet'`` (and scopes whose registry descends
             from mmdet's), ``False`` under ``'mmseg'`` and with no scope. An explicit value wins.
         drop_path_rate: Maximum stochastic-depth rate (default: the arch's value).
-        num_ext_layers: Override of the number of 4-scale layers.
-        memory_mode, stream_dtype, lean_recompute, plain_segments, plain_from, compile_transforms: The run policy,
+        memory_mode, stream_dtype, plain_segments, compile_transforms: The run policy,
             :class:`revbifpn_mm.core.RunPolicy` (each field is documented there): fully
             reversible by default; ``plain_segments=n`` keeps the activations of the last ``n``
             segments (the output MBConvs are the last), trading memory for the recomputation.
-        check_finite: Raise a ``ValueError`` if the input holds NaN or Inf.
         with_cp, pretrained: Keys of the HRNet / ResNet configs users start from: ``with_cp=True``
             is refused (the trunk is reversible: nothing to checkpoint) and so is a ``pretrained``
             path (use ``init_cfg``); both errors name the fix.
@@ -79,17 +77,15 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
                  norm_cfg: Optional[Dict[str, Any]] = None,
                  norm_eval: Optional[bool] = None,
                  drop_path_rate: Optional[float] = None,
-                 num_ext_layers: Optional[int] = None,
                  memory_mode: str = "reversible",
                  stream_dtype: Optional[str] = "auto",
-                 lean_recompute: bool = True,
                  plain_segments: int = 0,
-                 plain_from: str = "output",
                  compile_transforms: bool = False,
-                 check_finite: bool = False,
                  init_cfg: Optional[Dict[str, Any]] = None,
                  with_cp: bool = False,
-                 pretrained: Optional[str] = None) -> None:
+                 pretrained: Optional[str] = None,
+                 **removed: Any) -> None:
+        _refuse_removed_keys(removed)
         if with_cp:
             raise ValueError("RevBiFPN has no with_cp: its reversible trunk already keeps only its outputs for "
                              "the backward (what with_cp approximates for HRNet / ResNet). Drop with_cp; to trade "
@@ -106,11 +102,9 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         def norm_layer(num_features: int) -> nn.Module:  # honours norm_cfg's requires_grad
             return _build_checked_norm(norm_cfg, num_features)
 
-        super().__init__(arch=arch, num_classes=0, drop_path_rate=drop_path_rate,
-                         num_ext_layers=num_ext_layers, with_neck=out_type == "neck",
+        super().__init__(arch=arch, num_classes=0, drop_path_rate=drop_path_rate, with_neck=out_type == "neck",
                          norm_layer=norm_layer, memory_mode=memory_mode, stream_dtype=stream_dtype,
-                         lean_recompute=lean_recompute, plain_segments=plain_segments, plain_from=plain_from,
-                         compile_transforms=compile_transforms)
+                         plain_segments=plain_segments, compile_transforms=compile_transforms)
         self.init_cfg = init_cfg
         self.out_type = out_type
         self.out_indices = tuple(out_indices)
@@ -123,7 +117,6 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
                              f"{' + output MBConvs' if self.with_neck else ''}), got {frozen_stages}")
         self.frozen_stages = frozen_stages
         self.norm_eval = scope_norm_eval() if norm_eval is None else bool(norm_eval)
-        self.check_finite = check_finite
         self.out_channels = tuple(self.out_channels[i] for i in self.out_indices)
         self._freeze_stages()
 
@@ -200,9 +193,6 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         stride ``s`` is cropped to ``ceil(H / s) x ceil(W / s)``, HRNet's shape. Multiples of 32
         run unchanged (no copy).
         """
-        if self.check_finite and not torch.isfinite(x).all():
-            raise ValueError("RevBiFPN input holds NaN or Inf values (check_finite=True): inspect the "
-                             "data pipeline / normalisation of this batch")
         d = self.size_divisibility
         if not (isinstance(x, Tensor) and x.dim() == 4 and (x.shape[-2] % d or x.shape[-1] % d)):
             feats = self.forward_features(x)  # the exact path (and the input checks' messages)
@@ -213,6 +203,27 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
                              f"stride {d}), got {h}x{w}: resize the images (e.g. the pipeline's Resize scale)")
         feats = self.forward_features(F.pad(x, (0, -w % d, 0, -h % d)))
         return tuple(_crop(feats[i], math.ceil(h / (4 << i)), math.ceil(w / (4 << i))) for i in self.out_indices)
+
+
+_REMOVED_KEYS = {
+    "num_ext_layers": "give arch a dict instead (revbifpn_mm.models.ARCH_SETTINGS['s3'] with num_ext_layers "
+                      "changed)",
+    "check_finite": "drop it (mmdet's CheckInvalidLossHook reports a non-finite loss)",
+    "lean_recompute": "drop it (both settings give bitwise the same gradients, the default in less memory); experiments set it on the built model with "
+                      "backbone.set_policy(lean_recompute=...)",
+    "plain_from": "drop it (plain_segments counts from the output, where keeping pays most); experiments set it "
+                  "on the built model with backbone.set_policy(plain_from=...)",
+}
+
+
+def _refuse_removed_keys(keys: Dict[str, Any]) -> None:
+    """A clear error for the keys a config may still carry from an older release, or misspell."""
+    for key in keys:
+        if key in _REMOVED_KEYS:
+            raise ValueError(f"RevBiFPN backbone: {key!r} is no longer a config key: {_REMOVED_KEYS[key]}")
+    if keys:
+        known = [k for k in inspect.signature(RevBiFPNBackbone.__init__).parameters if k not in ("self", "removed")]
+        raise TypeError(f"RevBiFPN backbone got unexpected keys {sorted(keys)}; it takes {', '.join(known)}")
 
 
 def _crop(feat: Tensor, h: int, w: int) -> Tensor:

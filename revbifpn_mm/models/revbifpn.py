@@ -135,11 +135,12 @@ class RevBiFPN(nn.Module):
         with_neck: Apply the per-scale output MBConvs (outputs ``out_channels``);
             ``False`` returns the raw trunk outputs (``channels``). Defaults to True.
         norm_layer: Normalisation factory. Defaults to BatchNorm2d(eps=1e-3).
-        memory_mode, stream_dtype, lean_recompute, plain_segments, plain_from, compile_transforms:
+        memory_mode, stream_dtype, plain_segments, compile_transforms:
             The run policy (:class:`revbifpn_mm.core.RunPolicy`, where each is documented): fully reversible
             by default; ``plain_segments=n`` keeps the activations of the last ``n`` of the
             ``L + 2`` segments (the output MBConvs are the last one; then the trunk, three ops
-            each). Change it later with :meth:`set_policy`.
+            each). Change it later with :meth:`set_policy`, which also sets the policy's
+            experiment fields (``lean_recompute``, ``plain_from``, ``reuse_buffers``).
         checkpoint: Path to an official ``.pth.tar`` checkpoint (or a state dict) to load.
 
     Attributes:
@@ -161,8 +162,7 @@ class RevBiFPN(nn.Module):
                  norm_layer: Optional[NormLayer] = None,
                  memory_mode: Union[str, MemoryMode] = MemoryMode.REVERSIBLE,
                  stream_dtype: Optional[Union[str, torch.dtype]] = "auto",
-                 lean_recompute: bool = True, plain_segments: int = 0, plain_from: str = "output",
-                 compile_transforms: bool = False,
+                 plain_segments: int = 0, compile_transforms: bool = False,
                  checkpoint: Optional[Union[str, Dict[str, Tensor]]] = None) -> None:
         super().__init__()
         cfg = resolve_arch(arch, drop_path_rate=drop_path_rate, num_ext_layers=num_ext_layers,
@@ -194,8 +194,7 @@ class RevBiFPN(nn.Module):
             neck = RecomputedPerScale([
                 MBConv(self.channels[h], cfg["out_channels"][h], NECK_KERNEL, 1, NECK_EXPAND[h],
                        NECK_SE[h], norm_layer=norm_layer) for h in range(NUM_SCALES)])
-        policy = RunPolicy(memory_mode=memory_mode, stream_dtype=stream_dtype, lean_recompute=lean_recompute,
-                           plain_segments=plain_segments, plain_from=plain_from,
+        policy = RunPolicy(memory_mode=memory_mode, stream_dtype=stream_dtype, plain_segments=plain_segments,
                            compile_transforms=compile_transforms)
         self.rev_stack = RevSequential(ops, neck, policy)
         self.head = (ClassificationHead(cfg["out_channels"], cfg["fc_features"], num_classes,

@@ -63,12 +63,13 @@ def test_norm_eval_keeps_bn_in_eval(mm_build):
 
 
 @pytest.mark.parametrize("budget", [{}, dict(plain_segments=3), dict(plain_segments=3, plain_from="input")],
-                         ids=["reversible", "3_from_output", "3_from_input"])
+                         ids=["reversible", "3_from_output", "3_from_input"])  # plain_from: set_policy only
 @pytest.mark.parametrize("frozen", [0, 2, 6])
 def test_frozen_stages_freeze_exactly_the_documented_modules(frozen, budget, mm_build):
     """At every memory budget setting too (frozen stages inside kept segments and reversible ones)."""
     b = mm_build(dict(type="RevBiFPN", arch="s0", frozen_stages=frozen, norm_eval=False,  # (mmdet default: True)
-                      **budget))  # L = 5 -> stage 6 = output MBConvs
+                      plain_segments=budget.get("plain_segments", 0)))  # L = 5 -> stage 6 = output MBConvs
+    b.set_policy(**budget)
     b.train()
     frozen_prefixes = tuple(f"rev_stack.{i}." for k in range(1, min(frozen, 5) + 1) for i in (3 * k - 2, 3 * k - 1, 3 * k))
     if frozen >= 6:
@@ -97,12 +98,17 @@ def test_frozen_stages_freeze_exactly_the_documented_modules(frozen, budget, mm_
                 torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-4 * q.grad.abs().max().item() + 1e-8)
 
 
-def test_check_finite_and_bad_sizes(mm_build):
-    b = mm_build(dict(type="RevBiFPN", arch="s0", check_finite=True))
-    x = torch.randn(1, 3, 64, 64)
-    x[0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN or Inf"):
-        b(x)
+@pytest.mark.parametrize("key,fix", [("num_ext_layers", "give arch a dict"), ("check_finite", "CheckInvalidLossHook"),
+                                     ("lean_recompute", "set_policy"), ("plain_from", "set_policy")])
+def test_removed_keys_name_the_fix_and_unknown_keys_list_the_known(key, fix, mm_build):
+    with pytest.raises(Exception, match=f"'{key}' is no longer a config key: .*{fix}"):
+        mm_build(dict(type="RevBiFPN", arch="s0", **{key: 1}))
+    with pytest.raises(Exception, match=r"unexpected keys \['frozen_stage'\]; it takes arch, .*frozen_stages"):
+        mm_build(dict(type="RevBiFPN", arch="s0", frozen_stage=1))
+
+
+def test_bad_sizes(mm_build):
+    b = mm_build(dict(type="RevBiFPN", arch="s0"))
     with pytest.raises(ValueError, match="at least 32x32 pixels"):
         b(torch.randn(1, 3, 20, 64))
     with pytest.raises(ValueError, match="3-channel"):

@@ -56,7 +56,7 @@ def cases(args: argparse.Namespace, device: torch.device) -> List[Case]:  # noqa
                                                             frozen), batch=b, info=dict(arch=arch, budget="reversible")))
         for label, kw in _settings(args.plain_segments):
             out.append(Case(f"revbifpn_{arch} {label}", "backbone",
-                            M.backbone_builder(lambda a=arch, kw=kw: RevBiFPN(a, num_classes=0, **kw), b, h, w, device,
+                            M.backbone_builder(lambda a=arch, kw=kw: M.revbifpn(a, **kw), b, h, w, device,
                                                frozen), batch=b, info=dict(arch=arch, budget=label, ref=ref)))
     for name in filter(None, args.baselines.split(",")):
         if name == "none":

@@ -175,12 +175,25 @@ class _TimmFeatures(nn.Module):
         return self.body(x)
 
 
-def torch_backbone_neck(name: str, with_cp: bool = False, **revbifpn: Any) -> nn.Module:
-    """Backbone + HRFPN-equivalent neck without the mm stack: ``revbifpn_s#`` (with ``revbifpn`` options)
+def revbifpn(arch: str, **options: Any) -> RevBiFPN:
+    """``RevBiFPN(arch, num_classes=0)`` with ``options``: constructor keys, and the run policy's
+    experiment fields (``plain_from``, ``lean_recompute``, ...) applied with ``set_policy``."""
+    import inspect
+
+    ctor = {k: v for k, v in options.items() if k in inspect.signature(RevBiFPN.__init__).parameters}
+    model = RevBiFPN(arch, num_classes=0, **ctor)
+    policy = {k: v for k, v in options.items() if k not in ctor}
+    if policy:
+        model.set_policy(**policy)
+    return model
+
+
+def torch_backbone_neck(name: str, with_cp: bool = False, **revbifpn_options: Any) -> nn.Module:
+    """Backbone + HRFPN-equivalent neck without the mm stack: ``revbifpn_s#`` (with :func:`revbifpn` options)
     or timm's ``hrnet_w18`` / ``hrnet_w32`` / ``resnet50`` / ``resnet101`` (``with_cp``: timm's
     gradient checkpointing)."""
     if name.startswith("revbifpn_"):
-        body = RevBiFPN(name.split("_")[1], num_classes=0, **revbifpn)
+        body = revbifpn(name.split("_")[1], **revbifpn_options)
         channels = list(body.out_channels)
     else:
         body = _TimmFeatures(name, with_cp)
