@@ -53,7 +53,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         if suite == "report":
             continue
         p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-        p.add_argument("--rounds", type=int, default=3, help="timed rounds (the minimum is kept)")
+        if suite != "kernels":  # counts, not times
+            p.add_argument("--rounds", type=int, default=3, help="timed rounds (the minimum is kept)")
         if default_input:
             p.add_argument("--input", default=default_input, help=f"BxHxW (default {default_input})")
         if suite not in ("kernels", "throughput"):

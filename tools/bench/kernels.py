@@ -31,7 +31,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:  # noqa: D103
     ap.add_argument("--archs", default="s0,s3", help="RevBiFPN sizes, comma list")
     ap.add_argument("--modes", default="plain,reversible,compiled",
                     help=f"comma list of {', '.join(MODES)} (compiled: reversible with compile_transforms=True)")
-    ap.add_argument("--bns", default="frozen,train", help="comma list of frozen, train")
+    ap.add_argument("--bn", default="frozen,train", help="comma list of frozen, train")
     ap.add_argument("--baselines", default="hrnetv2p_w18,r50_fpn",
                     help="mmdet backbones (of the Faster R-CNN configs) counted the same way; 'none' for none")
     ap.add_argument("--top", type=int, default=0, metavar="N",
@@ -67,14 +67,14 @@ def rows(args: argparse.Namespace, device: torch.device) -> List[Dict[str, Any]]
     x = M.image(b, h, w, device)
     out = []
     for arch in filter(None, args.archs.split(",")):
-        for bn in filter(None, args.bns.split(",")):
+        for bn in filter(None, args.bn.split(",")):
             for mode in filter(None, args.modes.split(",")):
                 m = _built(lambda: RevBiFPN(arch, num_classes=0, drop_path_rate=0.0, **MODES[mode]), bn == "frozen",
                            device)
                 out.append(_row(f"revbifpn_{arch} {mode} bn={bn}", m, x, args.top, arch=arch, mode=mode, bn=bn,
                                 ref=f"revbifpn_{arch} plain bn={bn}" if mode != "plain" else None))
     for name in filter(lambda n: n and n != "none", args.baselines.split(",")):
-        for bn in filter(None, args.bns.split(",")):
+        for bn in filter(None, args.bn.split(",")):
             m = _built(lambda: M.build(M.detector_cfg("faster", name).backbone, "mmdet"), bn == "frozen", device)
             out.append(_row(f"{name} bn={bn}", m, x, args.top, arch=name, mode="eager", bn=bn))
     return out
