@@ -42,7 +42,6 @@ def parse_args(argv=None):
                     help="mixed precision: measured under bfloat16 autocast on CPU (float16 on CUDA)")
     ap.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"), default=None,
                     help="input height and width (default: the config's training resolution)")
-    ap.add_argument("--quick", action="store_true", help="a smoke run at 256x256 (not a plan for the config)")
     ap.add_argument("--modes", default="reversible,plain_segments,plain",
                     help="what to measure: comma list of reversible, plain_segments, plain (default all)")
     ap.add_argument("--device", default="cpu", help="where to measure: cpu (default) or cuda")
@@ -76,7 +75,7 @@ def main(argv=None):
     if args.instances is not None and args.instances < 1:
         print(f"error: --instances must be at least 1, got {args.instances}", file=sys.stderr)
         return 2
-    shape = (256, 256) if args.quick and args.shape is None else args.shape
+    shape = args.shape
     modes = [m for m in args.modes.split(",") if m]
     if "budgets" in modes:  # the earlier name of plain_segments
         print("warning: --modes budgets is now called plain_segments", file=sys.stderr)

@@ -84,7 +84,7 @@ def _tool(*args, timeout=600):
 
 
 def test_config_that_does_not_build_gives_one_clear_error():
-    rc, out, err = _tool(QS_DET, "--quick", "--threads", "1", "--cfg-options", "model.backbone.arch=s9")
+    rc, out, err = _tool(QS_DET, "--shape", "256", "256", "--threads", "1", "--cfg-options", "model.backbone.arch=s9")
     assert rc == 2, out + err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, err
@@ -93,7 +93,7 @@ def test_config_that_does_not_build_gives_one_clear_error():
 
 
 def test_missing_config_gives_one_clear_error(tmp_path):
-    rc, out, err = _tool(str(tmp_path / "nope.py"), "--quick")
+    rc, out, err = _tool(str(tmp_path / "nope.py"), "--shape", "256", "256")
     assert rc == 2 and "error: config file not found" in err, out + err
     assert "Traceback" not in err
 
@@ -165,7 +165,7 @@ def test_largest_batch_follows_the_formula():
 @needs_rss
 def test_amp_on_cpu_names_the_op_that_rejects_bfloat16():
     # mmcv 2.1's CPU NMS (in the RPN) takes float32 only: the plan says so instead of a traceback
-    rc, out, err = _tool(QS_DET, "--quick", "--amp", "--modes", "reversible", "--threads", "1")
+    rc, out, err = _tool(QS_DET, "--shape", "256", "256", "--amp", "--modes", "reversible", "--threads", "1")
     assert rc == 0, out + err
     row = next(line for line in out.splitlines() if line.startswith("not measured here: reversible"))
     assert "bfloat16 autocast" in row and "mmcv.ops." in row and "rejects it" in row, row
