@@ -8,40 +8,36 @@ from .revbifpn import RevBiFPN
 __all__ = [f"revbifpn_s{i}" for i in range(7)]
 
 
-def _make(arch: str, **kwargs: Any) -> RevBiFPN:
-    return RevBiFPN(arch, **kwargs)
-
-
 def revbifpn_s0(**kwargs: Any) -> RevBiFPN:
     """RevBiFPN-S0. Keyword arguments go to :class:`RevBiFPN`; its size and weights: ``OFFICIAL_WEIGHTS``."""
-    return _make("s0", **kwargs)
+    return RevBiFPN("s0", **kwargs)
 
 
 def revbifpn_s1(**kwargs: Any) -> RevBiFPN:
     """RevBiFPN-S1 (as :func:`revbifpn_s0`)."""
-    return _make("s1", **kwargs)
+    return RevBiFPN("s1", **kwargs)
 
 
 def revbifpn_s2(**kwargs: Any) -> RevBiFPN:
     """RevBiFPN-S2 (as :func:`revbifpn_s0`)."""
-    return _make("s2", **kwargs)
+    return RevBiFPN("s2", **kwargs)
 
 
 def revbifpn_s3(**kwargs: Any) -> RevBiFPN:
     """RevBiFPN-S3 (as :func:`revbifpn_s0`)."""
-    return _make("s3", **kwargs)
+    return RevBiFPN("s3", **kwargs)
 
 
 def revbifpn_s4(**kwargs: Any) -> RevBiFPN:
     """RevBiFPN-S4 (as :func:`revbifpn_s0`)."""
-    return _make("s4", **kwargs)
+    return RevBiFPN("s4", **kwargs)
 
 
 def revbifpn_s5(**kwargs: Any) -> RevBiFPN:
     """RevBiFPN-S5 (as :func:`revbifpn_s0`)."""
-    return _make("s5", **kwargs)
+    return RevBiFPN("s5", **kwargs)
 
 
 def revbifpn_s6(**kwargs: Any) -> RevBiFPN:
     """RevBiFPN-S6 (as :func:`revbifpn_s0`)."""
-    return _make("s6", **kwargs)
+    return RevBiFPN("s6", **kwargs)
