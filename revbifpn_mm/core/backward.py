@@ -220,12 +220,13 @@ def recompute(module: nn.Module, x: Tensor, state: CallState, *, lean: bool = Fa
         x: Its (rebuilt) input, possibly in a wider stream dtype; not modified.
         state: The call's state: autocast, compute dtype, gradients, compilation.
         lean: Run the transform's ``lean_forward`` where it has one (a smaller working set; see
-            :class:`~revbifpn_mm.core.RunPolicy`). A compiled recomputation runs ``forward``: the
-            compiler's partitioner already recomputes the cheap elementwise layers.
+            :class:`~revbifpn_mm.core.RunPolicy`), eager also under ``compile_transforms``: the
+            compiled ``forward`` in its place raised the step's peak as much as ``lean=False`` does.
         stochastic: The transform draws random numbers: it runs eager, so the RNG replay stays exact.
     """
-    compiled = state.compiled and not stochastic
-    fn = getattr(module, "lean_forward", module) if lean and not compiled else module
+    fn = getattr(module, "lean_forward", None) if lean else None
+    compiled = state.compiled and not stochastic and fn is None
+    fn = fn or module
     with torch.enable_grad():
         x_ = cast(x.detach(), state.compute_dtype or _compute_dtype(module, x)).requires_grad_(True)
         with state.autocast():  # only the recomputed forward, as in the original; the backward runs outside

@@ -83,7 +83,7 @@ class RunPolicy:
             fused kernels per step, for a first step that compiles (minutes on a CPU). Gradients
             and BN statistics equal the eager ones to float32 round-off (fusion reorders sums).
             Transforms that draw random numbers (drop path in training) and the recomputed tail's
-            ``lean_forward`` stay eager / are replaced by the compiled ``forward``; plain segments
+            ``lean_forward`` run eager; plain segments
             and ``memory_mode='plain'`` run eager. Where compilation fails, one warning says why
             and the transforms run eager. Default False.
     """
