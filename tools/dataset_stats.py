@@ -83,9 +83,9 @@ def box_side_sample(sides: Sequence[Tuple[float, float]], n: int = BOX_SAMPLE) -
     """``n`` of ``sides`` (or all, if fewer), evenly spaced over them ordered by area: a small sample
     with the distribution of the boxes' sizes (element ``k`` is the ``(k + 0.5) / n`` quantile)."""
     ordered = sorted(sides, key=lambda wh: (wh[0] * wh[1], wh))
-    if len(ordered) <= n:
-        return [(round(w, 5), round(h, 5)) for w, h in ordered]
-    return [tuple(round(v, 5) for v in ordered[int((k + 0.5) * len(ordered) / n)]) for k in range(n)]
+    if len(ordered) > n:
+        ordered = [ordered[int((k + 0.5) * len(ordered) / n)] for k in range(n)]
+    return [(round(w, 5), round(h, 5)) for w, h in ordered]
 
 
 def _kept(ann: Dict[str, Any]) -> bool:

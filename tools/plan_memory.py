@@ -62,7 +62,7 @@ def instances_to_plan(cfg, override=None):
     from dataset_stats import read_dataset_stats
 
     stats, why = read_dataset_stats(cfg)
-    fmt, sides = (stats.mask_format, [list(wh) for wh in stats.box_sides] or None) if stats else ("bitmap", None)
+    fmt, sides = (stats.mask_format, stats.box_sides or None) if stats else ("bitmap", None)
     if override is not None:
         return override, "--instances", fmt, sides
     if stats is not None:

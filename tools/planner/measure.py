@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from dataclasses import asdict
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from meters import FreshProcessKilled, NoPeak, run_fresh
 
@@ -192,7 +192,7 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
           amp: bool = False, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
           sweep: bool = False, peak: bool = True, instances: int = BOXES_PER_IMAGE,
           mask_format: str = "bitmap", data: str = "synthetic",
-          box_sides: Optional[List[List[float]]] = None) -> Probe:
+          box_sides: Optional[Sequence[Sequence[float]]] = None) -> Probe:
     """Measure one training step of the config's model, in this process.
 
     On CPU the peak resident set only grows and glibc's allocation policy is changed for the
@@ -292,7 +292,7 @@ def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tupl
                         ram_limit_bytes: Optional[int] = None, threads: Optional[int] = None,
                         timeout: Optional[float] = None, sweep: bool = False, peak: bool = True,
                         instances: int = BOXES_PER_IMAGE, mask_format: str = "bitmap",
-                        data: str = "synthetic", box_sides: Optional[List[List[float]]] = None) -> Probe:
+                        data: str = "synthetic", box_sides: Optional[Sequence[Sequence[float]]] = None) -> Probe:
     """:func:`probe` in a fresh Python process (the peak resident set is per process).
 
     Args:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .config import (NotMeasured, build_model, config_batch, load_config, rpn_assign_threshold,
                      training_shape)
@@ -40,7 +40,7 @@ def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = 
               modes: Sequence[str] = MODES, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
               ram_fraction: float = 0.6, threads: Optional[int] = None, log: Any = None,
               instances: int = BOXES_PER_IMAGE, instances_source: str = "assumed", mask_format: str = "bitmap",
-              box_sides: Optional[List[List[float]]] = None) -> Plan:
+              box_sides: Optional[Sequence[Sequence[float]]] = None) -> Plan:
     """Measure the config at batch 1 and 2 (fully reversible; ``'plain_segments'``: every ``plain_segments``
     setting at batch 1 too; ``'plain'``: plain mode at batch 1 and 2), each in a fresh process.
 
@@ -94,20 +94,19 @@ def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = 
                 instances=instances if cfg.default_scope == "mmdet" else 0, instances_source=instances_source,
                 gpu_assign_thr=rpn_assign_threshold(cfg))
     if plan.instances > 1 and plan.reversible is not None:
-        _measure_one_instance(plan, cfg_options, limit, threads, mask_format, box_sides, log)
+        _measure_one_instance(plan, cfg_options, limit, threads, inputs, log)
     return plan
 
 
 def _measure_one_instance(plan: Plan, cfg_options: Optional[Dict[str, Any]], limit: Optional[int],
-                          threads: Optional[int], mask_format: str, box_sides: Optional[List[List[float]]],
-                          log: Any) -> None:
-    """:attr:`Plan.one_instance`: the fully reversible batch-1 step with one instance per image."""
+                          threads: Optional[int], inputs: Dict[str, Any], log: Any) -> None:
+    """:attr:`Plan.one_instance`: the fully reversible batch-1 step with one instance per image (``inputs``:
+    the synthetic inputs of the plan, :func:`probe`'s keywords)."""
     if log:
         log("measuring reversible at batch 1 with 1 instance per image (the ground truth's share)")
     try:
         plan.one_instance = probe_in_subprocess(plan.config, "reversible", 1, plan.shape, plan.amp, plan.device,
-                                                cfg_options, limit, threads, instances=1, mask_format=mask_format,
-                                                box_sides=box_sides)
+                                                cfg_options, limit, threads, **dict(inputs, instances=1))
     except NotMeasured as err:
         plan.not_measured.append(f"the ground truth's share: {err}")
 
