@@ -224,9 +224,9 @@ def recompute(module: nn.Module, x: Tensor, state: CallState, *, lean: bool = Fa
             compiled ``forward`` in its place raised the step's peak as much as ``lean=False`` does.
         stochastic: The transform draws random numbers: it runs eager, so the RNG replay stays exact.
     """
-    fn = getattr(module, "lean_forward", None) if lean else None
-    compiled = state.compiled and not stochastic and fn is None
-    fn = fn or module
+    lean_fn = getattr(module, "lean_forward", None) if lean else None
+    compiled = state.compiled and not stochastic and lean_fn is None
+    fn = lean_fn or module
     with torch.enable_grad():
         x_ = cast(x.detach(), state.compute_dtype or _compute_dtype(module, x)).requires_grad_(True)
         with state.autocast():  # only the recomputed forward, as in the original; the backward runs outside

@@ -209,8 +209,8 @@ _REMOVED_KEYS = {
     "num_ext_layers": "give arch a dict instead (revbifpn_mm.models.ARCH_SETTINGS['s3'] with num_ext_layers "
                       "changed)",
     "check_finite": "drop it (mmdet's CheckInvalidLossHook reports a non-finite loss)",
-    "lean_recompute": "drop it (both settings give bitwise the same gradients, the default in less memory); experiments set it on the built model with "
-                      "backbone.set_policy(lean_recompute=...)",
+    "lean_recompute": "drop it (both settings give bitwise the same gradients, the default in less memory); "
+                      "experiments set it on the built model with backbone.set_policy(lean_recompute=...)",
     "plain_from": "drop it (plain_segments counts from the output, where keeping pays most); experiments set it "
                   "on the built model with backbone.set_policy(plain_from=...)",
 }

@@ -180,7 +180,8 @@ def revbifpn(arch: str, **options: Any) -> RevBiFPN:
     experiment fields (``plain_from``, ``lean_recompute``, ...) applied with ``set_policy``."""
     import inspect
 
-    ctor = {k: v for k, v in options.items() if k in inspect.signature(RevBiFPN.__init__).parameters}
+    keys = inspect.signature(RevBiFPN.__init__).parameters
+    ctor = {k: v for k, v in options.items() if k in keys}
     model = RevBiFPN(arch, num_classes=0, **ctor)
     policy = {k: v for k, v in options.items() if k not in ctor}
     if policy:
