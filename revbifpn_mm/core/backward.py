@@ -1,26 +1,10 @@
 """The reversible backward, top to bottom: how a segment's inputs are rebuilt and its gradients formed.
 
-A training call of :class:`~revbifpn_mm.core.RevSequential` runs its trunk as a chain of
-:class:`Segment` s, each one :class:`RevSegment` autograd Function that keeps nothing of its own
-(the last segment of a run keeps its outputs). The backward of one segment, as it runs::
-
-    RevSegment.backward(douts)                       the last segment first
-    |- ys  = its outputs: saved (the last of a run), or rebuilt by the segment above
-    |- dys = tail_backward(tail, ys, douts)          a tail is recomputed from ys (checkpointing)
-    |- for op in reversed(ops):                      RevSilo, RevBlockGroup, RevResidualBlock, stem
-    |      ys, dys = op.backward_pass(ys, dys)       each runs its couplings in reverse order:
-    |      '- coupling_backward: for each source i, for each target j > i:
-    |             t, backprop = recompute(T_ij, x_i)     T_ij evaluated again, with autograd
-    |             x_j  = y_j - t                         the inverse: stream j's input rebuilt
-    |             dx_i = dx_i + backprop(dy_j)           J_ij^T dy_j; parameter grads to state.grads
-    |- the segment below receives ys (its outputs, rebuilt) for its own backward
-    '- returns the input gradients and this segment's parameter gradients (state.grads.pop)
-
-Around it: BatchNorm running statistics are frozen while the segment is recomputed (each step
-updates them once), the RNG state of each random coupling is replayed (``state.rng``), the forward's
-autocast is re-entered for each recomputed transform (``state.autocast``), and the stream arithmetic
-runs in place on the buffers this backward allocated (``state.streams``). Everything per call lives
-on the :class:`~revbifpn_mm.core.state.CallState` that the call's segments share.
+A training call of :class:`~revbifpn_mm.core.RevSequential` runs its trunk as a chain of :class:`Segment` s,
+each one :class:`RevSegment` autograd Function. ``RevSegment.backward`` recomputes the tail
+(:func:`tail_backward`), then runs each op's ``backward_pass`` in reverse, whose couplings rebuild their inputs
+and back-propagate in one sweep (:func:`coupling_backward`, :func:`recompute`). Everything per call lives on the
+:class:`~revbifpn_mm.core.state.CallState` its segments share. The path is drawn in docs/design.md.
 """
 from __future__ import annotations
 
@@ -33,8 +17,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .compiled import compiled_call
-from .op import RevOp, _compute_dtype, cast, run_ops, trainable_params
+from .op import RevOp, _compute_dtype, call_transform, cast, run_ops, trainable_params
 from .state import CallState
 
 __all__ = ["Segment", "RevSegment", "tail_backward", "coupling_backward", "recompute"]
@@ -58,9 +41,7 @@ class Segment:
         params: The trainable parameters of ``ops`` (and of ``tail``): inputs of the Function.
         bns: Training-mode BatchNorms whose statistics are frozen while the segment is recomputed.
         stores: The last segment of a reversible run: it saves its outputs for the backward.
-        below: The reversible segment before it in the same run: it receives the inputs this
-            segment's backward rebuilds (``None`` for the first of a run, whose inputs come from
-            elsewhere).
+        below: The previous segment of the same run, which receives the inputs this backward rebuilds.
         tail: The recomputed tail, when it follows this (storing) segment in the same Function.
         out_dtype: The dtype of the container's outputs, when this segment ends the container.
         begins_backward: The call's last reversible segment: its backward runs first.
@@ -82,12 +63,8 @@ class Segment:
 class RevSegment(torch.autograd.Function):
     """Runs one :class:`Segment` without storing its activations: ``apply(segment, n_in, *xs, *params)``.
 
-    The segment's parameters are inputs of the Function, so autograd sees them: they receive
-    gradients even when the image does not require grad, ``torch.autograd.grad`` works on them, and
-    each segment hands its parameter gradients to autograd as soon as its backward is done (DDP's
-    hooks fire per segment, and no full-model gradient buffer is held). The saved outputs become
-    the backward's first working buffers only when they are private (neither returned nor inputs)
-    and the engine does not keep the graph.
+    The parameters are inputs of the Function, so they get gradients without a grad-requiring image,
+    ``torch.autograd.grad`` sees them, and each segment hands them to autograd (and DDP) as its backward ends.
     """
 
     @staticmethod
@@ -118,11 +95,13 @@ class RevSegment(torch.autograd.Function):
             state.begin_backward()
         ys = _outputs(ctx, seg)
         need = ctx.needs_input_grad[2:2 + ctx.n_in]
+        # without an input gradient, ops below the first trainable one (frozen stages, the stem) need no backward
+        first = 0 if any(need) else next((i for i, op in enumerate(seg.ops) if trainable_params(op)), len(seg.ops))
         with torch.no_grad(), _frozen_statistics(seg.bns):
             dys = tail_backward(seg.tail, ys, douts, state) if seg.tail is not None else list(douts)
             dys = _in_compute_dtype(dys, state)
             del douts  # the lists below are consumed, so each replaced tensor is freed at once
-            for op in reversed(seg.ops[_first_to_rebuild(seg.ops, any(need)):]):
+            for op in reversed(seg.ops[first:]):
                 ys, dys = op.backward_pass(ys, dys, state)
         if any(need) and seg.below is not None:
             seg.below.rebuilt_outputs = ys
@@ -137,7 +116,8 @@ def _outputs(ctx: Any, seg: Segment) -> Tensors:
         ys, seg.rebuilt_outputs = seg.rebuilt_outputs, None
         return ys  # type: ignore[return-value]
     ys = list(ctx.saved_tensors)
-    if ctx.private and seg.state.reuse_buffers and not _graph_retained():
+    # the engine's own query: whether this backward keeps the graph (``retain_graph`` / ``create_graph``)
+    if ctx.private and seg.state.reuse_buffers and not torch._C._autograd._get_current_graph_task_keep_graph():
         ys = [seg.state.streams.own(y) for y in ys]  # freed after this backward anyway
     return ys
 
@@ -150,21 +130,10 @@ def _in_compute_dtype(dys: Tensors, state: CallState) -> Tensors:
     return [state.streams.own(d.to(cd)) if d.is_floating_point() and d.dtype != cd else d for d in dys]
 
 
-def _first_to_rebuild(ops: Sequence[RevOp], input_grad: bool) -> int:
-    """Without an input gradient, ops below the first trainable one (frozen stages, the parameter-free
-    stem) need neither reconstruction nor backward."""
-    if input_grad:
-        return 0
-    return next((i for i, op in enumerate(ops) if trainable_params(op)), len(ops))
-
-
 def tail_backward(tail: nn.Module, ys: Sequence[Tensor], douts: Sequence[Tensor], state: CallState) -> Tensors:
-    """Gradients of the tail's inputs: ``dy_h = J_h^T dout_h`` for ``O_h = M_h(y_h)``, each ``M_h``
-    recomputed from the stored ``y_h`` (its ``lean_forward`` with ``state.lean``).
-
-    They are fresh buffers, handed to ``state.streams`` so that the trunk's backward accumulates into
-    them in place (unless one aliases its incoming gradient).
-    """
+    """Gradients of the tail's inputs: ``dy_h = J_h^T dout_h`` for ``O_h = M_h(y_h)``, each ``M_h`` recomputed
+    from the stored ``y_h`` (its ``lean_forward`` with ``state.lean``). The trunk's backward accumulates into
+    them in place, unless one aliases its incoming gradient."""
     dys = []
     for h, (y, d) in enumerate(zip(ys, douts)):
         backprop = recompute(tail.transform(h), y, state, lean=state.lean)[1]  # the output is not needed
@@ -207,13 +176,10 @@ def coupling_backward(coupling: nn.Module, ys: Tensors, dys: Tensors, state: Cal
 
 def recompute(module: nn.Module, x: Tensor, state: CallState, *, lean: bool = False,
               stochastic: bool = False) -> Tuple[Tensor, Callable[[Tensor], Tensor]]:
-    """Evaluate a transform again, with autograd: ``(t, backprop)``.
+    """Evaluate a transform again, with autograd.
 
-    ``t = module(x)`` (detached, in the transform's dtype) runs under the forward's autocast;
-    ``backprop(dy)`` returns ``J^T dy``, the gradient with respect to ``x``, and adds the trainable
-    parameters' gradients to ``state.grads``. Back-propagation starts from ``t``'s gradient edge
-    (``torch.autograd.graph.get_gradient_edge``), so once the caller drops ``t`` its storage is not part
-    of the working set of ``backprop`` unless the transform's own graph saved it.
+    Back-propagation starts from the output's gradient edge (``get_gradient_edge``), so once the caller drops
+    ``t`` its storage is not part of the working set of ``backprop`` unless the transform's own graph saved it.
 
     Args:
         module: The transform (parameters may be frozen).
@@ -223,14 +189,16 @@ def recompute(module: nn.Module, x: Tensor, state: CallState, *, lean: bool = Fa
             :class:`~revbifpn_mm.core.RunPolicy`), eager also under ``compile_transforms``: the
             compiled ``forward`` in its place raised the step's peak as much as ``lean=False`` does.
         stochastic: The transform draws random numbers: it runs eager, so the RNG replay stays exact.
+
+    Returns:
+        ``(t, backprop)``: ``t = module(x)`` under the forward's autocast, detached; ``backprop(dy)`` returns
+        ``J^T dy`` (the gradient for ``x``) and adds the trainable parameters' gradients to ``state.grads``.
     """
     lean_fn = getattr(module, "lean_forward", None) if lean else None
-    compiled = state.compiled and not stochastic and lean_fn is None
-    fn = lean_fn or module
     with torch.enable_grad():
         x_ = cast(x.detach(), state.compute_dtype or _compute_dtype(module, x)).requires_grad_(True)
         with state.autocast():  # only the recomputed forward, as in the original; the backward runs outside
-            y = compiled_call(module, x_) if compiled else fn(x_)
+            y = lean_fn(x_) if lean_fn is not None else call_transform(module, x_, state, stochastic)
     t = y.detach()
     if not y.requires_grad:  # nothing in the transform depends on x or a trainable parameter
         return t, lambda dy: torch.zeros_like(x_)
@@ -248,9 +216,8 @@ def recompute(module: nn.Module, x: Tensor, state: CallState, *, lean: bool = Fa
 
 @contextlib.contextmanager
 def _frozen_statistics(bns: Sequence[_BatchNorm]) -> Iterator[None]:
-    """Training-mode BatchNorms that normalise with batch statistics without updating their running
-    ones: the recomputation runs in here, so each step updates them once (standard PyTorch semantics;
-    the official implementation updates them a second time)."""
+    """Training BatchNorms that do not update their running statistics: the recomputation runs in here, so
+    each step updates them once (the official implementation updates them twice)."""
     for m in bns:
         m.track_running_stats = False
     try:
@@ -264,9 +231,3 @@ def _share_storage(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
     """Whether any tensor of ``a`` shares its storage with a tensor of ``b``."""
     ptrs = {t.untyped_storage().data_ptr() for t in b}
     return any(t.untyped_storage().data_ptr() in ptrs for t in a)
-
-
-def _graph_retained() -> bool:
-    """Whether the running backward keeps the graph (``retain_graph`` / ``create_graph``): the
-    autograd engine's own query (the one AOTAutograd uses to free its saved tensors)."""
-    return bool(torch._C._autograd._get_current_graph_task_keep_graph())

@@ -51,17 +51,13 @@ def run_ops(ops: Sequence[RevOp], xs: Sequence[Tensor], state: Optional[CallStat
 
 
 def cast(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """``t.to(dtype)`` without a dispatcher call where ``t`` already has that dtype (the reversible path
-    casts between stream and compute dtypes a few times per transform: hundreds of calls a step)."""
+    """``t.to(dtype)`` without a dispatcher call where ``t`` already has that dtype (hundreds of calls a step)."""
     return t if t.dtype == dtype else t.to(dtype)
 
 
 def submodules(module: nn.Module) -> Iterator[nn.Module]:
-    """``module`` and all its sub-modules, skipping ``None`` children.
-
-    A plain walk over ``_modules``: ``Module.modules()`` builds a name for every sub-module,
-    and the reversible path walks its modules on every call.
-    """
+    """``module`` and all its sub-modules: a plain walk over ``_modules`` (``Module.modules()`` builds a
+    name for each, and the reversible path walks its modules on every call)."""
     stack = [module]
     while stack:
         m = stack.pop()
@@ -77,24 +73,19 @@ def trainable_params(module: nn.Module) -> List[Tensor]:
 
 def _compute_dtype(module: nn.Module, x: Tensor) -> torch.dtype:
     """The dtype a transform computes in: that of its parameters (the stream may be wider)."""
-    for m in submodules(module):
-        for p in m._parameters.values():
-            if p is not None and p.is_floating_point():
-                return p.dtype
-    return x.dtype
+    params = (p for m in submodules(module) for p in m._parameters.values() if p is not None)
+    return next((p.dtype for p in params if p.is_floating_point()), x.dtype)
 
 
 def call_transform(module: nn.Module, x: Tensor, state: Optional[CallState] = None,
                    stochastic: bool = False) -> Tensor:
-    """``module(x)``: compiled when ``state`` asks for it (:attr:`CallState.compiled`), eager where the
-    transform draws random numbers (``stochastic``: eager keeps the recorded RNG replay exact) or
-    without a state (the ordinary autograd path)."""
+    """``module(x)``, compiled where ``state`` asks for it, eager where the transform draws random numbers
+    (``stochastic``: the RNG replay stays exact) or without a state (the ordinary autograd path)."""
     if state is not None and state.compiled and not stochastic:
         return compiled_call(module, x)
     return module(x)
 
 
 def apply_transform(module: nn.Module, x: Tensor, state: Optional[CallState] = None) -> Tensor:
-    """``module(x)`` with ``x`` cast from the (possibly float64) stream to the module's dtype
-    (compiled where ``state`` asks for it, see :func:`call_transform`)."""
+    """:func:`call_transform` with ``x`` cast from the (possibly float64) stream to the module's dtype."""
     return call_transform(module, cast(x, _compute_dtype(module, x)), state)
