@@ -1,28 +1,12 @@
 """Transforms run through ``torch.compile``, one compiled function per distinct block signature.
 
-The reversible container stays eager (its autograd Function recomputes and calls
-``torch.autograd.grad`` in its backward, which Dynamo cannot trace); what it calls, each
-transform ``T(x)`` in the forward and in the backward's recomputation, runs compiled when
-:attr:`~revbifpn_mm.core.RunPolicy.compile_transforms` is on.
-
-Caching: Dynamo keeps its compiled graphs on the *code object* it traced, and allows a few
-(``recompile_limit``, 8) per code object. All MBConvs share one ``forward`` code object, so
-compiling it per module exhausts that limit within one step. Here every distinct block signature
-(``repr`` of the module, which names its layers, channels, kernel sizes, strides, eps and
-momentum, plus its parameters' dtypes and devices) gets its own code object, a copy of
-:func:`_call`, compiled with Dynamo's automatic dynamic shapes (static first; a size that changes turns
-dynamic, so a detector's next padded sizes reuse that graph: ``dynamic=True`` from the start met an
-inductor code-generation failure in an SE backward); the module is an *argument*, so its
-parameters and buffers are graph inputs and every block of that signature shares the graphs.
-What still tells graphs apart are Dynamo's guards: grad mode (the no-grad forward vs the
-recomputation), training flags and ``track_running_stats`` (the container freezes BN running
-statistics during the recomputation by clearing that flag, so that graph does not update them),
-the 0/1 specialisation of sizes and storage offsets, and a size turning dynamic: more than Dynamo's
-default limit of 8 per signature, so :data:`RECOMPILE_LIMIT` raises it (see :func:`_configure`).
-
-Failure: if ``torch.compile`` is unavailable or a compilation fails, one warning says why and
-every transform runs eager from then on (the process never crashes on it); a module's own error
-(wrong input, out of memory) is raised as eager raises it and does not turn compilation off.
+The container stays eager (Dynamo cannot trace its backward); each transform it calls runs compiled when
+:attr:`~revbifpn_mm.core.RunPolicy.compile_transforms` is on. Dynamo keeps its graphs per *code object*, at
+most ``recompile_limit`` of them, and all MBConvs share one ``forward``: so each block signature (the module's
+``repr`` plus its parameters' dtypes and devices) gets a code object of its own, a copy of :func:`_call`, with
+the module as an argument, so that every block of that signature shares its graphs. Shapes start static and
+turn dynamic where a size changes (``dynamic=True`` from the start met an inductor failure in an SE backward).
+A compiler failure warns once and every transform runs eager from then on. docs/design.md has the rest.
 """
 from __future__ import annotations
 
@@ -36,14 +20,10 @@ from torch import Tensor, nn
 
 __all__ = ["compiled_call", "compile_failure", "reset_compiled", "BACKEND"]
 
-#: The ``torch.compile`` backend. ``'inductor'`` fuses (the point of the option); the tests also run
-#: ``'aot_eager'`` (Dynamo and AOTAutograd without code generation: the same graphs, guards and
-#: BN-statistics handling in seconds instead of minutes).
+#: The ``torch.compile`` backend; the tests also run ``'aot_eager'`` (the same graphs, without code generation).
 BACKEND = "inductor"
-#: Graphs one signature may hold (Dynamo's default, 8, per code object): grad mode (forward /
-#: recomputation) x BN tracking x the 0/1 specialisation of sizes and storage offsets (a channel half
-#: at offset 0 or not) x a size that turned dynamic reach 8 on RevBiFPN; past the limit Dynamo runs
-#: the signature eager.
+#: Graphs one signature may hold (Dynamo's default is 8): grad mode x BN tracking x the 0/1 specialisation of
+#: sizes and storage offsets x a size turned dynamic reach 8 on RevBiFPN; past the limit Dynamo runs eager.
 RECOMPILE_LIMIT = 32
 
 _Fn = Callable[[nn.Module, Tensor], Tensor]
@@ -58,7 +38,7 @@ def _call(module: nn.Module, x: Tensor) -> Tensor:
 
 def _signature(module: nn.Module) -> str:
     """What makes two blocks compile to the same graphs: their structure and parameter dtypes/devices."""
-    tensors = [t for t in module.state_dict(keep_vars=True).values()]
+    tensors = module.state_dict(keep_vars=True).values()
     return repr(module) + repr(sorted({(str(t.dtype), str(t.device)) for t in tensors}))
 
 
@@ -77,12 +57,9 @@ def _compiled_for(module: nn.Module) -> _Fn:
 
 
 def _configure() -> None:
-    """Compiler settings the compiled transforms need, set once for the process when the first one is
-    compiled (a scoped ``config.patch`` around every call cost about 0.5 ms a call here): the backward
-    graph is compiled with the forward (``force_non_lazy_backward_lowering``: not lazily inside
-    ``autograd.grad``, where a failure could not fall back; for other compiled code in the process this
-    moves its backward compilation earlier, nothing else), and Dynamo's ``recompile_limit`` is raised to
-    at least :data:`RECOMPILE_LIMIT` (never lowered)."""
+    """Set for the process when the first transform compiles (a scoped patch per call cost 0.5 ms): the backward
+    graph compiles with the forward, not lazily inside ``autograd.grad`` where a failure could not fall back,
+    and Dynamo's ``recompile_limit`` is raised to at least :data:`RECOMPILE_LIMIT`."""
     import torch._dynamo.config as dynamo_config
     import torch._functorch.config as functorch_config
     functorch_config.force_non_lazy_backward_lowering = True
@@ -92,11 +69,10 @@ def _configure() -> None:
 def compiled_call(module: nn.Module, x: Tensor) -> Tensor:
     """``module(x)``, compiled (shared with every block of the same signature); eager after a failure.
 
-    A compiler failure (``torch.compile`` unavailable here, or a Dynamo / AOTAutograd / backend error:
-    ``torch._dynamo.exc.TorchDynamoException``) runs the call eager; if that succeeds, the failure was
-    the compiler's: one warning with its reason, and compilation stays off for the process. If the
-    eager call raises too, the error is the module's own (a wrong input, out of memory): it propagates
-    as eager raises it and compilation stays on. Any other exception propagates untouched.
+    A compiler failure (``torch.compile`` unavailable here, or a ``TorchDynamoException``) runs the call eager;
+    if that succeeds, one warning gives the reason and compilation stays off for the process. If the eager
+    call raises too, the error is the module's own (a wrong input, out of memory): it propagates as eager
+    raises it and compilation stays on. Any other exception propagates untouched.
     """
     if _failure is not None:
         return module(x)
@@ -104,15 +80,11 @@ def compiled_call(module: nn.Module, x: Tensor) -> Tensor:
         fn = _compiled_for(module)
     except Exception as e:  # noqa: BLE001: torch.compile refuses this platform or Python in its own types
         return _fall_back(e, module, x)
+    from torch._dynamo.exc import TorchDynamoException  # BackendCompilerFailed, InductorError, ... derive from it
     try:
         return fn(module, x)
-    except _compiler_errors() as e:
+    except TorchDynamoException as e:
         return _fall_back(e, module, x)
-
-
-def _compiler_errors() -> tuple:
-    from torch._dynamo.exc import TorchDynamoException  # BackendCompilerFailed, InductorError, ... derive from it
-    return (TorchDynamoException,)
 
 
 def _fall_back(error: Exception, module: nn.Module, x: Tensor) -> Tensor:
