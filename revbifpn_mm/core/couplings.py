@@ -1,19 +1,8 @@
-"""Additive couplings: the reversible residual block and the RevSilo.
-
-All couplings here are *triangular additive couplings* over a list of streams
-``x_0 .. x_{n_in-1}``::
-
-    forward:  y_j = x_j + sum_{i < j} T_ij(x_i)          (j < n_in)
-              y_j =       sum_{i < n_in} T_ij(x_i)        (j = n_in, expanding only)
-    inverse:  x_0 = y_0;  x_j = y_j - sum_{i < j} T_ij(x_i)   for j = 1 .. n_in-1
-
-Every ``T_ij`` reads the coupling *inputs* (not partially updated streams), so the
-inverse is exact given the ``T``'s, which need not be invertible themselves. The
-reversible residual block and the RevSilo are compositions of two such couplings
-(the second one acting on the streams in reversed order).
-"""
+"""Additive couplings: the triangular coupling, and the reversible residual block and the RevSilo, each a
+composition of two triangular couplings (the second one on the streams in reversed order)."""
 from __future__ import annotations
 
+import itertools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -29,18 +18,19 @@ Tensors = List[Tensor]
 
 
 class TriangularCoupling(nn.Module):
-    """Triangular additive coupling ``y_j = x_j + sum_{i<j} T_ij(x_i)``.
-
-    Args:
-        n_in: Number of input streams.
-        n_out: ``n_in`` (in-place coupling) or ``n_in + 1`` (the last output is a
-            new stream ``y_{n_in} = sum_i T_{i,n_in}(x_i)``; it is dropped by the
-            inverse because it is a function of the other streams).
-        transforms: ``{(i, j): module}`` for ``i < j``; registered as ``xform_i_j``.
+    """Triangular additive coupling over the streams ``x_0 .. x_{n_in-1}``.
 
     Forward:  ``y_j = x_j + sum_{i<j} T_ij(x_i)``.
     Inverse:  ``x_j = y_j - sum_{i<j} T_ij(x_i)`` for ``j = 0, 1, ...`` in order.
-    Backward (rebuilding the inputs as it goes): :func:`~revbifpn_mm.core.backward.coupling_backward`.
+
+    Every ``T_ij`` reads the coupling's *inputs*, so the inverse is exact given the ``T``'s, which need not
+    be invertible. Backward (rebuilding the inputs as it goes): :func:`~revbifpn_mm.core.backward.coupling_backward`.
+
+    Args:
+        n_in: Number of input streams.
+        n_out: ``n_in`` (in-place coupling) or ``n_in + 1`` (the last output is a new stream
+            ``y_{n_in} = sum_i T_{i,n_in}(x_i)``, dropped by the inverse as a function of the others).
+        transforms: ``{(i, j): module}`` for ``i < j``; registered as ``xform_i_j``.
     """
 
     def __init__(self, n_in: int, n_out: int, transforms: Dict[Tuple[int, int], nn.Module]) -> None:
@@ -56,20 +46,15 @@ class TriangularCoupling(nn.Module):
         if n_out > n_in and not any(j == n_in for _, j in self.pairs):
             raise ValueError("an expanding coupling needs transforms into the new stream")
         #: ``(i, [j, ...])``: each source with its targets, in the sorted order of the pairs
-        self.sources: List[Tuple[int, List[int]]] = []
-        for (i, j) in self.pairs:
-            if not self.sources or self.sources[-1][0] != i:
-                self.sources.append((i, []))
-            self.sources[-1][1].append(j)
+        self.sources = [(i, [j for _, j in pairs]) for i, pairs in itertools.groupby(self.pairs, lambda p: p[0])]
 
     def transform(self, i: int, j: int) -> nn.Module:
         """The transform ``T_ij``."""
         return getattr(self, f"xform_{i}_{j}")
 
     def forward(self, xs: Sequence[Tensor], state: Optional[CallState] = None) -> Tensors:
-        """Apply the coupling. Transforms run source-major (``i`` then ``j``), the same order as
-        in its backward (``coupling_backward``), so recorded RNG replays exactly. Each source is cast from the
-        stream to its transforms' dtype once."""
+        """Apply the coupling, source-major (``i`` then ``j``) as its backward runs, so recorded RNG replays
+        exactly. Each source is cast from the stream to its transforms' dtype once."""
         stochastic = state is not None and id(self) in state.stochastic
         if state is not None:
             state.rng.push(stochastic)
@@ -159,7 +144,8 @@ class RevBlockGroup(RevOp):
         return getattr(self, f"rev_transform_{h}")
 
     def forward(self, xs: Sequence[Tensor], state: Optional[CallState] = None) -> Tensors:  # noqa: D102
-        self._check(xs)
+        if len(xs) != self.num_scales:
+            raise ValueError(f"RevBlockGroup expects {self.num_scales} scales, got {len(xs)}")
         return [self.block(h)([x], state)[0] for h, x in enumerate(xs)]
 
     def inverse(self, ys: Sequence[Tensor]) -> Tensors:  # noqa: D102
@@ -172,10 +158,6 @@ class RevBlockGroup(RevOp):
             ys[h] = dys[h] = None  # type: ignore[call-overload]  # let the block consume them
             (ys[h],), (dys[h],) = self.block(h).backward_pass(y, dy, state)
         return ys, dys
-
-    def _check(self, xs: Sequence[Tensor]) -> None:
-        if len(xs) != self.num_scales:
-            raise ValueError(f"RevBlockGroup expects {self.num_scales} scales, got {len(xs)}")
 
 
 class RevSilo(RevOp):
