@@ -1,10 +1,11 @@
-"""The reversible sequential container and the autograd Function of one reversible segment.
+"""The reversible sequential container, its recomputed tail, and the walk that resolves its policy per call.
 
 Forward of the container: ``y = tail(op_{n-1}(... op_1(op_0(x))))``; inverse of the trunk:
 ``x = op_0^{-1}(... op_{n-1}^{-1}(y))`` (the tail is not invertible; it is recomputed).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -23,12 +24,9 @@ __all__ = ["RevSequential", "RecomputedPerScale", "random_couplings"]
 
 
 class RecomputedPerScale(nn.Module):
-    """A non-invertible per-scale tail (``O_h = M_h(y_h)``), recomputed in backward.
-
-    Registered children are ``recomp_transform_<h>`` (the official neck layout).
-    In a reversible call only its inputs (the trunk outputs, stored anyway) are kept;
-    its activations are recomputed from them (checkpointing:
-    :func:`~revbifpn_mm.core.backward.tail_backward`).
+    """A non-invertible per-scale tail ``O_h = M_h(y_h)``, recomputed in backward from its inputs (the trunk
+    outputs, stored anyway: :func:`~revbifpn_mm.core.backward.tail_backward`). Children are
+    ``recomp_transform_<h>`` (the official neck layout).
     """
 
     def __init__(self, transforms: Sequence[nn.Module]) -> None:
@@ -50,25 +48,19 @@ class RecomputedPerScale(nn.Module):
 class _Walk:
     """What one forward needs to know about the live modules, from one walk over them.
 
-    * whether a module normalises with statistics of its current input: a BatchNorm in
-      training mode (or without running statistics), InstanceNorm unless it tracks running
-      statistics in eval mode, GroupNorm, LayerNorm and RMSNorm always. A small error in the
-      input (the float32 reconstruction error) is then amplified in the gradients, which
-      ``stream_dtype='auto'`` counters with float64 streams;
-    * a training module keeping running statistics that only torch's ``_BatchNorm`` family can
-      freeze (InstanceNorm with ``track_running_stats``, mmcv's ``MMSyncBN``, a custom BN):
-      the recomputation would update them a second time, so the reversible path refuses it;
-    * which couplings draw random numbers: a sub-module with a positive ``drop_prob``
-      (stochastic depth) or a dropout with ``p > 0``, in training mode;
-    * the trainable parameters and the training BatchNorms of each segment.
-
-    Modules are walked on every call, never cached: they may be replaced after the first call
-    (SyncBN conversion, a new dropout, a changed ``drop_prob``), and a stale view would, e.g.,
-    skip the RNG replay of a new random module: silently wrong gradients.
+    Walked on every call, never cached: modules may be replaced after the first call (SyncBN conversion, a
+    new dropout, a changed ``drop_prob``), and a stale view would, e.g., skip the RNG replay of a new random
+    module: silently wrong gradients.
     """
 
+    #: A module normalises with statistics of its current input (a training or stat-less BatchNorm,
+    #: InstanceNorm unless it tracks running statistics in eval mode, GroupNorm, LayerNorm, RMSNorm), which
+    #: amplifies the float32 reconstruction error: ``stream_dtype='auto'`` answers with float64 streams.
     input_statistics: bool = False
+    #: A training module keeping running statistics that only torch's ``_BatchNorm`` family can freeze
+    #: (InstanceNorm with ``track_running_stats``, mmcv's ``MMSyncBN``): the reversible path refuses it.
     unfreezable: Optional[nn.Module] = None
+    #: Couplings that draw random numbers in training (a positive ``drop_prob``, a dropout with ``p > 0``).
     stochastic: set = field(default_factory=set)
     params: List[List[Tensor]] = field(default_factory=list)  # trainable parameters per segment
     training_bns: List[List[_BatchNorm]] = field(default_factory=list)  # BNs to freeze per segment
@@ -119,19 +111,15 @@ class _Walk:
 
 
 _COUPLING, _BN, _INSTANCE_NORM, _PER_SAMPLE_NORM, _DROPOUT, _OTHER = range(6)
-_KINDS: dict = {}
 
 
+@functools.lru_cache(maxsize=None)
 def _kind(cls: type) -> int:
     """What the walk needs to know about a module class (cached per class)."""
-    kind = _KINDS.get(cls)
-    if kind is None:
-        kind = (_COUPLING if issubclass(cls, TriangularCoupling) else _BN if issubclass(cls, _BatchNorm)
-                else _INSTANCE_NORM if issubclass(cls, _NormBase)
-                else _PER_SAMPLE_NORM if issubclass(cls, (nn.GroupNorm, nn.LayerNorm, nn.RMSNorm))
-                else _DROPOUT if issubclass(cls, _DropoutNd) else _OTHER)
-        _KINDS[cls] = kind
-    return kind
+    return (_COUPLING if issubclass(cls, TriangularCoupling) else _BN if issubclass(cls, _BatchNorm)
+            else _INSTANCE_NORM if issubclass(cls, _NormBase)
+            else _PER_SAMPLE_NORM if issubclass(cls, (nn.GroupNorm, nn.LayerNorm, nn.RMSNorm))
+            else _DROPOUT if issubclass(cls, _DropoutNd) else _OTHER)
 
 
 def random_couplings(*modules: nn.Module) -> frozenset:
@@ -143,69 +131,47 @@ def random_couplings(*modules: nn.Module) -> frozenset:
 class RevSequential(nn.Module):
     """A sequence of :class:`RevOp` s, optionally followed by a recomputed tail.
 
-    Children are registered as ``"0"``, ``"1"``, ... and the tail as ``recomp_op`` (the
-    official checkpoint layout of ``rev_stack``). The ops are grouped into *segments*
-    (``segment_sizes``), each the unit of one autograd Function in a reversible call.
+    Children are registered as ``"0"``, ``"1"``, ... and the tail as ``recomp_op`` (the official checkpoint
+    layout of ``rev_stack``). The ops are grouped into *segments* of 3 (smaller segments hand their parameter
+    gradients to autograd sooner), each one autograd Function in a reversible call.
 
-    How it trains is its :attr:`policy` (:class:`~revbifpn_mm.core.RunPolicy`, documented
-    there). In training with autograd enabled and ``memory_mode='reversible'``, each reversible
-    segment is one autograd Function; only the outputs of the last reversible segment of a run
-    are stored, and the backward reconstructs each op's inputs from its outputs. Segments named
-    by ``plain_segments`` (the tail counting as the last one) run with ordinary autograd. Eval
-    mode, ``torch.no_grad()`` and ``memory_mode='plain'`` take the ordinary path everywhere.
+    How it trains is its :attr:`policy` (:class:`~revbifpn_mm.core.RunPolicy`). In training with autograd
+    enabled and ``memory_mode='reversible'``, only the outputs of the last reversible segment of a run are
+    stored, and the backward reconstructs each op's inputs from its outputs. Segments named by
+    ``plain_segments`` (the tail counting as the last one) run with ordinary autograd. Eval mode,
+    ``torch.no_grad()`` and ``memory_mode='plain'`` take the ordinary path everywhere.
 
-    With float64 residual streams (``stream_dtype``) additive couplings are inverted to float64
-    round-off, so the inputs recomputed in the backward are bitwise those of the forward and the
-    reversible gradients match plain autograd to the transforms' own precision; with float32
-    streams the reconstruction error grows towards the stem (about 5e-5 relative for
-    RevBiFPN-S3), harmless with frozen BatchNorm but amplified by training-mode BatchNorm.
-
-    The reversible path supports first-order gradients only: a backward with
-    ``create_graph=True`` raises a ``RuntimeError``. Running statistics are updated once per
-    step for torch's BatchNorm family; a training module that keeps other running statistics
-    (InstanceNorm with ``track_running_stats``, mmcv's ``MMSyncBN``) is refused by the
-    reversible forward with a ``ValueError``.
+    The reversible path supports first-order gradients only: a backward with ``create_graph=True`` raises a
+    ``RuntimeError``. Running statistics are updated once per step for torch's BatchNorm family; a training
+    module that keeps other running statistics (InstanceNorm with ``track_running_stats``, mmcv's
+    ``MMSyncBN``) is refused by the reversible forward with a ``ValueError``.
 
     Args:
         ops: The invertible operations, applied in order.
         tail: Optional non-invertible per-scale module applied to the trunk outputs.
         policy: The run policy (default: ``RunPolicy()``, fully reversible).
-        segment_sizes: Ops per segment, summing to ``len(ops)``. Defaults to segments of 3 ops
-            (smaller segments hand their parameter gradients to autograd sooner).
-        **policy_fields: Fields of :class:`RunPolicy` (e.g. ``memory_mode='plain'``), applied
-            on top of ``policy``.
+        **policy_fields: Fields of :class:`RunPolicy` (e.g. ``memory_mode='plain'``), applied on top of
+            ``policy``.
     """
 
     def __init__(self, ops: Sequence[RevOp], tail: Optional[RecomputedPerScale] = None,
-                 policy: Optional[RunPolicy] = None, segment_sizes: Optional[Sequence[int]] = None,
-                 **policy_fields: object) -> None:
+                 policy: Optional[RunPolicy] = None, **policy_fields: object) -> None:
         super().__init__()
         self.num_ops = len(ops)
         for i, op in enumerate(ops):
             self.add_module(str(i), op)
         self.recomp_op = tail
         self.policy = (policy or RunPolicy()).replace(**policy_fields)
-        sizes = list(segment_sizes) if segment_sizes is not None else [3] * (-(-self.num_ops // 3))
-        if segment_sizes is None and self.num_ops % 3:
-            sizes[-1] = self.num_ops % 3
-        if any(s < 1 for s in sizes) or sum(sizes) != self.num_ops:
-            raise ValueError(f"segment_sizes must be positive and sum to the {self.num_ops} ops, got {sizes}")
-        self.segment_sizes = sizes
 
     @property
     def num_segments(self) -> int:
         """Number of trunk segments (autograd Functions per fully reversible call)."""
-        return len(self.segment_sizes)
+        return -(-self.num_ops // 3)
 
     @property
     def max_plain_segments(self) -> int:
         """The largest useful :attr:`RunPolicy.plain_segments`: the trunk segments plus the tail."""
         return self.num_segments + (self.tail is not None)
-
-    def segment(self, k: int) -> List[RevOp]:
-        """The ops of trunk segment ``k``."""
-        start = sum(self.segment_sizes[:k])
-        return self.ops()[start:start + self.segment_sizes[k]]
 
     @property
     def tail(self) -> Optional[RecomputedPerScale]:
@@ -237,11 +203,10 @@ class RevSequential(nn.Module):
         return self.policy.resolve_stream_dtype(_Walk.of(self._segments()).input_statistics)
 
     def _segments(self) -> List[List[nn.Module]]:
-        segments: List[List[nn.Module]] = [list(self.segment(k)) for k in range(self.num_segments)]
+        """The ops of each trunk segment, then ``[tail]`` where there is one."""
+        ops = self.ops()
+        segments: List[List[nn.Module]] = [ops[k:k + 3] for k in range(0, self.num_ops, 3)]
         return segments + ([[self.tail]] if self.tail is not None else [])
-
-    def _to_stream(self, xs: Sequence[Tensor], dtype: Optional[torch.dtype]) -> List[Tensor]:
-        return list(xs) if dtype is None else [x.to(torch.promote_types(x.dtype, dtype)) for x in xs]
 
     def forward(self, xs: Sequence[Tensor]) -> Tuple[Tensor, ...]:
         """Run the ops (and the tail) on the list of input scales."""
@@ -249,12 +214,12 @@ class RevSequential(nn.Module):
         segments = self._segments()
         walk = _Walk.of(segments)  # the policy resolved against the live modules, once per call
         stream = self.policy.resolve_stream_dtype(walk.input_statistics)
+        h = xs if stream is None else [x.to(torch.promote_types(x.dtype, stream)) for x in xs]
         plain = self.policy.plain_mask(len(segments))
-        reversible = self.training and torch.is_grad_enabled() and not all(plain) and (
-            any(walk.params) or any(x.requires_grad for x in xs))
-        if not reversible:
-            ys = run_ops(self.ops(), self._to_stream(xs, stream), None)
-            return tuple(self.tail(ys) if self.tail is not None else (y.to(xs[0].dtype) for y in ys))
+        input_grad = any(x.requires_grad for x in xs)
+        if not (self.training and torch.is_grad_enabled() and not all(plain) and (any(walk.params) or input_grad)):
+            h = run_ops(self.ops(), h, None)
+            return tuple(self.tail(h) if self.tail is not None else (y.to(xs[0].dtype) for y in h))
         if walk.unfreezable is not None:
             bad = walk.unfreezable
             name = next(n for n, m in self.named_modules() if m is bad)
@@ -263,15 +228,10 @@ class RevSequential(nn.Module):
                 "reversible backward cannot freeze during its recomputation (they would be updated twice "
                 "per step): use torch's BatchNorm / SyncBatchNorm or GroupNorm, set "
                 "track_running_stats=False, or use memory_mode='plain'")
-        return self._forward_reversible(xs, stream, plain, walk)
-
-    def _forward_reversible(self, xs: List[Tensor], stream: Optional[torch.dtype], plain: List[bool],
-                            walk: _Walk) -> Tuple[Tensor, ...]:
         state = CallState(xs, [p for ps in walk.params for p in ps], self.policy.reuse_buffers,
                           frozenset(walk.stochastic), self.policy.lean_recompute, walk.compute_dtype,
                           self.policy.compile_transforms)
-        h = self._to_stream(xs, stream)
-        for step in self._schedule(plain, walk, state, any(x.requires_grad for x in xs), xs[0].dtype):
+        for step in self._schedule(segments, plain, walk, state, input_grad, xs[0].dtype):
             if isinstance(step, Segment):
                 h = list(RevSegment.apply(step, len(h), *h, *step.params))
             else:
@@ -282,25 +242,25 @@ class RevSequential(nn.Module):
             return tuple(self.tail(h)) if plain[-1] else tuple(h)
         return tuple(y.to(xs[0].dtype) for y in h)  # no-op casts unless the last segment was plain
 
-    def _schedule(self, plain: List[bool], walk: _Walk, state: CallState, input_grad: bool,
-                  out_dtype: torch.dtype) -> List[Union[Segment, Tuple[List[RevOp], bool]]]:
+    def _schedule(self, segments: List[List[nn.Module]], plain: List[bool], walk: _Walk, state: CallState,
+                  input_grad: bool, out_dtype: torch.dtype) -> List[Union[Segment, Tuple[List[nn.Module], bool]]]:
         """What a reversible call runs, in order: a :class:`Segment` per reversible segment (the tail
         joins the last one, or is a segment of its own after a plain trunk), and ``(ops, grad)`` for a
         plain segment (``grad=True``) or a frozen one below everything trainable (no backward at all).
         A plain tail is not scheduled: the caller applies it."""
         n = self.num_segments
         tail = self.tail if self.tail is not None and not plain[n] else None
-        steps: List[Union[Segment, Tuple[List[RevOp], bool]]] = []
+        steps: List[Union[Segment, Tuple[List[nn.Module], bool]]] = []
         below: Optional[Segment] = None  # the previous segment of the current reversible run
         grad = input_grad  # whether the running activations require grad
         for k in range(n):
             last, params = k == n - 1, walk.params[k]
             if plain[k] or (not last and not params and not grad):
-                steps.append((self.segment(k), plain[k]))
+                steps.append((segments[k], plain[k]))
                 below = None
             else:
                 joins = tail is not None and last
-                below = Segment(self.segment(k), state, params + (walk.params[n] if joins else []),
+                below = Segment(segments[k], state, params + (walk.params[n] if joins else []),
                                 walk.training_bns[k] + (walk.training_bns[n] if joins else []),
                                 stores=last or plain[k + 1], below=below, tail=tail if joins else None,
                                 out_dtype=out_dtype if last and self.tail is None else None)
@@ -308,7 +268,7 @@ class RevSequential(nn.Module):
             grad = grad or bool(params)
         if tail is not None and plain[n - 1]:
             steps.append(Segment([], state, walk.params[n], walk.training_bns[n], stores=True, tail=tail))
-        segments = [s for s in steps if isinstance(s, Segment)]
-        if segments:
-            segments[-1].begins_backward = True
+        reversible = [s for s in steps if isinstance(s, Segment)]
+        if reversible:
+            reversible[-1].begins_backward = True
         return steps

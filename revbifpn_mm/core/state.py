@@ -1,18 +1,6 @@
-"""Per-call state of a reversible forward, consumed by its backward.
-
-Everything the backward of one call needs besides the stored output tensors lives in a
-:class:`CallState` on the autograd context of that call, never on modules: two forwards
-before one backward each replay their own random masks and autocast settings. Its parts
-are independent:
-
-* :class:`RngReplay`: the RNG state before each stochastic coupling, replayed in the
-  recomputation (stochastic depth, dropout);
-* :class:`AutocastReplay`: the forward's autocast state, re-entered for each recomputed
-  forward (the backward itself runs outside autocast, as plain autograd's does);
-* :class:`GradSink`: the parameter gradients of the recomputed pieces, summed per parameter
-  and handed to autograd segment by segment;
-* :class:`Streams` / :class:`OwnedStreams`: the arithmetic on the residual streams, out of
-  place, or (the default) in place on the buffers the backward allocated itself.
+"""Per-call state of a reversible forward, consumed by its backward: :class:`CallState` and its independent
+parts (RNG replay, autocast replay, the gradient sink, the stream arithmetic). It lives on the autograd
+context of its call, never on modules, so two forwards before one backward stay correct (docs/design.md).
 """
 from __future__ import annotations
 
@@ -30,11 +18,8 @@ _RngState = Tuple[Tensor, Dict[int, Tensor]]
 
 
 class RngReplay:
-    """RNG states recorded before each coupling of a forward, replayed last-in-first-out.
-
-    A ``None`` entry stands for a deterministic coupling, so that pushes and replays always
-    pair up (forward order reversed in the backward pass).
-    """
+    """RNG states recorded before each coupling of a forward, replayed last-in-first-out (a ``None`` entry
+    stands for a deterministic coupling, so that pushes and replays always pair up)."""
 
     def __init__(self, cuda_devices: Sequence[int]) -> None:
         self.cuda_devices = list(cuda_devices)
@@ -54,8 +39,7 @@ class RngReplay:
 
     @contextlib.contextmanager
     def replay(self) -> Iterator[None]:
-        """Re-install the state recorded by the matching :meth:`push` (the global RNG streams
-        are forked, so the replay does not disturb them)."""
+        """Re-install the state recorded by the matching :meth:`push` (in a fork of the global RNG streams)."""
         self._cursor -= 1
         if self._cursor < 0:
             raise RuntimeError("reversible backward: RNG replay out of sync with the forward")
@@ -72,8 +56,7 @@ class RngReplay:
 
 
 class AutocastReplay:
-    """The autocast state of the forward on ``device_type``; calling it gives a context that
-    re-enters it (for the recomputed forwards)."""
+    """The forward's autocast state on ``device_type``; calling it gives a context that re-enters it."""
 
     def __init__(self, device_type: str) -> None:
         self.device_type = device_type
@@ -123,10 +106,6 @@ class Streams:
         """Mark ``t`` as a buffer of this backward (here: nothing to do)."""
         return t
 
-    def owns(self, t: Tensor) -> bool:
-        """Whether ``t`` is a private buffer of this backward (here: never)."""
-        return False
-
     def sub(self, x: Tensor, t: Tensor) -> Tensor:
         """``x - t``."""
         return torch.sub(x, t)
@@ -143,10 +122,8 @@ class Streams:
 class OwnedStreams(Streams):
     """The same arithmetic, in place on the tensors this backward allocated itself (*owns*).
 
-    ``x - t`` and ``x + t`` update an owned ``x`` in place and allocate only for the first
-    update of a foreign tensor; two halves of one owned tensor are joined without a copy. Each
-    scale's activation and gradient then exist about once instead of once per op. Results are
-    bitwise those of :class:`Streams` (``x +- t`` is exact in place or not).
+    ``x -/+ t`` updates an owned ``x`` in place (a foreign ``x`` is copied once); two halves of one owned
+    tensor are joined without a copy. Results are bitwise those of :class:`Streams`.
     """
 
     #: A mixed-dtype in-place add on the CPU first casts the whole of ``t`` into a temporary;
@@ -160,7 +137,8 @@ class OwnedStreams(Streams):
         self._owned[id(t)] = weakref.ref(t)
         return t
 
-    def owns(self, t: Tensor) -> bool:  # noqa: D102
+    def owns(self, t: Tensor) -> bool:
+        """Whether ``t`` (or the tensor it is a view of) is a buffer of this backward."""
         for cand in (t, t._base):
             if cand is not None:
                 ref = self._owned.get(id(cand))
@@ -177,10 +155,8 @@ class OwnedStreams(Streams):
     def _update(self, x: Tensor, t: Tensor, alpha: int) -> Tensor:
         if not (self.owns(x) and _holds(x.dtype, t.dtype)):
             return self.own(torch.add(x, t, alpha=alpha))
-        # Through ``.data``: the version counter is left alone. An owned stream may be one half
-        # of a tensor whose *other* half a pending recomputed graph has saved (the reversible
-        # block's halves share one version counter); the regions are disjoint and owned buffers
-        # are saved by nobody else, so the update is safe.
+        # Through ``.data``, leaving the version counter alone: an owned stream may be one half of a tensor
+        # whose *other*, disjoint half a pending recomputed graph has saved (the halves share the counter).
         data = x.data
         if t.dtype != x.dtype and x.device.type == "cpu" and t.numel() > self.CHUNK_NUMEL and x.dim() > 1:
             for xc, tc in zip(data.tensor_split(8, dim=1), t.tensor_split(8, dim=1)):
