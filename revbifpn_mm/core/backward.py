@@ -17,12 +17,10 @@ from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .op import RevOp, _compute_dtype, call_transform, cast, run_ops, trainable_params
+from .op import RevOp, Tensors, _compute_dtype, call_transform, cast, run_ops, trainable_params
 from .state import CallState
 
 __all__ = ["Segment", "RevSegment", "tail_backward", "coupling_backward", "recompute"]
-
-Tensors = List[Tensor]
 
 _DOUBLE_BACKWARD = (
     "double backward (create_graph=True, e.g. a gradient penalty) is not supported through the reversible "

@@ -9,12 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from .backward import coupling_backward
-from .op import RevOp, _compute_dtype, apply_transform, call_transform, cast
+from .op import RevOp, Tensors, _compute_dtype, apply_transform, call_transform, cast
 from .state import CallState
 
 __all__ = ["TriangularCoupling", "RevResidualBlock", "RevSilo", "RevBlockGroup"]
-
-Tensors = List[Tensor]
 
 
 class TriangularCoupling(nn.Module):

@@ -19,16 +19,14 @@ class RevOp(nn.Module):
 
     Subclasses implement three methods that must agree with each other:
 
-    * ``forward(xs, state=None) -> ys``: the map itself. ``state`` is given only when
-      the op runs inside a reversible call; the op then records on it what its
-      backward pass must replay (RNG states).
+    * ``forward(xs, state=None) -> ys``: the map itself. Inside a reversible call it records on ``state``
+      what its backward pass must replay (RNG states).
     * ``inverse(ys) -> xs``: the exact inverse (used by tests).
-    * ``backward_pass(ys, dys, state) -> (xs, dxs)``: reconstruct the inputs from
-      the outputs *and* back-propagate ``dys`` through the op in one pass, with one
-      extra evaluation of each transform and no more. Parameter gradients go to
-      ``state.grads``. The lists ``ys`` and ``dys`` are consumed (they may be emptied or
-      reused for the results, and tensors that ``state.streams`` owns may be updated in
-      place), so each activation is freed as soon as it has been replaced.
+    * ``backward_pass(ys, dys, state) -> (xs, dxs)``: reconstruct the inputs from the outputs *and*
+      back-propagate ``dys`` through the op in one pass, with one extra evaluation of each transform and no
+      more. Parameter gradients go to ``state.grads``. The lists ``ys`` and ``dys`` are consumed (emptied or
+      reused for the results; tensors that ``state.streams`` owns may be updated in place), so each
+      activation is freed as soon as it has been replaced.
     """
 
     def forward(self, xs: Sequence[Tensor], state: Optional[CallState] = None) -> Tensors:  # noqa: D102

@@ -1,9 +1,5 @@
-"""The activation bytes autograd keeps for backward: :class:`SavedTensorCounter`, :func:`saved_bytes`.
-
-Device-independent; the measure of a memory mode (reversible, a ``plain_segments`` budget, plain).
-Peak memory and kernel counts are measured by the tools (``tools/meters.py``). Torch only;
-nothing here runs at import.
-"""
+"""The activation bytes autograd keeps for backward, device-independent: the measure of a memory mode
+(peak memory and kernel counts are the tools' ``meters.py``)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
@@ -17,9 +13,8 @@ __all__ = ["SavedTensorCounter", "saved_bytes"]
 class SavedTensorCounter:
     """Context manager that records every tensor saved for backward, deduplicated by storage.
 
-    Parameters (or any tensors passed as ``exclude``) are not counted: they exist
-    anyway and are not activation memory. Views of one storage count once, with the
-    storage's full size.
+    Tensors passed as ``exclude`` (the parameters: not activation memory) are not counted. Views of one
+    storage count once, with the storage's full size.
 
     Example:
         >>> with SavedTensorCounter(exclude=model.parameters()) as c:
@@ -37,10 +32,8 @@ class SavedTensorCounter:
         ptr = st.data_ptr()
         if ptr not in self._excluded and ptr != 0:
             self.storages[(str(t.device), ptr)] = st.nbytes()
-        # A detached alias: the same storage and version counter, no grad_fn. Returning ``t`` itself
-        # would tie a custom Function's saved outputs to their own node, a reference cycle through
-        # C++ that no garbage collection frees (each counted forward of a reversible run followed by
-        # plain segments kept its outputs alive until the process ended).
+        # A detached alias (same storage and version counter): ``t`` itself would tie a custom Function's saved
+        # outputs to their own node, a reference cycle through C++ that no garbage collection frees.
         return t.detach()
 
     @property

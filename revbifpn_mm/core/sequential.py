@@ -84,8 +84,7 @@ class _Walk:
                 elif kind == _BN:
                     if m.training and m.track_running_stats:
                         bns.append(m)
-                    if not walk.input_statistics and (m.training or m.running_mean is None):
-                        walk.input_statistics = True
+                    walk.input_statistics = walk.input_statistics or m.training or m.running_mean is None
                 elif kind == _INSTANCE_NORM:
                     walk.input_statistics = walk.input_statistics or m.training or not m.track_running_stats
                 elif kind == _PER_SAMPLE_NORM:

@@ -28,10 +28,8 @@ class RngReplay:
 
     def push(self, stochastic: bool) -> None:
         """Record the RNG state before a coupling runs (only if it draws random numbers)."""
-        if not stochastic:
-            self._stack.append(None)
-            return
-        self._stack.append((torch.get_rng_state(), {d: torch.cuda.get_rng_state(d) for d in self.cuda_devices}))
+        self._stack.append((torch.get_rng_state(), {d: torch.cuda.get_rng_state(d) for d in self.cuda_devices})
+                           if stochastic else None)
 
     def rewind(self) -> None:
         """Start a backward pass: replay from the last recorded state."""
@@ -80,13 +78,9 @@ class GradSink:
     def add(self, params: Sequence[Tensor], grads: Sequence[Optional[Tensor]]) -> None:
         """Add ``grads`` (None entries are skipped) to the sums of ``params``."""
         for p, g in zip(params, grads):
-            if g is None or id(p) not in self.wanted:
-                continue
-            prev = self.by_id.get(id(p))
-            if prev is None:
-                self.by_id[id(p)] = g
-            else:
-                prev.add_(g)
+            if g is not None and id(p) in self.wanted:
+                prev = self.by_id.get(id(p))
+                self.by_id[id(p)] = g if prev is None else prev.add_(g)
 
     def pop(self, param_ids: Sequence[int]) -> List[Optional[Tensor]]:
         """The sums of these parameters (None where nothing arrived), removed from the sink."""
