@@ -26,13 +26,6 @@ from fidelity import cosine, max_rel
 from revbifpn_mm.models import RevBiFPN
 
 
-def _write(path: str, rows: List[Dict[str, Any]], **meta: Any) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(dict(meta, rows=rows), f, indent=1, default=float)
-    print(json.dumps(rows[-1], default=float) if rows else "", flush=True)
-
-
 def checks(device: torch.device, size: int, emit: Callable[[Dict[str, Any]], None]) -> None:
     torch.manual_seed(0)
     rev = RevBiFPN("s0", num_classes=0, drop_path_rate=0.5).to(device).double().train()
@@ -104,8 +97,7 @@ def graphs(device: torch.device, arch: str, batch: int, h: int, w: int, rounds: 
            emit: Callable[[Dict[str, Any]], None], compile_transforms: bool = False) -> None:
     torch.manual_seed(0)
     eager = M.freeze_bn(M.torch_backbone_neck(f"revbifpn_{arch}", drop_path_rate=0.0, lean_recompute=False,
-                                              compile_transforms=compile_transforms), True)
-    eager = eager.to(device)
+                                              compile_transforms=compile_transforms).to(device), True)
     graphed_model = copy.deepcopy(eager)
     x = M.image(batch, h, w, device)
     weights = [torch.randn_like(o) for o in eager(x)]
@@ -154,10 +146,13 @@ def main(argv: Any = None) -> int:
     device = torch.device(args.device)
     rows: List[Dict[str, Any]] = []
     meta = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", torch=torch.__version__)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
 
     def emit(row: Dict[str, Any]) -> None:
         rows.append(row)
-        _write(args.out, rows, **meta)
+        with open(args.out, "w") as f:
+            json.dump(dict(meta, rows=rows), f, indent=1, default=float)
+        print(json.dumps(row, default=float), flush=True)
     if args.what == "checks":
         checks(device, 64 if args.tiny else 256, emit)
     elif args.what == "overhead":
