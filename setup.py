@@ -1,9 +1,5 @@
-"""Install revbifpn_mm (``pip install -e .``).
-
-The core and the models need only torch. The OpenMMLab stack is pinned once, in
-``requirements/mm.txt`` (the ``mm`` extra here); mmcv 2.1.0 has no wheels on PyPI for a recent
-torch and must be built from source with its compiled ops, which ``tools/setup_env.sh`` does once
-per machine.
+"""Install revbifpn_mm (``pip install -e .``): the core and the models need only torch; the ``mm`` extra is
+the OpenMMLab stack of ``requirements/mm.txt`` (mmcv's compiled ops come from ``tools/setup_env.sh``).
 """
 import os
 

@@ -168,9 +168,9 @@ def test_the_package_is_the_product(tmp_path):
 
 
 def test_compare_curves_runs_as_documented(tmp_path):
-    """`python tools/compare_curves.py` (the README's command) runs from the checkout: here up to its configs."""
+    """`python tools/curves.py` (docs/fidelity.md's command) runs from the checkout: here up to its configs."""
     work = tmp_path / "curves"
-    out = subprocess.run([sys.executable, str(REPO / "tools" / "compare_curves.py"), "--dry-run", "--iters", "2",
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "curves.py"), "--dry-run", "--iters", "2",
                           "--images", "2", "--work-dir", str(work)], cwd=str(REPO), capture_output=True, text=True,
                          timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(
                              [str(REPO), os.environ.get("PYTHONPATH", "")])})

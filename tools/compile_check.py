@@ -1,14 +1,12 @@
 """compile_transforms on one RevBiFPN: first-step (compile) time, gradients and BN statistics against eager,
-and how many graphs new input sizes add.
+and how many graphs new input sizes add (docs/benchmarks.md).
 
     python tools/compile_check.py --arch s0 --size 64 [--backend aot_eager]
     python tools/compile_check.py --train CONFIG --iters 20 [--backend aot_eager]
 
-For each BN mode (training, frozen) one eager and one compiled copy of the same model take one step on
-2 x 3 x SIZE x SIZE; then the compiled one steps at three larger sizes, each time printing the graphs
-Dynamo compiled for it (the automatic dynamic shapes turn a changing size dynamic after its first change).
-With ``--train``, tools/train.py trains CONFIG for ``--iters`` iterations with ``compile_transforms=True``
-(no validation) and prints how many graphs Dynamo compiled, for how many block signatures.
+For training and frozen BN, an eager and a compiled copy of one model each take a step on 2 x 3 x SIZE x SIZE,
+then the compiled one steps at three larger sizes. ``--train`` instead trains CONFIG with compiled
+transforms (no validation) and counts the graphs Dynamo compiled.
 """
 from __future__ import annotations
 
@@ -21,17 +19,10 @@ import torch
 from torch import nn
 from torch._dynamo.utils import counters
 
+from bench.models import freeze_bn
+from fidelity import max_rel
 from revbifpn_mm.core import compiled
 from revbifpn_mm.models import RevBiFPN
-
-
-def _model(arch: str, frozen: bool) -> nn.Module:
-    torch.manual_seed(0)
-    model = RevBiFPN(arch, num_classes=0, drop_path_rate=0.0).train()
-    for m in model.modules():
-        if frozen and isinstance(m, nn.BatchNorm2d):
-            m.eval()
-    return model
 
 
 def _step(model: nn.Module, x: torch.Tensor) -> Tuple[float, Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
@@ -45,7 +36,7 @@ def _diffs(ref: Dict[str, torch.Tensor], got: Dict[str, torch.Tensor], bufs: Dic
            got_bufs: Dict[str, torch.Tensor]) -> Tuple[float, float]:
     """Gradients: largest difference / largest gradient; BN statistics: largest difference of a
     running mean in running stds, or of a running variance relative to it."""
-    grad = max((got[n] - g).abs().max().item() for n, g in ref.items()) / max(g.abs().max().item() for g in ref.values())
+    grad = max_rel([got[n] for n in ref], list(ref.values()))
     stat = 0.0
     for k in (k for k in bufs if k.endswith("running_var")):
         var, mean = bufs[k].double(), k[:-len("running_var")] + "running_mean"
@@ -84,7 +75,8 @@ def main() -> None:
         return train_count(args.train, args.iters)
     x = torch.randn(2, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     for frozen in (False, True):
-        eager = _model(args.arch, frozen)
+        torch.manual_seed(0)
+        eager = freeze_bn(RevBiFPN(args.arch, num_classes=0, drop_path_rate=0.0), frozen)
         comp = copy.deepcopy(eager)
         comp.set_policy(compile_transforms=True)
         graphs = counters["stats"]["unique_graphs"]

@@ -1,12 +1,8 @@
 """Distributed runs through the mmengine Runner: their start on CPU-only PyTorch, and their stop.
 
-mmengine 0.10.7's ``pytorch`` launcher calls ``torch.cuda.set_device`` (which a CPU
-build of torch does not have) and wraps the model with ``device_ids=[LOCAL_RANK]``
-(which DDP rejects for CPU modules), and mmdet/mmseg configs ask for ``nccl``.
-:func:`prepare_cpu_distributed` switches to ``gloo``; for the pytorch launcher it also
-initialises the process group itself (mmengine then skips its own initialisation) and
-asks for a DDP wrapper without ``device_ids``. On CUDA machines nothing changes.
-:func:`shutdown_distributed` destroys the process group, and gloo's threads, before exit.
+mmengine 0.10.7's ``pytorch`` launcher calls ``torch.cuda.set_device`` and wraps the model with
+``device_ids=[LOCAL_RANK]`` (which DDP rejects for CPU modules), and mmdet/mmseg configs ask for ``nccl``:
+:func:`prepare_cpu_distributed` works around all three on a machine without CUDA.
 """
 from __future__ import annotations
 
@@ -23,20 +19,14 @@ _SYNC_BN_TYPES = {"SyncBN", "MMSyncBN", "SyncBatchNorm"}
 
 def uses_sync_bn(cfg: Any) -> bool:
     """Whether the config's model asks for synchronised BN (a ``SyncBN`` norm or ``sync_bn``)."""
-    if cfg.get("sync_bn"):
-        return True
 
     def walk(node: Any) -> bool:
         if isinstance(node, dict):
             typ = node.get("type")
-            if isinstance(typ, str) and typ in _SYNC_BN_TYPES:
-                return True
-            return any(walk(v) for v in node.values())
-        if isinstance(node, (list, tuple)):
-            return any(walk(v) for v in node)
-        return False
+            return (isinstance(typ, str) and typ in _SYNC_BN_TYPES) or any(walk(v) for v in node.values())
+        return isinstance(node, (list, tuple)) and any(walk(v) for v in node)
 
-    return walk(cfg.get("model"))
+    return bool(cfg.get("sync_bn")) or walk(cfg.get("model"))
 
 
 def cpu_sync_bn_available() -> bool:
@@ -104,13 +94,13 @@ def native_threads(prefix: str) -> int:
 def shutdown_distributed(barrier: bool = True) -> int:
     """Destroy the default process group, if any, and with it gloo's threads, before the interpreter exits.
 
-    Gloo's worker threads (``pt_gloo_runloop``) destroy finished work objects, whose tensors may be
-    owned by Python; if that happens while the interpreter finalizes, the thread's GIL acquisition
-    ends it with ``std::terminate`` ("terminate called without an active exception", exit -6 after
-    a successful run: pytorch/pytorch#190489). ``destroy_process_group`` joins those threads only
-    when nothing else holds the group: callers drop what does (the runner and its DDP wrapper)
-    first, and this collects the garbage around it. ``barrier``: wait for the other ranks first
-    (not after an error, when they may never arrive).
+    A gloo worker thread that frees Python-owned tensors while the interpreter finalizes ends the process
+    with ``std::terminate`` (exit -6 after a successful run: pytorch/pytorch#190489).
+    ``destroy_process_group`` joins those threads only when nothing else holds the group: callers drop
+    the runner and its DDP wrapper first, and this collects the garbage around it.
+
+    Args:
+        barrier: Wait for the other ranks first (not after an error, when they may never arrive).
 
     Returns:
         The gloo worker threads still alive afterwards (0 when the group is gone).

@@ -1,50 +1,38 @@
-"""Deterministic training configs and loss curves: reversible vs plain-autograd training.
+"""Deterministic training runs: reversible vs plain-autograd loss curves (docs/fidelity.md).
 
-Shared by ``tools/compare_curves.py`` (the long run) and the Runner tests (resume,
-curve tracking, DDP). The configs derive from the quickstart Faster R-CNN
-(``configs/quickstart/faster_rcnn_revbifpn_s0_synthetic.py`` of the checkout) with every
-random choice of training removed: no random augmentation, unshuffled data,
-PseudoSamplers (no random RoI sampling), no stochastic depth, fixed seed.
+The configs derive from the quickstart Faster R-CNN with every random choice of training removed;
+the Runner tests (resume, curve tracking, DDP) use them too. The long run trains it three times,
+one CPU thread each: reversible, plain, and plain with float32 residual streams (the yardstick).
 
-Only the standard library is used; the configs are text for ``tools/train.py``.
+    python tools/curves.py --iters 300 --work-dir work_dirs/curves
+    python tools/curves.py --dry-run   # only the dataset and the three configs
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import os.path as osp
+import pathlib
+import subprocess
+import sys
 from typing import Dict, Mapping, Optional
 
-__all__ = ["quickstart_config", "deterministic_faster_rcnn", "CURVE_SCHEDULE", "curve_config", "read_losses",
-           "max_relative_divergence"]
+from synthetic_data import generate_synthetic_coco
 
-#: Schedule of the curve runs: logs the loss every iteration, checkpoints every ``ckpt``.
-CURVE_SCHEDULE = """
-train_cfg = dict(max_iters={iters}, val_interval=100000)
-param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end={total})]
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval={ckpt}),
-                     logger=dict(type='LoggerHook', interval=1))
-log_processor = dict(by_epoch=False, window_size=1)
-randomness = dict(seed=0, deterministic=True)
-"""
+__all__ = ["deterministic_faster_rcnn", "curve_config", "read_losses", "max_relative_divergence"]
+
+TOOLS = osp.dirname(osp.abspath(__file__))
+QUICKSTART = osp.join(osp.dirname(TOOLS), "configs", "quickstart", "faster_rcnn_revbifpn_s0_synthetic.py")
+RUNS = (("rev", "reversible", "auto"), ("plain", "plain", "auto"), ("plain32", "plain", "float32"))
 
 
-def quickstart_config(name: str = "faster_rcnn_revbifpn_s0_synthetic.py") -> str:
-    """Path of a quickstart config of this checkout (FileNotFoundError outside a checkout)."""
-    path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "configs", "quickstart", name)
-    if not osp.isfile(path):
-        raise FileNotFoundError(f"quickstart config {path!r} not found: the curve configs derive from the "
-                                "configs/ folder of a revbifpn_mm checkout; run from the repository")
-    return path
-
-
-def deterministic_faster_rcnn(data_root: str, backbone: str, batch_size: int, base: Optional[str] = None) -> str:
-    """Config text on ``base`` (default: the quickstart Faster R-CNN) without any random choice in
-    training: no random augmentation, unshuffled data, PseudoSamplers. ``backbone``: keyword
-    arguments of ``model.backbone`` as source text; ``data_root`` ends in ``/``."""
-    base = base or quickstart_config()
+def deterministic_faster_rcnn(data_root: str, backbone: str, batch_size: int) -> str:
+    """Config text of the quickstart Faster R-CNN without any random choice in training: no random
+    augmentation, unshuffled data, PseudoSamplers. ``backbone``: keyword arguments of ``model.backbone``
+    as source text; ``data_root`` ends in ``/``."""
     return f"""
-_base_ = {base!r}
+_base_ = {QUICKSTART!r}
 data_root = {data_root!r}
 model = dict(
     backbone=dict({backbone}),
@@ -69,8 +57,14 @@ def curve_config(data_root: str, iters: int, ckpt: int, mode: str = "reversible"
     ``stream_dtype``; ``total`` is the warm-up schedule's length (default ``iters``; a run cut short
     for a resume test passes the uninterrupted run's)."""
     backbone = f"drop_path_rate=0.0, memory_mode={mode!r}, stream_dtype={stream!r}"
-    return (deterministic_faster_rcnn(data_root, backbone, batch_size=batch_size)
-            + CURVE_SCHEDULE.format(iters=iters, ckpt=ckpt, total=total or iters))
+    return deterministic_faster_rcnn(data_root, backbone, batch_size=batch_size) + f"""
+train_cfg = dict(max_iters={iters}, val_interval=100000)
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end={total or iters})]
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval={ckpt}),
+                     logger=dict(type='LoggerHook', interval=1))
+log_processor = dict(by_epoch=False, window_size=1)
+randomness = dict(seed=0, deterministic=True)
+"""
 
 
 def read_losses(work_dir: str) -> Dict[int, float]:
@@ -94,3 +88,52 @@ def max_relative_divergence(curve: Mapping[int, float], ref: Mapping[int, float]
         raise ValueError(f"the curve lacks iterations {missing[:5]}{'...' if len(missing) > 5 else ''} "
                          "of the reference: did the run stop early?")
     return max(abs(curve[i] - ref[i]) / abs(ref[i]) for i in ref)
+
+
+def _train(cfg: str, work: str) -> None:
+    out = subprocess.run([sys.executable, osp.join(TOOLS, "train.py"), cfg, "--work-dir", work],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if out.returncode != 0:
+        raise RuntimeError(f"training {cfg} failed:\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--work-dir", default="work_dirs/curves")
+    ap.add_argument("--images", type=int, default=32)
+    ap.add_argument("--dry-run", action="store_true",
+                    help="generate the dataset and write the three configs, but do not train")
+    args = ap.parse_args(argv)
+    if args.iters < 1 or args.images < 1:
+        ap.error("--iters and --images must be positive")
+    work = pathlib.Path(args.work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "synthetic_coco"
+    generate_synthetic_coco(str(data), num_train=args.images, num_val=2, image_size=(128, 128), seed=5)
+    for name, mode, stream in RUNS:
+        (work / f"{name}.py").write_text(curve_config(str(data) + "/", args.iters, args.iters, mode, stream))
+    if args.dry_run:
+        print("configs: " + " ".join(str(work / f"{name}.py") for name, _, _ in RUNS))
+        return 0
+    curves = {}
+    for name, _, _ in RUNS:
+        print(f"training {name} ({args.iters} iterations) ...", flush=True)
+        _train(str(work / f"{name}.py"), str(work / name))
+        curves[name] = read_losses(str(work / name))
+    res = {name: max_relative_divergence(curves[name], curves["plain"]) for name in ("rev", "plain32")}
+    print(f"max relative loss divergence vs plain over {args.iters} iterations: "
+          f"reversible {res['rev']:.3e}, plain with float32 streams {res['plain32']:.3e}")
+    step = max(1, args.iters // 6)
+    print("| iterations | plain | reversible | plain (fp32 streams) |\n|---|---|---|---|")
+    for a in range(1, args.iters + 1, step):
+        b = min(a + step - 1, args.iters)
+        m = {n: sum(curves[n][i] for i in range(a, b + 1)) / (b - a + 1) for n in curves}
+        print(f"| {a}-{b} | {m['plain']:.4f} | {m['rev']:.4f} | {m['plain32']:.4f} |")
+    with open(work / "curves.json", "w") as f:
+        json.dump(curves, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,18 +1,11 @@
-"""Gradient fidelity of the reversible backward: reversible vs plain autograd, per size and BN mode.
+"""Gradient fidelity of the reversible backward: reversible vs plain autograd, per arch and BN mode.
 
-For each arch: same weights, same input (batch 2 x 3 x 256 x 256 by default), training mode,
-stochastic depth off, loss = sum(output * fixed random tensor). :func:`run_arch` reports
-``max |g_a - g_b| / max |g_b|`` over all parameter gradients for
+    python tools/fidelity.py --archs s0,s3 --size 256 [--device cuda --tf32 off]
 
-* reversible fp32 vs plain fp32        (the reversible error),
-* reversible fp32 vs plain fp64        (error against the exact gradient),
-* plain fp32 vs plain fp64             (an ordinary network's own rounding spread: the yardstick),
-
-with BN frozen (``norm_eval``, the detection setting) and in training mode, plus the
-gradient cosine under bf16 autocast (reversible vs plain). On CUDA, ``--tf32 on|off``
-(the table in docs/fidelity.md needs ``--device cuda --tf32 off``).
-
-    python tools/fidelity.py --archs s0,s3 --size 256
+Same weights and input, stochastic depth off, loss ``sum(output * fixed random tensor)``, BN frozen and
+training. Each measure is ``max |g_a - g_b| / max |g_b|`` over all parameter gradients: reversible vs
+plain fp32, reversible vs plain fp64 (the exact gradient), plain fp32 vs fp64 (an ordinary network's own
+rounding: the yardstick); plus the gradient cosine under bf16 autocast. The table is docs/fidelity.md's.
 """
 from __future__ import annotations
 
@@ -20,7 +13,7 @@ import argparse
 import copy
 import json
 import sys
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from torch import nn
@@ -55,10 +48,9 @@ def cosine(a: List[torch.Tensor], b: List[torch.Tensor]) -> float:
 
 def randomize_affine_(model: nn.Module, generator: torch.Generator, conv_bias: bool = False) -> nn.Module:
     """Non-trivial affine parameters: every BatchNorm's ``weight ~ U(0.5, 1.5)`` and ``bias ~ 0.2 N(0, 1)``
-    (and, with ``conv_bias``, every conv bias ``~ 0.2 N(0, 1)``), drawn from ``generator`` in module order.
-
-    The recipe of the official reference fixtures (``../shared/reference/README.md``); a freshly
-    initialised BN (1, 0) would hide errors that scale or shift its input.
+    (and, with ``conv_bias``, every conv bias ``~ 0.2 N(0, 1)``), drawn from ``generator`` in module order:
+    the recipe of the reference fixtures (``../shared/reference/README.md``). A fresh BN (1, 0) would hide
+    errors that scale or shift its input.
     """
     with torch.no_grad():
         for m in model.modules():
@@ -70,8 +62,8 @@ def randomize_affine_(model: nn.Module, generator: torch.Generator, conv_bias: b
     return model
 
 
-def run_arch(arch: str, size: int, batch: int, device: torch.device, seed: int = 0, with_bf16: bool = True,
-             report: Optional[Callable[[Dict[str, object]], None]] = None) -> List[Dict[str, object]]:
+def run_arch(arch: str, size: int, batch: int, device: torch.device, seed: int = 0,
+             with_bf16: bool = True) -> List[Dict[str, object]]:
     """Fidelity rows (BN frozen, BN training) of one arch at ``batch x 3 x size x size``.
 
     Args:
@@ -81,7 +73,6 @@ def run_arch(arch: str, size: int, batch: int, device: torch.device, seed: int =
         device: Where to run.
         seed: Seed of weights, BN statistics, input and loss weights.
         with_bf16: Also compare gradients under bf16 autocast.
-        report: Called with each row as soon as it is measured (e.g. to log progress).
 
     Returns:
         One dict per BN mode with the keys ``arch``, ``bn``, ``rev_vs_plain``,
@@ -91,10 +82,10 @@ def run_arch(arch: str, size: int, batch: int, device: torch.device, seed: int =
     torch.manual_seed(seed)
     base = RevBiFPN(arch, num_classes=0, drop_path_rate=0.0).to(device)
     g = torch.Generator().manual_seed(seed + 1)
-    randomize_affine_(base, g)  # non-trivial BN affine parameters
-    with torch.no_grad():  # ... and running statistics
+    randomize_affine_(base, g)
+    with torch.no_grad():  # non-trivial running statistics
         base.train()
-        base(torch.randn(batch, 3, size, size, generator=g).to(device))  # calibrate running stats
+        base(torch.randn(batch, 3, size, size, generator=g).to(device))
     x = torch.randn(batch, 3, size, size, generator=g).to(device)
     with torch.no_grad():
         shapes = [f.shape for f in base.eval()(x)]
@@ -114,11 +105,9 @@ def run_arch(arch: str, size: int, batch: int, device: torch.device, seed: int =
                    rev_vs_fp64=max_rel(g_rev, g64), plain_vs_fp64=max_rel(g_plain, g64),
                    cos_rev_plain=cosine(g_rev, g_plain))
         if with_bf16:
-            row["bf16_cos_rev_plain"] = cosine(grads(rev, x, weights, True), grads(plain, x, weights, True))
-            row["bf16_max_rel"] = max_rel(grads(rev, x, weights, True), grads(plain, x, weights, True))
+            b_rev, b_plain = grads(rev, x, weights, True), grads(plain, x, weights, True)
+            row.update(bf16_cos_rev_plain=cosine(b_rev, b_plain), bf16_max_rel=max_rel(b_rev, b_plain))
         rows.append(row)
-        if report is not None:
-            report(row)
     return rows
 
 
@@ -136,13 +125,10 @@ def main(argv=None) -> int:
     if device.type == "cuda" and args.tf32 != "default":
         torch.backends.cudnn.allow_tf32 = args.tf32 == "on"
         torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
-
-    def report(row):
-        print(json.dumps(row), file=sys.stderr, flush=True)
-
     rows = []
     for arch in args.archs.split(","):
-        rows += run_arch(arch, args.size, args.batch, device, with_bf16=not args.no_bf16, report=report)
+        rows += run_arch(arch, args.size, args.batch, device, with_bf16=not args.no_bf16)
+        print("\n".join(json.dumps(r) for r in rows[-2:]), file=sys.stderr, flush=True)
     head = "| arch | BN | rev vs plain | rev vs fp64 | plain vs fp64 | rev/plain-spread | bf16 cos |"
     print(f"device {device} tf32={args.tf32} input {args.batch}x3x{args.size}x{args.size}\n")
     print(head + "\n|---|---|---|---|---|---|---|")

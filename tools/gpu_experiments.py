@@ -5,13 +5,9 @@
     python tools/gpu_experiments.py graphs   --out OUT.json   # S3 backbone + neck step under CUDA graphs
     python tools/gpu_experiments.py graphs --compile-transforms --out OUT.json  # the same, transforms compiled
 
-Each writes its JSON as soon as each row is measured; ``--device cpu`` runs the same code at a tiny
-size (how the tests check it). checks: reversible vs plain gradients with stochastic depth active
-(float64), bf16 and fp16 (+ GradScaler) steps without NaN. overhead: as
-``../shared/bench/seed_slowdown_cpu.py`` (docs/benchmarks.md). graphs: the S3 backbone + an
-HRFPN-equivalent neck, frozen BN, no stochastic depth, the tail recomputed plainly (a lean MBConv's
-checkpoint stashes the RNG state, which a capture cannot), under ``torch.cuda.make_graphed_callables``:
-captured or not, step time and gradients against eager. Reported, not shipped.
+Each writes its JSON as soon as each row is measured; ``--device cpu --tiny`` runs the same code at a
+tiny size (how the tests check it). docs/benchmarks.md describes the measurements. graphs recomputes the
+tail plainly: a lean MBConv's checkpoint stashes the RNG state, which a capture cannot.
 """
 from __future__ import annotations
 
@@ -20,22 +16,14 @@ import copy
 import json
 import os
 import sys
-import time
 from typing import Any, Callable, Dict, List
 
 import torch
 
 from bench import models as M
 from bench.measure import interleaved_min_times
-from fidelity import cosine
+from fidelity import cosine, max_rel
 from revbifpn_mm.models import RevBiFPN
-
-
-def _write(path: str, rows: List[Dict[str, Any]], **meta: Any) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(dict(meta, rows=rows), f, indent=1, default=float)
-    print(json.dumps(rows[-1], default=float) if rows else "", flush=True)
 
 
 def checks(device: torch.device, size: int, emit: Callable[[Dict[str, Any]], None]) -> None:
@@ -50,7 +38,7 @@ def checks(device: torch.device, size: int, emit: Callable[[Dict[str, Any]], Non
         a, b = m(x), m(x)  # two forwards before one backward: each call replays its own masks
         (sum(f.sum() for f in a) + 2 * sum(f.sum() for f in b)).backward()
         gs.append([p.grad for p in m.parameters()])
-    err = max((p - q).abs().max().item() for p, q in zip(*gs)) / max(g.abs().max().item() for g in gs[1])
+    err = max_rel(*gs)
     emit(dict(check="rng_replay_fp64", max_rel=err, ok=err < 1e-9))
     for arch in ("s0", "s3"):
         torch.manual_seed(0)
@@ -109,8 +97,7 @@ def graphs(device: torch.device, arch: str, batch: int, h: int, w: int, rounds: 
            emit: Callable[[Dict[str, Any]], None], compile_transforms: bool = False) -> None:
     torch.manual_seed(0)
     eager = M.freeze_bn(M.torch_backbone_neck(f"revbifpn_{arch}", drop_path_rate=0.0, lean_recompute=False,
-                                              compile_transforms=compile_transforms), True)
-    eager = eager.to(device)
+                                              compile_transforms=compile_transforms).to(device), True)
     graphed_model = copy.deepcopy(eager)
     x = M.image(batch, h, w, device)
     weights = [torch.randn_like(o) for o in eager(x)]
@@ -126,22 +113,20 @@ def graphs(device: torch.device, arch: str, batch: int, h: int, w: int, rounds: 
         row.update(captured=False, error=f"{type(err).__name__}: {' '.join(str(err).split())[:400]}")
         emit(row)
         return
-    grads = []
-    for model, fn in ((eager, eager), (graphed_model, graphed)):
-        model.zero_grad(set_to_none=True)
-        loss_of(fn(x)).backward()
-        grads.append([p.grad.detach().clone() for p in model.parameters() if p.grad is not None])
-    gmax = max(g.abs().max().item() for g in grads[0])
-    row.update(captured=True, max_rel_grad_diff=max((a - b).abs().max().item() for a, b in zip(*grads)) / gmax,
-               same_grad_count=len(grads[0]) == len(grads[1]))
 
-    def stepper(model: torch.nn.Module, fn: Callable) -> Callable[[], None]:
+    def step_of(model: torch.nn.Module, fn: Callable) -> Callable[[], None]:
         def step() -> None:
-            loss_of(fn(x)).backward()
             model.zero_grad(set_to_none=False)
+            loss_of(fn(x)).backward()
         return step
-    best = interleaved_min_times({"eager": stepper(eager, eager), "graphed": stepper(graphed_model, graphed)},
-                                 rounds, device)
+    steps = {"eager": step_of(eager, eager), "graphed": step_of(graphed_model, graphed)}
+    grads = []
+    for model, step in zip((eager, graphed_model), steps.values()):
+        step()
+        grads.append([p.grad.detach().clone() for p in model.parameters() if p.grad is not None])
+    row.update(captured=True, max_rel_grad_diff=max_rel(grads[1], grads[0]),
+               same_grad_count=len(grads[0]) == len(grads[1]))
+    best = interleaved_min_times(steps, rounds, device)
     row.update(eager_step_s=best["eager"], graphed_step_s=best["graphed"], speedup=best["eager"] / best["graphed"])
     emit(row)
 
@@ -161,10 +146,13 @@ def main(argv: Any = None) -> int:
     device = torch.device(args.device)
     rows: List[Dict[str, Any]] = []
     meta = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", torch=torch.__version__)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
 
     def emit(row: Dict[str, Any]) -> None:
         rows.append(row)
-        _write(args.out, rows, **meta)
+        with open(args.out, "w") as f:
+            json.dump(dict(meta, rows=rows), f, indent=1, default=float)
+        print(json.dumps(row, default=float), flush=True)
     if args.what == "checks":
         checks(device, 64 if args.tiny else 256, emit)
     elif args.what == "overhead":

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# The prepared GPU run for a lent CUDA machine: one call of at most about 6 minutes on a bare machine
-# with torch and timm (no mm stack needed; with it, the baselines come from mmdet's configs instead
-# of timm). Every step has its own time limit and writes its results as soon as it has them, so a
-# run cut short keeps what it measured. Results under $OUT (default work_dirs/gpu):
+# The prepared GPU run for a lent CUDA machine: one call of at most about 6 minutes on a bare machine with
+# torch and timm (with the mm stack, the baselines come from mmdet's configs instead of timm). Each step has
+# its own time limit and writes its results as soon as it has them. Results under $OUT (default work_dirs/gpu):
 #   backbones/       S0-S6 backbones, 2x800x1344, frozen BN: reversible, plain, plain_segments=2
 #   overhead.json    the seed's recomputation-overhead table (training BN, 224x224, batch 4)
 #   throughput/      largest batch and images/s under 12 and 24 GiB caps, 800x1344 then 512x1024
@@ -41,5 +40,5 @@ step checks 15 python tools/gpu_experiments.py checks --out "$OUT/checks.json"
 step compiled 70 python tools/benchmark_memory.py backbones --device cuda --archs s0,s3,s6 \
   --plain-segments compiled --input 2x800x1344 --pass time --out "$OUT/compiled"
 step graphs_compiled 30 python tools/gpu_experiments.py graphs --compile-transforms --out "$OUT/graphs_compiled.json"
-step throughput_compiled 20 python tools/benchmark_memory.py throughput --device cuda \
-  --models "revbifpn_s3,revbifpn_s3@compile_transforms=true" --caps 12,24 --sizes 800x1344 --out "$OUT/throughput_compiled"
+step throughput_compiled 20 python tools/benchmark_memory.py throughput --device cuda --caps 12,24 --sizes 800x1344 \
+  --models "revbifpn_s3,revbifpn_s3@compile_transforms=true" --out "$OUT/throughput_compiled"

@@ -4,13 +4,8 @@
 # Environment: GPUS (tasks in all, default 8), GPUS_PER_NODE (8), CPUS_PER_TASK (5), SRUN_ARGS (extra srun
 # options), PYTHON (python). The checkout goes on PYTHONPATH (no editable install needed on the nodes).
 set -euo pipefail
-PARTITION=$1
-JOB_NAME=$2
-shift 2
 export PYTHONPATH="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
-GPUS=${GPUS:-8}
-GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 # shellcheck disable=SC2086  # SRUN_ARGS holds several options
-exec srun -p "$PARTITION" --job-name="$JOB_NAME" --gres="gpu:$GPUS_PER_NODE" --ntasks="$GPUS" \
-  --ntasks-per-node="$GPUS_PER_NODE" --cpus-per-task="${CPUS_PER_TASK:-5}" --kill-on-bad-exit=1 ${SRUN_ARGS:-} \
-  "${PYTHON:-python}" -u "$@" --launcher slurm
+exec srun -p "$1" --job-name="$2" --gres="gpu:${GPUS_PER_NODE:-8}" --ntasks="${GPUS:-8}" \
+  --ntasks-per-node="${GPUS_PER_NODE:-8}" --cpus-per-task="${CPUS_PER_TASK:-5}" --kill-on-bad-exit=1 ${SRUN_ARGS:-} \
+  "${PYTHON:-python}" -u "${@:3}" --launcher slurm

@@ -53,7 +53,7 @@ def test_reversible_loss_curve_tracks_plain(tmp_path, data):
     Training amplifies any round-off difference (AdamW normalises tiny gradients), so the
     yardstick is the divergence between two *plain* runs that differ only in round-off
     (float64 vs float32 residual streams): the reversible run must stay as close to the
-    plain run as that. The 300-iteration comparison is ``tools/compare_curves.py``.
+    plain run as that. The 300-iteration comparison is ``tools/curves.py``.
     """
     curves = {}
     for name, mode, stream in (("rev", "reversible", "auto"), ("plain", "plain", "auto"),
