@@ -1,11 +1,4 @@
-"""The synthetic training batch the planner measures with: one place for what the inputs hold.
-
-A batch has the config's training resolution and, per image, ``instances`` random boxes (default
-``BOXES_PER_IMAGE``; of the data's sizes where they are known; with uint8 bitmap or polygon masks
-where the model has a mask head) for mmdet, a random label map for mmseg. :func:`dataset_batch`
-takes the densest images of the config's own training data instead, through its pipeline (a check
-of the synthetic batch).
-"""
+"""The batch the planner measures with: synthetic at the training resolution, or the data's densest images."""
 from __future__ import annotations
 
 import importlib
@@ -19,18 +12,13 @@ BOXES_PER_IMAGE = 8
 
 
 def _num_classes(node: Any) -> Optional[int]:
+    """The first ``num_classes`` in a (nested) model config."""
     if isinstance(node, dict):
         if isinstance(node.get("num_classes"), int):
             return node["num_classes"]
-        for v in node.values():
-            found = _num_classes(v)
-            if found is not None:
-                return found
-    elif isinstance(node, (list, tuple)):
-        for v in node:
-            found = _num_classes(v)
-            if found is not None:
-                return found
+        node = list(node.values())
+    if isinstance(node, (list, tuple)):
+        return next((n for n in map(_num_classes, node) if n is not None), None)
     return None
 
 

@@ -1,13 +1,11 @@
 """One measurement of the planner: short training steps of a config's real model and optimizer.
 
-:func:`probe` measures in this process; :func:`probe_in_subprocess` runs it in a fresh one (the
-peak resident set is per process, and on CPU the peak probe changes glibc's allocation policy for
-the whole process), optionally under an address-space limit so that a step too large for this
-machine stops with :class:`NotMeasured` instead of swapping. ``python -m planner.measure JOB OUT``
-is that process's entry.
+:func:`probe` measures in this process, :func:`probe_in_subprocess` in a fresh one under an
+address-space limit (docs/planner.md, Method); ``python -m planner.measure JOB OUT`` is that process's entry.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -31,7 +29,7 @@ def _storage_bytes(tensors: Sequence[Any]) -> int:
 
 
 def _sweep_plain_segments(model: Any, run_step: Callable[[], Any], forward: Callable[[], Any]
-                     ) -> Tuple[Dict[str, Dict[str, float]], Optional[str]]:
+                          ) -> Tuple[Dict[str, Dict[str, float]], Optional[str]]:
     """Saved bytes of one forward and the time of one step at each ``plain_segments`` setting, from
     fully reversible up; the settings from the first that does not fit in memory on are left out."""
     import gc
@@ -46,8 +44,7 @@ def _sweep_plain_segments(model: Any, run_step: Callable[[], Any], forward: Call
             backbone.set_policy(plain_segments=k)
             try:
                 with SavedTensorCounter(exclude=params) as saved:
-                    loss = forward()
-                del loss
+                    forward()
                 run_step()  # warm-up of this setting
                 start = time.perf_counter()
                 run_step()
@@ -62,7 +59,6 @@ def _sweep_plain_segments(model: Any, run_step: Callable[[], Any], forward: Call
     finally:
         backbone.set_policy(plain_segments=0)
     return out, note
-
 
 
 def _optimizer(cfg: Any, model: Any, config: str, device: Any) -> Tuple[Any, bool]:
@@ -270,46 +266,38 @@ def _failing_op(err: BaseException) -> Optional[str]:
     return name
 
 
-
-
 # --------------------------------------------------------------------------- fresh processes
 def available_ram_bytes() -> int:
     """``MemAvailable`` of this machine (Linux), or 0 where it cannot be read."""
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), 0)
     except OSError:
-        pass
-    return 0
-
-
+        return 0
 
 
 def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] = None,
-                        amp: bool = False, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
                         ram_limit_bytes: Optional[int] = None, threads: Optional[int] = None,
-                        timeout: Optional[float] = None, sweep: bool = False, peak: bool = True,
-                        instances: int = BOXES_PER_IMAGE, mask_format: str = "bitmap",
-                        data: str = "synthetic", box_sides: Optional[Sequence[Sequence[float]]] = None) -> Probe:
+                        timeout: Optional[float] = None, **kwargs: Any) -> Probe:
     """:func:`probe` in a fresh Python process (the peak resident set is per process).
 
     Args:
+        config, mode, batch, shape: as :func:`probe`.
         ram_limit_bytes: address space the measuring process may add after start-up
             (``RLIMIT_AS``); a step that needs more stops with :class:`NotMeasured` instead
             of pushing the machine into swap or the OOM killer. ``None``: no limit.
         threads: torch CPU threads of the measuring process.
         timeout: seconds before the measurement is abandoned.
-        Other arguments: as :func:`probe`.
+        **kwargs: the other keywords of :func:`probe` (``amp``, ``device``, ``cfg_options``, ...).
 
     Raises:
         PlanError, NotMeasured: as :func:`probe`, re-raised from the measuring process.
+        TypeError: a keyword :func:`probe` does not take.
     """
-    job = dict(config=config, mode=mode, batch=batch, shape=list(shape) if shape else None, amp=amp,
-               device=device, cfg_options=repr(cfg_options or {}),  # repr keeps tuples (a Resize scale) tuples
-               ram_limit_bytes=ram_limit_bytes, threads=threads, sweep=sweep, peak=peak, instances=instances,
-               mask_format=mask_format, data=data, box_sides=box_sides)
+    inspect.signature(probe).bind(config, mode, batch, shape, **kwargs)
+    kwargs["cfg_options"] = repr(kwargs.get("cfg_options") or {})  # repr keeps tuples (a Resize scale) tuples
+    job = dict(args=[config, mode, batch, list(shape) if shape else None], ram_limit_bytes=ram_limit_bytes,
+               threads=threads, kwargs=kwargs)
     try:
         res = run_fresh("planner.measure", [json.dumps(job)], timeout=timeout)
     except FreshProcessKilled as err:
@@ -321,37 +309,35 @@ def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tupl
     return Probe(**res)
 
 
-def _limit_address_space(job: Dict[str, Any]) -> None:
-    """Let this process add at most ``job['ram_limit_bytes']`` of address space from here (``RLIMIT_AS``)."""
+def _limit_address_space(config: str, cfg_options: Optional[Dict[str, Any]], ram_limit_bytes: int) -> None:
+    """Let this process add at most ``ram_limit_bytes`` of address space from here (``RLIMIT_AS``)."""
     import resource
 
     import torch._dynamo  # noqa: F401  (torch's optimizers import it on first use: its libraries mapped now)
 
-    load_config(job["config"], job["cfg_options"] or None)  # imports the codebase (maps its libraries)
+    load_config(config, cfg_options)  # imports the codebase (maps its libraries)
     with open("/proc/self/status") as f:
         size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
     # thread stacks and malloc arenas reserve some address space without using memory: they
     # come out of the allowance (conservative)
-    limit = size + int(job["ram_limit_bytes"])
-    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    resource.setrlimit(resource.RLIMIT_AS, (size + ram_limit_bytes, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
 def _child(job_json: str, out: str) -> int:
     """Entry of the measuring process: run :func:`probe`, write its result (or error) as JSON."""
     import ast
 
-    job = json.loads(job_json)
-    job["cfg_options"] = ast.literal_eval(job["cfg_options"])
     import torch
 
-    if job.get("threads"):
+    job = json.loads(job_json)
+    config, mode, batch, shape = job["args"]
+    kwargs = dict(job["kwargs"], cfg_options=ast.literal_eval(job["kwargs"]["cfg_options"]) or None)
+    if job["threads"]:
         torch.set_num_threads(int(job["threads"]))
     try:
-        if job.get("ram_limit_bytes"):
-            _limit_address_space(job)
-        res = asdict(probe(job["config"], job["mode"], job["batch"], tuple(job["shape"]) if job["shape"] else None,
-                           job["amp"], job["device"], job["cfg_options"] or None, job["sweep"], job["peak"],
-                           job["instances"], job["mask_format"], job["data"], job["box_sides"]))
+        if job["ram_limit_bytes"]:
+            _limit_address_space(config, kwargs["cfg_options"], int(job["ram_limit_bytes"]))
+        res = asdict(probe(config, mode, batch, tuple(shape) if shape else None, **kwargs))
     except (PlanError, NotMeasured) as err:
         res = dict(error=type(err).__name__, message=str(err))
     with open(out, "w", encoding="utf-8") as f:
