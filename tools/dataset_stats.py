@@ -1,17 +1,10 @@
-"""What the training data of a detection config puts on the GPU: instances per image and masks.
-
-Reads the COCO annotation files of the config's training dataset (through ``RepeatDataset``,
-``ClassBalancedDataset``, ``ConcatDataset`` and other wrappers) when they are present, and returns
-the instances per image (50th / 95th percentile and maximum, counted as mmdet's ``CocoDataset``
-keeps them: crowd regions and degenerate boxes left out), the boxes' sides relative to their image's,
-whether the annotations carry masks and how the pipeline loads them (bitmaps or polygons), the
-images' sizes, and the size of one sample after the training pipeline (the memory planner's
-:func:`training_shape`).
+"""What the training data of a detection config puts on the GPU: instances per image, their boxes, masks.
 
     python tools/dataset_stats.py CONFIG
 
-The memory planner measures with the largest count and boxes of the data's sizes (see
-``plan_memory.instances_to_plan``).
+Reads the COCO annotation files of the config's training dataset (through dataset wrappers) and counts
+instances as mmdet's ``CocoDataset`` keeps them; the memory planner measures with the largest count and
+boxes of the data's sizes (``plan_memory.instances_to_plan``, docs/planner.md).
 """
 from __future__ import annotations
 
@@ -44,18 +37,14 @@ class DatasetStats:
     masks: bool
     """Whether the annotations carry segmentations and the pipeline loads them (``with_mask``)."""
     mask_format: str
-    """``'bitmap'`` (``LoadAnnotations`` ``poly2mask=True``, mmdet's default: one image-sized uint8
-    plane per instance) or ``'polygon'``."""
+    """``'bitmap'`` (``LoadAnnotations(poly2mask=True)``, mmdet's default) or ``'polygon'``."""
     largest_image: Tuple[int, int]
     """(height, width) of the largest image of the annotation files."""
     shape: Tuple[int, int]
     """(height, width) of one sample after the training pipeline."""
     shape_source: str
     box_sides: List[Tuple[float, float]] = field(default_factory=list)
-    """Up to :data:`BOX_SAMPLE` (width, height) of the boxes as fractions of their image's, evenly
-    spaced over the boxes ordered by area (:func:`box_side_sample`); a resize keeping the aspect ratio
-    keeps them."""
-    notes: List[str] = field(default_factory=list)
+    """Up to :data:`BOX_SAMPLE` (width, height) of the boxes as fractions of their image's (:func:`box_side_sample`)."""
 
     def describe(self) -> str:
         """One line: what was read."""
