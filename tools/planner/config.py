@@ -5,6 +5,8 @@ import math
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
+import torch
+
 __all__ = ["PlanError", "NotMeasured", "load_config", "training_pipeline", "training_shape", "config_batch",
            "rpn_assign_threshold", "set_mode", "build_model", "one_line", "root_cause", "is_oom"]
 
@@ -179,8 +181,6 @@ def build_model(cfg: Any, config: str, device: Any = "cpu") -> Any:
 
 def is_oom(err: BaseException) -> bool:
     """Whether ``err`` is an allocation failure (CUDA out of memory, CPU allocator or Python)."""
-    import torch
-
     if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
         return True
     text = str(err)

@@ -4,6 +4,9 @@ from __future__ import annotations
 import importlib
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+import numpy as np
+import torch
+
 from .config import PlanError
 
 __all__ = ["BOXES_PER_IMAGE", "synthetic_batch", "dataset_batch"]
@@ -28,8 +31,6 @@ def synthetic_batch(cfg: Any, model: Any, batch: int, shape: Tuple[int, int], de
     """A packed training batch (``inputs``, ``data_samples``) of ``batch`` images of ``shape`` for the model;
     detectors: ``instances`` boxes per image, drawn from ``box_sides`` (width, height as fractions of
     the image's; ``None``: 2-20 % of each side), with ``mask_format`` masks where the model has a mask head."""
-    import torch
-
     h, w = shape
     classes = _num_classes(cfg.model) or 80
     if cfg.default_scope == "mmseg":
@@ -56,8 +57,6 @@ def _det_inputs(batch: int, shape: Tuple[int, int], instances: int, classes: int
     ``box_sides``, else 2-20 % of the image side, at least 1 pixel) and, with ``mask_format``
     (``'bitmap'``: one uint8 image-sized plane per instance, as mmdet's ``LoadAnnotations`` makes
     them; ``'polygon'``: a 4-point polygon), masks filling the boxes."""
-    import numpy as np
-    import torch
     from mmdet.structures import DetDataSample
     from mmdet.structures.mask import BitmapMasks, PolygonMasks
     from mmengine.structures import InstanceData

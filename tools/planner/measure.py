@@ -5,15 +5,20 @@ address-space limit (docs/planner.md, Method); ``python -m planner.measure JOB O
 """
 from __future__ import annotations
 
+import ast
+import gc
 import inspect
 import json
 import os
+import resource
 import sys
 import time
+import traceback
 from dataclasses import asdict
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-from meters import FreshProcessKilled, NoPeak, run_fresh
+import torch
+from meters import FreshProcessKilled, NoPeak, _status_bytes, peak_probe_for, run_fresh
 
 from .config import NotMeasured, PlanError, build_model, is_oom, load_config, one_line, root_cause, set_mode, \
     training_shape
@@ -32,9 +37,8 @@ def _sweep_plain_segments(model: Any, run_step: Callable[[], Any], forward: Call
                           ) -> Tuple[Dict[str, Dict[str, float]], Optional[str]]:
     """Saved bytes of one forward and the time of one step at each ``plain_segments`` setting, from
     fully reversible up; the settings from the first that does not fit in memory on are left out."""
-    import gc
-
     from revbifpn_mm.core import SavedTensorCounter
+
     backbone = model.backbone
     params = list(model.parameters())
     out: Dict[str, Dict[str, float]] = {}
@@ -83,8 +87,6 @@ def _optimizer(cfg: Any, model: Any, config: str, device: Any) -> Tuple[Any, boo
 def _run_steps(model: Any, optim: Any, packed: Dict[str, Any], amp_dtype: Any, meter: Any, sweep: bool,
                watch: Optional[_AssignWatch] = None) -> Dict[str, Any]:
     """Warm up, then measure forward + backward and the optimizer step apart (bytes above the start, seconds)."""
-    import torch
-
     dev = next(model.parameters()).device
 
     def forward() -> Any:
@@ -133,9 +135,6 @@ class _AssignWatch:
         self.outside = self.assign = self.start_level = self.base = 0
 
     def _level(self) -> int:
-        import torch
-
-        from meters import _status_bytes
         return torch.cuda.memory_allocated(self.dev) if self.dev.type == "cuda" else _status_bytes("VmRSS:")
 
     def _cut(self) -> int:
@@ -171,17 +170,16 @@ class _AssignWatch:
         return max(self.outside, self.assign)
 
 
-def _step_error(err: BaseException, dev: Any, batch: int, amp_dtype: Any) -> Exception:
-    """The :class:`NotMeasured` a failed step stands for (out of memory, precision rejected), else ``err``."""
+def _raise_not_measured(err: BaseException, dev: Any, batch: int, amp_dtype: Any) -> None:
+    """Raise the :class:`NotMeasured` a failed step stands for (out of memory, precision rejected), if any."""
     text = str(err)
     if is_oom(err):
-        return NotMeasured(f"does not fit in the memory this process may use on {dev} at batch {batch}")
+        raise NotMeasured(f"does not fit in the memory this process may use on {dev} at batch {batch}") from err
     if amp_dtype is not None and ("BFloat16" in text or "Half" in text or "dtype" in text):
         where = _failing_op(err)
-        return NotMeasured(f"the model does not run under {amp_dtype} autocast on {dev.type}"
-                           + (f" ({where} rejects it)" if where else "") + f": {one_line(err)}; "
-                           "measure fp32, or --amp on a CUDA device (--device cuda)")
-    return err
+        raise NotMeasured(f"the model does not run under {amp_dtype} autocast on {dev.type}"
+                          + (f" ({where} rejects it)" if where else "") + f": {one_line(err)}; "
+                          "measure fp32, or --amp on a CUDA device (--device cuda)") from err
 
 
 def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] = None,
@@ -213,10 +211,6 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
         PlanError: the model or its optimizer does not build.
         NotMeasured: the step does not fit in memory or the model rejects the precision.
     """
-    import torch
-
-    from meters import peak_probe_for
-
     dev = torch.device(device)
     meter = peak_probe_for(dev) if peak else NoPeak()  # first: on CPU it sets glibc's mmap threshold
     if meter is None:
@@ -234,18 +228,14 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
     try:
         steps = _run_steps(model, optim, packed, amp_dtype, meter, sweep, watch)
     except (RuntimeError, MemoryError) as err:
-        mapped = _step_error(err, dev, batch, amp_dtype)
-        if mapped is err:
-            raise
-        raise mapped from err
+        _raise_not_measured(err, dev, batch, amp_dtype)
+        raise
     return Probe(mode=mode, batch=batch, shape=shape, device=str(dev), amp=amp,
                  instances=instances if cfg.default_scope == "mmdet" else 0, **_state_bytes(model, optim), **steps)
 
 
 def _state_bytes(model: Any, optim: Any) -> Dict[str, Any]:
     """The optimizer's name and the bytes of the parameters, buffers, gradients and optimizer state."""
-    import torch
-
     params = list(model.parameters())
     state = [t for s in optim.optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
     return dict(optimizer=type(optim.optimizer).__name__, params_bytes=_storage_bytes(params),
@@ -256,14 +246,9 @@ def _state_bytes(model: Any, optim: Any) -> Dict[str, Any]:
 
 def _failing_op(err: BaseException) -> Optional[str]:
     """The mmcv op (e.g. ``'mmcv.ops.nms'``) in whose code ``err`` was raised, if any."""
-    import traceback
-
-    name = None
-    for frame in traceback.extract_tb(err.__traceback__):
-        path = frame.filename.replace(os.sep, "/")
-        if "/mmcv/ops/" in path:
-            name = "mmcv.ops." + os.path.splitext(os.path.basename(path))[0]
-    return name
+    paths = [frame.filename.replace(os.sep, "/") for frame in traceback.extract_tb(err.__traceback__)]
+    ops = [os.path.splitext(os.path.basename(path))[0] for path in paths if "/mmcv/ops/" in path]
+    return "mmcv.ops." + ops[-1] if ops else None
 
 
 # --------------------------------------------------------------------------- fresh processes
@@ -311,8 +296,6 @@ def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tupl
 
 def _limit_address_space(config: str, cfg_options: Optional[Dict[str, Any]], ram_limit_bytes: int) -> None:
     """Let this process add at most ``ram_limit_bytes`` of address space from here (``RLIMIT_AS``)."""
-    import resource
-
     import torch._dynamo  # noqa: F401  (torch's optimizers import it on first use: its libraries mapped now)
 
     load_config(config, cfg_options)  # imports the codebase (maps its libraries)
@@ -325,10 +308,6 @@ def _limit_address_space(config: str, cfg_options: Optional[Dict[str, Any]], ram
 
 def _child(job_json: str, out: str) -> int:
     """Entry of the measuring process: run :func:`probe`, write its result (or error) as JSON."""
-    import ast
-
-    import torch
-
     job = json.loads(job_json)
     config, mode, batch, shape = job["args"]
     kwargs = dict(job["kwargs"], cfg_options=ast.literal_eval(job["kwargs"]["cfg_options"]) or None)
