@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from planner import PlanError, load_config, training_pipeline, training_shape
 from preflight import data_path, dataset_cfgs
 
 __all__ = ["DatasetStats", "read_dataset_stats", "coco_instance_counts", "percentile", "box_side_sample", "main"]
@@ -127,8 +128,6 @@ def coco_instance_counts(path: str, filter_empty: bool = True
 
 def _mask_loading(cfg: Any) -> Tuple[bool, str]:
     """Whether the training pipeline loads masks, and as bitmaps or polygons."""
-    from planner.config import training_pipeline
-
     for t in training_pipeline(cfg):
         if t.get("type") == "LoadAnnotations":
             return bool(t.get("with_mask", False)), "bitmap" if t.get("poly2mask", True) else "polygon"
@@ -142,8 +141,6 @@ def read_dataset_stats(cfg: Any) -> Tuple[Optional[DatasetStats], str]:
         ``(stats, why)``: the statistics, or ``None`` with the reason they could not be read
         (no annotation file in the config, the file is absent, or it is not COCO json).
     """
-    from planner import PlanError, training_shape
-
     leaves = [ds for _, _, ds in dataset_cfgs(cfg, ["train"])]
     paths = [data_path(ds.get("data_root"), ds["ann_file"]) for ds in leaves if ds.get("ann_file")]
     if not paths:
@@ -182,7 +179,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="instances per image of a config's training annotations")
     ap.add_argument("config")
     args = ap.parse_args(argv)
-    from planner import PlanError, load_config
     try:
         stats, why = read_dataset_stats(load_config(args.config))
     except PlanError as err:

@@ -115,7 +115,7 @@ def _run_steps(model: Any, optim: Any, packed: Dict[str, Any], amp_dtype: Any, m
     seconds = time.perf_counter() - start
     settings, note = _sweep_plain_segments(model, lambda: (fwd_bwd(), optim.zero_grad(set_to_none=False)), forward) \
         if sweep and hasattr(model.backbone, "set_policy") else ({}, None)
-    split = watch is not None and watch.watched
+    split = watch is not None and bool(watch.assigners)
     return dict(fwd_bwd_bytes=int(fb), optim_step_bytes=int(op), step_s=seconds, reserved_bytes=reserved,
                 plain_segments=settings, plain_segments_note=note, assign_peak_bytes=watch.assign if split else None,
                 outside_assign_bytes=watch.outside if split else None)
@@ -130,7 +130,6 @@ class _AssignWatch:
     def __init__(self, meter: Any, dev: Any, model: Any) -> None:
         heads = [getattr(model, name, None) for name in ("rpn_head", "bbox_head")]
         self.assigners = [h.assigner for h in heads if hasattr(getattr(h, "assigner", None), "gpu_assign_thr")]
-        self.watched = bool(self.assigners)
         self.meter, self.dev = meter, dev
         self.outside = self.assign = self.start_level = self.base = 0
 
