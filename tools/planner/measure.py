@@ -10,7 +10,6 @@ import gc
 import inspect
 import json
 import os
-import resource
 import sys
 import time
 import traceback
@@ -295,6 +294,8 @@ def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tupl
 
 def _limit_address_space(config: str, cfg_options: Optional[Dict[str, Any]], ram_limit_bytes: int) -> None:
     """Let this process add at most ``ram_limit_bytes`` of address space from here (``RLIMIT_AS``)."""
+    import resource  # Unix only
+
     import torch._dynamo  # noqa: F401  (torch's optimizers import it on first use: its libraries mapped now)
 
     load_config(config, cfg_options)  # imports the codebase (maps its libraries)
