@@ -1,10 +1,8 @@
 """``tools/train.py --auto-batch``: the largest fully reversible batch that fits the card, from a memory plan.
 
-The plan (``tools/plan_memory.py``'s measurement: fully reversible at batch 1 and 2, with the
-training data's instances per image) is cached per config content, card size and package version
-under ``$XDG_CACHE_HOME/revbifpn_mm/plans`` (``~/.cache`` by default), so a restart does not measure
-again. Under a distributed launcher rank 0 plans and broadcasts the result: every rank trains with
-the same batch. The learning rate is scaled as ``--auto-scale-lr`` does (``auto_scale_lr.enable``).
+The plan is cached per config content, card size and package version under
+``$XDG_CACHE_HOME/revbifpn_mm/plans``; under a distributed launcher rank 0 plans and broadcasts the
+result (docs/planner.md, ``--auto-batch``).
 """
 from __future__ import annotations
 
@@ -77,11 +75,6 @@ def plan_key(cfg: Any, card: float, instances: Optional[int]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _cache_path(key: str) -> str:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "revbifpn_mm", "plans", f"{key}.json")
-
-
 def _measure(config: str, cfg: Any, card: float, cfg_options: Optional[Dict], instances: Optional[int],
              log: Callable[[str], None]) -> AutoBatch:
     import torch
@@ -96,8 +89,10 @@ def _measure(config: str, cfg: Any, card: float, cfg_options: Optional[Dict], in
                              instances=count, instances_source=source, mask_format=fmt, box_sides=sides)
     rev = plan.reversible
     if rev is None:
-        raise AutoBatchError("the plan could not measure the fully reversible step: "
-                             + "; ".join(plan.not_measured))
+        raise AutoBatchError("the plan could not measure the fully reversible step: " + "; ".join(plan.not_measured))
+
+    def gib(b: int) -> float:
+        return rev.on_gpu(b, assign_on_cpu=plan.assign_on_cpu) / GIB
     batch = rev.largest_batch(card, assign_on_cpu=plan.assign_on_cpu)
     if batch == 0:
         thr = plan.suggested_assign_thr()
@@ -105,15 +100,11 @@ def _measure(config: str, cfg: Any, card: float, cfg_options: Optional[Dict], in
                 f"{plan.instances} boxes sets the peak)" if thr else "")
         raise AutoBatchError(
             f"even batch 1 does not fit a {card / GIB:g} GiB card: fully reversible (plain_segments=0, the "
-            f"least memory; plain_segments>0 keeps more) it needs "
-            f"{rev.on_gpu(1, assign_on_cpu=plan.assign_on_cpu) / GIB:.2f} "
-            f"GiB at {plan.shape[0]}x{plan.shape[1]}. Train on a smaller input (the Resize scale of the "
-            f"training pipeline, via --cfg-options){hint}, or on a larger card")
-    return AutoBatch(batch=batch, card_gib=card / GIB,
-                     predicted_gib=rev.on_gpu(batch, assign_on_cpu=plan.assign_on_cpu) / GIB,
-                     next_gib=rev.on_gpu(batch + 1, assign_on_cpu=plan.assign_on_cpu) / GIB,
-                     instances=plan.instances, instances_source=source if plan.instances else "",
-                     measured_on=device)
+            f"least memory; plain_segments>0 keeps more) it needs {gib(1):.2f} GiB at {plan.shape[0]}x{plan.shape[1]}. "
+            f"Train on a smaller input (the Resize scale of the training pipeline, via --cfg-options){hint}, or on "
+            "a larger card")
+    return AutoBatch(batch=batch, card_gib=card / GIB, predicted_gib=gib(batch), next_gib=gib(batch + 1),
+                     instances=plan.instances, instances_source=source if plan.instances else "", measured_on=device)
 
 
 def choose_batch(config: str, cfg: Any, card: float, cfg_options: Optional[Dict] = None,
@@ -123,7 +114,8 @@ def choose_batch(config: str, cfg: Any, card: float, cfg_options: Optional[Dict]
     Raises:
         AutoBatchError: batch 1 does not fit, or nothing could be measured.
     """
-    path = _cache_path(plan_key(cfg, card, instances))
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = os.path.join(root, "revbifpn_mm", "plans", f"{plan_key(cfg, card, instances)}.json")
     try:
         with open(path, encoding="utf-8") as f:
             return AutoBatch(**dict(json.load(f), cached=True))

@@ -1,17 +1,10 @@
-"""What the training data of a detection config puts on the GPU: instances per image and masks.
-
-Reads the COCO annotation files of the config's training dataset (through ``RepeatDataset``,
-``ClassBalancedDataset``, ``ConcatDataset`` and other wrappers) when they are present, and returns
-the instances per image (50th / 95th percentile and maximum, counted as mmdet's ``CocoDataset``
-keeps them: crowd regions and degenerate boxes left out), the boxes' sides relative to their image's,
-whether the annotations carry masks and how the pipeline loads them (bitmaps or polygons), the
-images' sizes, and the size of one sample after the training pipeline (the memory planner's
-:func:`training_shape`).
+"""What the training data of a detection config puts on the GPU: instances per image, their boxes, masks.
 
     python tools/dataset_stats.py CONFIG
 
-The memory planner measures with the largest count and boxes of the data's sizes (see
-``plan_memory.instances_to_plan``).
+Reads the COCO annotation files of the config's training dataset (through dataset wrappers) and counts
+instances as mmdet's ``CocoDataset`` keeps them; the memory planner measures with the largest count and
+boxes of the data's sizes (``plan_memory.instances_to_plan``, docs/planner.md).
 """
 from __future__ import annotations
 
@@ -23,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from planner import PlanError, load_config, training_pipeline, training_shape
 from preflight import data_path, dataset_cfgs
 
 __all__ = ["DatasetStats", "read_dataset_stats", "coco_instance_counts", "percentile", "box_side_sample", "main"]
@@ -44,18 +38,14 @@ class DatasetStats:
     masks: bool
     """Whether the annotations carry segmentations and the pipeline loads them (``with_mask``)."""
     mask_format: str
-    """``'bitmap'`` (``LoadAnnotations`` ``poly2mask=True``, mmdet's default: one image-sized uint8
-    plane per instance) or ``'polygon'``."""
+    """``'bitmap'`` (``LoadAnnotations(poly2mask=True)``, mmdet's default) or ``'polygon'``."""
     largest_image: Tuple[int, int]
     """(height, width) of the largest image of the annotation files."""
     shape: Tuple[int, int]
     """(height, width) of one sample after the training pipeline."""
     shape_source: str
     box_sides: List[Tuple[float, float]] = field(default_factory=list)
-    """Up to :data:`BOX_SAMPLE` (width, height) of the boxes as fractions of their image's, evenly
-    spaced over the boxes ordered by area (:func:`box_side_sample`); a resize keeping the aspect ratio
-    keeps them."""
-    notes: List[str] = field(default_factory=list)
+    """Up to :data:`BOX_SAMPLE` (width, height) of the boxes as fractions of their image's (:func:`box_side_sample`)."""
 
     def describe(self) -> str:
         """One line: what was read."""
@@ -138,8 +128,6 @@ def coco_instance_counts(path: str, filter_empty: bool = True
 
 def _mask_loading(cfg: Any) -> Tuple[bool, str]:
     """Whether the training pipeline loads masks, and as bitmaps or polygons."""
-    from planner.config import training_pipeline
-
     for t in training_pipeline(cfg):
         if t.get("type") == "LoadAnnotations":
             return bool(t.get("with_mask", False)), "bitmap" if t.get("poly2mask", True) else "polygon"
@@ -153,8 +141,6 @@ def read_dataset_stats(cfg: Any) -> Tuple[Optional[DatasetStats], str]:
         ``(stats, why)``: the statistics, or ``None`` with the reason they could not be read
         (no annotation file in the config, the file is absent, or it is not COCO json).
     """
-    from planner import PlanError, training_shape
-
     leaves = [ds for _, _, ds in dataset_cfgs(cfg, ["train"])]
     paths = [data_path(ds.get("data_root"), ds["ann_file"]) for ds in leaves if ds.get("ann_file")]
     if not paths:
@@ -193,7 +179,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="instances per image of a config's training annotations")
     ap.add_argument("config")
     args = ap.parse_args(argv)
-    from planner import PlanError, load_config
     try:
         stats, why = read_dataset_stats(load_config(args.config))
     except PlanError as err:

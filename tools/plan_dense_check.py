@@ -2,12 +2,9 @@
 
     python tools/plan_dense_check.py --root data/dense_coco --image-size 800 1344 --instances 100 300
 
-Writes (or reuses) a generated COCO-layout dataset with that many polygons per image
-(``tools/synthetic_data.py``), points Mask R-CNN S3 (``--config``) at it with its ``Resize`` at the
-images' size, and measures at batch 1 and 2, each in a fresh process: the planner's synthetic batch
-(the dataset's most instances per image and its box sizes, read from its annotations, bitmap masks) and the
-dataset's densest images through the config's own pipeline. Prints both peaks and their difference
-(docs/planner.md).
+Writes (or reuses) a COCO-layout dataset with that many polygons per image (``tools/synthetic_data.py``), points
+Mask R-CNN S3 (``--config``) at it, and measures at batch 1 and 2, each in a fresh process, the planner's
+synthetic batch against the dataset's densest images through the config's pipeline (docs/planner.md, Checks).
 """
 from __future__ import annotations
 

@@ -5,18 +5,11 @@
     python tools/plan_memory.py CONFIG --shape 512 512 --modes reversible
     python tools/plan_memory.py configs/mask_rcnn_revbifpn_s3.py --gpu-mem 12 --instances 300
 
-It builds the config's real model and optimizer and measures short training steps at the config's
-training resolution, each in a fresh process (on this machine's CPU unless --device cuda): fully
-reversible at batch 1 and 2, every plain_segments setting at batch 1, and plain mode where
-it fits. Then it predicts the memory of any batch and setting, with a stated allowance for the CUDA
-context and the caching allocator, and prints per card (GiB, as nvidia-smi counts them) the largest
-batch that fits fully reversible and, at the config's own batch, the setting that keeps the most
-activations and still fits, each with the command to train with it.
-
-Detectors are measured with the most ground-truth instances of any training image (read from the
-config's COCO annotations when present; else ASSUMED_INSTANCES, or --instances N), with masks where
-the model has a mask head, and the plan names the ground truth's and the anchor assignment's share
-and what train_cfg.rpn.assigner.gpu_assign_thr would save. See docs/planner.md.
+It measures short training steps of the config's real model and optimizer, each in a fresh process
+(fully reversible at batch 1 and 2, every plain_segments setting at batch 1, plain mode where it fits;
+detectors with the data's most instances per image), predicts the memory of any batch and setting with
+a stated allowance, and prints per card the largest fully reversible batch and the setting to train
+with at the config's batch, each with its command. See docs/planner.md.
 """
 import argparse
 import json
@@ -28,8 +21,7 @@ from mmengine.config import DictAction
 import planner
 
 ASSUMED_INSTANCES = 100
-"""Instances per image measured with when no annotations can be read: a dense image (COCO's average
-is about 7); the plan says so."""
+"""Instances per image measured with when no annotations can be read (a dense image; COCO averages about 7)."""
 
 
 def parse_args(argv=None):
@@ -109,15 +101,12 @@ def main(argv=None):
     print(planner.render_plan(plan, args.gpu_mem))
     if args.json:
         rev = plan.reversible
+        cards = {gib: dict(largest_batch=rev.largest_batch(gib * planner.GIB, assign_on_cpu=plan.assign_on_cpu),
+                           plain_segments_at_config_batch=plan.best_plain_segments(gib * planner.GIB, plan.batch))
+                 for gib in args.gpu_mem if rev is not None}
         out = dict(asdict(plan), plain_segments=plan.plain_segments, context_gib=planner.CONTEXT_GIB,
-                   fragmentation=planner.FRAGMENTATION, cards={},
-                   gt_bytes=plan.gt_bytes, suggested_assign_thr=plan.suggested_assign_thr())
-        for gib in args.gpu_mem:
-            if rev is not None:
-                best = plan.best_plain_segments(gib * planner.GIB, plan.batch)
-                out["cards"][gib] = dict(largest_batch=rev.largest_batch(gib * planner.GIB,
-                                                                         assign_on_cpu=plan.assign_on_cpu),
-                                         plain_segments_at_config_batch=best)
+                   fragmentation=planner.FRAGMENTATION, cards=cards, gt_bytes=plan.gt_bytes,
+                   suggested_assign_thr=plan.suggested_assign_thr())
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(out, f, indent=2, default=float)
     return 0

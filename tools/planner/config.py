@@ -1,16 +1,14 @@
-"""The planner's view of a config: loading it, its training resolution and batch, its model built for measuring.
-
-The errors the planner reports (:class:`PlanError`, :class:`NotMeasured`) live here too.
-"""
+"""The planner's view of a config (loading it, its training resolution and batch, its model), and its errors."""
 from __future__ import annotations
 
 import math
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
+import torch
+
 __all__ = ["PlanError", "NotMeasured", "load_config", "training_pipeline", "training_shape", "config_batch",
-           "rpn_assign_threshold", "set_mode", "build_model",
-           "one_line", "root_cause", "is_oom"]
+           "rpn_assign_threshold", "set_mode", "build_model", "one_line", "root_cause", "is_oom"]
 
 
 class PlanError(RuntimeError):
@@ -143,7 +141,6 @@ def config_batch(cfg: Any) -> Tuple[int, bool]:
     return int(loader.get("batch_size", 1) or 1), isinstance(scale, dict) and "base_batch_size" in scale
 
 
-
 def rpn_assign_threshold(cfg: Any) -> float:
     """The config's ``train_cfg.rpn.assigner.gpu_assign_thr`` (-1: the anchor assignment stays on the GPU)."""
     rpn = (cfg.model.get("train_cfg") or {}).get("rpn") or {}
@@ -161,7 +158,6 @@ def set_mode(cfg: Any, mode: str) -> None:
         backbone["plain_segments"] = int(mode.split("=")[1])
     else:
         backbone["memory_mode"] = mode
-
 
 
 def build_model(cfg: Any, config: str, device: Any = "cpu") -> Any:
@@ -185,8 +181,6 @@ def build_model(cfg: Any, config: str, device: Any = "cpu") -> Any:
 
 def is_oom(err: BaseException) -> bool:
     """Whether ``err`` is an allocation failure (CUDA out of memory, CPU allocator or Python)."""
-    import torch
-
     if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
         return True
     text = str(err)
@@ -198,12 +192,7 @@ def is_oom(err: BaseException) -> bool:
 def root_cause(err: BaseException) -> BaseException:
     """The innermost exception of a chain (mmengine wraps build errors several times)."""
     seen = set()
-    while id(err) not in seen:
+    while id(err) not in seen and (err.__cause__ or err.__context__) is not None:
         seen.add(id(err))
-        nxt = err.__cause__ or err.__context__
-        if nxt is None:
-            break
-        err = nxt
+        err = err.__cause__ or err.__context__
     return err
-
-

@@ -1,15 +1,11 @@
-"""The synthetic training batch the planner measures with: one place for what the inputs hold.
-
-A batch has the config's training resolution and, per image, ``instances`` random boxes (default
-``BOXES_PER_IMAGE``; of the data's sizes where they are known; with uint8 bitmap or polygon masks
-where the model has a mask head) for mmdet, a random label map for mmseg. :func:`dataset_batch`
-takes the densest images of the config's own training data instead, through its pipeline (a check
-of the synthetic batch).
-"""
+"""The batch the planner measures with: synthetic at the training resolution, or the data's densest images."""
 from __future__ import annotations
 
 import importlib
 from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
 
 from .config import PlanError
 
@@ -19,18 +15,13 @@ BOXES_PER_IMAGE = 8
 
 
 def _num_classes(node: Any) -> Optional[int]:
+    """The first ``num_classes`` in a (nested) model config."""
     if isinstance(node, dict):
         if isinstance(node.get("num_classes"), int):
             return node["num_classes"]
-        for v in node.values():
-            found = _num_classes(v)
-            if found is not None:
-                return found
-    elif isinstance(node, (list, tuple)):
-        for v in node:
-            found = _num_classes(v)
-            if found is not None:
-                return found
+        node = list(node.values())
+    if isinstance(node, (list, tuple)):
+        return next((n for n in map(_num_classes, node) if n is not None), None)
     return None
 
 
@@ -40,8 +31,6 @@ def synthetic_batch(cfg: Any, model: Any, batch: int, shape: Tuple[int, int], de
     """A packed training batch (``inputs``, ``data_samples``) of ``batch`` images of ``shape`` for the model;
     detectors: ``instances`` boxes per image, drawn from ``box_sides`` (width, height as fractions of
     the image's; ``None``: 2-20 % of each side), with ``mask_format`` masks where the model has a mask head."""
-    import torch
-
     h, w = shape
     classes = _num_classes(cfg.model) or 80
     if cfg.default_scope == "mmseg":
@@ -68,8 +57,6 @@ def _det_inputs(batch: int, shape: Tuple[int, int], instances: int, classes: int
     ``box_sides``, else 2-20 % of the image side, at least 1 pixel) and, with ``mask_format``
     (``'bitmap'``: one uint8 image-sized plane per instance, as mmdet's ``LoadAnnotations`` makes
     them; ``'polygon'``: a 4-point polygon), masks filling the boxes."""
-    import numpy as np
-    import torch
     from mmdet.structures import DetDataSample
     from mmdet.structures.mask import BitmapMasks, PolygonMasks
     from mmengine.structures import InstanceData

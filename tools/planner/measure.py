@@ -1,21 +1,23 @@
 """One measurement of the planner: short training steps of a config's real model and optimizer.
 
-:func:`probe` measures in this process; :func:`probe_in_subprocess` runs it in a fresh one (the
-peak resident set is per process, and on CPU the peak probe changes glibc's allocation policy for
-the whole process), optionally under an address-space limit so that a step too large for this
-machine stops with :class:`NotMeasured` instead of swapping. ``python -m planner.measure JOB OUT``
-is that process's entry.
+:func:`probe` measures in this process, :func:`probe_in_subprocess` in a fresh one under an
+address-space limit (docs/planner.md, Method); ``python -m planner.measure JOB OUT`` is that process's entry.
 """
 from __future__ import annotations
 
+import ast
+import gc
+import inspect
 import json
 import os
 import sys
 import time
+import traceback
 from dataclasses import asdict
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-from meters import FreshProcessKilled, NoPeak, run_fresh
+import torch
+from meters import FreshProcessKilled, NoPeak, _status_bytes, peak_probe_for, run_fresh
 
 from .config import NotMeasured, PlanError, build_model, is_oom, load_config, one_line, root_cause, set_mode, \
     training_shape
@@ -31,12 +33,11 @@ def _storage_bytes(tensors: Sequence[Any]) -> int:
 
 
 def _sweep_plain_segments(model: Any, run_step: Callable[[], Any], forward: Callable[[], Any]
-                     ) -> Tuple[Dict[str, Dict[str, float]], Optional[str]]:
+                          ) -> Tuple[Dict[str, Dict[str, float]], Optional[str]]:
     """Saved bytes of one forward and the time of one step at each ``plain_segments`` setting, from
     fully reversible up; the settings from the first that does not fit in memory on are left out."""
-    import gc
-
     from revbifpn_mm.core import SavedTensorCounter
+
     backbone = model.backbone
     params = list(model.parameters())
     out: Dict[str, Dict[str, float]] = {}
@@ -46,8 +47,7 @@ def _sweep_plain_segments(model: Any, run_step: Callable[[], Any], forward: Call
             backbone.set_policy(plain_segments=k)
             try:
                 with SavedTensorCounter(exclude=params) as saved:
-                    loss = forward()
-                del loss
+                    forward()
                 run_step()  # warm-up of this setting
                 start = time.perf_counter()
                 run_step()
@@ -62,7 +62,6 @@ def _sweep_plain_segments(model: Any, run_step: Callable[[], Any], forward: Call
     finally:
         backbone.set_policy(plain_segments=0)
     return out, note
-
 
 
 def _optimizer(cfg: Any, model: Any, config: str, device: Any) -> Tuple[Any, bool]:
@@ -87,8 +86,6 @@ def _optimizer(cfg: Any, model: Any, config: str, device: Any) -> Tuple[Any, boo
 def _run_steps(model: Any, optim: Any, packed: Dict[str, Any], amp_dtype: Any, meter: Any, sweep: bool,
                watch: Optional[_AssignWatch] = None) -> Dict[str, Any]:
     """Warm up, then measure forward + backward and the optimizer step apart (bytes above the start, seconds)."""
-    import torch
-
     dev = next(model.parameters()).device
 
     def forward() -> Any:
@@ -117,7 +114,7 @@ def _run_steps(model: Any, optim: Any, packed: Dict[str, Any], amp_dtype: Any, m
     seconds = time.perf_counter() - start
     settings, note = _sweep_plain_segments(model, lambda: (fwd_bwd(), optim.zero_grad(set_to_none=False)), forward) \
         if sweep and hasattr(model.backbone, "set_policy") else ({}, None)
-    split = watch is not None and watch.watched
+    split = watch is not None and bool(watch.assigners)
     return dict(fwd_bwd_bytes=int(fb), optim_step_bytes=int(op), step_s=seconds, reserved_bytes=reserved,
                 plain_segments=settings, plain_segments_note=note, assign_peak_bytes=watch.assign if split else None,
                 outside_assign_bytes=watch.outside if split else None)
@@ -132,14 +129,10 @@ class _AssignWatch:
     def __init__(self, meter: Any, dev: Any, model: Any) -> None:
         heads = [getattr(model, name, None) for name in ("rpn_head", "bbox_head")]
         self.assigners = [h.assigner for h in heads if hasattr(getattr(h, "assigner", None), "gpu_assign_thr")]
-        self.watched = bool(self.assigners)
         self.meter, self.dev = meter, dev
         self.outside = self.assign = self.start_level = self.base = 0
 
     def _level(self) -> int:
-        import torch
-
-        from meters import _status_bytes
         return torch.cuda.memory_allocated(self.dev) if self.dev.type == "cuda" else _status_bytes("VmRSS:")
 
     def _cut(self) -> int:
@@ -175,17 +168,16 @@ class _AssignWatch:
         return max(self.outside, self.assign)
 
 
-def _step_error(err: BaseException, dev: Any, batch: int, amp_dtype: Any) -> Exception:
-    """The :class:`NotMeasured` a failed step stands for (out of memory, precision rejected), else ``err``."""
+def _raise_not_measured(err: BaseException, dev: Any, batch: int, amp_dtype: Any) -> None:
+    """Raise the :class:`NotMeasured` a failed step stands for (out of memory, precision rejected), if any."""
     text = str(err)
     if is_oom(err):
-        return NotMeasured(f"does not fit in the memory this process may use on {dev} at batch {batch}")
+        raise NotMeasured(f"does not fit in the memory this process may use on {dev} at batch {batch}") from err
     if amp_dtype is not None and ("BFloat16" in text or "Half" in text or "dtype" in text):
         where = _failing_op(err)
-        return NotMeasured(f"the model does not run under {amp_dtype} autocast on {dev.type}"
-                           + (f" ({where} rejects it)" if where else "") + f": {one_line(err)}; "
-                           "measure fp32, or --amp on a CUDA device (--device cuda)")
-    return err
+        raise NotMeasured(f"the model does not run under {amp_dtype} autocast on {dev.type}"
+                          + (f" ({where} rejects it)" if where else "") + f": {one_line(err)}; "
+                          "measure fp32, or --amp on a CUDA device (--device cuda)") from err
 
 
 def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] = None,
@@ -217,10 +209,6 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
         PlanError: the model or its optimizer does not build.
         NotMeasured: the step does not fit in memory or the model rejects the precision.
     """
-    import torch
-
-    from meters import peak_probe_for
-
     dev = torch.device(device)
     meter = peak_probe_for(dev) if peak else NoPeak()  # first: on CPU it sets glibc's mmap threshold
     if meter is None:
@@ -238,18 +226,14 @@ def probe(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] =
     try:
         steps = _run_steps(model, optim, packed, amp_dtype, meter, sweep, watch)
     except (RuntimeError, MemoryError) as err:
-        mapped = _step_error(err, dev, batch, amp_dtype)
-        if mapped is err:
-            raise
-        raise mapped from err
+        _raise_not_measured(err, dev, batch, amp_dtype)
+        raise
     return Probe(mode=mode, batch=batch, shape=shape, device=str(dev), amp=amp,
                  instances=instances if cfg.default_scope == "mmdet" else 0, **_state_bytes(model, optim), **steps)
 
 
 def _state_bytes(model: Any, optim: Any) -> Dict[str, Any]:
     """The optimizer's name and the bytes of the parameters, buffers, gradients and optimizer state."""
-    import torch
-
     params = list(model.parameters())
     state = [t for s in optim.optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
     return dict(optimizer=type(optim.optimizer).__name__, params_bytes=_storage_bytes(params),
@@ -260,16 +244,9 @@ def _state_bytes(model: Any, optim: Any) -> Dict[str, Any]:
 
 def _failing_op(err: BaseException) -> Optional[str]:
     """The mmcv op (e.g. ``'mmcv.ops.nms'``) in whose code ``err`` was raised, if any."""
-    import traceback
-
-    name = None
-    for frame in traceback.extract_tb(err.__traceback__):
-        path = frame.filename.replace(os.sep, "/")
-        if "/mmcv/ops/" in path:
-            name = "mmcv.ops." + os.path.splitext(os.path.basename(path))[0]
-    return name
-
-
+    paths = [frame.filename.replace(os.sep, "/") for frame in traceback.extract_tb(err.__traceback__)]
+    ops = [os.path.splitext(os.path.basename(path))[0] for path in paths if "/mmcv/ops/" in path]
+    return "mmcv.ops." + ops[-1] if ops else None
 
 
 # --------------------------------------------------------------------------- fresh processes
@@ -277,39 +254,33 @@ def available_ram_bytes() -> int:
     """``MemAvailable`` of this machine (Linux), or 0 where it cannot be read."""
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), 0)
     except OSError:
-        pass
-    return 0
-
-
+        return 0
 
 
 def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tuple[int, int]] = None,
-                        amp: bool = False, device: str = "cpu", cfg_options: Optional[Dict[str, Any]] = None,
                         ram_limit_bytes: Optional[int] = None, threads: Optional[int] = None,
-                        timeout: Optional[float] = None, sweep: bool = False, peak: bool = True,
-                        instances: int = BOXES_PER_IMAGE, mask_format: str = "bitmap",
-                        data: str = "synthetic", box_sides: Optional[Sequence[Sequence[float]]] = None) -> Probe:
+                        timeout: Optional[float] = None, **kwargs: Any) -> Probe:
     """:func:`probe` in a fresh Python process (the peak resident set is per process).
 
     Args:
+        config, mode, batch, shape: as :func:`probe`.
         ram_limit_bytes: address space the measuring process may add after start-up
             (``RLIMIT_AS``); a step that needs more stops with :class:`NotMeasured` instead
             of pushing the machine into swap or the OOM killer. ``None``: no limit.
         threads: torch CPU threads of the measuring process.
         timeout: seconds before the measurement is abandoned.
-        Other arguments: as :func:`probe`.
+        **kwargs: the other keywords of :func:`probe` (``amp``, ``device``, ``cfg_options``, ...).
 
     Raises:
         PlanError, NotMeasured: as :func:`probe`, re-raised from the measuring process.
+        TypeError: a keyword :func:`probe` does not take.
     """
-    job = dict(config=config, mode=mode, batch=batch, shape=list(shape) if shape else None, amp=amp,
-               device=device, cfg_options=repr(cfg_options or {}),  # repr keeps tuples (a Resize scale) tuples
-               ram_limit_bytes=ram_limit_bytes, threads=threads, sweep=sweep, peak=peak, instances=instances,
-               mask_format=mask_format, data=data, box_sides=box_sides)
+    inspect.signature(probe).bind(config, mode, batch, shape, **kwargs)
+    kwargs["cfg_options"] = repr(kwargs.get("cfg_options") or {})  # repr keeps tuples (a Resize scale) tuples
+    job = dict(args=[config, mode, batch, list(shape) if shape else None], ram_limit_bytes=ram_limit_bytes,
+               threads=threads, kwargs=kwargs)
     try:
         res = run_fresh("planner.measure", [json.dumps(job)], timeout=timeout)
     except FreshProcessKilled as err:
@@ -321,37 +292,31 @@ def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tupl
     return Probe(**res)
 
 
-def _limit_address_space(job: Dict[str, Any]) -> None:
-    """Let this process add at most ``job['ram_limit_bytes']`` of address space from here (``RLIMIT_AS``)."""
-    import resource
+def _limit_address_space(config: str, cfg_options: Optional[Dict[str, Any]], ram_limit_bytes: int) -> None:
+    """Let this process add at most ``ram_limit_bytes`` of address space from here (``RLIMIT_AS``)."""
+    import resource  # Unix only
 
     import torch._dynamo  # noqa: F401  (torch's optimizers import it on first use: its libraries mapped now)
 
-    load_config(job["config"], job["cfg_options"] or None)  # imports the codebase (maps its libraries)
+    load_config(config, cfg_options)  # imports the codebase (maps its libraries)
     with open("/proc/self/status") as f:
         size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
     # thread stacks and malloc arenas reserve some address space without using memory: they
     # come out of the allowance (conservative)
-    limit = size + int(job["ram_limit_bytes"])
-    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    resource.setrlimit(resource.RLIMIT_AS, (size + ram_limit_bytes, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
 def _child(job_json: str, out: str) -> int:
     """Entry of the measuring process: run :func:`probe`, write its result (or error) as JSON."""
-    import ast
-
     job = json.loads(job_json)
-    job["cfg_options"] = ast.literal_eval(job["cfg_options"])
-    import torch
-
-    if job.get("threads"):
+    config, mode, batch, shape = job["args"]
+    kwargs = dict(job["kwargs"], cfg_options=ast.literal_eval(job["kwargs"]["cfg_options"]) or None)
+    if job["threads"]:
         torch.set_num_threads(int(job["threads"]))
     try:
-        if job.get("ram_limit_bytes"):
-            _limit_address_space(job)
-        res = asdict(probe(job["config"], job["mode"], job["batch"], tuple(job["shape"]) if job["shape"] else None,
-                           job["amp"], job["device"], job["cfg_options"] or None, job["sweep"], job["peak"],
-                           job["instances"], job["mask_format"], job["data"], job["box_sides"]))
+        if job["ram_limit_bytes"]:
+            _limit_address_space(config, kwargs["cfg_options"], int(job["ram_limit_bytes"]))
+        res = asdict(probe(config, mode, batch, tuple(shape) if shape else None, **kwargs))
     except (PlanError, NotMeasured) as err:
         res = dict(error=type(err).__name__, message=str(err))
     with open(out, "w", encoding="utf-8") as f:

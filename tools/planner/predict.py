@@ -18,13 +18,9 @@ __all__ = ["GIB", "BATCHES", "CONTEXT_GIB", "FRAGMENTATION", "ALLOWANCE_TEXT", "
 GIB = float(1 << 30)
 BATCHES: Tuple[int, ...] = (1, 2, 4, 8)
 CONTEXT_GIB = 1.0
-"""GPU memory taken by the CUDA context (driver, kernels of torch/cuDNN/cuBLAS) outside the
-caching allocator. An assumption: a CUDA 12 context takes 0.3-0.6 GiB with lazy module loading,
-more without; 1.0 GiB leaves room for cuDNN/cuBLAS workspaces."""
+"""GPU memory of the CUDA context and cuDNN/cuBLAS workspaces, outside the caching allocator (an assumption)."""
 FRAGMENTATION = 0.10
-"""Fraction of the allocated peak added for the caching allocator (memory it reserves beyond
-what tensors use: block rounding and fragmentation). An assumption; on a CUDA device the probe
-also records ``torch.cuda.max_memory_reserved`` to check it."""
+"""Fraction of the allocated peak the caching allocator reserves beyond it (an assumption; see docs/planner.md)."""
 ALLOWANCE_TEXT = ("CUDA context + caching-allocator fragmentation: {ctx:.1f} GiB + {frag:.0%} of the "
                   "allocated peak (an assumption, not measured here)")
 
@@ -48,19 +44,15 @@ class Probe:
     step_s: float
     reserved_bytes: Optional[int] = None
     plain_segments: Dict[str, Dict[str, float]] = field(default_factory=dict)
-    """With ``sweep``: per ``plain_segments`` setting (``'0'`` ... ``'n'``), the bytes one forward
-    saves for backward (``saved``) and the seconds of one training step (``step_s``), at this batch."""
+    """With ``sweep``: per setting (``'0'`` ... ``'n'``) the bytes a forward saves (``saved``) and ``step_s``."""
     plain_segments_note: Optional[str] = None
     """The ``plain_segments`` settings that could not be measured, and why."""
     instances: int = 0
     """Ground-truth instances per image of the measured batch (the most of any image)."""
     assign_peak_bytes: Optional[int] = None
-    """Detectors with a ``MaxIoUAssigner`` (``gpu_assign_thr``): the forward + backward peak reached
-    while the anchors are assigned, image by image; ``fwd_bwd_bytes`` is the larger of this and
-    :attr:`outside_assign_bytes`."""
+    """Detectors with a ``MaxIoUAssigner``: the forward + backward peak while the anchors are assigned."""
     outside_assign_bytes: Optional[int] = None
-    """The forward + backward peak outside the assignment: the step's peak with the assignment on the
-    CPU (``gpu_assign_thr`` below the instances), where it holds no GPU memory."""
+    """The forward + backward peak outside the assignment (the step's peak with the assignment on the CPU)."""
 
     @property
     def fixed_bytes(self) -> int:
@@ -71,7 +63,6 @@ class Probe:
     def peak_bytes(self) -> int:
         """Peak of the whole training step: fixed costs plus the larger phase working set."""
         return self.fixed_bytes + max(self.fwd_bwd_bytes, self.optim_step_bytes)
-
 
 
 @dataclass
@@ -133,16 +124,11 @@ class ModePlan:
     def largest_batch(self, gpu_bytes: float, kept: float = 0.0, context_gib: float = CONTEXT_GIB,
                       fragmentation: float = FRAGMENTATION, cap: int = 4096, assign_on_cpu: bool = False) -> int:
         """Largest batch whose prediction fits in ``gpu_bytes`` (0: not even batch 1; ``cap`` at most)."""
-        def fits(b: int) -> bool:
-            return self.on_gpu(b, kept, context_gib, fragmentation, assign_on_cpu) <= gpu_bytes
-        if not fits(1):
-            return 0
-        lo, hi = 1, cap  # the prediction grows with the batch: the last fitting batch by bisection
-        if fits(hi):
-            return cap
+        lo, hi = 0, cap + 1  # the prediction grows with the batch: bisect, batch lo fits (0 trivially), hi does not
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+            fits = self.on_gpu(mid, kept, context_gib, fragmentation, assign_on_cpu) <= gpu_bytes
+            lo, hi = (mid, hi) if fits else (lo, mid)
         return lo
 
 
@@ -166,8 +152,7 @@ class Plan:
     """Detectors: ground-truth instances per image measured with (the dataset's most, or assumed)."""
     instances_source: str = ""
     one_instance: Optional[Probe] = None
-    """Detectors: the fully reversible batch-1 step with one instance per image (the ground truth's
-    and the assignment's share is the difference)."""
+    """Detectors: the fully reversible batch-1 step with one instance per image."""
     gpu_assign_thr: float = -1
     """The config's ``train_cfg.rpn.assigner.gpu_assign_thr`` (-1: assignment on the GPU)."""
 
@@ -214,7 +199,7 @@ class Plan:
         return {int(k): dict(kept=max(0.0, v["saved"] - base), step_s=v["step_s"]) for k, v in raw.items()}
 
     def best_plain_segments(self, gpu_bytes: float, batch: int, context_gib: float = CONTEXT_GIB,
-                     fragmentation: float = FRAGMENTATION) -> Optional[int]:
+                            fragmentation: float = FRAGMENTATION) -> Optional[int]:
         """The setting that keeps the most activations and still fits ``batch`` in ``gpu_bytes``, or the
         fastest fitting one where keeping more did not measure faster; None if none fits."""
         rev = self.reversible

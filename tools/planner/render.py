@@ -63,7 +63,7 @@ def _predictions(plan: Plan, batches: Sequence[int], context_gib: float, fragmen
 
 
 def _card(plan: Plan, gib: float, context_gib: float, fragmentation: float) -> List[str]:
-    """What to train with on a card of ``gib``: the largest fully reversible batch, the setting at the config's batch."""
+    """A card of ``gib``: the largest fully reversible batch, and the setting to train with at the config's batch."""
     lines = [f"{gib:g} GiB card:"]
     rev = plan.reversible
     if rev is None:
@@ -109,8 +109,7 @@ def _ground_truth_lines(plan: Plan, context_gib: float, fragmentation: float) ->
         return lines
     thr, where = plan.suggested_assign_thr(), "on the CPU (the config's gpu_assign_thr)" if plan.assign_on_cpu else ""
     lines.append(f"  the anchor assignment (MaxIoUAssigner) peaks at {p.assign_peak_bytes / GIB:.3f} GiB, "
-                 f"the rest of the "
-                 f"step at {p.outside_assign_bytes / GIB:.3f} GiB {where}".rstrip())
+                 f"the rest of the step at {p.outside_assign_bytes / GIB:.3f} GiB {where}".rstrip())
     if plan.assign_on_cpu or thr is None:
         lines.append("  train_cfg.rpn.assigner.gpu_assign_thr: " + (
             "already moves this assignment to the CPU" if plan.assign_on_cpu else
@@ -120,15 +119,12 @@ def _ground_truth_lines(plan: Plan, context_gib: float, fragmentation: float) ->
             / GIB for b in (1, 2)]
     lines.append(f"  with train_cfg.rpn.assigner.gpu_assign_thr={thr} (images with more boxes are assigned on the "
                  f"CPU, slower) the prediction falls by {gain[0]:.2f} GiB at batch 1 and {gain[1]:.2f} GiB at "
-                 f"batch 2: add --cfg-options "
-                 f"model.train_cfg.rpn.assigner.gpu_assign_thr={thr}")
+                 f"batch 2: add --cfg-options model.train_cfg.rpn.assigner.gpu_assign_thr={thr}")
     return lines
 
 
 def _precision(plan: Plan) -> str:
     if not plan.amp:
         return "fp32"
-    if plan.device == "cpu":
-        return ("autocast bfloat16 on CPU (assumed to take the same activation bytes as CUDA float16 "
-                "autocast: an assumption)")
-    return "autocast float16"
+    return ("autocast bfloat16 on CPU (assumed to take the same activation bytes as CUDA float16 autocast: an "
+            "assumption)" if plan.device == "cpu" else "autocast float16")

@@ -4,8 +4,7 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from .config import (NotMeasured, build_model, config_batch, load_config, rpn_assign_threshold,
-                     training_shape)
+from .config import NotMeasured, build_model, config_batch, load_config, rpn_assign_threshold, training_shape
 from .inputs import BOXES_PER_IMAGE, synthetic_batch
 from .measure import available_ram_bytes, probe_in_subprocess
 from .predict import GIB, ModePlan, Plan
@@ -28,11 +27,9 @@ def expected_seconds(config: str, shape: Tuple[int, int], modes: Sequence[str], 
     step = (time.perf_counter() - start) * shape[0] * shape[1] / (small[0] * small[1])
     segments = model.backbone.rev_stack.max_plain_segments + 1 if hasattr(model.backbone, "rev_stack") else 0
     per_probe = startup_s + 4 * step  # warm-up, forward + backward, optimizer step; batch 2 doubles it
-    total = 0.0
-    for mode in modes:
-        total += 3 * per_probe
-        if mode == "plain_segments":  # one more process on CPU (timed without the peak probe)
-            total += segments * 3 * step + per_probe
+    total = 3 * per_probe * len(modes)
+    if "plain_segments" in modes:  # one more process on CPU (timed without the peak probe)
+        total += segments * 3 * step + per_probe
     return total
 
 
@@ -52,61 +49,65 @@ def make_plan(config: str, shape: Optional[Tuple[int, int]] = None, amp: bool = 
         PlanError: the config does not load or build, or has no training resolution.
     """
     cfg = load_config(config, cfg_options)
-    if shape is None:
-        h, w, how = training_shape(cfg)
-    else:
-        h, w, how = int(shape[0]), int(shape[1]), "--shape"
+    h, w, how = training_shape(cfg) if shape is None else (int(shape[0]), int(shape[1]), "--shape")
     batch, scalable = config_batch(cfg)
-    plans, missing, inputs = [], [], dict(instances=instances, mask_format=mask_format, box_sides=box_sides)
-    for mode in ("reversible", "plain"):
-        if mode == "reversible" and not {"reversible", "plain_segments"} & set(modes) or mode == "plain" and "plain" not in modes:
-            continue
-        mp = ModePlan(mode)
-        plans.append(mp)
-        for b in (1, 2):
-            limit = int(available_ram_bytes() * ram_fraction) or None if device == "cpu" else None
-            sweep = mode == "reversible" and b == 1 and "plain_segments" in modes
-            # On CPU the peak probe's allocator policy slows steps that allocate more: the settings
-            # are then counted and timed in a process of their own, without it.
-            apart = sweep and device == "cpu"
-            if log:
-                log(f"measuring {mode} at batch {b}, {h}x{w}" + (" and every plain_segments setting" if sweep else "")
-                    + (f" (may use {limit / GIB:.1f} GiB)" if limit else ""))
-            try:
-                mp.probes.append(probe_in_subprocess(config, mode, b, (h, w), amp, device, cfg_options, limit,
-                                                     threads, sweep=sweep and not apart, **inputs))
-                if apart:
-                    timed = probe_in_subprocess(config, mode, b, (h, w), amp, device, cfg_options, limit, threads,
-                                                sweep=True, peak=False, **inputs)
-                    mp.probes[-1].plain_segments, mp.probes[-1].plain_segments_note = timed.plain_segments, timed.plain_segments_note
-                if mp.probes[-1].plain_segments_note:
-                    missing.append(mp.probes[-1].plain_segments_note)
-            except NotMeasured as err:
-                where = f"this machine's available memory ({limit / GIB:.1f} GiB allowed)" if limit else device
-                mp.skipped = f"not measured at batch {b}: {err}" + (
-                    f"; it needs more than {where}" if "fit" in str(err) else "")
-                missing.append(f"{mode}: {mp.skipped}")
-                break
-    if device == "cpu":
-        missing.append("time on a GPU: the step times that choose between plain_segments settings are CPU times here")
     plan = Plan(config=config, scope=cfg.default_scope, shape=(h, w), shape_source=how, amp=amp, device=device,
-                batch=batch, auto_scale_lr=scalable, modes=plans, not_measured=missing,
+                batch=batch, auto_scale_lr=scalable, modes=[],
                 instances=instances if cfg.default_scope == "mmdet" else 0, instances_source=instances_source,
                 gpu_assign_thr=rpn_assign_threshold(cfg))
+    run = dict(amp=amp, device=device, cfg_options=cfg_options, threads=threads, instances=instances,
+               mask_format=mask_format, box_sides=box_sides)
+    for mode in ("reversible", "plain"):
+        if mode in modes or mode == "reversible" and "plain_segments" in modes:
+            plan.modes.append(_measure_mode(plan, mode, mode == "reversible" and "plain_segments" in modes,
+                                            ram_fraction, run, log))
+    if device == "cpu":
+        plan.not_measured.append("time on a GPU: the step times that choose between plain_segments settings are "
+                                 "CPU times here")
     if plan.instances > 1 and plan.reversible is not None:
-        _measure_one_instance(plan, cfg_options, limit, threads, inputs, log)
+        if log:
+            log("measuring reversible at batch 1 with 1 instance per image (the ground truth's share)")
+        try:
+            plan.one_instance = probe_in_subprocess(config, "reversible", 1, (h, w), _ram_limit(device, ram_fraction),
+                                                    **dict(run, instances=1))
+        except NotMeasured as err:
+            plan.not_measured.append(f"the ground truth's share: {err}")
     return plan
 
 
-def _measure_one_instance(plan: Plan, cfg_options: Optional[Dict[str, Any]], limit: Optional[int],
-                          threads: Optional[int], inputs: Dict[str, Any], log: Any) -> None:
-    """:attr:`Plan.one_instance`: the fully reversible batch-1 step with one instance per image (``inputs``:
-    the synthetic inputs of the plan, :func:`probe`'s keywords)."""
-    if log:
-        log("measuring reversible at batch 1 with 1 instance per image (the ground truth's share)")
-    try:
-        plan.one_instance = probe_in_subprocess(plan.config, "reversible", 1, plan.shape, plan.amp, plan.device,
-                                                cfg_options, limit, threads, **dict(inputs, instances=1))
-    except NotMeasured as err:
-        plan.not_measured.append(f"the ground truth's share: {err}")
+def _ram_limit(device: str, ram_fraction: float) -> Optional[int]:
+    """The address space a measuring process may add: ``ram_fraction`` of the available memory on CPU."""
+    return int(available_ram_bytes() * ram_fraction) or None if device == "cpu" else None
 
+
+def _measure_mode(plan: Plan, mode: str, sweep: bool, ram_fraction: float, run: Dict[str, Any], log: Any
+                  ) -> ModePlan:
+    """One mode at batch 1 and 2 (``sweep``: every ``plain_segments`` setting at batch 1 too); what is not
+    measured goes to ``plan.not_measured``. ``run``: :func:`probe_in_subprocess`'s keywords."""
+    mp = ModePlan(mode)
+    for b in (1, 2):
+        limit = _ram_limit(plan.device, ram_fraction)
+        sweep_b = sweep and b == 1
+        # On CPU the peak probe's allocator policy slows steps that allocate more: the settings
+        # are then counted and timed in a process of their own, without it.
+        apart = sweep_b and plan.device == "cpu"
+        if log:
+            log(f"measuring {mode} at batch {b}, {plan.shape[0]}x{plan.shape[1]}"
+                + (" and every plain_segments setting" if sweep_b else "")
+                + (f" (may use {limit / GIB:.1f} GiB)" if limit else ""))
+        try:
+            mp.probes.append(probe_in_subprocess(plan.config, mode, b, plan.shape, limit, sweep=sweep_b and not apart,
+                                                 **run))
+            if apart:
+                timed = probe_in_subprocess(plan.config, mode, b, plan.shape, limit, sweep=True, peak=False, **run)
+                mp.probes[-1].plain_segments = timed.plain_segments
+                mp.probes[-1].plain_segments_note = timed.plain_segments_note
+            if mp.probes[-1].plain_segments_note:
+                plan.not_measured.append(mp.probes[-1].plain_segments_note)
+        except NotMeasured as err:
+            where = f"this machine's available memory ({limit / GIB:.1f} GiB allowed)" if limit else plan.device
+            mp.skipped = f"not measured at batch {b}: {err}" + (
+                f"; it needs more than {where}" if "fit" in str(err) else "")
+            plan.not_measured.append(f"{mode}: {mp.skipped}")
+            break
+    return mp
