@@ -167,7 +167,7 @@ def test_the_package_is_the_product(tmp_path):
     assert subpackages == ["core", "mm", "models"], subpackages
 
 
-def test_compare_curves_runs_as_documented(tmp_path):
+def test_curves_runs_as_documented(tmp_path):
     """`python tools/curves.py` (docs/fidelity.md's command) runs from the checkout: here up to its configs."""
     work = tmp_path / "curves"
     out = subprocess.run([sys.executable, str(REPO / "tools" / "curves.py"), "--dry-run", "--iters", "2",

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from revbifpn_mm.core import RecomputedPerScale, RevBlockGroup, RevResidualBlock, RevSequential
-from revbifpn_mm.core import sequential as seq_mod
 from revbifpn_mm.models import RevBiFPN
 
 
