@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +18,8 @@ from ..core import (MemoryMode, RecomputedPerScale, RevBlockGroup, RevResidualBl
                     RunPolicy, SpaceToDepth)
 from .blocks import ConvNormAct, MBConv, NormLayer, default_norm_layer
 
-__all__ = ["ARCH_SETTINGS", "RevBiFPN", "ClassificationHead", "resolve_arch"]
+__all__ = ["ARCH_SETTINGS", "RevBiFPN", "ClassificationHead", "resolve_arch", "revbifpn_s0", "revbifpn_s1", "revbifpn_s2",
+           "revbifpn_s3", "revbifpn_s4", "revbifpn_s5", "revbifpn_s6"]
 
 NUM_SCALES = 4
 #: Per-scale settings shared by every variant (the paper's architecture, arXiv 2206.14098).
@@ -277,11 +278,7 @@ class RevBiFPN(nn.Module):
         d = self.size_divisibility
         if h % d or w % d:
             raise ValueError(f"RevBiFPN needs input height and width that are multiples of {d}, got {h}x{w}; "
-                             f"pad the input (e.g. to {math.ceil(h / d) * d}x{math.ceil(w / d) * d}){self._pad_fix()}")
-
-    def _pad_fix(self) -> str:
-        """How a framework pads its inputs to :attr:`size_divisibility` (the mm backbone names its keys)."""
-        return ""
+                             f"pad the input (e.g. to {math.ceil(h / d) * d}x{math.ceil(w / d) * d})")
 
     def forward_features(self, x: Tensor) -> Tuple[Tensor, ...]:
         """Backbone outputs: 4 maps at strides 4, 8, 16, 32 with :attr:`out_channels`."""
@@ -293,3 +290,17 @@ class RevBiFPN(nn.Module):
         """Logits ``(B, num_classes)``, or the 4 backbone outputs when ``num_classes == 0``."""
         feats = self.forward_features(x)
         return self.head(feats) if self.head is not None else feats
+
+
+def _entry_point(arch: str) -> Callable[..., RevBiFPN]:
+    """The function ``revbifpn_<arch>(**kwargs)``, which builds ``RevBiFPN(arch, **kwargs)``."""
+    def build(**kwargs: Any) -> RevBiFPN:
+        return RevBiFPN(arch, **kwargs)
+    build.__name__ = build.__qualname__ = f"revbifpn_{arch}"
+    build.__doc__ = (f"RevBiFPN-{arch.upper()}. Keyword arguments go to :class:`RevBiFPN`; its size and weights: "
+                     f"``OFFICIAL_WEIGHTS[{arch!r}]``.")
+    return build
+
+
+(revbifpn_s0, revbifpn_s1, revbifpn_s2, revbifpn_s3, revbifpn_s4, revbifpn_s5,
+ revbifpn_s6) = (_entry_point(arch) for arch in ARCH_SETTINGS)
