@@ -18,8 +18,8 @@ from ..core import (MemoryMode, RecomputedPerScale, RevBlockGroup, RevResidualBl
                     RunPolicy, SpaceToDepth)
 from .blocks import ConvNormAct, MBConv, NormLayer, default_norm_layer
 
-__all__ = ["ARCH_SETTINGS", "RevBiFPN", "ClassificationHead", "resolve_arch", "revbifpn_s0", "revbifpn_s1", "revbifpn_s2",
-           "revbifpn_s3", "revbifpn_s4", "revbifpn_s5", "revbifpn_s6"]
+__all__ = ["ARCH_SETTINGS", "RevBiFPN", "ClassificationHead", "resolve_arch", "revbifpn_s0", "revbifpn_s1",
+           "revbifpn_s2", "revbifpn_s3", "revbifpn_s4", "revbifpn_s5", "revbifpn_s6"]
 
 NUM_SCALES = 4
 #: Per-scale settings shared by every variant (the paper's architecture, arXiv 2206.14098).
