@@ -137,11 +137,9 @@ class RevBiFPN(nn.Module):
             ``False`` returns the raw trunk outputs (``channels``). Defaults to True.
         norm_layer: Normalisation factory. Defaults to BatchNorm2d(eps=1e-3).
         memory_mode, stream_dtype, plain_segments, compile_transforms:
-            The run policy (:class:`revbifpn_mm.core.RunPolicy`, where each is documented): fully reversible
-            by default; ``plain_segments=n`` keeps the activations of the last ``n`` of the
-            ``L + 2`` segments (the output MBConvs are the last one; then the trunk, three ops
-            each). Change it later with :meth:`set_policy`, which also sets the policy's
-            experiment fields (``lean_recompute``, ``plain_from``, ``reuse_buffers``).
+            The run policy (:class:`revbifpn_mm.core.RunPolicy`, where each is documented; fully reversible
+            by default). RevBiFPN has ``L + 2`` segments: the output MBConvs last, before them the trunk's,
+            three ops each. :meth:`set_policy` changes it later, its experiment fields included.
         checkpoint: Path to an official ``.pth.tar`` checkpoint (or a state dict) to load.
 
     Attributes:
