@@ -321,6 +321,5 @@ def load_official_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLik
     if len(missing) == len(own):
         raise ValueError(f"{source!r} holds no RevBiFPN weights (no key matched); a whole detector or "
                          "segmentor checkpoint loads with load_from, or its backbone with prefix='backbone.'")
-    loadable = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(loadable, strict=False)
+    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)  # shapes match: checked above
     return LoadResult(missing, unexpected, skipped)

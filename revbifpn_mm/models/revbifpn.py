@@ -208,10 +208,8 @@ class RevBiFPN(nn.Module):
     # ------------------------------------------------------------ building
     def _block(self, h: int, p: float, norm_layer: NormLayer) -> RevResidualBlock:
         half = self.channels[h] // 2
-
-        def mb() -> MBConv:
-            return MBConv(half, half, BLOCK_KERNELS[h], 1, EXPAND[h], SE_RATIO[h], p, norm_layer)
-        return RevResidualBlock(mb(), mb(), self.channels[h])
+        f, g = (MBConv(half, half, BLOCK_KERNELS[h], 1, EXPAND[h], SE_RATIO[h], p, norm_layer) for _ in range(2))
+        return RevResidualBlock(f, g, self.channels[h])
 
     def _silo(self, n_in: int, n_out: int, p: float, norm_layer: NormLayer) -> RevSilo:
         C = self.channels
