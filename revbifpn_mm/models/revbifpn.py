@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..core import (MemoryMode, RecomputedPerScale, RevBlockGroup, RevResidualBlock, RevSequential, RevSilo,
                     RunPolicy, SpaceToDepth)
 from .blocks import ConvNormAct, MBConv, NormLayer, default_norm_layer
+from .pretrained import load_official_checkpoint
 
 __all__ = ["ARCH_SETTINGS", "RevBiFPN", "ClassificationHead", "resolve_arch", "revbifpn_s0", "revbifpn_s1",
            "revbifpn_s2", "revbifpn_s3", "revbifpn_s4", "revbifpn_s5", "revbifpn_s6"]
@@ -78,9 +79,7 @@ def resolve_arch(arch: Union[str, Dict[str, Any]], **overrides: Any) -> Dict[str
         cfg.update(copy.deepcopy(arch))
     else:
         raise TypeError(f"arch must be a str or dict, got {type(arch).__name__}")
-    for k, v in overrides.items():
-        if v is not None:
-            cfg[k] = v
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
     ch, out = tuple(cfg["channels"]), tuple(cfg["out_channels"])
     if len(ch) != NUM_SCALES or len(out) != NUM_SCALES:
         raise ValueError(f"channels and out_channels need {NUM_SCALES} entries, got {ch} and {out}")
@@ -202,7 +201,6 @@ class RevBiFPN(nn.Module):
                              for h, c in enumerate(self.out_channels)]
         self.reset_parameters()
         if checkpoint is not None:
-            from .pretrained import load_official_checkpoint
             load_official_checkpoint(self, checkpoint)
 
     # ------------------------------------------------------------ building
