@@ -25,10 +25,7 @@ def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
 
 
 class ConvNormAct(nn.Module):
-    """``conv(k, stride, groups, no bias) -> norm -> optional Hardswish``.
-
-    Children ``conv`` and ``norm`` (official key layout).
-    """
+    """``conv(k, stride, groups, no bias) -> norm -> optional Hardswish``; children ``conv`` and ``norm``."""
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1,
                  groups: int = 1, act: bool = True, norm_layer: NormLayer = default_norm_layer) -> None:
@@ -69,11 +66,9 @@ class SqueezeExcite(nn.Module):
 class _ChannelScale(torch.autograd.Function):
     """``y = x * s`` for ``x`` of shape (N, C, H, W) and a per-channel ``s`` (N, C, 1, 1).
 
-    Backward: ``dx = dy * s`` and ``ds[n, c] = sum_hw dy[n, c] * x[n, c]``. autograd's
-    ``mul`` backward forms the full-size product ``dy * x`` before reducing it; here it is
-    formed and reduced in 8 channel chunks, so the temporary is an eighth of a map. Each
-    ``(n, c)`` sum runs over the same elements in the same order, so the result is bitwise
-    autograd's (checked by the tests).
+    Backward: ``dx = dy * s`` and ``ds[n, c] = sum_hw dy[n, c] * x[n, c]``, the product ``dy * x`` formed and
+    reduced in 8 channel chunks (autograd's ``mul`` forms it full-size). Each ``(n, c)`` sum runs over the same
+    elements in the same order, so the result is bitwise autograd's.
     """
 
     @staticmethod
@@ -112,9 +107,6 @@ class MBConv(nn.Module):
             squeeze channels (from the block *input* channels).
         drop_prob: Stochastic-depth probability (training only).
         norm_layer: Normalisation layer factory.
-
-    :meth:`lean_forward` computes the same as :meth:`forward` with a smaller working set for backward
-    (used when a reversible backward recomputes it).
     """
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1,
@@ -138,13 +130,10 @@ class MBConv(nn.Module):
         return drop_path(x, self.drop_prob, self.training)
 
     def lean_forward(self, x: Tensor) -> Tensor:
-        """:meth:`forward` with the middle checkpointed: only the middle's input (the expansion conv's
-        output) is kept for backward, the middle (expansion BN + Hardswish, depthwise conv + BN +
-        Hardswish, SE) runs once more as it back-propagates, and inside that second run each BN +
-        Hardswish pair keeps only the BN input. That removes 3-5 feature maps of the expanded width from
-        the block's working set. Outputs and gradients are bitwise :meth:`forward`'s. A training-mode BN
-        inside would update its running statistics once per evaluation: call it where they are frozen
-        (the reversible backward does). Without grad mode it is :meth:`forward`.
+        """:meth:`forward` with the middle (expansion BN + Hardswish, depthwise conv + BN + Hardswish, SE)
+        checkpointed, each BN + Hardswish pair keeping only its input: 3-5 expanded-width maps fewer for backward,
+        outputs and gradients bitwise :meth:`forward`'s. A training-mode BN would update its running statistics
+        twice: call it where they are frozen (the reversible backward does).
         """
         if not torch.is_grad_enabled():
             return self.forward(x)

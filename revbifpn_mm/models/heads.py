@@ -1,24 +1,10 @@
 """The multi-scale heads' math, torch only: the per-level 1x1 reduction that ``RevBiFPNNeck`` and
-``LeanFCNHead`` share (:func:`level_sum`), and ``LeanFCNHead``'s computation, one channel chunk at a time.
+``LeanFCNHead`` share (:func:`level_sum`), and ``LeanFCNHead``'s computation, one channel chunk at a time
+(:func:`lean_fcn_forward`; why each step is exact per chunk: docs/segmentation.md, "LeanFCNHead").
 
-mmseg's HRNet FCN head computes, from levels ``x_i`` (``x_0`` at stride 4)::
-
-    s   = W cat_i(resize(x_i)) + b                  (1x1 conv, C = sum(C_i) channels)
-    out = W_seg dropout(relu(bn(s))) + b_seg        (K classes)
-
-Every step is exact one block of output channels ``c`` at a time:
-
-* ``s_c = b_c + sum_i resize(W_{c,i} x_i)``: a 1x1 conv commutes with bilinear resizing
-  (one is linear over channels, the other over pixels), so each level is reduced at its
-  own resolution, by the rows ``c`` of its slice ``W_i`` of the weight;
-* BN (batch statistics included), ReLU and the Dropout2d mask act per channel;
-* ``out = b_seg + sum_c W_seg[:, c] d_c`` is a sum over the chunks.
-
-So no full-width stride-4 tensor (``s``, ``bn(s)``, ``relu(...)``) ever exists: the forward
-keeps a ``C_chunk``-channel block at a time, and for backward only the inputs ``x_i`` and
-per-channel vectors are saved; the backward recomputes each block from them.
-
-PyTorch only; the mm layer (:mod:`revbifpn_mm.mm.neck`, :mod:`revbifpn_mm.mm.decode_head`) wraps it.
+The forward keeps one ``chunk``-channel block of the stride-4 tensors at a time; for backward only the
+inputs ``x_i`` and per-channel vectors are saved, and each block is recomputed from them. The mm layer
+(:mod:`revbifpn_mm.mm.neck`, :mod:`revbifpn_mm.mm.decode_head`) wraps both.
 """
 from __future__ import annotations
 
@@ -71,13 +57,10 @@ def is_plain_conv2d(conv: nn.Module) -> bool:
 
 def level_sum(feats: Sequence[Tensor], weights: Sequence[Tensor], align_corners: bool = False,
               dtype: Optional[torch.dtype] = None) -> Tensor:
-    """``sum_i resize(conv1x1(x_i, W_i))`` at the first level's size: a 1x1 convolution of the
-    resized, concatenated levels, computed level by level.
+    """``sum_i resize(conv1x1(x_i, W_i))`` at the first level's size, coarse levels first.
 
-    A 1x1 convolution commutes with bilinear resizing (one is linear over channels, the other
-    over pixels), so ``W cat_i(resize(x_i)) == sum_i resize(W_i x_i)`` where ``W_i`` is the block
-    of ``W``'s input channels that meets level ``i``; each level is reduced at its own resolution
-    and no wide stride-4 tensor is built. Coarse levels come first (small tensors first).
+    A 1x1 convolution commutes with bilinear resizing, so this equals ``W cat_i(resize(x_i))`` (``W_i`` the
+    block of ``W``'s input channels that meets level ``i``) without building the wide stride-4 concatenation.
 
     Args:
         feats: The levels; ``feats[0]`` sets the output size.
@@ -94,12 +77,6 @@ def level_sum(feats: Sequence[Tensor], weights: Sequence[Tensor], align_corners:
         out = r if out is None else out + r
     assert out is not None
     return out
-
-
-def _level_sum(feats: Sequence[Tensor], weights: Sequence[Tensor], bias: Optional[Tensor], spec: _Spec) -> Tensor:
-    """``b + sum_i resize(W_i x_i)`` for one block of output channels, in ``spec.conv_dtype``."""
-    out = level_sum(feats, weights, spec.align_corners, spec.conv_dtype)
-    return out if bias is None else out + _vec(bias.to(out.dtype))
 
 
 def _rows(weight: Tensor, c0: int, c1: int, splits: List[int]) -> List[Tensor]:
@@ -141,12 +118,8 @@ def _activate(s: Tensor, scale: Optional[Tensor], shift: Optional[Tensor], mask:
 class _LeanFCN(torch.autograd.Function):
     """``W_seg mask relu(bn(b + sum_i resize(W_i x_i))) + b_seg`` in channel chunks (module docstring).
 
-    Saves the inputs ``x_i``, the weights and per-channel vectors (batch mean, inverse
-    std, the dropout mask) for backward. BN in training mode: the statistics of each
-    chunk are computed (and, with a process group, combined over ranks) in the forward,
-    the running statistics move once, after the last chunk; the backward is train-mode
-    BN's (through the statistics), with its two per-channel sums all-reduced over the
-    ranks per chunk, as ``torch.nn.SyncBatchNorm`` does.
+    In training mode BN's statistics are computed per chunk (combined over the ranks of a synchronised BN)
+    and the running statistics move once, after the last chunk; the backward goes through the statistics.
     """
 
     @staticmethod
@@ -170,7 +143,9 @@ class _LeanFCN(torch.autograd.Function):
                 invstd = torch.rsqrt(norm.running_var.to(acc) + norm.eps)
         count = local_count = feats[0].numel() // feats[0].shape[1]
         for c0, c1 in _chunks(channels, spec.chunk):
-            s = _level_sum(feats, _rows(weight, c0, c1, spec.splits), None if bias is None else bias[c0:c1], spec)
+            s = level_sum(feats, _rows(weight, c0, c1, spec.splits), spec.align_corners, spec.conv_dtype)
+            if bias is not None:
+                s = s + _vec(bias[c0:c1].to(s.dtype))
             scale = shift = None
             if norm is not None:
                 if spec.batch_stats:
@@ -249,7 +224,7 @@ def _chunk_backward(spec: _Spec, count: int, saved: _Saved, g: Tensor, xs: List[
     chunk's gradients of ``W_seg``, ``W``, ``b``, gamma and beta, add its share to the inputs' gradients."""
     rows = [w.detach().requires_grad_() for w in _rows(saved.weight, c0, c1, spec.splits)]
     with torch.enable_grad():
-        s = _level_sum(xs, rows, None, spec)
+        s = level_sum(xs, rows, spec.align_corners, spec.conv_dtype)
     bias = saved.bias
     s_val = s.detach() if bias is None else s.detach() + _vec(bias[c0:c1].to(s.dtype))
     scale = shift = None
@@ -319,10 +294,8 @@ def _update_running_stats(norm: _BatchNorm, mean: Tensor, var: Tensor, count: in
     with torch.no_grad():
         if norm.num_batches_tracked is not None:
             norm.num_batches_tracked.add_(1)
-        if norm.momentum is None:  # cumulative moving average
-            factor = 1.0 / float(norm.num_batches_tracked)
-        else:
-            factor = norm.momentum
+        # momentum None: the cumulative moving average
+        factor = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
         unbiased = var * (count / max(count - 1, 1))
         norm.running_mean.mul_(1 - factor).add_(mean.to(norm.running_mean.dtype), alpha=factor)
         norm.running_var.mul_(1 - factor).add_(unbiased.to(norm.running_var.dtype), alpha=factor)
@@ -336,11 +309,8 @@ def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
 
 
 def _sync_group(norm: _BatchNorm) -> Any:
-    """The process group whose batch statistics ``norm`` combines, or None (no sync).
-
-    As ``torch.nn.SyncBatchNorm``: a SyncBatchNorm in training mode, with
-    ``torch.distributed`` initialised and more than one rank in its group.
-    """
+    """The process group whose batch statistics ``norm`` combines, or None: as ``torch.nn.SyncBatchNorm``, a
+    SyncBatchNorm in training mode with ``torch.distributed`` initialised and more than one rank in its group."""
     if not isinstance(norm, nn.SyncBatchNorm) or not norm.training:
         return None
     if not (dist.is_available() and dist.is_initialized()):
@@ -373,11 +343,12 @@ def lean_fcn_forward(feats: Sequence[Tensor], conv: nn.Conv2d, norm: Optional[_B
         The logits, N x K x H x W at ``feats[0]``'s resolution.
     """
     batch_stats = update_stats = False
-    group = None
+    group = gamma = beta = None
     if norm is not None:
         batch_stats = norm.training or (norm.running_mean is None and norm.running_var is None)
         update_stats = norm.training and norm.track_running_stats
         group = _sync_group(norm) if batch_stats else None
+        gamma, beta = norm.weight, norm.bias
     spec = _Spec(splits=[int(x.shape[1]) for x in feats], align_corners=align_corners, chunk=chunk_channels,
                  norm=norm, batch_stats=batch_stats, update_stats=update_stats, group=group, relu=relu,
                  conv_dtype=_autocast_dtype(feats[0].device.type) or feats[0].dtype,
@@ -386,9 +357,6 @@ def lean_fcn_forward(feats: Sequence[Tensor], conv: nn.Conv2d, norm: Optional[_B
     if dropout is not None and dropout.training:
         # the Bernoulli draws nn.Dropout2d makes on an N x C x H x W input: one per (sample, channel)
         mask = dropout(feats[0].new_ones((feats[0].shape[0], conv.out_channels, 1, 1)))
-    gamma = beta = None
-    if norm is not None:
-        gamma, beta = norm.weight, norm.bias
     # The Function picks its dtypes: autocast's for the level reductions (spec.conv_dtype),
     # at least float32 for BN, activation and classifier.
     with torch.autocast(device_type=feats[0].device.type, enabled=False):

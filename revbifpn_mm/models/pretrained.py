@@ -1,14 +1,8 @@
-"""The official RevBiFPN checkpoints (``revbifpn_s#.pth.tar``): where they are and how to load them.
+"""The official RevBiFPN checkpoints (``revbifpn_s#.pth.tar``): where they are, download and loading.
 
-The released files are raw state dicts whose keys are exactly the parameter names
-of :class:`~revbifpn_mm.models.RevBiFPN` (``rev_stack.*``, ``head.*``), so no key
-conversion is needed. Wrapped (``{'state_dict': ...}``) and prefixed
-(``module.``, ``backbone.``) variants are accepted too.
-
-:data:`OFFICIAL_WEIGHTS` lists the download URL and SHA-256 digest of each file;
-:func:`fetch_checkpoint` downloads a URL into the torch hub cache (the directory
-mmdet/mmengine use for their ``Pretrained`` URLs) and checks its digest. Nothing
-here touches the network or the disk at import; only :func:`fetch_checkpoint` does.
+The released files are raw state dicts keyed exactly as :class:`~revbifpn_mm.models.RevBiFPN`'s parameters, so
+no key conversion is needed; wrapped (``{'state_dict': ...}``) and prefixed (``module.``, ``backbone.``) variants
+load too. Only :func:`fetch_checkpoint` touches the network (docs/model_zoo.md).
 """
 from __future__ import annotations
 
@@ -43,21 +37,15 @@ class OfficialWeights(NamedTuple):
 _OFFICIAL_URL = "https://cerebras-public.s3.us-west-2.amazonaws.com/revbifpn/revbifpn_{}.pth.tar"
 
 OFFICIAL_WEIGHTS: Dict[str, OfficialWeights] = {
-    "s0": OfficialWeights(_OFFICIAL_URL.format("s0"),
-                          "a9ee012a2670003ea18deca1afaed7c1323ffaafc83b0a30874d262bf2403cfa", 72.8, 3.42),
-    "s1": OfficialWeights(_OFFICIAL_URL.format("s1"),
-                          "584b0c3ea677ac5eff6c0f54b4b683973e7533bfde334155cd770aef041673c4", 75.9, 5.11),
-    "s2": OfficialWeights(_OFFICIAL_URL.format("s2"),
-                          "62ff9387b498550d31e248742a002be22cb29e800cd387ec9c93b6da7418dcc8", 79.0, 10.6),
-    "s3": OfficialWeights(_OFFICIAL_URL.format("s3"),
-                          "1695576b09ee9fc584df616abaf0762188122468825cc92b5abfeec63b609d25", 81.1, 19.6),
-    "s4": OfficialWeights(_OFFICIAL_URL.format("s4"),
-                          "61d7b65524000bb147aac26ad559906a2380e55a499d9d420063cc2b9e2ef42a", 83.0, 48.7),
-    "s5": OfficialWeights(_OFFICIAL_URL.format("s5"),
-                          "d7713a25c7f62bf4b9ebaa2693a7b6896e7965c6647cbd1d98eddeae8b74cdc3", 83.7, 82.0),
-    "s6": OfficialWeights(_OFFICIAL_URL.format("s6"),
-                          "31f355d5fb54610ad9051d08d0ec10bb0d33f40c0936352cb863b9f9a3d4fa09", 84.2, 142.3),
-}
+    arch: OfficialWeights(_OFFICIAL_URL.format(arch), sha256, top1, params_m)
+    for arch, sha256, top1, params_m in [
+        ("s0", "a9ee012a2670003ea18deca1afaed7c1323ffaafc83b0a30874d262bf2403cfa", 72.8, 3.42),
+        ("s1", "584b0c3ea677ac5eff6c0f54b4b683973e7533bfde334155cd770aef041673c4", 75.9, 5.11),
+        ("s2", "62ff9387b498550d31e248742a002be22cb29e800cd387ec9c93b6da7418dcc8", 79.0, 10.6),
+        ("s3", "1695576b09ee9fc584df616abaf0762188122468825cc92b5abfeec63b609d25", 81.1, 19.6),
+        ("s4", "61d7b65524000bb147aac26ad559906a2380e55a499d9d420063cc2b9e2ef42a", 83.0, 48.7),
+        ("s5", "d7713a25c7f62bf4b9ebaa2693a7b6896e7965c6647cbd1d98eddeae8b74cdc3", 83.7, 82.0),
+        ("s6", "31f355d5fb54610ad9051d08d0ec10bb0d33f40c0936352cb863b9f9a3d4fa09", 84.2, 142.3)]}
 """Official ImageNet checkpoints by arch: URL, SHA-256 of the whole file, top-1, parameters."""
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -73,17 +61,14 @@ class CheckpointDownloadError(RuntimeError):
 
 def official_sha256(url: str) -> Optional[str]:
     """The SHA-256 of an official checkpoint URL, or None for any other URL."""
-    for entry in OFFICIAL_WEIGHTS.values():
-        if entry.url == url:
-            return entry.sha256
-    return None
+    return next((entry.sha256 for entry in OFFICIAL_WEIGHTS.values() if entry.url == url), None)
 
 
-def sha256_file(path: Union[str, os.PathLike], chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (about 1 GB/s on one core)."""
+def sha256_file(path: Union[str, os.PathLike]) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (about 1 GB/s on one core)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_size), b""):
+        for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
@@ -91,9 +76,8 @@ def sha256_file(path: Union[str, os.PathLike], chunk_size: int = 1 << 20) -> str
 def cached_path(url: str, cache_dir: Optional[Union[str, os.PathLike]] = None) -> str:
     """Where :func:`fetch_checkpoint` keeps ``url``: ``<cache_dir>/<file name of the URL>``.
 
-    ``cache_dir`` defaults to ``torch.hub.get_dir()/checkpoints``, i.e.
-    ``$TORCH_HOME/hub/checkpoints`` (``~/.cache/torch/hub/checkpoints``), where mmengine's
-    ``Pretrained`` init caches URLs too.
+    ``cache_dir`` defaults to ``torch.hub.get_dir()/checkpoints`` (``$TORCH_HOME/hub/checkpoints``), where
+    mmengine's ``Pretrained`` init caches URLs too.
     """
     name = os.path.basename(urllib.parse.urlparse(url).path)
     if not name:
@@ -103,10 +87,7 @@ def cached_path(url: str, cache_dir: Optional[Union[str, os.PathLike]] = None) -
 
 
 def _check_digest(path: str, expected: str, url: str, cache_file: str) -> None:
-    """Raise :class:`ChecksumMismatchError` unless ``path`` hashes to ``expected``.
-
-    ``path`` is either the cache file itself or a fresh download not yet moved there.
-    """
+    """Raise :class:`ChecksumMismatchError` unless ``path`` (cache file or fresh download) hashes to ``expected``."""
     got = sha256_file(path)
     if got == expected:
         return
@@ -173,13 +154,10 @@ def fetch_checkpoint(url: str, sha256: Optional[str] = None,
                      cache_dir: Optional[Union[str, os.PathLike]] = None, progress: bool = True) -> str:
     """Download ``url`` once into the cache, check its SHA-256, and return the local path.
 
-    The first call downloads into :func:`cached_path` (a temporary file, renamed once
-    complete and verified, so a broken download never looks cached); later calls reuse
-    the cached file. The expected digest is ``sha256`` if given, else the digest
-    :data:`OFFICIAL_WEIGHTS` lists for an official URL; with a digest, the file is
-    hashed after the download and again on every later use (about 1 s per GB), so a
-    corrupted or replaced cache file is refused rather than loaded. Without a digest (a
-    non-official URL and no ``sha256``) the file is used unverified.
+    The first call downloads into :func:`cached_path` (via a temporary file, renamed once complete and
+    verified, so a broken download never looks cached); later calls reuse the cached file. The expected digest
+    is ``sha256``, else the one :data:`OFFICIAL_WEIGHTS` lists for ``url``; it is checked after the download and
+    on every later use (about 1 s per GB). Without either the file is used unverified.
 
     Args:
         url: ``http://`` or ``https://`` URL of the checkpoint file.
@@ -235,6 +213,7 @@ def _download(url: str, dst: str, progress: bool) -> str:
             "use a local copy instead of the URL") from err
     return tmp
 
+
 _PREFIXES = ("module.", "backbone.", "model.")
 
 
@@ -289,10 +268,9 @@ def _keys_for(model: nn.Module, sd: Dict[str, Tensor], prefix: Optional[str], so
         sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
         if not sd:
             raise ValueError(f"no key of {source!r} starts with prefix {prefix!r}")
-    skip_prefixes = (("head.",) if getattr(model, "head", None) is None else ()) + \
+    skip = (("head.",) if getattr(model, "head", None) is None else ()) + \
         (("rev_stack.recomp_op.",) if not getattr(model, "with_neck", True) else ())
-    skipped = [k for k in sd if k.startswith(skip_prefixes)] if skip_prefixes else []
-    return {k: v for k, v in sd.items() if k not in set(skipped)}, skipped
+    return {k: v for k, v in sd.items() if not k.startswith(skip)}, [k for k in sd if k.startswith(skip)]
 
 
 def load_official_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLike, Mapping[str, Tensor]],
@@ -343,6 +321,5 @@ def load_official_checkpoint(model: nn.Module, checkpoint: Union[str, os.PathLik
     if len(missing) == len(own):
         raise ValueError(f"{source!r} holds no RevBiFPN weights (no key matched); a whole detector or "
                          "segmentor checkpoint loads with load_from, or its backbone with prefix='backbone.'")
-    loadable = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(loadable, strict=False)
+    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)  # shapes match: checked above
     return LoadResult(missing, unexpected, skipped)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -17,8 +17,10 @@ from torch import Tensor, nn
 from ..core import (MemoryMode, RecomputedPerScale, RevBlockGroup, RevResidualBlock, RevSequential, RevSilo,
                     RunPolicy, SpaceToDepth)
 from .blocks import ConvNormAct, MBConv, NormLayer, default_norm_layer
+from .pretrained import load_official_checkpoint
 
-__all__ = ["ARCH_SETTINGS", "RevBiFPN", "ClassificationHead", "resolve_arch"]
+__all__ = ["ARCH_SETTINGS", "RevBiFPN", "ClassificationHead", "resolve_arch", "revbifpn_s0", "revbifpn_s1",
+           "revbifpn_s2", "revbifpn_s3", "revbifpn_s4", "revbifpn_s5", "revbifpn_s6"]
 
 NUM_SCALES = 4
 #: Per-scale settings shared by every variant (the paper's architecture, arXiv 2206.14098).
@@ -77,9 +79,7 @@ def resolve_arch(arch: Union[str, Dict[str, Any]], **overrides: Any) -> Dict[str
         cfg.update(copy.deepcopy(arch))
     else:
         raise TypeError(f"arch must be a str or dict, got {type(arch).__name__}")
-    for k, v in overrides.items():
-        if v is not None:
-            cfg[k] = v
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
     ch, out = tuple(cfg["channels"]), tuple(cfg["out_channels"])
     if len(ch) != NUM_SCALES or len(out) != NUM_SCALES:
         raise ValueError(f"channels and out_channels need {NUM_SCALES} entries, got {ch} and {out}")
@@ -136,11 +136,9 @@ class RevBiFPN(nn.Module):
             ``False`` returns the raw trunk outputs (``channels``). Defaults to True.
         norm_layer: Normalisation factory. Defaults to BatchNorm2d(eps=1e-3).
         memory_mode, stream_dtype, plain_segments, compile_transforms:
-            The run policy (:class:`revbifpn_mm.core.RunPolicy`, where each is documented): fully reversible
-            by default; ``plain_segments=n`` keeps the activations of the last ``n`` of the
-            ``L + 2`` segments (the output MBConvs are the last one; then the trunk, three ops
-            each). Change it later with :meth:`set_policy`, which also sets the policy's
-            experiment fields (``lean_recompute``, ``plain_from``, ``reuse_buffers``).
+            The run policy (:class:`revbifpn_mm.core.RunPolicy`, where each is documented; fully reversible
+            by default). RevBiFPN has ``L + 2`` segments: the output MBConvs last, before them the trunk's,
+            three ops each. :meth:`set_policy` changes it later, its experiment fields included.
         checkpoint: Path to an official ``.pth.tar`` checkpoint (or a state dict) to load.
 
     Attributes:
@@ -203,16 +201,13 @@ class RevBiFPN(nn.Module):
                              for h, c in enumerate(self.out_channels)]
         self.reset_parameters()
         if checkpoint is not None:
-            from .pretrained import load_official_checkpoint
             load_official_checkpoint(self, checkpoint)
 
     # ------------------------------------------------------------ building
     def _block(self, h: int, p: float, norm_layer: NormLayer) -> RevResidualBlock:
         half = self.channels[h] // 2
-
-        def mb() -> MBConv:
-            return MBConv(half, half, BLOCK_KERNELS[h], 1, EXPAND[h], SE_RATIO[h], p, norm_layer)
-        return RevResidualBlock(mb(), mb(), self.channels[h])
+        f, g = (MBConv(half, half, BLOCK_KERNELS[h], 1, EXPAND[h], SE_RATIO[h], p, norm_layer) for _ in range(2))
+        return RevResidualBlock(f, g, self.channels[h])
 
     def _silo(self, n_in: int, n_out: int, p: float, norm_layer: NormLayer) -> RevSilo:
         C = self.channels
@@ -277,11 +272,7 @@ class RevBiFPN(nn.Module):
         d = self.size_divisibility
         if h % d or w % d:
             raise ValueError(f"RevBiFPN needs input height and width that are multiples of {d}, got {h}x{w}; "
-                             f"pad the input (e.g. to {math.ceil(h / d) * d}x{math.ceil(w / d) * d}){self._pad_fix()}")
-
-    def _pad_fix(self) -> str:
-        """How a framework pads its inputs to :attr:`size_divisibility` (the mm backbone names its keys)."""
-        return ""
+                             f"pad the input (e.g. to {math.ceil(h / d) * d}x{math.ceil(w / d) * d})")
 
     def forward_features(self, x: Tensor) -> Tuple[Tensor, ...]:
         """Backbone outputs: 4 maps at strides 4, 8, 16, 32 with :attr:`out_channels`."""
@@ -293,3 +284,17 @@ class RevBiFPN(nn.Module):
         """Logits ``(B, num_classes)``, or the 4 backbone outputs when ``num_classes == 0``."""
         feats = self.forward_features(x)
         return self.head(feats) if self.head is not None else feats
+
+
+def _entry_point(arch: str) -> Callable[..., RevBiFPN]:
+    """The function ``revbifpn_<arch>(**kwargs)``, which builds ``RevBiFPN(arch, **kwargs)``."""
+    def build(**kwargs: Any) -> RevBiFPN:
+        return RevBiFPN(arch, **kwargs)
+    build.__name__ = build.__qualname__ = f"revbifpn_{arch}"
+    build.__doc__ = (f"RevBiFPN-{arch.upper()}. Keyword arguments go to :class:`RevBiFPN`; its size and weights: "
+                     f"``OFFICIAL_WEIGHTS[{arch!r}]``.")
+    return build
+
+
+(revbifpn_s0, revbifpn_s1, revbifpn_s2, revbifpn_s3, revbifpn_s4, revbifpn_s5,
+ revbifpn_s6) = (_entry_point(arch) for arch in ARCH_SETTINGS)
