@@ -63,22 +63,12 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
             official or converted checkpoint (see :meth:`init_weights`); otherwise the official initialisation.
     """
 
-    def __init__(self,
-                 arch: Union[str, Dict[str, Any]] = "s4",
-                 out_indices: Sequence[int] = (0, 1, 2, 3),
-                 out_type: str = "neck",
-                 frozen_stages: int = -1,
-                 norm_cfg: Optional[Dict[str, Any]] = None,
-                 norm_eval: Optional[bool] = None,
-                 drop_path_rate: Optional[float] = None,
-                 memory_mode: str = "reversible",
-                 stream_dtype: Optional[str] = "auto",
-                 plain_segments: int = 0,
-                 compile_transforms: bool = False,
-                 init_cfg: Optional[Dict[str, Any]] = None,
-                 with_cp: bool = False,
-                 pretrained: Optional[str] = None,
-                 **removed: Any) -> None:
+    def __init__(self, arch: Union[str, Dict[str, Any]] = "s4", out_indices: Sequence[int] = (0, 1, 2, 3),
+                 out_type: str = "neck", frozen_stages: int = -1, norm_cfg: Optional[Dict[str, Any]] = None,
+                 norm_eval: Optional[bool] = None, drop_path_rate: Optional[float] = None,
+                 memory_mode: str = "reversible", stream_dtype: Optional[str] = "auto", plain_segments: int = 0,
+                 compile_transforms: bool = False, init_cfg: Optional[Dict[str, Any]] = None,
+                 with_cp: bool = False, pretrained: Optional[str] = None, **removed: Any) -> None:
         _refuse_removed_keys(removed)
         if with_cp:
             raise ValueError("RevBiFPN has no with_cp: its reversible trunk already keeps only its outputs for "
@@ -89,9 +79,9 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
                              f"init_cfg=dict(type='Pretrained', checkpoint={pretrained!r})")
         if out_type not in ("neck", "trunk"):
             raise ValueError(f"out_type must be 'neck' or 'trunk', got {out_type!r}")
-        norm_cfg = dict(norm_cfg or dict(type="BN", eps=1e-3, momentum=0.1, requires_grad=True))
-        norm_cfg.setdefault("eps", 1e-3)
-        _check_norm_cfg(norm_cfg)
+        norm_cfg = norm_cfg or dict(type="BN", momentum=0.1, requires_grad=True)
+        _check_norm_cfg(norm_cfg)  # before the copy, so that a non-dict gets its clear message
+        norm_cfg = {"eps": 1e-3, **norm_cfg}
         super().__init__(arch=arch, num_classes=0, drop_path_rate=drop_path_rate, with_neck=out_type == "neck",
                          norm_layer=functools.partial(_build_checked_norm, norm_cfg),
                          memory_mode=memory_mode, stream_dtype=stream_dtype,
@@ -139,12 +129,11 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
     def init_weights(self) -> None:
         """Load ``init_cfg``'s ``Pretrained`` checkpoint (official layout) or keep the official init.
 
-        ``checkpoint`` is a local path, or an ``http(s)://`` URL that is downloaded once into
-        the torch hub cache (``$TORCH_HOME/hub/checkpoints``) and checked against its SHA-256
-        on every use: the published digest for the official URLs, or an optional ``sha256``
-        key of ``init_cfg`` for any other file (a local path is then checked too). Under
-        ``torch.distributed`` rank 0 downloads first; the other ranks then find the file in a
-        shared cache, or download it themselves. The loading itself is
+        ``checkpoint`` is a local path, or an ``http(s)://`` URL that is downloaded once into the torch hub
+        cache (``$TORCH_HOME/hub/checkpoints``) and checked against its SHA-256 on every use: the published
+        digest for the official URLs, or an optional ``sha256`` key of ``init_cfg`` for any other file (a
+        local path is then checked too). Under ``torch.distributed`` rank 0 downloads first; the other ranks
+        then find the file in a shared cache, or download it themselves. The loading itself is
         :func:`revbifpn_mm.models.pretrained.load_official_checkpoint`.
         """
         cfg = self.init_cfg
@@ -173,11 +162,10 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:  # type: ignore[override]
         """Return the feature maps selected by ``out_indices``.
 
-        Any input height and width of at least 32 is accepted, as HRNet accepts them: a size that
-        is not a multiple of 32 is zero-padded at the bottom and right to the next multiple (what
-        mmdet's and mmseg's data preprocessors do with ``pad_size_divisor=32``), and each output of
-        stride ``s`` is cropped to ``ceil(H / s) x ceil(W / s)``, HRNet's shape. Multiples of 32
-        run unchanged (no copy).
+        Any input height and width of at least 32 is accepted, as HRNet accepts them: a size that is not a
+        multiple of 32 is zero-padded at the bottom and right to the next multiple (what mmdet's and mmseg's
+        data preprocessors do with ``pad_size_divisor=32``), and each output of stride ``s`` is cropped to
+        ``ceil(H / s) x ceil(W / s)``, HRNet's shape. Multiples of 32 run unchanged (no copy).
         """
         d = self.size_divisibility
         if not (isinstance(x, Tensor) and x.dim() == 4 and (x.shape[-2] % d or x.shape[-1] % d)):
