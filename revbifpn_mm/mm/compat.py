@@ -61,11 +61,9 @@ def check_mmcv_ops(device: str = "cpu") -> None:
     few numbers on ``device``: an mmcv built without CUDA ops then fails here, in the first
     second, instead of at the first RoIAlign of a GPU run.
     """
-    try:
-        mmcv = importlib.import_module("mmcv")
-    except ImportError as err:
-        raise MMCVOpsMissingError(f"mmcv is not installed: {MMCV_FIX}") from err
-    version = getattr(mmcv, "__version__", "?")
+    import mmcv  # importable: importing this package ran require_mm_stack
+
+    version = mmcv.__version__
     try:
         importlib.import_module("mmcv._ext")
         from mmcv.ops import RoIAlign, nms
@@ -141,6 +139,5 @@ def register_scope(cfg: Any) -> str:
     if scope not in ("mmdet", "mmseg"):
         raise ValueError(f"default_scope {scope!r} is not supported by these tools; use an MMDetection "
                          "('mmdet') or MMSegmentation ('mmseg') config")
-    module = importlib.import_module(f"{scope}.utils")
-    module.register_all_modules(init_default_scope=False)
+    importlib.import_module(f"{scope}.utils").register_all_modules(init_default_scope=False)
     return scope

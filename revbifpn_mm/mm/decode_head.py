@@ -40,10 +40,7 @@ class LeanFCNHead(FCNHead):
     head then runs ``FCNHead.forward`` itself, with a warning that the memory saving is off.
 
     Args:
-        num_convs: Must be 1 (the HRNet FCN setting).
-        kernel_size: Must be 1.
-        concat_input: Must be False.
-        dilation: Must be 1.
+        num_convs, kernel_size, concat_input, dilation: Must be 1, 1, False, 1 (the HRNet FCN setting).
         chunk_channels: Channels computed at once (forward and backward). Defaults to 256.
         **kwargs: ``BaseDecodeHead``'s arguments (``in_channels``, ``channels``, ``num_classes``, ``in_index``,
             ``input_transform`` ('resize_concat' or None), ``norm_cfg``, ``act_cfg``, ``conv_cfg``, ...).

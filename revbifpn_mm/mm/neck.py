@@ -53,16 +53,16 @@ class RevBiFPNNeck(BaseModule):
         conv_cfg: Conv config of the ConvModules, with HRFPN's meaning (see above). Defaults to None.
         norm_cfg: Accepted and, as in HRFPN (mmdet 3.3), not used: its convolutions have no norm, and
             neither have these (a warning says so). Defaults to None.
-        with_cp: HRFPN's checkpointing: recompute the reduction *and* the 3x3 convolutions in
-            the backward (less memory, more compute than ``recompute_sum`` alone). Defaults to False.
-        stride: Stride of the 3x3 output convs (2 for one-stage heads on strides 8-128, as
-            mmdet's HRNet FCOS configs). Defaults to 1.
-        recompute_sum: In training, recompute the stride-4 sum ``r`` (the neck's largest tensor) from
-            the inputs when the backward reaches the neck, instead of keeping it: a few 1x1
-            convolutions, under 3 % of the neck's MACs; the 3x3 convolutions are not re-run (selective
-            checkpointing). Gradients are bitwise those of ``False``. Eval mode (so that tracing tools
-            see ordinary ops) and a training norm in the neck (it would update its statistics twice)
-            run plain autograd. Defaults to True.
+        with_cp: HRFPN's checkpointing: recompute the reduction *and* the 3x3 convolutions in the backward
+            (less memory, more compute than ``recompute_sum`` alone). Defaults to False.
+        stride: Stride of the 3x3 output convs (2 for one-stage heads on strides 8-128, as mmdet's HRNet
+            FCOS configs). Defaults to 1.
+        recompute_sum: In training, recompute the stride-4 sum ``r`` (the neck's largest tensor) from the
+            inputs when the backward reaches the neck, instead of keeping it: a few 1x1 convolutions, under
+            3 % of the neck's MACs; the 3x3 convolutions are not re-run (selective checkpointing). Gradients
+            are bitwise those of ``False``. Eval mode (so that tracing tools see ordinary ops) and a
+            training norm in the neck (it would update its statistics twice) run plain autograd.
+            Defaults to True.
         lean: The earlier name of ``recompute_sum`` (a warning says so).
         init_cfg: Defaults to Caffe2Xavier on the convs (as HRFPN).
     """
