@@ -241,13 +241,14 @@ def _fetch_rank0_first(url: str, sha256: Optional[str]) -> str:
     they then try themselves and raise the same clear error.
     """
     rank, world_size = get_dist_info()
-    if world_size > 1 and rank == 0:
+    if world_size == 1:
+        return fetch_checkpoint(url, sha256)
+    if rank == 0:
         try:
             return fetch_checkpoint(url, sha256)
         finally:
             barrier()
-    if world_size > 1:
-        barrier()
+    barrier()
     return fetch_checkpoint(url, sha256)
 
 
