@@ -1,15 +1,9 @@
-"""The OpenMMLab layer: registers ``RevBiFPN`` (backbone), ``RevBiFPNNeck`` and, when MMSegmentation
-is installed, ``LeanFCNHead`` (segmentation decode head) in mmengine's root ``MODELS`` registry,
-and ``SafeCheckpointHook`` (crash-safe checkpoint saves) in its root ``HOOKS``, which mmdet's and
-mmseg's registries resolve.
+"""The OpenMMLab layer: registers ``RevBiFPN``, ``RevBiFPNNeck``, ``SafeCheckpointHook`` and, with
+MMSegmentation, ``LeanFCNHead`` in mmengine's root registries, which mmdet's and mmseg's resolve.
 
-Only this sub-package imports mmengine and mmcv; mmdet is never imported here, mmseg only by
-:mod:`~revbifpn_mm.mm.decode_head` (imported when mmseg is installed and importable: mmseg's
-models need mmcv's compiled ops). It needs mmengine and ``mmcv.cnn`` (an ImportError names the
-fix otherwise), not mmcv's compiled ops: :func:`check_mmcv_ops` checks those where they are used
-(the tools call it before building a detector). Importing it also allow-lists mmengine's
-checkpoint types for torch's weights-only loader (:func:`ensure_torch_load_compat`), which
-``resume``, ``load_from`` and the inferencers of mmdet / mmseg rely on.
+Only this sub-package imports mmengine and mmcv (``mmcv.cnn``, not the compiled ops: see
+:func:`check_mmcv_ops`); mmseg only for the head, mmdet never. Importing it also allow-lists mmengine's
+checkpoint types for torch's weights-only loader (:func:`ensure_torch_load_compat`). See docs/design.md.
 """
 import importlib.util
 import warnings

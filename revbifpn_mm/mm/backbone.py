@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
@@ -25,36 +26,31 @@ __all__ = ["RevBiFPNBackbone", "config_advice", "scope_norm_eval"]
 class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
     """RevBiFPN backbone for mmdet/mmseg (`arXiv:2206.14098 <https://arxiv.org/abs/2206.14098>`_).
 
-    By default this is the paper's detection backbone: the reversible trunk plus the
-    per-scale output MBConvs, returning four maps with ``arch`` ``out_channels`` at
-    strides 4, 8, 16, 32 (S4: 34,454,352 parameters). Parameter names equal those of
-    the official checkpoints, so ``init_cfg=dict(type='Pretrained', checkpoint=...)``
-    loads the released ImageNet ``.pth.tar`` files as they are.
+    By default this is the paper's detection backbone: the reversible trunk plus the per-scale output
+    MBConvs, returning four maps with ``arch`` ``out_channels`` at strides 4, 8, 16, 32 (S4: 34,454,352
+    parameters). Parameter names equal those of the official checkpoints, so
+    ``init_cfg=dict(type='Pretrained', checkpoint=...)`` loads the released ImageNet ``.pth.tar`` files.
 
-    Stages (for ``frozen_stages``): stage ``k`` (``1 <= k <= L``) is layer ``k`` of
-    the trunk, i.e. its two reversible block groups and its RevSilo
-    (``rev_stack.{3k-2,3k-1,3k}``); stage ``L + 1`` is the per-scale output MBConvs
-    (``rev_stack.recomp_op``). The stem (stage 0) has no parameters.
-    ``frozen_stages = k`` freezes stages ``1..k``: parameters get
-    ``requires_grad=False`` and their BatchNorms stay in eval mode. ``L`` is 5 for
-    S0-S2, 6 for S3, 7 for S4/S5 and 8 for S6.
+    Stages (for ``frozen_stages``): stage ``k`` (``1 <= k <= L``) is layer ``k`` of the trunk, its
+    two reversible block groups and its RevSilo (``rev_stack.{3k-2,3k-1,3k}``); stage ``L + 1`` is
+    the output MBConvs (``rev_stack.recomp_op``). The stem (stage 0) has no parameters. ``L`` is 5
+    for S0-S2, 6 for S3, 7 for S4/S5 and 8 for S6.
 
     Args:
         arch: ``'s0'`` ... ``'s6'`` or an arch dict. Defaults to ``'s4'``.
         out_indices: Which of the four scales to return. Defaults to ``(0, 1, 2, 3)``.
         out_type: ``'neck'`` (trunk + output MBConvs, channels ``out_channels``; the
             paper's setting) or ``'trunk'`` (raw trunk outputs, channels ``channels``).
-        frozen_stages: Stages ``1..frozen_stages`` are frozen; ``-1`` freezes nothing.
-        norm_cfg: Normalisation config; BN eps is 1e-3 as in the official network
-            (mmcv's default would be 1e-5). ``type='SyncBN'`` for synchronised BN.
-            Accepted: torch BatchNorms (``'BN'``, ``'SyncBN'``, ...) and ``'GN'``
-            (``num_groups=8`` divides every arch's channel counts); ``'MMSyncBN'``,
-            ``'LN'`` and other types are refused with a ``ValueError`` (see docs/design.md).
-        norm_eval: Keep every BatchNorm in eval mode during training. ``None`` (default): the
-            default of the HRNet of the registry scope the backbone is built in (mmengine's
-            current ``DefaultScope``, which the Runner and ``MODELS.build`` set from
-            ``default_scope``): ``True`` under ``'mmdet'`` (and scopes whose registry descends
-            from mmdet's), ``False`` under ``'mmseg'`` and with no scope. An explicit value wins.
+        frozen_stages: Stages ``1..frozen_stages`` are frozen (``requires_grad=False``, their
+            BatchNorms in eval mode); ``-1`` freezes nothing.
+        norm_cfg: Normalisation config; BN eps is 1e-3 as in the official network (mmcv's default:
+            1e-5). Accepted: torch BatchNorms (``'BN'``, ``'SyncBN'``, ...) and ``'GN'`` (``num_groups=8``
+            divides every arch's channel counts); ``'MMSyncBN'``, ``'LN'`` and other types are refused
+            with a ``ValueError`` (see docs/design.md).
+        norm_eval: Keep every BatchNorm in eval mode during training. ``None`` (default): as the HRNet of
+            the registry scope it is built in (mmengine's current ``DefaultScope``, set from
+            ``default_scope``): ``True`` under ``'mmdet'`` and scopes whose registry descends from
+            mmdet's, ``False`` under ``'mmseg'`` and with no scope.
         drop_path_rate: Maximum stochastic-depth rate (default: the arch's value).
         memory_mode, stream_dtype, plain_segments, compile_transforms: The run policy,
             :class:`revbifpn_mm.core.RunPolicy` (each field is documented there): fully
@@ -63,28 +59,16 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         with_cp, pretrained: Keys of the HRNet / ResNet configs users start from: ``with_cp=True``
             is refused (the trunk is reversible: nothing to checkpoint) and so is a ``pretrained``
             path (use ``init_cfg``); both errors name the fix.
-        init_cfg: ``dict(type='Pretrained', checkpoint=URL_OR_PATH[, prefix=...][, sha256=...])``
-            loads an official or converted checkpoint (URLs are downloaded once and
-            checked against their SHA-256, see :meth:`init_weights`); otherwise the
-            official initialisation.
+        init_cfg: ``dict(type='Pretrained', checkpoint=URL_OR_PATH[, prefix=...][, sha256=...])`` loads an
+            official or converted checkpoint (see :meth:`init_weights`); otherwise the official initialisation.
     """
 
-    def __init__(self,
-                 arch: Union[str, Dict[str, Any]] = "s4",
-                 out_indices: Sequence[int] = (0, 1, 2, 3),
-                 out_type: str = "neck",
-                 frozen_stages: int = -1,
-                 norm_cfg: Optional[Dict[str, Any]] = None,
-                 norm_eval: Optional[bool] = None,
-                 drop_path_rate: Optional[float] = None,
-                 memory_mode: str = "reversible",
-                 stream_dtype: Optional[str] = "auto",
-                 plain_segments: int = 0,
-                 compile_transforms: bool = False,
-                 init_cfg: Optional[Dict[str, Any]] = None,
-                 with_cp: bool = False,
-                 pretrained: Optional[str] = None,
-                 **removed: Any) -> None:
+    def __init__(self, arch: Union[str, Dict[str, Any]] = "s4", out_indices: Sequence[int] = (0, 1, 2, 3),
+                 out_type: str = "neck", frozen_stages: int = -1, norm_cfg: Optional[Dict[str, Any]] = None,
+                 norm_eval: Optional[bool] = None, drop_path_rate: Optional[float] = None,
+                 memory_mode: str = "reversible", stream_dtype: Optional[str] = "auto", plain_segments: int = 0,
+                 compile_transforms: bool = False, init_cfg: Optional[Dict[str, Any]] = None,
+                 with_cp: bool = False, pretrained: Optional[str] = None, **removed: Any) -> None:
         _refuse_removed_keys(removed)
         if with_cp:
             raise ValueError("RevBiFPN has no with_cp: its reversible trunk already keeps only its outputs for "
@@ -95,15 +79,12 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
                              f"init_cfg=dict(type='Pretrained', checkpoint={pretrained!r})")
         if out_type not in ("neck", "trunk"):
             raise ValueError(f"out_type must be 'neck' or 'trunk', got {out_type!r}")
-        norm_cfg = dict(norm_cfg or dict(type="BN", eps=1e-3, momentum=0.1, requires_grad=True))
-        norm_cfg.setdefault("eps", 1e-3)
-        _check_norm_cfg(norm_cfg)
-
-        def norm_layer(num_features: int) -> nn.Module:  # honours norm_cfg's requires_grad
-            return _build_checked_norm(norm_cfg, num_features)
-
+        norm_cfg = norm_cfg or dict(type="BN", momentum=0.1, requires_grad=True)
+        _check_norm_cfg(norm_cfg)  # before the copy, so that a non-dict gets its clear message
+        norm_cfg = {"eps": 1e-3, **norm_cfg}
         super().__init__(arch=arch, num_classes=0, drop_path_rate=drop_path_rate, with_neck=out_type == "neck",
-                         norm_layer=norm_layer, memory_mode=memory_mode, stream_dtype=stream_dtype,
+                         norm_layer=functools.partial(_build_checked_norm, norm_cfg),
+                         memory_mode=memory_mode, stream_dtype=stream_dtype,
                          plain_segments=plain_segments, compile_transforms=compile_transforms)
         self.init_cfg = init_cfg
         self.out_type = out_type
@@ -120,7 +101,6 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         self.out_channels = tuple(self.out_channels[i] for i in self.out_indices)
         self._freeze_stages()
 
-    # ------------------------------------------------------------ stages
     def stage_modules(self, k: int) -> Tuple[nn.Module, ...]:
         """Modules of stage ``k`` (see the class docstring)."""
         if k == self.num_layers + 1 and self.with_neck:
@@ -146,24 +126,20 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
                     m.eval()
         return self
 
-    # -------------------------------------------------------------- init
     def init_weights(self) -> None:
         """Load ``init_cfg``'s ``Pretrained`` checkpoint (official layout) or keep the official init.
 
-        ``checkpoint`` is a local path, or an ``http(s)://`` URL that is downloaded once into
-        the torch hub cache (``$TORCH_HOME/hub/checkpoints``) and checked against its SHA-256
-        on every use: the published digest for the official URLs, or an optional ``sha256``
-        key of ``init_cfg`` for any other file (a local path is then checked too). Under
-        ``torch.distributed`` rank 0 downloads first; the other ranks then find the file in a
-        shared cache, or download it themselves. The loading itself is
+        ``checkpoint`` is a local path, or an ``http(s)://`` URL that is downloaded once into the torch hub
+        cache (``$TORCH_HOME/hub/checkpoints``) and checked against its SHA-256 on every use: the published
+        digest for the official URLs, or an optional ``sha256`` key of ``init_cfg`` for any other file (a
+        local path is then checked too). Under ``torch.distributed`` rank 0 downloads first; the other ranks
+        then find the file in a shared cache, or download it themselves. The loading itself is
         :func:`revbifpn_mm.models.pretrained.load_official_checkpoint`.
         """
         cfg = self.init_cfg
         if not (isinstance(cfg, dict) and cfg.get("type") == "Pretrained"):
             super().init_weights()
             return
-        from .compat import ensure_torch_load_compat
-        ensure_torch_load_compat()  # a whole mmengine checkpoint (prefix='backbone.') holds its meta too
         logger = MMLogger.get_current_instance()
         ckpt = cfg.get("checkpoint")
         if not ckpt:
@@ -183,15 +159,13 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
             logger.warning(f"RevBiFPN: unexpected keys in {ckpt}: {res.unexpected_keys}")
         self._is_init = True
 
-    # ----------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:  # type: ignore[override]
         """Return the feature maps selected by ``out_indices``.
 
-        Any input height and width of at least 32 is accepted, as HRNet accepts them: a size that
-        is not a multiple of 32 is zero-padded at the bottom and right to the next multiple (what
-        mmdet's and mmseg's data preprocessors do with ``pad_size_divisor=32``), and each output of
-        stride ``s`` is cropped to ``ceil(H / s) x ceil(W / s)``, HRNet's shape. Multiples of 32
-        run unchanged (no copy).
+        Any input height and width of at least 32 is accepted, as HRNet accepts them: a size that is not a
+        multiple of 32 is zero-padded at the bottom and right to the next multiple (what mmdet's and mmseg's
+        data preprocessors do with ``pad_size_divisor=32``), and each output of stride ``s`` is cropped to
+        ``ceil(H / s) x ceil(W / s)``, HRNet's shape. Multiples of 32 run unchanged (no copy).
         """
         d = self.size_divisibility
         if not (isinstance(x, Tensor) and x.dim() == 4 and (x.shape[-2] % d or x.shape[-1] % d)):
@@ -202,7 +176,9 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
             raise ValueError(f"RevBiFPN needs inputs of at least {d}x{d} pixels (its coarsest output has "
                              f"stride {d}), got {h}x{w}: resize the images (e.g. the pipeline's Resize scale)")
         feats = self.forward_features(F.pad(x, (0, -w % d, 0, -h % d)))
-        return tuple(_crop(feats[i], math.ceil(h / (4 << i)), math.ceil(w / (4 << i))) for i in self.out_indices)
+        # the top-left ceil(h / s) x ceil(w / s) of each output, contiguous as HRNet's outputs are
+        return tuple(feats[i][..., :math.ceil(h / (4 << i)), :math.ceil(w / (4 << i))].contiguous()
+                     for i in self.out_indices)
 
 
 _REMOVED_KEYS = {
@@ -224,11 +200,6 @@ def _refuse_removed_keys(keys: Dict[str, Any]) -> None:
     if keys:
         known = [k for k in inspect.signature(RevBiFPNBackbone.__init__).parameters if k not in ("self", "removed")]
         raise TypeError(f"RevBiFPN backbone got unexpected keys {sorted(keys)}; it takes {', '.join(known)}")
-
-
-def _crop(feat: Tensor, h: int, w: int) -> Tensor:
-    """The top-left ``h x w`` of a feature map, contiguous (as HRNet's outputs are)."""
-    return feat[..., :h, :w].contiguous()
 
 
 #: ``norm_eval`` default of each codebase's ``HRNet`` backbone (mmdet 3.3, mmseg 1.2).
@@ -281,18 +252,8 @@ def _fetch_rank0_first(url: str, sha256: Optional[str]) -> str:
     return fetch_checkpoint(url, sha256)
 
 
-_MMSYNCBN_FIX = ("use norm_cfg=dict(type='SyncBN', ...) (torch's SyncBatchNorm, which RevBiFPN freezes during "
-                 "its recomputation and norm_eval / stream_dtype='auto' see), or 'BN' for one process")
-
-
 def _check_norm_cfg(norm_cfg: Dict[str, Any]) -> None:
-    """Refuse, before anything is built, a ``norm_cfg`` that RevBiFPN cannot train correctly.
-
-    mmcv's ``MMSyncBN`` is refused by name: it is no torch ``_BatchNorm``, so the reversible
-    recomputation would update its running statistics a second time per step, and
-    ``norm_eval`` and ``stream_dtype='auto'`` would not see it; building it also needs an
-    initialised process group.
-    """
+    """Refuse, before anything is built, a ``norm_cfg`` that RevBiFPN cannot train correctly (docs/design.md)."""
     if not isinstance(norm_cfg, dict) or "type" not in norm_cfg:
         raise ValueError(f"norm_cfg must be a dict with a 'type' (e.g. dict(type='BN')), got {norm_cfg!r}")
     kind = norm_cfg["type"]
@@ -302,19 +263,16 @@ def _check_norm_cfg(norm_cfg: Dict[str, Any]) -> None:
         raise ValueError("norm_cfg type 'MMSyncBN' (mmcv's SyncBatchNorm) is not supported by RevBiFPN: it is "
                          "not a torch BatchNorm, so the reversible backward would update its running statistics "
                          "twice per step and norm_eval / stream_dtype='auto' would ignore it (it also needs an "
-                         f"initialised process group and CUDA). Fix: {_MMSYNCBN_FIX}")
+                         "initialised process group and CUDA). Fix: use norm_cfg=dict(type='SyncBN', ...) (torch's "
+                         "SyncBatchNorm, which RevBiFPN freezes during its recomputation and norm_eval / "
+                         "stream_dtype='auto' see), or 'BN' for one process")
     if (kind == "GN" or kind is nn.GroupNorm) and "num_groups" not in norm_cfg:
         raise ValueError("norm_cfg type 'GN' needs num_groups, e.g. dict(type='GN', num_groups=8) (8 divides the "
                          "channel counts of every RevBiFPN arch)")
 
 
 def _build_checked_norm(norm_cfg: Dict[str, Any], num_features: int) -> nn.Module:
-    """``build_norm_layer(norm_cfg, num_features)``, refusing layers RevBiFPN does not handle.
-
-    Accepted are torch's BatchNorm family (running statistics frozen during the
-    recomputation, seen by ``norm_eval`` and ``stream_dtype='auto'``) and GroupNorm
-    (no running statistics; per-sample statistics, so ``'auto'`` carries float64 streams).
-    """
+    """``build_norm_layer(norm_cfg, num_features)``, refusing all but torch's BatchNorms and GroupNorm."""
     kind = norm_cfg["type"]
     name = kind if isinstance(kind, str) else getattr(kind, "__name__", repr(kind))
     try:

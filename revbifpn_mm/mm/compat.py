@@ -1,25 +1,21 @@
 """Compatibility of the OpenMMLab 2023 stack with a 2026 PyTorch, handled without editing site-packages.
 
-* ``torch.load`` defaults to ``weights_only=True`` since torch 2.6, and mmengine 0.10.7
-  calls it without the argument. mmengine's own checkpoints (``resume``, ``load_from``)
-  hold a few non-tensor objects (the message hub's ``HistoryBuffer``, numpy scalars
-  and arrays in ``meta``), which the weights-only unpickler rejects. We allow-list
-  exactly these types with ``torch.serialization.add_safe_globals`` instead of
-  turning the safe loader off. A pickled ``HistoryBuffer`` also carries its
-  statistics methods, stored as ``getattr(HistoryBuffer, 'mean')`` & co.; allowing
-  the real ``getattr`` would reopen arbitrary code execution, so the pickle's
-  ``getattr`` global is mapped to :func:`_history_buffer_getattr`, which resolves
-  only public methods of ``HistoryBuffer``.
-* The mm layer itself needs mmengine and ``mmcv.cnn`` only (:func:`require_mm_stack` names
-  the fix when one is missing). mmcv must also carry its compiled ops (``mmcv._ext``:
-  RoIAlign, NMS, ...) for Faster/Mask R-CNN; :func:`check_mmcv_ops` runs them on the run's device and
-  turns a missing op into one clear message. It is called where the ops are needed (the tools'
-  pre-flight), not at import, so that the mm layer registers with mmcv-lite too.
+* :func:`ensure_torch_load_compat` allow-lists the few non-tensor types of mmengine checkpoints for
+  torch's weights-only loader (the default since torch 2.6, which mmengine 0.10.7 does not expect),
+  instead of turning the safe loader off.
+* :func:`require_mm_stack` names the fix when mmengine or ``mmcv.cnn`` is missing;
+  :func:`check_mmcv_ops` does the same for mmcv's compiled ops, where they are used (not at import,
+  so that the mm layer registers with mmcv-lite too).
 """
 from __future__ import annotations
 
+import collections
+import functools
 import importlib
+import pickle
 from typing import Any
+
+import torch
 
 __all__ = ["ensure_torch_load_compat", "check_mmcv_ops", "require_mm_stack", "register_scope",
            "MMCVOpsMissingError", "DropInArgumentError", "MMCV_FIX", "MMENGINE_FIX"]
@@ -30,8 +26,6 @@ MMCV_FIX = ("run `bash tools/setup_env.sh` from the revbifpn_mm checkout (builds
 
 MMENGINE_FIX = ("run `bash tools/setup_env.sh` from the revbifpn_mm checkout, or `pip install "
                 "'mmengine==0.10.7'` (then mmcv 2.1.0: see tools/setup_env.sh)")
-
-_done = False
 
 
 class MMCVOpsMissingError(ImportError):
@@ -52,16 +46,12 @@ def require_mm_stack() -> None:
     These are what the mm layer (registration, ``build_norm_layer``) needs; mmcv's
     compiled ops are not (see :func:`check_mmcv_ops`).
     """
-    try:
-        importlib.import_module("mmengine")
-    except ImportError as err:
-        raise ImportError(f"revbifpn_mm.mm needs mmengine, which cannot be imported ({err}). "
-                          f"Fix: {MMENGINE_FIX}") from err
-    try:
-        importlib.import_module("mmcv.cnn")
-    except ImportError as err:
-        raise ImportError(f"revbifpn_mm.mm needs mmcv 2.1.0 (mmcv.cnn), which cannot be imported ({err}). "
-                          f"Fix: {MMCV_FIX}") from err
+    needs = (("mmengine", "mmengine", MMENGINE_FIX), ("mmcv.cnn", "mmcv 2.1.0 (mmcv.cnn)", MMCV_FIX))
+    for module, what, fix in needs:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ImportError(f"revbifpn_mm.mm needs {what}, which cannot be imported ({err}). Fix: {fix}") from err
 
 
 def check_mmcv_ops(device: str = "cpu") -> None:
@@ -71,11 +61,9 @@ def check_mmcv_ops(device: str = "cpu") -> None:
     few numbers on ``device``: an mmcv built without CUDA ops then fails here, in the first
     second, instead of at the first RoIAlign of a GPU run.
     """
-    try:
-        mmcv = importlib.import_module("mmcv")
-    except ImportError as err:
-        raise MMCVOpsMissingError(f"mmcv is not installed: {MMCV_FIX}") from err
-    version = getattr(mmcv, "__version__", "?")
+    import mmcv  # importable: importing this package ran require_mm_stack
+
+    version = mmcv.__version__
     try:
         importlib.import_module("mmcv._ext")
         from mmcv.ops import RoIAlign, nms
@@ -83,7 +71,6 @@ def check_mmcv_ops(device: str = "cpu") -> None:
         raise MMCVOpsMissingError(
             f"mmcv {version} is installed without its compiled ops (mmcv._ext: {err}); Faster/Mask "
             f"R-CNN need them (RoIAlign, NMS). Fix: {MMCV_FIX}") from err
-    import torch
     try:
         boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0]], device=device)
         nms(boxes, torch.tensor([0.9, 0.8], device=device), iou_threshold=0.5)
@@ -97,23 +84,16 @@ def check_mmcv_ops(device: str = "cpu") -> None:
 
 def _safe_types() -> list:
     import numpy as np
-    types: list = [np.ndarray, np.dtype, np.generic]
+    from mmengine.logging.history_buffer import HistoryBuffer
     try:  # numpy >= 2 moved the reconstruct helper
         from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:  # pragma: no cover - numpy 1.x
         from numpy.core.multiarray import _reconstruct, scalar  # type: ignore[no-redef]
-    types += [_reconstruct, scalar]
-    types += [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "int8",
-                                          "uint8", "bool", "complex128", "str", "object")]
-    types += [getattr(np, n) for n in ("float64", "float32", "int64", "int32", "bool_") if hasattr(np, n)]
-    try:
-        from mmengine.logging.history_buffer import HistoryBuffer
-        types.append(HistoryBuffer)
-    except ImportError:  # pragma: no cover
-        pass
-    import collections
-    types += [collections.OrderedDict, collections.defaultdict]
-    return types
+    dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "int8", "uint8",
+                                          "bool", "complex128", "str", "object")]
+    scalars = [np.float64, np.float32, np.int64, np.int32, np.bool_]
+    return [np.ndarray, np.dtype, np.generic, _reconstruct, scalar, *dtypes, *scalars, HistoryBuffer,
+            collections.OrderedDict, collections.defaultdict]
 
 
 def _history_buffer_getattr(obj, name):
@@ -123,9 +103,8 @@ def _history_buffer_getattr(obj, name):
     ``current``, ...) with every message-hub buffer; pickle writes each as
     ``getattr(HistoryBuffer, name)``. Anything else is refused.
     """
-    import pickle
-
     from mmengine.logging.history_buffer import HistoryBuffer
+
     if (isinstance(obj, type) and issubclass(obj, HistoryBuffer) and isinstance(name, str)
             and not name.startswith("_") and callable(getattr(obj, name, None))):
         return getattr(obj, name)
@@ -133,20 +112,20 @@ def _history_buffer_getattr(obj, name):
                                  "(revbifpn_mm allows only HistoryBuffer methods)")
 
 
+@functools.lru_cache(maxsize=None)  # runs once: the allow-list is process-wide
 def ensure_torch_load_compat() -> None:
-    """Allow-list the non-tensor types of mmengine checkpoints for the weights-only loader (idempotent)."""
-    global _done
-    if _done:
-        return
-    import torch
-    add = getattr(torch.serialization, "add_safe_globals", None)
-    if add is not None:
-        add(_safe_types())
-        try:  # (callable, "module.name") entries: torch >= 2.6, where weights_only became the default
-            add([(_history_buffer_getattr, "__builtin__.getattr"), (_history_buffer_getattr, "builtins.getattr")])
-        except (TypeError, ValueError, AttributeError):  # pragma: no cover - older torch
-            pass
-    _done = True
+    """Allow-list the non-tensor types of mmengine checkpoints for the weights-only loader (idempotent).
+
+    A pickled ``HistoryBuffer`` carries its statistics methods as ``getattr(HistoryBuffer, 'mean')`` & co.;
+    allowing the real ``getattr`` would reopen arbitrary code execution, so that global is mapped to
+    :func:`_history_buffer_getattr`, which resolves only public methods of ``HistoryBuffer``.
+    """
+    torch.serialization.add_safe_globals(_safe_types())
+    try:  # (callable, "module.name") entries: torch >= 2.6, where weights_only became the default
+        torch.serialization.add_safe_globals([(_history_buffer_getattr, "__builtin__.getattr"),
+                                              (_history_buffer_getattr, "builtins.getattr")])
+    except (TypeError, ValueError, AttributeError):  # pragma: no cover - torch 2.5
+        pass
 
 
 def register_scope(cfg: Any) -> str:
@@ -160,6 +139,5 @@ def register_scope(cfg: Any) -> str:
     if scope not in ("mmdet", "mmseg"):
         raise ValueError(f"default_scope {scope!r} is not supported by these tools; use an MMDetection "
                          "('mmdet') or MMSegmentation ('mmseg') config")
-    module = importlib.import_module(f"{scope}.utils")
-    module.register_all_modules(init_default_scope=False)
+    importlib.import_module(f"{scope}.utils").register_all_modules(init_default_scope=False)
     return scope

@@ -1,8 +1,6 @@
 """``LeanFCNHead``: mmseg's HRNet-style ``FCNHead`` at a fraction of its activation memory.
 
-This module imports MMSegmentation (the head subclasses mmseg's ``FCNHead``) and registers the
-head in mmengine's root ``MODELS`` (which mmseg's registry resolves); :mod:`revbifpn_mm.mm`
-imports it only when mmseg is installed, so the mm layer works with mmdet alone.
+Imports mmseg, so :mod:`revbifpn_mm.mm` imports this module only when mmseg is installed.
 """
 from __future__ import annotations
 
@@ -23,38 +21,29 @@ __all__ = ["LeanFCNHead"]
 class LeanFCNHead(FCNHead):
     """mmseg's HRNet FCN head (``FCNHead`` with ``resize_concat``, one 1x1 ConvModule) made lean.
 
-    ``FCNHead`` in the HRNet setting resizes all input levels to the first one's size
-    (stride 4), concatenates them (``sum(in_channels)`` channels: 2240 for RevBiFPN-S4,
-    3712 for S6) and applies a 1x1 conv + BN + ReLU, dropout and the 1x1 classifier,
-    keeping three full-width stride-4 tensors for backward (four with dropout). This
-    head computes the same function one block of ``chunk_channels`` channels at a time
-    (:func:`~revbifpn_mm.models.heads.lean_fcn_forward`): each level is reduced at its own
-    resolution by its slice of the 1x1 weight (the conv commutes with bilinear resizing),
-    then resized and summed, normalised, activated and classified; the classifier sums
-    the blocks' contributions. No full-width stride-4 tensor is ever built, the backward
-    keeps only the inputs (and per-channel vectors) and recomputes each block.
+    ``FCNHead`` in the HRNet setting resizes all input levels to stride 4, concatenates them
+    (``sum(in_channels)`` channels: 2240 for RevBiFPN-S4) and applies a 1x1 conv + BN + ReLU, dropout
+    and the 1x1 classifier, keeping three full-width stride-4 tensors for backward (four with dropout).
+    This head computes the same function one block of ``chunk_channels`` channels at a time
+    (:func:`~revbifpn_mm.models.heads.lean_fcn_forward`; the math is in :mod:`revbifpn_mm.models.heads`):
+    no full-width stride-4 tensor is ever built, and the backward keeps only the inputs and recomputes
+    each block.
 
-    The parameters, buffers and their names are ``FCNHead``'s (``convs.0.conv``,
-    ``convs.0.bn``, ``conv_seg``), so state dicts load both ways, and the outputs equal
-    ``FCNHead``'s up to float round-off, in train and eval mode, with SyncBN across
-    processes, dropout (the same mask as ``nn.Dropout2d`` for the same RNG state) and
-    the BN running statistics updated once per forward.
+    The parameters, buffers and their names are ``FCNHead``'s (``convs.0.conv``, ``convs.0.bn``,
+    ``conv_seg``), so state dicts load both ways, and the outputs equal ``FCNHead``'s up to float
+    round-off, in train and eval mode, with SyncBN, dropout (the same mask as ``nn.Dropout2d`` for the
+    same RNG state) and the BN running statistics updated once per forward.
 
-    The lean computation holds for a plain ``nn.Conv2d`` (``conv_cfg=None``), a torch
-    BatchNorm or SyncBatchNorm (or no norm) and a ReLU (or none), in ``FCNHead``'s order. Any
-    other ``conv_cfg`` (e.g. ``'ConvWS'``, which standardises its weight in forward),
-    ``norm_cfg`` (e.g. ``'GN'``) or ``act_cfg`` builds the same modules, and the head then
-    runs ``FCNHead.forward`` itself, with a warning that the memory saving is off.
+    The lean computation holds for a plain ``nn.Conv2d`` (``conv_cfg=None``), a torch BatchNorm or
+    SyncBatchNorm (or no norm) and a ReLU (or none), in ``FCNHead``'s order. Any other ``conv_cfg``
+    (e.g. ``'ConvWS'``), ``norm_cfg`` (e.g. ``'GN'``) or ``act_cfg`` builds the same modules, and the
+    head then runs ``FCNHead.forward`` itself, with a warning that the memory saving is off.
 
     Args:
-        num_convs: Must be 1 (the HRNet FCN setting).
-        kernel_size: Must be 1.
-        concat_input: Must be False.
-        dilation: Must be 1.
+        num_convs, kernel_size, concat_input, dilation: Must be 1, 1, False, 1 (the HRNet FCN setting).
         chunk_channels: Channels computed at once (forward and backward). Defaults to 256.
-        **kwargs: ``BaseDecodeHead``'s arguments (``in_channels``, ``channels``,
-            ``num_classes``, ``in_index``, ``input_transform`` ('resize_concat' or None),
-            ``norm_cfg``, ``act_cfg``, ``conv_cfg``, ...; see above for the lean ones).
+        **kwargs: ``BaseDecodeHead``'s arguments (``in_channels``, ``channels``, ``num_classes``, ``in_index``,
+            ``input_transform`` ('resize_concat' or None), ``norm_cfg``, ``act_cfg``, ``conv_cfg``, ...).
     """
 
     def __init__(self, num_convs: int = 1, kernel_size: int = 1, concat_input: bool = False,
@@ -100,16 +89,16 @@ class LeanFCNHead(FCNHead):
 def _why_not_lean(module: nn.Module) -> Optional[str]:
     """Why ``lean_fcn_forward`` would not compute this ConvModule's function, or None if it does.
 
-    It convolves with the raw weight of an ``nn.Conv2d`` (whose forward is not overridden, as
-    ``ConvWS2d``'s is), normalises as torch's BatchNorm / SyncBatchNorm forward (subclasses that
-    keep it, as mmengine's ``SyncBatchNorm`` and ``_BatchNormXd``, included) and activates as ReLU,
-    in the order conv, norm, act.
+    It convolves with the raw weight of a plain ``nn.Conv2d``, normalises as torch's BatchNorm /
+    SyncBatchNorm forward (subclasses that keep that forward, as mmengine's ``_BatchNormXd``, included)
+    and activates as ReLU, in the order conv, norm, act.
     """
     conv = module.conv
     if not is_plain_conv2d(conv) or conv.groups != 1:
         return f"the conv is {type(conv).__name__} (groups={conv.groups}), not a plain nn.Conv2d"
     norm = module.norm if module.with_norm else None
-    if norm is not None and not (isinstance(norm, _BatchNorm) and type(norm).forward in (_BatchNorm.forward, nn.SyncBatchNorm.forward)):
+    torch_bn_forwards = (_BatchNorm.forward, nn.SyncBatchNorm.forward)
+    if norm is not None and not (isinstance(norm, _BatchNorm) and type(norm).forward in torch_bn_forwards):
         return f"the norm is {type(norm).__name__}, not a torch BatchNorm / SyncBatchNorm"
     if module.with_activation and type(module.activate) is not nn.ReLU:
         return f"the activation is {type(module.activate).__name__}, not ReLU"

@@ -1,13 +1,10 @@
 """``SafeCheckpointHook``: mmengine's ``CheckpointHook`` whose saves cannot destroy the last good state.
 
-mmengine 0.10's hook, with ``max_keep_ckpts`` set, deletes the oldest checkpoint *before* it writes
-the new one, writes it in place, and only then points ``work_dir/last_checkpoint`` at it: a kill or
-a full disk during a save leaves a truncated file and, with ``max_keep_ckpts=1``, nothing to resume
-from. This hook writes each checkpoint to a temporary name in the same folder and renames it into
-place once it is complete (an atomic ``os.replace``), then rewrites ``last_checkpoint`` the same way,
-and only then removes the checkpoints beyond ``max_keep_ckpts``. At every moment ``last_checkpoint``
-names a complete file; the temporary of a save cut short is removed when training starts again.
-Remote (non-local) ``out_dir`` backends keep mmengine's behaviour.
+mmengine 0.10's hook deletes the oldest checkpoint *before* it writes the new one, in place, and only
+then points ``last_checkpoint`` at it: a kill or a full disk during a save can leave nothing to resume
+from. This hook writes to a temporary name and renames it into place once complete (``os.replace``),
+then rewrites ``last_checkpoint`` the same way, and only then removes the checkpoints beyond
+``max_keep_ckpts`` (docs/design.md, *Faults*). Remote ``out_dir`` backends keep mmengine's behaviour.
 
 Use it as the ``checkpoint`` hook (this package's configs do)::
 

@@ -1,17 +1,18 @@
 """``RevBiFPNNeck``: HRFPN's outputs at a fraction of its activation memory."""
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from ..models.heads import is_plain_conv2d, level_sum
 from .compat import DropInArgumentError
@@ -23,58 +24,45 @@ __all__ = ["RevBiFPNNeck"]
 class RevBiFPNNeck(BaseModule):
     """Multi-scale neck that computes mmdet's ``HRFPN`` without its stride-4 concat.
 
-    HRFPN upsamples every input level to stride 4, concatenates them (``sum(in_channels)``
-    channels at 1/4 resolution: 1472 for RevBiFPN-S3) and applies a 1x1 reduction
-    conv. A 1x1 conv commutes with bilinear upsampling (both are linear, one over
-    channels, one over pixels), so this neck splits the reduction weight ``W`` into
-    per-level blocks ``W_i`` and computes::
+    HRFPN upsamples every input level to stride 4, concatenates them (``sum(in_channels)`` channels:
+    1472 for RevBiFPN-S3) and applies a 1x1 reduction conv. A 1x1 conv commutes with bilinear
+    upsampling (both are linear, one over channels, one over pixels), so this neck splits the
+    reduction weight ``W`` into per-level blocks ``W_i`` and computes::
 
         r = b + sum_i upsample_{2^i}(W_i * x_i)        (== conv_W(cat_i upsample(x_i)) + b)
 
-    at each level's own resolution, then average-pools ``r`` into ``num_outs``
-    levels and applies a 3x3 conv per level, exactly as HRFPN. The parameters and
-    their names are HRFPN's (``reduction_conv.conv``, ``fpn_convs.<i>.conv``), so an
-    ``HRFPN`` state dict loads as it is, and the outputs equal HRFPN's up to float
-    round-off; only the activation memory differs.
+    at each level's own resolution, then pools ``r`` into ``num_outs`` levels and applies a 3x3 conv
+    per level, exactly as HRFPN. The parameters and their names are HRFPN's (``reduction_conv.conv``,
+    ``fpn_convs.<i>.conv``), so an ``HRFPN`` state dict loads as it is, and the outputs equal HRFPN's
+    up to float round-off; only the activation memory differs.
 
-    With ``recompute_sum=True`` (default) the stride-4 sum ``r`` (``out_channels`` wide, the
-    largest tensor of the neck) is not kept for the backward pass either: the 3x3
-    convolutions and the pooling need it, so it is recomputed from the inputs (a few
-    1x1 convolutions at each level's own resolution, under 3 % of the neck's MACs)
-    when the backward reaches the neck (selective checkpointing: the 3x3 convolutions
-    are not re-run). Outputs and gradients are bitwise those of ``recompute_sum=False``. It runs
-    in training only (``eval()`` is plain autograd, so tracing tools such as mmengine's
-    ``get_model_complexity_info`` see ordinary ops), and only where no norm of the neck
-    trains (a training-mode norm would update its statistics twice).
-
-    The reduction and the 3x3 convolutions are computed with ``F.conv2d`` on the blocks of
-    HRFPN's weights, not through ``reduction_conv``'s module call: forward hooks on that
-    module do not fire (the split is the point of this neck); the 3x3 ``fpn_convs`` run
-    through their modules. The split is valid only for a plain ``nn.Conv2d`` (its weight is
-    what it convolves with): for any other conv type of ``conv_cfg`` (e.g. ``'ConvWS'``,
-    whose forward standardises the weight) the neck computes HRFPN's stride-4 concatenation
-    and calls ``reduction_conv`` itself, with a warning that the memory saving is off.
-
-    Bad arguments where HRFPN asserts (``in_channels`` not a list, a wrong number of inputs)
-    raise :class:`~revbifpn_mm.mm.compat.DropInArgumentError`, both a ``ValueError`` and an
-    ``AssertionError``.
+    The reduction runs as ``F.conv2d`` on the blocks of its weight, so forward hooks on
+    ``reduction_conv`` do not fire (the 3x3 ``fpn_convs`` run through their modules). The split is
+    valid only for a plain ``nn.Conv2d``: for another conv type of ``conv_cfg`` (e.g. ``'ConvWS'``,
+    whose forward standardises the weight) the neck computes HRFPN's stride-4 concatenation and
+    calls ``reduction_conv``, with a warning that the memory saving is off. Bad arguments where
+    HRFPN asserts raise :class:`~revbifpn_mm.mm.compat.DropInArgumentError`, both a ``ValueError``
+    and an ``AssertionError``.
 
     Args:
         in_channels: Channels of each input level (the backbone's ``out_channels``).
         out_channels: Channels of every output level. Defaults to 256.
         num_outs: Number of output levels (strides 4, 8, ..., 4 * 2^(num_outs-1)). Defaults to 5.
-        pooling_type: ``'AVG'`` or ``'MAX'``, in any case (``'max'`` is max pooling; HRFPN
-            pools by average for anything but ``'MAX'``, we refuse other values). Defaults to ``'AVG'``.
+        pooling_type: ``'AVG'`` or ``'MAX'``, in any case (HRFPN pools by average for anything but
+            ``'MAX'``; we refuse other values). Defaults to ``'AVG'``.
         conv_cfg: Conv config of the ConvModules, with HRFPN's meaning (see above). Defaults to None.
-        norm_cfg: Accepted as HRFPN accepts it, and, as in HRFPN (mmdet 3.3), not used: its convolutions
-            are built without a norm, and so are these, to compute its outputs and load its state
-            dict (a warning says so). Defaults to None.
-        with_cp: HRFPN's checkpointing: recompute the reduction *and* the 3x3 convolutions in
-            the backward (less memory, more compute than ``recompute_sum`` alone). Defaults to False.
-        stride: Stride of the 3x3 output convs (2 for one-stage heads on strides 8-128, as
-            mmdet's HRNet FCOS configs). Defaults to 1.
-        recompute_sum: Recompute the stride-4 reduction in the backward instead of keeping it
-            (see above). Defaults to True.
+        norm_cfg: Accepted and, as in HRFPN (mmdet 3.3), not used: its convolutions have no norm, and
+            neither have these (a warning says so). Defaults to None.
+        with_cp: HRFPN's checkpointing: recompute the reduction *and* the 3x3 convolutions in the backward
+            (less memory, more compute than ``recompute_sum`` alone). Defaults to False.
+        stride: Stride of the 3x3 output convs (2 for one-stage heads on strides 8-128, as mmdet's HRNet
+            FCOS configs). Defaults to 1.
+        recompute_sum: In training, recompute the stride-4 sum ``r`` (the neck's largest tensor) from the
+            inputs when the backward reaches the neck, instead of keeping it: a few 1x1 convolutions, under
+            3 % of the neck's MACs; the 3x3 convolutions are not re-run (selective checkpointing). Gradients
+            are bitwise those of ``False``. Eval mode (so that tracing tools see ordinary ops) and a
+            training norm in the neck (it would update its statistics twice) run plain autograd.
+            Defaults to True.
         lean: The earlier name of ``recompute_sum`` (a warning says so).
         init_cfg: Defaults to Caffe2Xavier on the convs (as HRFPN).
     """
@@ -133,14 +121,11 @@ class RevBiFPNNeck(BaseModule):
         """Return ``num_outs`` maps with ``out_channels`` channels (strides ``4 * stride * 2**i``)."""
         self._check(inputs)
         recompute = self.recompute_sum or self.with_cp
-        if not (self.training and torch.is_grad_enabled() and recompute) or self._norm_trains():
+        norm_trains = any(isinstance(m, _BatchNorm) and m.training for m in self.modules())
+        if not (self.training and torch.is_grad_enabled() and recompute) or norm_trains:
             return self._forward(*inputs)
         return checkpoint(self._forward, *inputs, use_reentrant=False,
                           **({} if self.with_cp else dict(context_fn=_keep_output_convs)))
-
-    def _norm_trains(self) -> bool:
-        """Whether a norm of the neck uses batch statistics (a recomputation would update them twice)."""
-        return any(isinstance(m, _BatchNorm) and m.training for m in self.modules())
 
     def _reduce(self, inputs: Sequence[Tensor]) -> Tensor:
         """``reduction_conv(cat_i upsample(x_i))``: split per level for a plain conv, else as HRFPN."""
@@ -171,5 +156,4 @@ def _save_spatial_convs(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Checkpo
     return CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def _keep_output_convs():
-    return create_selective_checkpoint_contexts(_save_spatial_convs)
+_keep_output_convs = functools.partial(create_selective_checkpoint_contexts, _save_spatial_convs)
