@@ -1,9 +1,5 @@
-"""The benchmark's files and tables: ``<out>/{peak,time}.json`` per pass, merged into
-``benchmark.json``, ``benchmark.md`` and ``benchmark.png``.
-
-A pass file keeps the rows of earlier runs with other ``(name, amp)`` keys, so a suite can run
-in parts (one ``--amp``, one model list at a time) and be reported together.
-"""
+"""The benchmark's files and tables: ``<out>/{peak,time}.json`` per pass (keeping earlier runs' rows of other
+``(name, amp)`` keys, so a suite can run in parts), merged into ``benchmark.json``, ``.md`` and ``.png``."""
 from __future__ import annotations
 
 import json
@@ -14,8 +10,10 @@ from typing import Any, Dict, List, Optional, Sequence
 from .measure import merge_rows
 
 AP_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "coco_ap.json")
+with open(AP_FILE, encoding="utf-8") as _f:
+    COCO_AP: Dict[str, Any] = json.load(_f)
 NOTES = {
-    "fair-fight": (json.load(open(AP_FILE))["_about"] + " Not measured here."
+    "fair-fight": (COCO_AP["_about"] + " Not measured here."
                    + " with_cp changes memory and time, not AP. Peak: the peak probe on, one step per model; "
                    "step time: a separate pass without the probe, all models stepped in turn, minimum over the rounds."),
     "throughput": ("Largest batch whose training step (forward + backward, gradients allocated) fits the cap, and "
@@ -89,8 +87,7 @@ def ratios(rows: List[Dict[str, Any]]) -> List[str]:
 
 def ap(kind: str, backbone: str, source: str, i: int) -> str:
     """A quoted COCO AP of :data:`AP_FILE` (``'n/a'`` where none is published)."""
-    with open(AP_FILE) as f:
-        v = json.load(f).get(kind, {}).get(backbone, {}).get(source, [None, None])[i]
+    v = COCO_AP.get(kind, {}).get(backbone, {}).get(source, [None, None])[i]
     return "n/a" if v is None else f"{v:.1f}"
 
 
