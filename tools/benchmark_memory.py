@@ -76,7 +76,8 @@ def meta(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
     return dict(suite=args.suite, device=str(device), threads=torch.get_num_threads(), torch=torch.__version__,
                 device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 input=list(getattr(args, "input", None) or []) or getattr(args, "sizes", ""),
-                date=datetime.date.today().isoformat(), command="python tools/benchmark_memory.py " + " ".join(sys.argv[1:]))
+                date=datetime.date.today().isoformat(),
+                command="python tools/benchmark_memory.py " + " ".join(sys.argv[1:]))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -133,12 +133,12 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     models = {}
     for bb in args.backbones.split(","):
-        variants = [("reversible", None), ("plain", None)] if bb.startswith("revbifpn") else [(None, False), (None, True)]
-        for mode, cp in variants:
-            torch.manual_seed(0)
-            model = M.detector(args.kind, bb, bool(cp), **(dict(memory_mode=mode) if mode else {})).train()
-            run = M.detector_run(model, 1, args.height, args.width, torch.device("cpu"))
-            models[f"{bb} {mode or ('with_cp' if cp else 'plain')}"] = (model, run)
+        rev = bb.startswith("revbifpn")
+        for label in ("reversible", "plain") if rev else ("plain", "with_cp"):
+            kw = dict(memory_mode=label) if rev else dict(with_cp=label == "with_cp")
+            build = M.run_builder(lambda: M.detector(args.kind, bb, **kw), M.detector_run, 1, args.height, args.width,
+                                  torch.device("cpu"))
+            models[f"{bb} {label}"] = build()
     res = interleaved_phases(models, rounds=args.rounds)
     print(f"{'detector (' + args.kind + ' R-CNN, s)':34s}" + "".join(f"{p:>13s}" for p in PHASES))
     for name, r in res.items():

@@ -18,7 +18,6 @@ from collections import Counter
 from typing import Any, Callable, Dict, List
 
 import torch
-from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from meters import VIEW_OPS
@@ -72,14 +71,15 @@ def _count_launches(run: Callable[[], Any], names: Counter) -> int:
     return len(launched)
 
 
-def _row(name: str, model: nn.Module, x: torch.Tensor, top: int = 0, **info: Any) -> Dict[str, Any]:
+def _row(name: str, build: M.Builder, top: int = 0, **info: Any) -> Dict[str, Any]:
+    model, run = build()
     t0 = time.perf_counter()
-    training_loss(model(x)).backward()  # warm-up (compiles where compiled)
+    training_loss(run()).backward()  # warm-up (compiles where compiled)
     first = time.perf_counter() - t0
     model.zero_grad(set_to_none=True)
     names: Counter = Counter()
     loss: List[torch.Tensor] = []
-    fwd = _count_launches(lambda: loss.append(training_loss(model(x))), names)
+    fwd = _count_launches(lambda: loss.append(training_loss(run())), names)
     bwd = _count_launches(lambda: loss.pop().backward(), names)
     logger.info("%s: %d kernels (first step %.1f s)", name, fwd + bwd, first)
     row = dict(name=name, group="kernels", amp="fp32", kernels_fwd=fwd, kernels_bwd=bwd, kernels=fwd + bwd,
@@ -89,11 +89,6 @@ def _row(name: str, model: nn.Module, x: torch.Tensor, top: int = 0, **info: Any
         logger.info("%s: %d convolutions; most launched: %s", name, row["convolutions"],
                     ", ".join(f"{k} {n}" for k, n in names.most_common(top)))
     return row
-
-
-def _built(make: Callable[[], nn.Module], frozen: bool, device: torch.device) -> nn.Module:
-    torch.manual_seed(0)
-    return M.freeze_bn(make().to(device), frozen)
 
 
 def _enable_kernel_profile() -> None:
@@ -108,17 +103,17 @@ def _enable_kernel_profile() -> None:
 def rows(args: argparse.Namespace, device: torch.device) -> List[Dict[str, Any]]:  # noqa: D103
     _enable_kernel_profile()
     b, h, w = args.input
-    x = M.image(b, h, w, device)
     out = []
     for arch in filter(None, args.archs.split(",")):
         for bn in filter(None, args.bn.split(",")):
             for mode in filter(None, args.modes.split(",")):
-                m = _built(lambda: RevBiFPN(arch, num_classes=0, drop_path_rate=0.0, **MODES[mode]), bn == "frozen",
-                           device)
-                out.append(_row(f"revbifpn_{arch} {mode} bn={bn}", m, x, args.top, arch=arch, mode=mode, bn=bn,
+                build = M.backbone_builder(lambda: RevBiFPN(arch, num_classes=0, drop_path_rate=0.0, **MODES[mode]),
+                                           b, h, w, device, bn == "frozen")
+                out.append(_row(f"revbifpn_{arch} {mode} bn={bn}", build, args.top, arch=arch, mode=mode, bn=bn,
                                 ref=f"revbifpn_{arch} plain bn={bn}" if mode != "plain" else None))
     for name in filter(lambda n: n and n != "none", args.baselines.split(",")):
         for bn in filter(None, args.bn.split(",")):
-            m = _built(lambda: M.build(M.detector_cfg("faster", name).backbone, "mmdet"), bn == "frozen", device)
-            out.append(_row(f"{name} bn={bn}", m, x, args.top, arch=name, mode="eager", bn=bn))
+            build = M.backbone_builder(lambda: M.build(M.detector_cfg("faster", name).backbone, "mmdet"),
+                                       b, h, w, device, bn == "frozen")
+            out.append(_row(f"{name} bn={bn}", build, args.top, arch=name, mode="eager", bn=bn))
     return out

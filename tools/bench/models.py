@@ -227,7 +227,7 @@ def backbone_builder(make: Callable[[], nn.Module], batch: int, h: int, w: int, 
 
 def run_builder(make: Callable[[], nn.Module], run: Callable[..., Callable[[], Any]], batch: int, h: int, w: int,
                 device: torch.device) -> Builder:
-    """A builder of ``(model, run)`` for a detector or segmentor (``run``: :func:`detector_run` / :func:`segmentor_run`)."""
+    """A builder of ``(model, run)`` for a detector or segmentor (``run``: e.g. :func:`detector_run`)."""
     def make_case() -> Tuple[nn.Module, Callable[[], Any]]:
         torch.manual_seed(0)
         model = make().to(device).train()
