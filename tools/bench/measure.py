@@ -23,7 +23,7 @@ from revbifpn_mm.core import saved_bytes
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["training_loss", "count_step_kernels", "measure_step", "interleaved_min_times",
+__all__ = ["training_loss", "count_step_kernels", "timed", "measure_step", "interleaved_min_times",
            "AMP_DTYPES", "Case", "measure_case", "peak_pass", "time_pass", "merge_rows"]
 
 AMP_DTYPES: Dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -57,6 +57,15 @@ def count_step_kernels(forward: Callable[[], Any]) -> Tuple[int, int]:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds ``fn()`` takes, the device synchronized before and after."""
+    _sync(device)
+    t0 = clock()
+    fn()
+    _sync(device)
+    return clock() - t0
 
 
 def _autocast(run: Callable[[], Any], device: torch.device, amp: str) -> Callable[[], Any]:
@@ -100,13 +109,7 @@ def measure_step(run: Callable[[], Any], params: Sequence[nn.Parameter], device:
         probe.reset()
         step()  # always one step after the reset: the peak is read from it, timed or not
         res["peak_bytes"] = probe.read()
-    times: List[float] = []
-    for _ in range(steps):
-        _sync(device)
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+    times = [timed(step, device) for _ in range(steps)]
     res["step_s"] = statistics.median(times) if times else math.nan
     if kernels:
         for p in params:  # as after an optimizer's zero_grad(): no accumulation kernels counted
@@ -130,11 +133,7 @@ def interleaved_min_times(steps: Mapping[str, Callable[[], None]], rounds: int =
     best = {name: math.inf for name in steps}
     for _ in range(rounds):
         for name, fn in steps.items():
-            _sync(dev)
-            t0 = clock()
-            fn()
-            _sync(dev)
-            best[name] = min(best[name], clock() - t0)
+            best[name] = min(best[name], timed(fn, dev, clock))
     return best
 
 

@@ -96,10 +96,11 @@ def backbone_neck(backbone: str, with_cp: bool = False, **revbifpn: Any) -> nn.M
     return nn.Sequential(det.backbone, det.neck)
 
 
-def segmentor_cfg(backbone: str, head: str = "fcn", bn: str = "train", with_cp: bool = False) -> Any:
-    """The ``model`` config of a Cityscapes FCN segmentor without pretrained weights: this project's
-    ``configs/mmseg`` for RevBiFPN, mmseg's ``fcn_hr{18,48}`` for HRNetV2. ``head``: ``'fcn'``
-    (FCNHead) or ``'lean'`` (LeanFCNHead, same outputs); ``bn``: ``'train'`` or ``'frozen'``."""
+def segmentor(backbone: str, head: str = "fcn", bn: str = "train", with_cp: bool = False) -> nn.Module:
+    """An mmseg ``EncoderDecoder``, SyncBN made BN (one device): a Cityscapes FCN segmentor without pretrained
+    weights, this project's ``configs/mmseg`` for RevBiFPN, mmseg's ``fcn_hr{18,48}`` for HRNetV2. ``head``:
+    ``'fcn'`` (FCNHead) or ``'lean'`` (LeanFCNHead, same outputs); ``bn``: ``'train'`` or ``'frozen'``."""
+    from mmengine.model import revert_sync_batchnorm
     if backbone.startswith("revbifpn_"):
         if with_cp:
             raise ValueError("RevBiFPN has no with_cp: its trunk is reversible already")
@@ -114,13 +115,7 @@ def segmentor_cfg(backbone: str, head: str = "fcn", bn: str = "train", with_cp: 
     model.backbone.init_cfg = None
     model.decode_head.type = SEG_HEADS[head]
     model.backbone.norm_eval = bn == "frozen"
-    return model
-
-
-def segmentor(backbone: str, head: str = "fcn", bn: str = "train", with_cp: bool = False) -> nn.Module:
-    """An mmseg ``EncoderDecoder`` (see :func:`segmentor_cfg`); SyncBN becomes BN (one device)."""
-    from mmengine.model import revert_sync_batchnorm
-    return revert_sync_batchnorm(build(segmentor_cfg(backbone, head, bn, with_cp), "mmseg"))
+    return revert_sync_batchnorm(build(model, "mmseg"))
 
 
 def segmentor_run(model: nn.Module, batch: int, h: int, w: int, device: torch.device) -> Callable[[], Any]:

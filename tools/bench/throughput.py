@@ -13,7 +13,6 @@ import gc
 import json
 import math
 import sys
-import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -22,7 +21,7 @@ from meters import RssPeakProbe, run_fresh
 from planner.predict import CONTEXT_GIB
 
 from . import models as M
-from .measure import interleaved_min_times, training_loss
+from .measure import interleaved_min_times, timed, training_loss
 
 GIB = 1 << 30
 
@@ -68,11 +67,7 @@ def largest_batch(fits: Callable[[int], Optional[Dict[str, Any]]], max_batch: in
 # --------------------------------------------------------------------------- CUDA
 def _cuda_step(model: torch.nn.Module, batch: int, h: int, w: int, device: torch.device) -> float:
     x = M.image(batch, h, w, device)
-    torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    training_loss(model(x)).backward()
-    torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
+    return timed(lambda: training_loss(model(x)).backward(), device)
 
 
 def cuda_rows(spec: str, cap_gib: float, h: int, w: int, max_batch: int, device: torch.device,
