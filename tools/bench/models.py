@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -237,13 +237,3 @@ def parse_size(text: str) -> Tuple[int, int]:
     except ValueError:
         raise ValueError(f"sizes are HxW, e.g. 512x1024; got {text!r}") from None
     return h, w
-
-
-def options(text: Optional[str]) -> Dict[str, Any]:
-    """RevBiFPN options from ``'plain_segments=2,plain_from=input,compile_transforms=true'`` (ints and
-    true / false where they parse)."""
-    out: Dict[str, Any] = {}
-    for item in filter(None, (text or "").split(",")):
-        k, _, v = item.partition("=")
-        out[k] = int(v) if v.lstrip("-").isdigit() else {"true": True, "false": False}.get(v.lower(), v)
-    return out

@@ -35,10 +35,15 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:  # noqa: D103
 
 
 def parse_model(spec: str) -> Tuple[str, bool, Dict[str, Any]]:
-    """``'revbifpn_s3@plain_segments=2'`` -> ``('revbifpn_s3', False, {'plain_segments': 2})``."""
-    name, _, opts = spec.partition("@")
+    """``'revbifpn_s3@plain_segments=2;plain_from=input'`` -> ``('revbifpn_s3', False, {'plain_segments': 2,
+    'plain_from': 'input'})``: RevBiFPN options, ints and true / false parsed where they parse."""
+    name, _, text = spec.partition("@")
+    opts: Dict[str, Any] = {}
+    for item in filter(None, text.replace(";", ",").split(",")):
+        k, _, v = item.partition("=")
+        opts[k] = int(v) if v.lstrip("-").isdigit() else {"true": True, "false": False}.get(v.lower(), v)
     cp = name.endswith("+cp")
-    return name[:-3] if cp else name, cp, M.options(opts.replace(";", ","))
+    return name[:-3] if cp else name, cp, opts
 
 
 def build(spec: str) -> torch.nn.Module:
@@ -128,7 +133,7 @@ def cpu_rows(specs: List[str], cap_gib: float, h: int, w: int, max_batch: int, r
             return dict(peak_gb=total / 1e9) if total <= cap_gib * GIB else None
         batch, res = largest_batch(fits, max_batch)
         rows.append(dict(spec=spec, batch=batch, **(res or {})))
-    steps, kept = {}, []
+    steps = {}
     for r in rows:
         if r["batch"]:
             model, x = build(r["spec"]), M.image(r["batch"], h, w, torch.device("cpu"))
@@ -138,7 +143,6 @@ def cpu_rows(specs: List[str], cap_gib: float, h: int, w: int, max_batch: int, r
                 model.zero_grad(set_to_none=False)
             step()
             steps[r["spec"]] = step
-            kept.append(model)
     for spec, sec in interleaved_min_times(steps, rounds).items():
         next(r for r in rows if r["spec"] == spec)["step_s"] = sec
     return rows
