@@ -11,10 +11,9 @@ Suites (``tools/bench/<suite>.py`` says what each measures; ``SUITE --help`` lis
   throughput  the largest batch that fits a memory cap, and images/s at it
   report      only merge DIR/peak.json and DIR/time.json into DIR/benchmark.{json,md,png}
 
-Passes (``--pass``) of the case suites: ``peak`` builds, measures and frees each model in turn with the
-peak probe on (peak memory, bytes saved for backward); ``time`` builds them all, then steps them in
-turn for ``--rounds`` rounds without it (minimum each). On CPU they are two commands: the probe's
-allocator policy slows steps. What each figure is: docs/benchmarks.md. Memory is per sample.
+Passes (``--pass``) of the case suites: ``peak`` measures each model in turn with the peak probe on (peak
+memory, bytes saved for backward); ``time`` builds them all, then steps them in turn for ``--rounds``
+rounds without it (minimum each); on CPU two commands. Memory is per sample; docs/benchmarks.md.
 
 Examples:
     python tools/benchmark_memory.py fair-fight --pass peak --out work_dirs/ff
@@ -40,7 +39,6 @@ from meters import peak_probe_for
 
 SUITES = {"backbones": "1x800x1344", "fair-fight": "1x800x1344", "seg": "1x1024x2048", "depth": "1x512x512",
           "kernels": "2x128x128", "throughput": None, "report": None}
-MODULES = {"fair-fight": "fair_fight"}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -48,7 +46,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="suite", required=True)
     for suite, default_input in SUITES.items():
-        p = sub.add_parser(suite, help=f"see tools/bench/{MODULES.get(suite, suite)}.py")
+        p = sub.add_parser(suite, help=f"see tools/bench/{suite.replace('-', '_')}.py")
         p.add_argument("--out", required=True, help="output directory")
         if suite == "report":
             continue
@@ -59,7 +57,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             p.add_argument("--input", default=default_input, help=f"BxHxW (default {default_input})")
         if suite not in ("kernels", "throughput"):
             p.add_argument("--pass", dest="passes", default="peak", choices=("peak", "time", "all"))
-        importlib.import_module(f"bench.{MODULES.get(suite, suite)}").add_arguments(p)
+        importlib.import_module(f"bench.{suite.replace('-', '_')}").add_arguments(p)
     args = ap.parse_args(argv)
     if getattr(args, "input", None):
         try:
@@ -78,7 +76,8 @@ def meta(args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
     return dict(suite=args.suite, device=str(device), threads=torch.get_num_threads(), torch=torch.__version__,
                 device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 input=list(getattr(args, "input", None) or []) or getattr(args, "sizes", ""),
-                date=datetime.date.today().isoformat(), command="python tools/benchmark_memory.py " + " ".join(sys.argv[1:]))
+                date=datetime.date.today().isoformat(),
+                command="python tools/benchmark_memory.py " + " ".join(sys.argv[1:]))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -90,7 +89,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    mod = importlib.import_module(f"bench.{MODULES.get(args.suite, args.suite)}")
+    mod = importlib.import_module(f"bench.{args.suite.replace('-', '_')}")
     info = meta(args, device)
     if hasattr(mod, "rows"):  # kernels, throughput: measured by the suite itself
         report.write_pass(args.out, "peak", info, mod.rows(args, device))

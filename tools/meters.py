@@ -1,16 +1,7 @@
-"""Meters of a training step for the tools: peak memory, dispatched kernels, and the fresh process a peak needs.
-
-* :class:`PeakProbe`: the peak memory of a piece of code, from CUDA's allocator
-  (:class:`CudaPeakProbe`) or, on Linux CPUs, from the process's peak resident set
-  (:class:`RssPeakProbe`, which changes glibc's allocation policy for the whole process).
-* :func:`run_fresh`: a module's measurement in a fresh Python process (a resident-set peak is
-  per process and only grows), its JSON result read back; the memory planner and the
-  throughput benchmark measure through it.
-* :class:`KernelCounter`: the aten ops a piece of code dispatches, views and allocations
-  excluded; on a GPU in the launch-bound regime a step's time follows this count.
-
-The bytes autograd saves for backward are counted by the package
-(:class:`revbifpn_mm.core.SavedTensorCounter`). Torch only; nothing here runs at import.
+"""Meters of a training step for the tools: peak memory (:class:`PeakProbe`: CUDA's allocator or, on Linux
+CPUs, the process's peak resident set), the fresh process a resident-set peak is read in (:func:`run_fresh`),
+and the aten ops a piece of code dispatches (:class:`KernelCounter`). The bytes autograd saves for backward
+are the package's (:class:`revbifpn_mm.core.SavedTensorCounter`). Nothing here runs at import.
 """
 from __future__ import annotations
 
@@ -76,13 +67,11 @@ def _status_bytes(key: str) -> int:
 class RssPeakProbe(PeakProbe):
     """Peak resident set (VmHWM) since the reset, minus the resident set (VmRSS) at it.
 
-    The CPU counterpart of :class:`CudaPeakProbe` (Linux with glibc). On construction glibc
-    is told to serve every allocation above ``mmap_threshold`` bytes by ``mmap``, so that a
-    freed tensor leaves the resident set at once instead of staying in the heap. The setting
-    holds for the rest of the process (glibc reuses freed heap chunks first, so it cannot be
-    switched back) and slows allocation-heavy steps by 20-40 %: take step times in a process
-    without this probe. The reading under-reads small inputs, whose tensors fall below the
-    threshold or into already resident pages; read it at detection-sized inputs.
+    The CPU counterpart of :class:`CudaPeakProbe` (Linux with glibc). On construction glibc is told to
+    serve every allocation above ``mmap_threshold`` bytes by ``mmap``, so that a freed tensor leaves the
+    resident set at once. The setting holds for the rest of the process and slows allocation-heavy steps
+    by 20-40 %: take step times in a process without this probe. Small inputs under-read (their tensors
+    fall below the threshold or into resident pages); read it at detection-sized inputs.
 
     Raises:
         RuntimeError: where ``/proc/self/clear_refs`` or glibc's ``mallopt`` is unavailable
@@ -104,13 +93,11 @@ class RssPeakProbe(PeakProbe):
     @staticmethod
     def available() -> bool:
         """Whether this process can read its peak resident set (Linux with glibc)."""
-        if not os.access("/proc/self/clear_refs", os.W_OK):
-            return False
         try:
             ctypes.CDLL("libc.so.6")
         except OSError:
             return False
-        return True
+        return os.access("/proc/self/clear_refs", os.W_OK)
 
     def reset(self) -> None:
         self._base = _status_bytes("VmRSS:")
@@ -124,8 +111,10 @@ class RssPeakProbe(PeakProbe):
 def peak_probe_for(device: torch.device) -> Optional[PeakProbe]:
     """The peak probe for ``device``: CUDA's allocator, else the resident set where readable.
 
-    On CPU this changes glibc's allocation policy for the whole process (see
-    :class:`RssPeakProbe`). Returns ``None`` where no probe is available.
+    On CPU this changes glibc's allocation policy for the whole process (see :class:`RssPeakProbe`).
+
+    Returns:
+        The probe, or ``None`` where none is available.
     """
     device = torch.device(device)
     if device.type == "cuda":

@@ -1,4 +1,11 @@
-"""Where the time of one detector training step goes: backbone, neck and heads, forward and backward.
+"""Where the time of a detector training step goes: backbone, neck and heads, forward and backward.
+
+    python tools/phases.py                                   # Faster R-CNN, 800x1344, batch 1
+    python tools/phases.py --backbones revbifpn_s3,hrnetv2p_w18 --height 416 --width 672
+
+Builds the detectors (RevBiFPN reversible and plain, the baselines with and without ``with_cp``),
+steps them in turn for ``--rounds`` rounds and prints each one's fastest step by phase. The RevBiFPN
+backbone's backward contains its recomputation: reversible minus plain is what it costs.
 
 Read from ``torch.profiler``: forward pre/post hooks on the detector's ``backbone`` and ``neck``
 open and close a ``record_function`` region around each; every op recorded inside a region carries
@@ -13,6 +20,9 @@ Host (CPU) times: on CUDA, run with ``CUDA_LAUNCH_BLOCKING=1`` for a meaningful 
 """
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import time
 from typing import Any, Callable, Dict, Mapping, Sequence
 
@@ -21,6 +31,7 @@ from torch import nn
 from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 
+from bench import models as M
 from bench.measure import training_loss
 
 __all__ = ["PHASES", "time_phases", "interleaved_phases"]
@@ -106,3 +117,38 @@ def interleaved_phases(models: Mapping[str, Sequence[Any]], rounds: int = 3) -> 
             if name not in best or res["step"] < best[name]["step"]:
                 best[name] = res
     return best
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbones", default="revbifpn_s3,hrnetv2p_w18,r101_fpn")
+    ap.add_argument("--kind", default="faster", choices=("faster", "mask"))
+    ap.add_argument("--height", type=int, default=800)
+    ap.add_argument("--width", type=int, default=1344)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = {}
+    for bb in args.backbones.split(","):
+        rev = bb.startswith("revbifpn")
+        for label in ("reversible", "plain") if rev else ("plain", "with_cp"):
+            kw = dict(memory_mode=label) if rev else dict(with_cp=label == "with_cp")
+            build = M.run_builder(lambda: M.detector(args.kind, bb, **kw), M.detector_run, 1, args.height, args.width,
+                                  torch.device("cpu"))
+            models[f"{bb} {label}"] = build()
+    res = interleaved_phases(models, rounds=args.rounds)
+    print(f"{'detector (' + args.kind + ' R-CNN, s)':34s}" + "".join(f"{p:>13s}" for p in PHASES))
+    for name, r in res.items():
+        print(f"{name:34s}" + "".join(f"{r[p]:13.2f}" for p in PHASES))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(dict(shape=[args.height, args.width], threads=torch.get_num_threads(), rows=res), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

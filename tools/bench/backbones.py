@@ -7,7 +7,7 @@ from typing import List
 
 import torch
 
-from revbifpn_mm.models import ARCH_SETTINGS, RevBiFPN
+from revbifpn_mm.models import ARCH_SETTINGS
 
 from . import add_renamed
 from . import models as M
@@ -36,9 +36,9 @@ def _settings(text: str) -> List[tuple]:
         elif item == "compiled":
             out.append(("compiled", dict(compile_transforms=True)))
         elif item.lstrip("in").isdigit():
-            frm = "input" if item.startswith("in") else "output"
-            out.append((f"plain_segments={item.lstrip('in')}" + ("" if frm == "output" else ",from_input"),
-                        dict(plain_segments=int(item.lstrip("in")), plain_from=frm)))
+            n, frm = item.lstrip("in"), "input" if item.startswith("in") else "output"
+            out.append((f"plain_segments={n}" + (",from_input" if frm == "input" else ""),
+                        dict(plain_segments=int(n), plain_from=frm)))
         else:
             raise ValueError(f"--plain-segments: 'plain', 'compiled', N or inN, got {item!r}")
     return out
@@ -52,12 +52,10 @@ def cases(args: argparse.Namespace, device: torch.device) -> List[Case]:  # noqa
         if arch not in ARCH_SETTINGS:
             raise ValueError(f"unknown arch {arch!r}; one of {sorted(ARCH_SETTINGS)}")
         ref = f"revbifpn_{arch} reversible"
-        out.append(Case(ref, "backbone", M.backbone_builder(lambda a=arch: RevBiFPN(a, num_classes=0), b, h, w, device,
-                                                            frozen), batch=b, info=dict(arch=arch, budget="reversible")))
-        for label, kw in _settings(args.plain_segments):
+        for label, kw in [("reversible", {})] + _settings(args.plain_segments):
             out.append(Case(f"revbifpn_{arch} {label}", "backbone",
-                            M.backbone_builder(lambda a=arch, kw=kw: M.revbifpn(a, **kw), b, h, w, device,
-                                               frozen), batch=b, info=dict(arch=arch, budget=label, ref=ref)))
+                            M.backbone_builder(lambda a=arch, kw=kw: M.revbifpn(a, **kw), b, h, w, device, frozen),
+                            batch=b, info=dict(arch=arch, budget=label, ref=None if label == "reversible" else ref)))
     for name in filter(None, args.baselines.split(",")):
         if name == "none":
             continue

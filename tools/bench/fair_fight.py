@@ -25,7 +25,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:  # noqa: D103
 
 def cp_variants(backbone: str, with_cp: str) -> tuple:
     """The ``with_cp`` settings a row set takes (RevBiFPN has none)."""
-    return (False,) if backbone.startswith("revbifpn_") else {"both": (False, True), "on": (True,), "off": (False,)}[with_cp]
+    if backbone.startswith("revbifpn_"):
+        return (False,)
+    return {"both": (False, True), "on": (True,), "off": (False,)}[with_cp]
 
 
 def cases(args: argparse.Namespace, device: torch.device) -> List[Case]:  # noqa: D103

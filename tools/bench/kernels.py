@@ -1,30 +1,35 @@
 """``kernels``: kernels launched per training step of RevBiFPN backbones, plain, reversible and reversible
-with ``compile_transforms``, frozen and training BN, beside mmdet's HRNetV2p / ResNet backbones, all
-counted by one rule (:mod:`bench.launches`: torch.profiler, outermost ops plus compiled kernels). The
-count does not depend on the device; on a GPU in the launch-bound regime a step's time follows it.
-Compiled rows also give the first step's time (compilation included) beside the eager first step. Backbones
-run without stochastic depth, as every detection and segmentation config trains them (``drop_path_rate=0``;
-a random coupling would run eager under ``compile_transforms``, to keep its RNG replay exact)."""
+with ``compile_transforms``, frozen and training BN, beside mmdet's HRNetV2p / ResNet backbones.
+
+Counted with ``torch.profiler``, which sees compiled code run as compiled (under a ``TorchDispatchMode``
+counter it would run eager): on CUDA every GPU kernel; on CPU every *outermost* operator call (views and
+allocations excluded as :data:`meters.VIEW_OPS`) plus inductor's C++ kernels (``cpp_fused_*``), so a fused
+BN + Hardswish kernel is one where eager counts two. Compiled rows also give the first step's time
+(compilation included). Backbones run without stochastic depth, as the detection and segmentation configs
+train them (a random coupling would run eager under ``compile_transforms``). See docs/benchmarks.md.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import time
 from collections import Counter
 from typing import Any, Callable, Dict, List
 
 import torch
-from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
+from meters import VIEW_OPS
 from revbifpn_mm.models import RevBiFPN
 
 from . import models as M
-from .launches import enable_kernel_profile, step_launches
 from .measure import training_loss
 
 logger = logging.getLogger(__name__)
 MODES = {"plain": dict(memory_mode="plain"), "reversible": {},
          "compiled": dict(compile_transforms=True)}
+_OP = re.compile(r"^(?!autograd::|torch::)\w+::(\w+)")
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:  # noqa: D103
@@ -39,13 +44,43 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:  # noqa: D103
                          "and backward: calls no compiler fuses) as the row's 'convolutions'")
 
 
-def _row(name: str, model: nn.Module, x: torch.Tensor, top: int = 0, **info: Any) -> Dict[str, Any]:
+def _is_counted(name: str) -> bool:
+    if "cpp_fused" in name or name.startswith("triton_"):
+        return True
+    m = _OP.match(name)
+    return m is not None and m.group(1) not in VIEW_OPS
+
+
+def _count_launches(run: Callable[[], Any], names: Counter) -> int:
+    """Kernels launched by ``run()``, each also counted in ``names`` by its operator or kernel name."""
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts) as prof:
+        run()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    events = prof.events()
+    launched = [e.name for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    if not launched:  # CPU: the outermost counted calls
+        for e in filter(lambda e: _is_counted(e.name), events):
+            parent = e.cpu_parent
+            while parent is not None and not _is_counted(parent.name):
+                parent = parent.cpu_parent
+            if parent is None:
+                launched.append(e.name)
+    names.update(launched)
+    return len(launched)
+
+
+def _row(name: str, build: M.Builder, top: int = 0, **info: Any) -> Dict[str, Any]:
+    model, run = build()
     t0 = time.perf_counter()
-    training_loss(model(x)).backward()  # warm-up (compiles where compiled)
+    training_loss(run()).backward()  # warm-up (compiles where compiled)
     first = time.perf_counter() - t0
     model.zero_grad(set_to_none=True)
     names: Counter = Counter()
-    fwd, bwd = step_launches(lambda: model(x), names)
+    loss: List[torch.Tensor] = []
+    fwd = _count_launches(lambda: loss.append(training_loss(run())), names)
+    bwd = _count_launches(lambda: loss.pop().backward(), names)
     logger.info("%s: %d kernels (first step %.1f s)", name, fwd + bwd, first)
     row = dict(name=name, group="kernels", amp="fp32", kernels_fwd=fwd, kernels_bwd=bwd, kernels=fwd + bwd,
                first_step_s=first, **info)
@@ -56,25 +91,29 @@ def _row(name: str, model: nn.Module, x: torch.Tensor, top: int = 0, **info: Any
     return row
 
 
-def _built(make: Callable[[], nn.Module], frozen: bool, device: torch.device) -> nn.Module:
-    torch.manual_seed(0)
-    return M.freeze_bn(make().to(device), frozen)
+def _enable_kernel_profile() -> None:
+    """Make inductor's C++ kernels visible to the profiler; read when a graph compiles, so call it first."""
+    try:
+        import torch._inductor.config as inductor_config
+        inductor_config.cpp.enable_kernel_profile = True
+    except ImportError:  # pragma: no cover - torch without inductor
+        pass
 
 
 def rows(args: argparse.Namespace, device: torch.device) -> List[Dict[str, Any]]:  # noqa: D103
-    enable_kernel_profile()
+    _enable_kernel_profile()
     b, h, w = args.input
-    x = M.image(b, h, w, device)
     out = []
     for arch in filter(None, args.archs.split(",")):
         for bn in filter(None, args.bn.split(",")):
             for mode in filter(None, args.modes.split(",")):
-                m = _built(lambda: RevBiFPN(arch, num_classes=0, drop_path_rate=0.0, **MODES[mode]), bn == "frozen",
-                           device)
-                out.append(_row(f"revbifpn_{arch} {mode} bn={bn}", m, x, args.top, arch=arch, mode=mode, bn=bn,
+                build = M.backbone_builder(lambda: RevBiFPN(arch, num_classes=0, drop_path_rate=0.0, **MODES[mode]),
+                                           b, h, w, device, bn == "frozen")
+                out.append(_row(f"revbifpn_{arch} {mode} bn={bn}", build, args.top, arch=arch, mode=mode, bn=bn,
                                 ref=f"revbifpn_{arch} plain bn={bn}" if mode != "plain" else None))
     for name in filter(lambda n: n and n != "none", args.baselines.split(",")):
         for bn in filter(None, args.bn.split(",")):
-            m = _built(lambda: M.build(M.detector_cfg("faster", name).backbone, "mmdet"), bn == "frozen", device)
-            out.append(_row(f"{name} bn={bn}", m, x, args.top, arch=name, mode="eager", bn=bn))
+            build = M.backbone_builder(lambda: M.build(M.detector_cfg("faster", name).backbone, "mmdet"),
+                                       b, h, w, device, bn == "frozen")
+            out.append(_row(f"{name} bn={bn}", build, args.top, arch=name, mode="eager", bn=bn))
     return out

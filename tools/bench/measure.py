@@ -1,10 +1,7 @@
 """Measuring one training step: peak memory, bytes saved for backward, step time, kernel count.
 
-The measuring half of ``tools/benchmark_memory.py`` (whose docstring says what each figure is); the
-probes and counters are ``tools/meters.py``'s, the saved bytes the package's. Torch only. A :class:`Case`
-builds one model; :func:`peak_pass` measures cases one after the other (memory, kernels);
-:func:`time_pass` builds them all, then times them in turn without a probe; :func:`merge_rows` joins
-the two.
+A :class:`Case` builds one model; :func:`peak_pass` measures cases one after the other (memory, kernels);
+:func:`time_pass` builds them all, then times them in turn without a probe; :func:`merge_rows` joins the two.
 """
 from __future__ import annotations
 
@@ -26,7 +23,7 @@ from revbifpn_mm.core import saved_bytes
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["training_loss", "count_step_kernels", "measure_step", "interleaved_min_times",
+__all__ = ["training_loss", "count_step_kernels", "timed", "measure_step", "interleaved_min_times",
            "AMP_DTYPES", "Case", "measure_case", "peak_pass", "time_pass", "merge_rows"]
 
 AMP_DTYPES: Dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -48,7 +45,6 @@ def training_loss(outs: Any) -> torch.Tensor:
     return sum(o.float().pow(2).mean() for o in outs)
 
 
-# --------------------------------------------------------------------------- kernel count
 def count_step_kernels(forward: Callable[[], Any]) -> Tuple[int, int]:
     """Non-view aten ops dispatched by ``forward()`` and by the backward of its :func:`training_loss`."""
     with KernelCounter() as fwd:
@@ -58,10 +54,28 @@ def count_step_kernels(forward: Callable[[], Any]) -> Tuple[int, int]:
     return fwd.total, bwd.total
 
 
-# --------------------------------------------------------------------------- measuring
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds ``fn()`` takes, the device synchronized before and after."""
+    _sync(device)
+    t0 = clock()
+    fn()
+    _sync(device)
+    return clock() - t0
+
+
+def _autocast(run: Callable[[], Any], device: torch.device, amp: str) -> Callable[[], Any]:
+    """``run`` under autocast to ``amp``'s dtype (plain for ``'fp32'``)."""
+    dtype = AMP_DTYPES[amp]
+
+    def forward() -> Any:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return run()
+    return forward
 
 
 def measure_step(run: Callable[[], Any], params: Sequence[nn.Parameter], device: torch.device,
@@ -80,11 +94,7 @@ def measure_step(run: Callable[[], Any], params: Sequence[nn.Parameter], device:
     if warmup < 0 or steps < 0:
         raise ValueError(f"warmup and steps must be >= 0, got {warmup} and {steps}")
     device = torch.device(device)
-    dtype = AMP_DTYPES[amp]
-
-    def forward() -> Any:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            return run()
+    forward = _autocast(run, device, amp)
 
     def step() -> None:
         training_loss(forward()).backward()
@@ -99,13 +109,7 @@ def measure_step(run: Callable[[], Any], params: Sequence[nn.Parameter], device:
         probe.reset()
         step()  # always one step after the reset: the peak is read from it, timed or not
         res["peak_bytes"] = probe.read()
-    times: List[float] = []
-    for _ in range(steps):
-        _sync(device)
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+    times = [timed(step, device) for _ in range(steps)]
     res["step_s"] = statistics.median(times) if times else math.nan
     if kernels:
         for p in params:  # as after an optimizer's zero_grad(): no accumulation kernels counted
@@ -129,15 +133,10 @@ def interleaved_min_times(steps: Mapping[str, Callable[[], None]], rounds: int =
     best = {name: math.inf for name in steps}
     for _ in range(rounds):
         for name, fn in steps.items():
-            _sync(dev)
-            t0 = clock()
-            fn()
-            _sync(dev)
-            best[name] = min(best[name], clock() - t0)
+            best[name] = min(best[name], timed(fn, dev, clock))
     return best
 
 
-# --------------------------------------------------------------------------- rows and passes
 GB = 1e9
 _STEP_ERRORS = (RuntimeError, NotImplementedError, TypeError, KeyError, ValueError)
 """What a case may raise while built or stepped and still leave the others measurable (e.g. an
@@ -159,10 +158,9 @@ class Case:
 
 
 def _release() -> None:
-    """Free what a failed case left behind. The traceback of an exception raised mid-step
-    holds the partial forward's tensors in reference cycles (frames <-> traceback), which
-    only the cyclic collector frees: without this, each failing case (e.g. a bf16 detector
-    that mmcv's CPU ops reject) kept gigabytes alive and skewed the next cases' peaks."""
+    """Free what a failed case left behind: the traceback of an exception raised mid-step holds the partial
+    forward's tensors in reference cycles, which only the cyclic collector frees (else gigabytes stay and
+    skew the next cases' peaks)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -231,13 +229,9 @@ def time_pass(cases: Sequence[Case], device: torch.device, rounds: int = 3,
         failed: Optional[Dict[str, Any]] = None
         try:
             model, run = c.build()
-            dtype = AMP_DTYPES[c.amp]
 
-            def step(model: nn.Module = model, run: Callable[[], Any] = run,
-                     dtype: Optional[torch.dtype] = dtype) -> None:
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    out = run()
-                training_loss(out).backward()
+            def step(model: nn.Module = model, forward: Callable[[], Any] = _autocast(run, device, c.amp)) -> None:
+                training_loss(forward()).backward()
                 model.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
             step()

@@ -1,16 +1,13 @@
 """What the benchmark builds: RevBiFPN backbones, the baselines users would pick instead, whole detectors
-and segmentors, each with a ``run()`` that computes its training loss on synthetic inputs.
-
-Detectors and segmentors come from the configs users train: this project's for RevBiFPN, mmdet's /
-mmseg's own for HRNet and ResNet (so a baseline is exactly what ``with_cp=True`` gives a user).
-Without the mm stack (a bare CUDA machine), :func:`torch_backbone_neck` builds the torch-only
-stand-ins: timm's HRNet / ResNet with and without gradient checkpointing and an HRFPN-equivalent neck.
+and segmentors from the configs users train (this project's, mmdet's, mmseg's), each with a ``run()`` that
+computes its training loss on synthetic inputs; :func:`torch_backbone_neck` builds torch-only stand-ins.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -53,18 +50,21 @@ def build(cfg: Any, scope: str) -> nn.Module:
 
 
 def detector_cfg(kind: str, backbone: str, with_cp: bool = False, **revbifpn: Any) -> Any:
-    """The ``model`` config of a ``'faster'``, ``'mask'``, ``'retinanet'`` or ``'fcos'`` detector without
-    pretrained weights: this project's config for RevBiFPN (``revbifpn``: backbone options, e.g.
-    ``plain_segments=2``), mmdet's 1x COCO configs for HRNetV2p and ResNet-FPN (``with_cp`` set)."""
+    """The ``model`` config of a ``'faster'`` or ``'mask'`` R-CNN without pretrained weights: this project's
+    config for RevBiFPN (``revbifpn``: backbone options, e.g. ``plain_segments=2``), mmdet's 1x COCO configs
+    for HRNetV2p and ResNet-FPN (``with_cp`` set)."""
+    if kind not in ("faster", "mask"):
+        raise ValueError(f"detector kind must be 'faster' or 'mask', got {kind!r}")
+    stem, dashed = f"{kind}_rcnn", f"{kind}-rcnn"
     if backbone.startswith("revbifpn_"):
         if with_cp:
             raise ValueError("RevBiFPN has no with_cp: its trunk is reversible already")
-        cfg = config("repo", f"configs/{_stem(kind)}_revbifpn_{backbone.split('_')[1]}.py")
+        cfg = config("repo", f"configs/{stem}_revbifpn_{backbone.split('_')[1]}.py")
         cfg.model.backbone.update(revbifpn)
     elif backbone.startswith("hrnetv2p_"):
-        cfg = config("mmdet", f"hrnet/{_stem(kind, '-')}_hrnetv2p-{backbone.split('_')[1]}-1x_coco.py")
+        cfg = config("mmdet", f"hrnet/{dashed}_hrnetv2p-{backbone.split('_')[1]}-1x_coco.py")
     elif backbone in ("r50_fpn", "r101_fpn"):
-        cfg = config("mmdet", f"{_stem(kind)}/{_stem(kind, '-')}_{backbone[:-4]}_fpn_1x_coco.py")
+        cfg = config("mmdet", f"{stem}/{dashed}_{backbone[:-4]}_fpn_1x_coco.py")
     else:
         raise ValueError(f"unknown detector backbone {backbone!r}; one of {DETECTORS}")
     model = cfg.model
@@ -73,13 +73,6 @@ def detector_cfg(kind: str, backbone: str, with_cp: bool = False, **revbifpn: An
     if with_cp:
         model.backbone.with_cp = True
     return model
-
-
-def _stem(kind: str, sep: str = "_") -> str:
-    names = {"faster": "faster_rcnn", "mask": "mask_rcnn", "retinanet": "retinanet", "fcos": "fcos"}
-    if kind not in names:
-        raise ValueError(f"detector kind must be one of {sorted(names)}, got {kind!r}")
-    return names[kind].replace("_", sep) if sep != "_" else names[kind]
 
 
 def detector(kind: str, backbone: str, with_cp: bool = False, **revbifpn: Any) -> nn.Module:
@@ -103,10 +96,11 @@ def backbone_neck(backbone: str, with_cp: bool = False, **revbifpn: Any) -> nn.M
     return nn.Sequential(det.backbone, det.neck)
 
 
-def segmentor_cfg(backbone: str, head: str = "fcn", bn: str = "train", with_cp: bool = False) -> Any:
-    """The ``model`` config of a Cityscapes FCN segmentor without pretrained weights: this project's
-    ``configs/mmseg`` for RevBiFPN, mmseg's ``fcn_hr{18,48}`` for HRNetV2. ``head``: ``'fcn'``
-    (FCNHead) or ``'lean'`` (LeanFCNHead, same outputs); ``bn``: ``'train'`` or ``'frozen'``."""
+def segmentor(backbone: str, head: str = "fcn", bn: str = "train", with_cp: bool = False) -> nn.Module:
+    """An mmseg ``EncoderDecoder``, SyncBN made BN (one device): a Cityscapes FCN segmentor without pretrained
+    weights, this project's ``configs/mmseg`` for RevBiFPN, mmseg's ``fcn_hr{18,48}`` for HRNetV2. ``head``:
+    ``'fcn'`` (FCNHead) or ``'lean'`` (LeanFCNHead, same outputs); ``bn``: ``'train'`` or ``'frozen'``."""
+    from mmengine.model import revert_sync_batchnorm
     if backbone.startswith("revbifpn_"):
         if with_cp:
             raise ValueError("RevBiFPN has no with_cp: its trunk is reversible already")
@@ -121,13 +115,7 @@ def segmentor_cfg(backbone: str, head: str = "fcn", bn: str = "train", with_cp: 
     model.backbone.init_cfg = None
     model.decode_head.type = SEG_HEADS[head]
     model.backbone.norm_eval = bn == "frozen"
-    return model
-
-
-def segmentor(backbone: str, head: str = "fcn", bn: str = "train", with_cp: bool = False) -> nn.Module:
-    """An mmseg ``EncoderDecoder`` (see :func:`segmentor_cfg`); SyncBN becomes BN (one device)."""
-    from mmengine.model import revert_sync_batchnorm
-    return revert_sync_batchnorm(build(segmentor_cfg(backbone, head, bn, with_cp), "mmseg"))
+    return revert_sync_batchnorm(build(model, "mmseg"))
 
 
 def segmentor_run(model: nn.Module, batch: int, h: int, w: int, device: torch.device) -> Callable[[], Any]:
@@ -160,26 +148,9 @@ class HRFPNLike(nn.Module):
         return [conv(x if i == 0 else F.avg_pool2d(x, 2 ** i)) for i, conv in enumerate(self.convs)]
 
 
-class _TimmFeatures(nn.Module):
-    def __init__(self, name: str, with_cp: bool) -> None:
-        super().__init__()
-        import timm
-        kw = dict(feature_location="") if name.startswith("hrnet") else {}
-        self.body = timm.create_model(name, features_only=True, pretrained=False,
-                                      out_indices=(1, 2, 3, 4) if name.startswith("hrnet") else (1, 2, 3, 4), **kw)
-        if with_cp:
-            self.body.set_grad_checkpointing(True)
-        self.out_channels = self.body.feature_info.channels()
-
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:  # noqa: D102
-        return self.body(x)
-
-
 def revbifpn(arch: str, **options: Any) -> RevBiFPN:
     """``RevBiFPN(arch, num_classes=0)`` with ``options``: constructor keys, and the run policy's
     experiment fields (``plain_from``, ``lean_recompute``, ...) applied with ``set_policy``."""
-    import inspect
-
     keys = inspect.signature(RevBiFPN.__init__).parameters
     ctor = {k: v for k, v in options.items() if k in keys}
     model = RevBiFPN(arch, num_classes=0, **ctor)
@@ -197,8 +168,12 @@ def torch_backbone_neck(name: str, with_cp: bool = False, **revbifpn_options: An
         body = revbifpn(name.split("_")[1], **revbifpn_options)
         channels = list(body.out_channels)
     else:
-        body = _TimmFeatures(name, with_cp)
-        channels = list(body.out_channels)
+        import timm
+        body = timm.create_model(name, features_only=True, pretrained=False, out_indices=(1, 2, 3, 4),
+                                 **(dict(feature_location="") if name.startswith("hrnet") else {}))
+        if with_cp:
+            body.set_grad_checkpointing(True)
+        channels = body.feature_info.channels()
     return nn.Sequential(body, HRFPNLike(channels))
 
 
@@ -219,7 +194,6 @@ def have_mm() -> bool:
     try:
         import mmseg  # noqa: F401
 
-        import revbifpn_mm.mm  # noqa: F401
         from revbifpn_mm.mm import check_mmcv_ops
         check_mmcv_ops()
         return True
@@ -248,7 +222,7 @@ def backbone_builder(make: Callable[[], nn.Module], batch: int, h: int, w: int, 
 
 def run_builder(make: Callable[[], nn.Module], run: Callable[..., Callable[[], Any]], batch: int, h: int, w: int,
                 device: torch.device) -> Builder:
-    """A builder of ``(model, run)`` for a detector or segmentor (``run``: :func:`detector_run` / :func:`segmentor_run`)."""
+    """A builder of ``(model, run)`` for a detector or segmentor (``run``: e.g. :func:`detector_run`)."""
     def make_case() -> Tuple[nn.Module, Callable[[], Any]]:
         torch.manual_seed(0)
         model = make().to(device).train()
@@ -263,13 +237,3 @@ def parse_size(text: str) -> Tuple[int, int]:
     except ValueError:
         raise ValueError(f"sizes are HxW, e.g. 512x1024; got {text!r}") from None
     return h, w
-
-
-def options(text: Optional[str]) -> Dict[str, Any]:
-    """RevBiFPN options from ``'plain_segments=2,plain_from=input,compile_transforms=true'`` (ints and
-    true / false where they parse)."""
-    out: Dict[str, Any] = {}
-    for item in filter(None, (text or "").split(",")):
-        k, _, v = item.partition("=")
-        out[k] = int(v) if v.lstrip("-").isdigit() else {"true": True, "false": False}.get(v.lower(), v)
-    return out

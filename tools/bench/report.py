@@ -1,9 +1,5 @@
-"""The benchmark's files and tables: ``<out>/{peak,time}.json`` per pass, merged into
-``benchmark.json``, ``benchmark.md`` and ``benchmark.png``.
-
-A pass file keeps the rows of earlier runs with other ``(name, amp)`` keys, so a suite can run
-in parts (one ``--amp``, one model list at a time) and be reported together.
-"""
+"""The benchmark's files and tables: ``<out>/{peak,time}.json`` per pass (keeping earlier runs' rows of other
+``(name, amp)`` keys, so a suite can run in parts), merged into ``benchmark.json``, ``.md`` and ``.png``."""
 from __future__ import annotations
 
 import json
@@ -14,10 +10,12 @@ from typing import Any, Dict, List, Optional, Sequence
 from .measure import merge_rows
 
 AP_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "coco_ap.json")
+with open(AP_FILE, encoding="utf-8") as _f:
+    COCO_AP: Dict[str, Any] = json.load(_f)
 NOTES = {
-    "fair-fight": (json.load(open(AP_FILE))["_about"] + " Not measured here."
-                   + " with_cp changes memory and time, not AP. Peak: the peak probe on, one step per model; "
-                   "step time: a separate pass without the probe, all models stepped in turn, minimum over the rounds."),
+    "fair-fight": (COCO_AP["_about"] + " Not measured here. with_cp changes memory and time, not AP. Peak: the peak "
+                   "probe on, one step per model; step time: a separate pass without the probe, all models stepped in "
+                   "turn, minimum over the rounds."),
     "throughput": ("Largest batch whose training step (forward + backward, gradients allocated) fits the cap, and "
                    "images per second at it. CUDA: the caching allocator is capped with "
                    "torch.cuda.set_per_process_memory_fraction; CPU: the peak resident set of the step, read in "
@@ -50,18 +48,19 @@ def fmt(v: Any, spec: str = ".3f") -> str:
     return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
-COLUMNS = [("batch", "batch", "d"), ("params (M)", "params_m", ".3f"), ("saved GB/sample", "saved_gb_per_sample", ".4f"),
-           ("peak GB/sample", "peak_gb_per_sample", ".4f"), ("step s", "step_s", ".3f"), ("first step s", "first_step_s", ".1f"),
-           ("images/s", "images_s", ".2f"),
-           ("peak GB", "peak_gb", ".3f"), ("allocated GB", "allocated_gb", ".2f"), ("reserved GB", "reserved_gb", ".2f"),
-           ("forward kernels", "kernels_fwd", "d"), ("backward kernels", "kernels_bwd", "d"), ("kernels", "kernels", "d")]
+COLUMNS = [("batch", "batch", "d"), ("params (M)", "params_m", ".3f"),
+           ("saved GB/sample", "saved_gb_per_sample", ".4f"), ("peak GB/sample", "peak_gb_per_sample", ".4f"),
+           ("step s", "step_s", ".3f"), ("first step s", "first_step_s", ".1f"), ("images/s", "images_s", ".2f"),
+           ("peak GB", "peak_gb", ".3f"), ("allocated GB", "allocated_gb", ".2f"),
+           ("reserved GB", "reserved_gb", ".2f"), ("forward kernels", "kernels_fwd", "d"),
+           ("backward kernels", "kernels_bwd", "d"), ("kernels", "kernels", "d")]
 
 
 def table(meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> List[str]:
     """One line per row, with the columns any row has; a failed row says why."""
     cols = [c for c in COLUMNS if any(fmt(r.get(c[1])) for r in rows)]
-    out = [f"Device: {meta.get('device_name', '?')} · torch {meta.get('torch', '?')} · input {meta.get('input', '?')} · "
-           f"{meta.get('threads', '?')} threads · {meta.get('date', '')}", "",
+    out = [f"Device: {meta.get('device_name', '?')} · torch {meta.get('torch', '?')} · input {meta.get('input', '?')}"
+           f" · {meta.get('threads', '?')} threads · {meta.get('date', '')}", "",
            "| model | amp | " + " | ".join(c[0] for c in cols) + " |", "|---|---|" + "---|" * len(cols)]
     for r in rows:
         cells = [fmt(r.get(k), f) for _, k, f in cols]
@@ -89,8 +88,7 @@ def ratios(rows: List[Dict[str, Any]]) -> List[str]:
 
 def ap(kind: str, backbone: str, source: str, i: int) -> str:
     """A quoted COCO AP of :data:`AP_FILE` (``'n/a'`` where none is published)."""
-    with open(AP_FILE) as f:
-        v = json.load(f).get(kind, {}).get(backbone, {}).get(source, [None, None])[i]
+    v = COCO_AP.get(kind, {}).get(backbone, {}).get(source, [None, None])[i]
     return "n/a" if v is None else f"{v:.1f}"
 
 

@@ -3,12 +3,8 @@ second at that batch, per backbone + neck: what a user gets from the memory on a
 
 A model is ``NAME[+cp][@OPTIONS]`` (``revbifpn_s3``, ``revbifpn_s3@plain_segments=2``,
 ``hrnetv2p_w18+cp``): the backbone + neck of its Faster R-CNN config (timm stand-ins and an
-HRFPN-equivalent neck without the mm stack); the step is forward + backward, gradients allocated.
-CUDA: the caching allocator capped with ``torch.cuda.set_per_process_memory_fraction`` at
-``(cap - context) / total`` (one large card stands in for smaller ones; an out-of-memory step is
-freed and the batch lowered), reporting ``max_memory_allocated`` and ``max_memory_reserved``. CPU:
-the peak resident set of one step read in a fresh process per batch (the planner's method) plus
-parameters and gradients, against the cap; then all models timed in interleaved rounds.
+HRFPN-equivalent neck without the mm stack). How the cap is applied on CUDA and on CPU:
+docs/benchmarks.md, "Throughput at a memory cap".
 """
 from __future__ import annotations
 
@@ -17,7 +13,6 @@ import gc
 import json
 import math
 import sys
-import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -26,7 +21,7 @@ from meters import RssPeakProbe, run_fresh
 from planner.predict import CONTEXT_GIB
 
 from . import models as M
-from .measure import interleaved_min_times, training_loss
+from .measure import interleaved_min_times, timed, training_loss
 
 GIB = 1 << 30
 
@@ -40,10 +35,15 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:  # noqa: D103
 
 
 def parse_model(spec: str) -> Tuple[str, bool, Dict[str, Any]]:
-    """``'revbifpn_s3@plain_segments=2'`` -> ``('revbifpn_s3', False, {'plain_segments': 2})``."""
-    name, _, opts = spec.partition("@")
+    """``'revbifpn_s3@plain_segments=2;plain_from=input'`` -> ``('revbifpn_s3', False, {'plain_segments': 2,
+    'plain_from': 'input'})``: RevBiFPN options, ints and true / false parsed where they parse."""
+    name, _, text = spec.partition("@")
+    opts: Dict[str, Any] = {}
+    for item in filter(None, text.replace(";", ",").split(",")):
+        k, _, v = item.partition("=")
+        opts[k] = int(v) if v.lstrip("-").isdigit() else {"true": True, "false": False}.get(v.lower(), v)
     cp = name.endswith("+cp")
-    return name[:-3] if cp else name, cp, M.options(opts.replace(";", ","))
+    return name[:-3] if cp else name, cp, opts
 
 
 def build(spec: str) -> torch.nn.Module:
@@ -58,33 +58,21 @@ def largest_batch(fits: Callable[[int], Optional[Dict[str, Any]]], max_batch: in
     Assumes memory grows with the batch: once a batch fails, larger ones are not tried.
     """
     found: Dict[int, Dict[str, Any]] = {}
-    lo, hi, b = 0, max_batch + 1, 1
-    while b <= max_batch:
+    lo, hi, failed = 0, max_batch + 1, False
+    while hi - lo > 1:
+        b = (lo + hi) // 2 if failed else min(max(1, 2 * lo), hi - 1)
         r = fits(b)
         if r is None:
-            hi = b
-            break
-        found[b], lo, b = r, b, b * 2
-    else:
-        hi = min(hi, b)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        r = fits(mid)
-        if r is None:
-            hi = mid
+            hi, failed = b, True
         else:
-            found[mid], lo = r, mid
+            found[b], lo = r, b
     return lo, found.get(lo)
 
 
 # --------------------------------------------------------------------------- CUDA
 def _cuda_step(model: torch.nn.Module, batch: int, h: int, w: int, device: torch.device) -> float:
     x = M.image(batch, h, w, device)
-    torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    training_loss(model(x)).backward()
-    torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
+    return timed(lambda: training_loss(model(x)).backward(), device)
 
 
 def cuda_rows(spec: str, cap_gib: float, h: int, w: int, max_batch: int, device: torch.device,
@@ -119,14 +107,6 @@ def cuda_rows(spec: str, cap_gib: float, h: int, w: int, max_batch: int, device:
 
 
 # --------------------------------------------------------------------------- CPU
-def cpu_probe(spec: str, batch: int, h: int, w: int, timeout: float = 1800) -> Dict[str, Any]:
-    """Peak resident set of one step of ``spec`` at ``batch`` above its resident state, in a fresh process."""
-    try:
-        return run_fresh("bench.throughput", [spec, batch, h, w], timeout=timeout)
-    except RuntimeError as err:  # FreshProcessKilled included
-        raise RuntimeError(f"the probe of {spec} at batch {batch} failed: {str(err)[-1500:]}") from err
-
-
 def _child(spec: str, batch: int, h: int, w: int, out: str) -> None:
     probe = RssPeakProbe()  # before the model: it pins glibc's mmap threshold
     torch.manual_seed(0)
@@ -145,12 +125,15 @@ def cpu_rows(specs: List[str], cap_gib: float, h: int, w: int, max_batch: int, r
     rows = []
     for spec in specs:
         def fits(b: int, spec: str = spec) -> Optional[Dict[str, Any]]:
-            r = cpu_probe(spec, b, h, w)
+            try:  # the step's peak resident set in a fresh process (_child)
+                r = run_fresh("bench.throughput", [spec, b, h, w], timeout=1800)
+            except RuntimeError as err:  # FreshProcessKilled included
+                raise RuntimeError(f"the probe of {spec} at batch {b} failed: {str(err)[-1500:]}") from err
             total = r["step_bytes"] + r["resident_bytes"]
             return dict(peak_gb=total / 1e9) if total <= cap_gib * GIB else None
         batch, res = largest_batch(fits, max_batch)
         rows.append(dict(spec=spec, batch=batch, **(res or {})))
-    steps, kept = {}, []
+    steps = {}
     for r in rows:
         if r["batch"]:
             model, x = build(r["spec"]), M.image(r["batch"], h, w, torch.device("cpu"))
@@ -160,7 +143,6 @@ def cpu_rows(specs: List[str], cap_gib: float, h: int, w: int, max_batch: int, r
                 model.zero_grad(set_to_none=False)
             step()
             steps[r["spec"]] = step
-            kept.append(model)
     for spec, sec in interleaved_min_times(steps, rounds).items():
         next(r for r in rows if r["spec"] == spec)["step_s"] = sec
     return rows
