@@ -9,12 +9,7 @@ Usage (the same command line as mmdet's / mmseg's tools/train.py)::
 The codebase is chosen by the config's ``default_scope`` ('mmdet' or 'mmseg'). A config
 whose data root is ``.../synthetic_coco`` gets the synthetic dataset generated when it
 is absent; a missing COCO / ADE20K dataset stops with a message that says where to put it.
-Multi-GPU: ``bash tools/dist_train.sh CONFIG GPUS [args]``.
-
-``--auto-batch 12`` (a 12 GiB card; ``auto``: this GPU's memory) measures the config's memory plan
-(tools/plan_memory.py, cached per config, card and version), trains with the largest batch per GPU
-that fits fully reversible and scales the learning rate as ``--auto-scale-lr`` does
-(tools/auto_batch.py; every rank of a distributed job gets rank 0's choice).
+Multi-GPU: ``bash tools/dist_train.sh CONFIG GPUS [args]``. ``--auto-batch``: docs/planner.md.
 """
 import argparse
 import sys
@@ -77,12 +72,9 @@ def build_cfg(args):
             raise SystemExit('--auto-scale-lr needs `auto_scale_lr = dict(enable=False, base_batch_size=N)` '
                              "in the config")
 
-    if args.resume == "auto":
+    if args.resume is not None:
         cfg.resume = True
-        cfg.load_from = None
-    elif args.resume is not None:
-        cfg.resume = True
-        cfg.load_from = args.resume
+        cfg.load_from = None if args.resume == "auto" else args.resume
     return cfg
 
 
@@ -117,13 +109,8 @@ def main(argv=None):
             if warning:
                 print(f"WARNING: {warning}", file=sys.stderr)
             cfg.load_from = path
-    except (DataError, FileNotFoundError) as err:
-        print(f"ERROR: {err}", file=sys.stderr)
-        return 2
-
-    try:
         runner = build_runner(cfg, splits)
-    except DataError as err:
+    except (DataError, FileNotFoundError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
     done = False
