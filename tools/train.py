@@ -58,20 +58,16 @@ def build_cfg(args):
         optim_wrapper = cfg.optim_wrapper.get("type", "OptimWrapper")
         if optim_wrapper == "AmpOptimWrapper":
             print("AMP training is already enabled in the config.")
+        elif optim_wrapper != "OptimWrapper":
+            raise SystemExit(f"--amp is only supported with optim_wrapper type 'OptimWrapper', got {optim_wrapper!r}")
         else:
-            if optim_wrapper != "OptimWrapper":
-                raise SystemExit(f"--amp is only supported with optim_wrapper type 'OptimWrapper', "
-                                 f"got {optim_wrapper!r}")
             cfg.optim_wrapper.type = "AmpOptimWrapper"
             cfg.optim_wrapper.loss_scale = "dynamic"
-
     if args.auto_scale_lr:
-        if "auto_scale_lr" in cfg and "enable" in cfg.auto_scale_lr and "base_batch_size" in cfg.auto_scale_lr:
-            cfg.auto_scale_lr.enable = True
-        else:
+        if not all(key in cfg.get("auto_scale_lr", {}) for key in ("enable", "base_batch_size")):
             raise SystemExit('--auto-scale-lr needs `auto_scale_lr = dict(enable=False, base_batch_size=N)` '
                              "in the config")
-
+        cfg.auto_scale_lr.enable = True
     if args.resume is not None:
         cfg.resume = True
         cfg.load_from = None if args.resume == "auto" else args.resume
