@@ -93,6 +93,7 @@ def build_cfg(args):
     cfg = load_cfg(args)
     scope = register_scope(cfg)
     cfg.load_from = args.checkpoint
+
     if args.show or args.show_dir:
         trigger_visualization_hook(cfg, args, scope)
     if args.tta:

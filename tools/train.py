@@ -63,11 +63,13 @@ def build_cfg(args):
         else:
             cfg.optim_wrapper.type = "AmpOptimWrapper"
             cfg.optim_wrapper.loss_scale = "dynamic"
+
     if args.auto_scale_lr:
         if not all(key in cfg.get("auto_scale_lr", {}) for key in ("enable", "base_batch_size")):
             raise SystemExit('--auto-scale-lr needs `auto_scale_lr = dict(enable=False, base_batch_size=N)` '
                              "in the config")
         cfg.auto_scale_lr.enable = True
+
     if args.resume is not None:
         cfg.resume = True
         cfg.load_from = None if args.resume == "auto" else args.resume
