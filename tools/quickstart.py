@@ -5,11 +5,9 @@
     python tools/quickstart.py --seg          # ... then also the MMSegmentation FCN (mIoU)
     python tools/quickstart.py --tasks seg    # only the segmentation quickstart
 
-Writes the synthetic shapes dataset (tools/synthetic_data.py) unless present, trains each task's
-configs/quickstart/ config with a randomly initialised RevBiFPN-S0, evaluates it (mmdet's CocoMetric,
-mmseg's IoUMetric), draws its predictions on the first validation images with the codebase's
-visualization hook (ground truth left, prediction right) into <work-dir>/<model>/predictions/, and
-prints a summary: metrics, wall time, checkpoints, pictures and the commands to go further.
+Writes the synthetic shapes dataset (tools/synthetic_data.py) unless present, trains and evaluates each
+task's configs/quickstart/ config (RevBiFPN-S0, random init), draws its predictions on the first validation
+images and prints a summary with the commands to go further: docs/demo.md.
 """
 import argparse
 import glob
@@ -24,13 +22,12 @@ import revbifpn_mm  # noqa: F401  (registers RevBiFPN / RevBiFPNNeck; torch.load
 
 DEFAULT_DATA_ROOT = "data/synthetic_coco"
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIGS = {
-    "faster": osp.join(REPO, "configs", "quickstart", "faster_rcnn_revbifpn_s0_synthetic.py"),
-    "mask": osp.join(REPO, "configs", "quickstart", "mask_rcnn_revbifpn_s0_synthetic.py"),
-    "seg": osp.join(REPO, "configs", "quickstart", "fcn_revbifpn_s0_synthetic_seg.py"),
+QUICKSTART = osp.join(REPO, "configs", "quickstart")
+TASKS = {  # task: (config, run name, label in the summary), in the order they run
+    "faster": (osp.join(QUICKSTART, "faster_rcnn_revbifpn_s0_synthetic.py"), "faster_rcnn_revbifpn_s0", "Faster R-CNN"),
+    "mask": (osp.join(QUICKSTART, "mask_rcnn_revbifpn_s0_synthetic.py"), "mask_rcnn_revbifpn_s0", "Mask R-CNN"),
+    "seg": (osp.join(QUICKSTART, "fcn_revbifpn_s0_synthetic_seg.py"), "fcn_revbifpn_s0", "FCN (mmseg)"),
 }
-RUN_NAMES = {"faster": "faster_rcnn_revbifpn_s0", "mask": "mask_rcnn_revbifpn_s0", "seg": "fcn_revbifpn_s0"}
-LABELS = {"faster": "Faster R-CNN", "mask": "Mask R-CNN", "seg": "FCN (mmseg)"}
 METRIC_KEYS = ("coco/bbox_mAP", "coco/bbox_mAP_50", "coco/segm_mAP", "coco/segm_mAP_50", "mIoU", "aAcc", "mAcc")
 
 
@@ -85,20 +82,26 @@ def set_iters(cfg, iters):
         decay.T_max = decay.end - decay.begin
 
 
-def run_one(name, config, args, data_root):
-    """Train one quickstart config; return (metrics, train seconds, checkpoint path)."""
+def data_options(task, root, splits=("train", "val", "test")):
+    """The config options (key: value) that point a quickstart config's ``splits`` at the dataset under ``root``."""
+    opts = {f"{split}_dataloader.dataset.data_root": root for split in splits}
+    if task != "seg":  # CocoMetric reads the annotations; mmseg's IoUMetric the label maps
+        opts.update({f"{split}_evaluator.ann_file": root + "annotations/instances_val.json"
+                     for split in splits if split != "train"})
+    return opts
+
+
+def run_one(task, args):
+    """Train one quickstart config; return its metrics, train seconds, checkpoint and pictures drawn."""
     from mmengine.config import Config
     from preflight import build_runner, check_data, register_scope
 
+    config, name, _ = TASKS[task]
     cfg = Config.fromfile(config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    root = data_root.rstrip("/") + "/"
-    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        cfg[key].dataset.data_root = root
-    for key in ("val_evaluator", "test_evaluator"):
-        if "ann_file" in cfg[key]:  # CocoMetric; mmseg's IoUMetric reads the label maps
-            cfg[key].ann_file = root + "annotations/instances_val.json"
+    root = args.data_root.rstrip("/") + "/"
+    cfg.merge_from_dict(data_options(task, root))
     if args.iters is not None:
         set_iters(cfg, args.iters)
     cfg.work_dir = osp.join(args.work_dir, name)
@@ -113,48 +116,41 @@ def run_one(name, config, args, data_root):
     runner.train()
     seconds = time.perf_counter() - start
     hub = runner.message_hub
-    metrics = {}
-    for key in METRIC_KEYS:
-        if f"val/{key}" in hub.log_scalars:
-            metrics[key.split("/")[-1]] = float(hub.get_scalar(f"val/{key}").current())
+    metrics = {key.split("/")[-1]: float(hub.get_scalar(f"val/{key}").current())
+               for key in METRIC_KEYS if f"val/{key}" in hub.log_scalars}
     ckpt = osp.join(cfg.work_dir, f"iter_{iters}.pth")
-    pictures = draw(name, config, ckpt, args, root, osp.join(cfg.work_dir, "predictions")) if args.num_pictures else []
-    return metrics, seconds, ckpt, pictures
+    pictures = draw(task, ckpt, args, root, osp.join(cfg.work_dir, "predictions")) if args.num_pictures else []
+    return dict(metrics=metrics, seconds=seconds, checkpoint=ckpt, pictures=pictures)
 
 
-def draw(name, config, ckpt, args, root, out_dir):
+def draw(task, ckpt, args, root, out_dir):
     """The codebase's visualization hook draws the first ``--num-pictures`` validation images (ground
     truth beside the prediction), through ``tools/test.py --show-dir`` as a user would run it."""
-    opts = [f"{k}_dataloader.dataset.data_root={root}" for k in ("train", "val", "test")]
+    import torch
+
+    opts = [f"{k}={v}" for k, v in data_options(task, root).items()]
     opts.append(f"test_dataloader.dataset.indices={args.num_pictures}")
-    if not name.startswith("fcn"):
-        opts.append(f"test_evaluator.ann_file={root}annotations/instances_val.json")
-    cmd = [sys.executable, osp.join(REPO, "tools", "test.py"), config, ckpt, "--work-dir", out_dir,
+    cmd = [sys.executable, osp.join(REPO, "tools", "test.py"), TASKS[task][0], ckpt, "--work-dir", out_dir,
            "--show-dir", "vis", "--cfg-options", *opts]
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch_threads()))
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"drawing the predictions failed: {(proc.stdout + proc.stderr)[-3000:]}")
     return sorted(p for ext in ("jpg", "png") for p in glob.glob(osp.join(out_dir, "**", f"*.{ext}"), recursive=True))
 
 
-def torch_threads():
-    import torch
-    return torch.get_num_threads()
-
-
 def select_tasks(args):
     """The quickstart runs to do, in order, from --tasks / --skip-mask / --seg."""
     if args.tasks:
         names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-        bad = [t for t in names if t not in CONFIGS]
+        bad = [t for t in names if t not in TASKS]
         if bad or not names:
-            raise SystemExit(f"--tasks: unknown task(s) {bad or args.tasks!r}; choose from {', '.join(CONFIGS)}")
+            raise SystemExit(f"--tasks: unknown task(s) {bad or args.tasks!r}; choose from {', '.join(TASKS)}")
     else:
         names = ["faster"] + ([] if args.skip_mask else ["mask"])
     if args.seg and "seg" not in names:
         names.append("seg")
-    return [n for n in CONFIGS if n in names]
+    return [n for n in TASKS if n in names]
 
 
 def describe(name, metrics):
@@ -189,57 +185,53 @@ def main(argv=None):
           f"{info['num_images']['val']} val images, classes {', '.join(info['classes'])})", flush=True)
 
     results = {}
-    names = select_tasks(args)
-    for name in names:
+    for name in select_tasks(args):
         try:
-            results[name] = run_one(RUN_NAMES[name], CONFIGS[name], args, args.data_root)
+            results[name] = run = run_one(name, args)
         except DataError as err:
             print(f"ERROR: {err}", file=sys.stderr)
             return 2
-        metrics, seconds, _, pictures = results[name]
-        print(f"[quickstart] {LABELS[name]} done in {seconds:.0f}s: {describe(name, metrics)}", flush=True)
-        for path in pictures:
+        print(f"[quickstart] {TASKS[name][2]} done in {run['seconds']:.0f}s: {describe(name, run['metrics'])}",
+              flush=True)
+        for path in run["pictures"]:
             print(f"[quickstart] predictions drawn: {path}", flush=True)
 
-    write_summary(args, info, names, results, time.perf_counter() - total)
-    print_next_steps(args, names, results)
+    write_summary(args, info, results, time.perf_counter() - total)
+    print_next_steps(args, results)
     return 0
 
 
-def write_summary(args, info, names, results, total):
+def write_summary(args, info, results, total):
     """Print the summary of the runs and write it to ``WORK_DIR/summary.json``."""
     import torch
 
     print("\n==================== RevBiFPN quickstart summary ====================")
     print(f"dataset: {info['root']} (synthetic shapes, {info['num_images']['val']} val images)")
-    for name in names:
-        metrics, seconds, ckpt, pictures = results[name]
-        print(f"{LABELS[name]:<13} RevBiFPN-S0  {describe(name, metrics)}  train+eval {seconds / 60:.1f} min")
-        print(f"{'':<13} checkpoint {ckpt}")
+    for name, run in results.items():
+        pictures = run["pictures"]
+        print(f"{TASKS[name][2]:<13} RevBiFPN-S0  {describe(name, run['metrics'])}  "
+              f"train+eval {run['seconds'] / 60:.1f} min")
+        print(f"{'':<13} checkpoint {run['checkpoint']}")
         if pictures:
             print(f"{'':<13} predictions {osp.dirname(pictures[0])}/ ({len(pictures)} pictures drawn by the "
                   "visualization hook: ground truth left, prediction right)")
     print(f"total wall time: {total / 60:.1f} min (torch threads: {torch.get_num_threads()})")
-    summary = {name: dict(metrics=results[name][0], seconds=results[name][1], checkpoint=results[name][2],
-                          pictures=results[name][3]) for name in names}
-    summary["total_seconds"] = total
+    summary = dict(results, total_seconds=total)
     os.makedirs(args.work_dir, exist_ok=True)
     with open(osp.join(args.work_dir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
 
 
-def print_next_steps(args, names, results):
+def print_next_steps(args, results):
     """The commands to run next: draw every prediction, the other task, COCO."""
-    first = names[0]
+    first = next(iter(results))
     extra = ""
     if osp.normpath(args.data_root) != osp.normpath(DEFAULT_DATA_ROOT):
-        root = args.data_root.rstrip("/") + "/"
-        extra = f" --cfg-options test_dataloader.dataset.data_root={root}"
-        if first != "seg":
-            extra += f" test_evaluator.ann_file={root}annotations/instances_val.json"
-    print("next: python tools/test.py "
-          f"{osp.relpath(CONFIGS[first])} {results[first][2]} --show-dir vis{extra}   # draws all predictions")
-    if "seg" not in names:
+        opts = data_options(first, args.data_root.rstrip("/") + "/", ("test",))
+        extra = " --cfg-options " + " ".join(f"{k}={v}" for k, v in opts.items())
+    print(f"next: python tools/test.py {osp.relpath(TASKS[first][0])} {results[first]['checkpoint']} "
+          f"--show-dir vis{extra}   # draws all predictions")
+    if "seg" not in results:
         print("      python tools/quickstart.py --tasks seg   # the MMSegmentation quickstart (mIoU)")
     print("      python tools/train.py configs/faster_rcnn_revbifpn_s4.py   # COCO (see the README)")
 

@@ -10,8 +10,6 @@ standard library only; importing touches neither disk nor network.
     python tools/synthetic_data.py --root data/synthetic_coco
     python tools/synthetic_data.py --root data/dense_coco --image-size 800 1344 --instances 100 300
 """
-from __future__ import annotations
-
 import argparse
 import json
 import math
@@ -53,8 +51,6 @@ _DEFAULT_INSTANCES = (1, 4)
 _DENSE_FILL = 1.5  # dense images: the largest object spans at most sqrt(area / (1.5 * instances)) px
 _JPEG_QUALITY = 95
 
-PathLike = Union[str, "os.PathLike[str]"]
-
 
 def _shape_polygon(label: int, size: float, rng: np.random.Generator) -> np.ndarray:
     """The ``(x, y)`` vertices (N, 2) of shape ``CLASSES[label]`` of diameter ``size``, centred on the
@@ -76,10 +72,10 @@ def _shape_polygon(label: int, size: float, rng: np.random.Generator) -> np.ndar
     return corners @ rot.T
 
 
-def _polygon_area(points: np.ndarray) -> float:
-    """Shoelace area of a simple polygon given as (N, 2) vertices."""
+def _signed_area(points: np.ndarray) -> float:
+    """Shoelace area of a simple polygon given as (N, 2) vertices, positive when counter-clockwise."""
     x, y = points[:, 0], points[:, 1]
-    return float(0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+    return float(0.5 * (np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
 def _convex_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -96,8 +92,7 @@ def _convex_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
         return mask
     px = np.arange(x0, x1, dtype=np.float64)[None, :] + 0.5
     py = np.arange(y0, y1, dtype=np.float64)[:, None] + 0.5
-    x, y = points[:, 0], points[:, 1]
-    orientation = 1.0 if np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)) >= 0 else -1.0
+    orientation = 1.0 if _signed_area(points) >= 0 else -1.0
     inside = np.ones((y1 - y0, x1 - x0), dtype=bool)
     for k in range(len(points)):
         ax, ay = points[k]
@@ -113,7 +108,7 @@ def _boxes_intersect(a: Sequence[float], b: Sequence[float], margin: float) -> b
     return not (a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1])
 
 
-def _size_range(height: int, width: int, max_instances: int = _DEFAULT_INSTANCES[1]) -> Tuple[float, float]:
+def _size_range(height: int, width: int, max_instances: int) -> Tuple[float, float]:
     """Object size range for an image; 20-100 px for images of 256 px or more. With more than the
     default four objects per image the largest size shrinks so that they all find a free spot."""
     hi = min(_MAX_SIZE, 0.45 * min(height, width))
@@ -140,11 +135,10 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 
 def _render_image(rng: np.random.Generator, height: int, width: int,
-                  instances: Tuple[int, int] = _DEFAULT_INSTANCES
-                  ) -> Tuple[np.ndarray, np.ndarray, List[Dict[str, Any]]]:
+                  instances: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray, List[Dict[str, Any]]]:
     """One image from its own ``rng``: ``(rgb, label_map, objects)``, a uint8 HxWx3 image, a uint8 HxW
-    label map (0 = background, ``k`` = ``CLASSES[k - 1]``) and per object a dict with ``label``
-    (0-based), ``polygon`` (flat list of rounded floats), ``bbox`` (COCO ``[x, y, w, h]``) and ``area``.
+    label map (0 = background, ``k`` = ``CLASSES[k - 1]``) and per object its COCO annotation's
+    ``category_id``, ``bbox``, ``area`` and ``segmentation`` (one polygon, a flat list of rounded floats).
     ``instances``: the range (inclusive) the number of objects tried is drawn from; an object with no
     free spot is dropped."""
     rgb = _background(rng, height, width)
@@ -175,24 +169,17 @@ def _render_image(rng: np.random.Generator, height: int, width: int,
         mask = _convex_mask(pts, height, width)
         rgb[mask] = colour
         label_map[mask] = label + 1
-        objects.append({"label": label, "polygon": [round(float(v), 2) for v in pts.reshape(-1)],
-                        "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2), round(box[3] - box[1], 2)],
-                        "area": round(_polygon_area(pts), 2)})
+        objects.append({"category_id": label + 1,
+                        "bbox": [round(v, 2) for v in (box[0], box[1], box[2] - box[0], box[3] - box[1])],
+                        "area": round(abs(_signed_area(pts)), 2),
+                        "segmentation": [[round(float(v), 2) for v in pts.reshape(-1)]]})
 
     rgb = rgb + rng.normal(0.0, _NOISE_SIGMA, size=rgb.shape).astype(np.float32)
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8), label_map, objects
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-links ``src`` to ``dst``, copying when links are not supported."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def _write_split(work: Path, split: int, num_images: int, image_size: Tuple[int, int], seed: int,
-                 instances: Tuple[int, int] = _DEFAULT_INSTANCES) -> Dict[str, int]:
+                 instances: Tuple[int, int]) -> Dict[str, int]:
     """Writes the images, label maps and COCO json of one split into ``work``."""
     name = _SPLITS[split]
     height, width = image_size
@@ -212,13 +199,14 @@ def _write_split(work: Path, split: int, num_images: int, image_size: Tuple[int,
         stem = f"{image_id:06d}"
         file_name = f"{stem}.jpg"
         Image.fromarray(rgb, mode="RGB").save(img_dir / file_name, format="JPEG", quality=_JPEG_QUALITY)
-        _link_or_copy(img_dir / file_name, seg_img_dir / file_name)
+        try:  # the same image for the seg layout: a hard link where the file system has them
+            os.link(img_dir / file_name, seg_img_dir / file_name)
+        except OSError:
+            shutil.copyfile(img_dir / file_name, seg_img_dir / file_name)
         Image.fromarray(label_map, mode="L").save(seg_ann_dir / f"{stem}.png", format="PNG")
         images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
         for obj in objects:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": obj["label"] + 1,
-                                "bbox": obj["bbox"], "area": obj["area"], "segmentation": [obj["polygon"]],
-                                "iscrowd": 0})
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **obj, "iscrowd": 0})
 
     coco = {"info": {"description": f"revbifpn_mm synthetic shapes ({name})", "version": str(GENERATOR_VERSION),
                      "year": 2024},
@@ -231,7 +219,7 @@ def _write_split(work: Path, split: int, num_images: int, image_size: Tuple[int,
 
 
 def _params(num_train: int, num_val: int, image_size: Tuple[int, int], seed: int,
-            instances: Tuple[int, int] = _DEFAULT_INSTANCES) -> Dict[str, Any]:
+            instances: Tuple[int, int]) -> Dict[str, Any]:
     params = {"generator_version": GENERATOR_VERSION, "num_train": int(num_train), "num_val": int(num_val),
               "image_size": [int(image_size[0]), int(image_size[1])], "seed": int(seed)}
     if tuple(instances) != _DEFAULT_INSTANCES:  # the default keeps the marker of existing datasets valid
@@ -257,27 +245,6 @@ def _summary(root: Path, counts: Dict[str, Dict[str, int]], cached: bool) -> Dic
             "classes": list(CLASSES), "seg_classes": list(SEG_CLASSES),
             "num_images": {s: counts[s]["images"] for s in _SPLITS},
             "num_annotations": {s: counts[s]["annotations"] for s in _SPLITS}, "cached": cached}
-
-
-def _check_args(num_train: int, num_val: int, image_size: Tuple[int, int], instances: Tuple[int, int]) -> None:
-    if num_train < 0 or num_val < 0:
-        raise ValueError(f"num_train and num_val must be >= 0, got {num_train}, {num_val}")
-    if len(image_size) != 2 or min(image_size) < 16:
-        raise ValueError(f"image_size must be (height, width) with both >= 16, got {image_size!r}")
-    if len(instances) != 2 or not 1 <= instances[0] <= instances[1]:
-        raise ValueError(f"instances must be (fewest, most) objects per image with 1 <= fewest <= most, "
-                         f"got {instances!r}")
-
-
-def _check_root(root: Path, marker: Optional[Dict[str, Any]], overwrite: bool) -> None:
-    if root.exists():
-        if not root.is_dir():
-            raise FileExistsError(f"{root} exists and is not a directory")
-        if marker is None and any(root.iterdir()) and not overwrite:
-            raise FileExistsError(
-                f"{root} is a non-empty directory that was not written by generate_synthetic_coco; "
-                "pass overwrite=True to replace it"
-            )
 
 
 def _build_and_swap(root: Path, params: Dict[str, Any]) -> Dict[str, Any]:
@@ -313,7 +280,7 @@ def _build_and_swap(root: Path, params: Dict[str, Any]) -> Dict[str, Any]:
     return _summary(root, counts, cached=False)
 
 
-def generate_synthetic_coco(root: PathLike, num_train: int = 200, num_val: int = 50,
+def generate_synthetic_coco(root: Union[str, os.PathLike], num_train: int = 200, num_val: int = 50,
                             image_size: Tuple[int, int] = (256, 256), seed: int = 0,
                             overwrite: bool = False, instances: Tuple[int, int] = _DEFAULT_INSTANCES
                             ) -> Dict[str, Any]:
@@ -333,13 +300,23 @@ def generate_synthetic_coco(root: PathLike, num_train: int = 200, num_val: int =
         FileExistsError: If ``root`` is a non-empty directory without a marker
             from this function and ``overwrite`` is False.
     """
-    _check_args(num_train, num_val, image_size, instances)
+    if num_train < 0 or num_val < 0:
+        raise ValueError(f"num_train and num_val must be >= 0, got {num_train}, {num_val}")
+    if len(image_size) != 2 or min(image_size) < 16:
+        raise ValueError(f"image_size must be (height, width) with both >= 16, got {image_size!r}")
+    if len(instances) != 2 or not 1 <= instances[0] <= instances[1]:
+        raise ValueError(f"instances must be (fewest, most) objects per image with 1 <= fewest <= most, "
+                         f"got {instances!r}")
     root = Path(root)
     params = _params(num_train, num_val, image_size, seed, instances)
     marker = _read_marker(root)
     if not overwrite and marker is not None and marker.get("params") == params:
         return _summary(root, marker["counts"], cached=True)
-    _check_root(root, marker, overwrite)
+    if root.exists() and not root.is_dir():
+        raise FileExistsError(f"{root} exists and is not a directory")
+    if root.exists() and marker is None and any(root.iterdir()) and not overwrite:
+        raise FileExistsError(f"{root} is a non-empty directory that was not written by generate_synthetic_coco; "
+                              "pass overwrite=True to replace it")
     return _build_and_swap(root, params)
 
 

@@ -6,10 +6,7 @@ Usage (the command line of mmdet's / mmseg's tools/test.py)::
                          [--show-dir DIR] [--show] [--tta] [--cfg-options k=v ...]
                          [--launcher none|pytorch|slurm|mpi]
 
-``--out``: mmdet configs dump the raw predictions to a ``.pkl`` file; mmseg configs
-write the predicted label maps into the given directory.
-``--show-dir``: draw the predictions into ``WORK_DIR/TIMESTAMP/SHOW_DIR`` (mmdet) or
-``WORK_DIR/SHOW_DIR/vis_data/vis_image`` (mmseg).
+``--out`` and ``--show-dir`` differ between mmdet and mmseg configs (see ``--help``).
 Multi-GPU: ``bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [args]``.
 """
 import argparse
@@ -44,7 +41,7 @@ def parse_args(argv=None):
 
 
 def trigger_visualization_hook(cfg, args, scope):
-    """Turn on drawing in the config's visualization hook (``--show`` / ``--show-dir``)."""
+    """Turn on drawing in the config's visualization hook (``--show`` / ``--show-dir``), in place."""
     default_hooks = cfg.default_hooks
     if "visualization" not in default_hooks:
         raise SystemExit("--show / --show-dir need a 'visualization' hook in default_hooks "
@@ -60,11 +57,10 @@ def trigger_visualization_hook(cfg, args, scope):
             hook["interval"] = 1  # every test image, as mmdet's hook does with test_out_dir
         else:
             hook["test_out_dir"] = args.show_dir
-    return cfg
 
 
 def use_tta(cfg, scope):
-    """Wrap the model in the config's test-time-augmentation model and test with its pipeline.
+    """Wrap the model in the config's test-time-augmentation model and test with its pipeline, in place.
 
     mmdet configs that define neither get mmdet's DetTTAModel (NMS 0.5, 100 boxes) over the test
     pipeline with each image seen as it is and flipped horizontally.
@@ -88,20 +84,20 @@ def use_tta(cfg, scope):
         raise SystemExit("--tta needs tta_model and tta_pipeline in the config (mmseg's base configs define them)")
     cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-    return cfg
 
 
-def build_cfg(args, scope_of):
-    from preflight import load_cfg
+def build_cfg(args):
+    """The config with the command-line options applied, and its codebase's scope (registered)."""
+    from preflight import load_cfg, register_scope
 
     cfg = load_cfg(args)
-    scope = scope_of(cfg)
+    scope = register_scope(cfg)
     cfg.load_from = args.checkpoint
 
     if args.show or args.show_dir:
-        cfg = trigger_visualization_hook(cfg, args, scope)
+        trigger_visualization_hook(cfg, args, scope)
     if args.tta:
-        cfg = use_tta(cfg, scope)
+        use_tta(cfg, scope)
     if args.out is not None and scope == "mmseg":
         cfg.test_evaluator["output_dir"] = args.out
         cfg.test_evaluator["keep_results"] = True
@@ -113,13 +109,13 @@ def build_cfg(args, scope_of):
 def main(argv=None):
     args = parse_args(argv)
     from cpu_dist import prepare_cpu_distributed, shutdown_distributed
-    from preflight import DataError, build_runner, check_data, ensure_synthetic_data, mmcv_ops_problem, register_scope
+    from preflight import DataError, build_runner, check_data, ensure_synthetic_data, mmcv_ops_problem
 
     problem = mmcv_ops_problem()  # Faster/Mask R-CNN need mmcv's compiled ops: one clear line, no trace
     if problem:
         print(f"ERROR: {problem}", file=sys.stderr)
         return 2
-    cfg, scope = build_cfg(args, register_scope)
+    cfg, scope = build_cfg(args)
     prepare_cpu_distributed(cfg, cfg.launcher)
     for root in ensure_synthetic_data(cfg, ("test",)):
         print(f"generated the synthetic dataset in {root}")
@@ -127,13 +123,8 @@ def main(argv=None):
         if "://" not in args.checkpoint and not osp.isfile(args.checkpoint):
             raise FileNotFoundError(f"checkpoint not found: {args.checkpoint!r}")
         check_data(cfg, ("test",), scope)
-    except (DataError, FileNotFoundError) as err:
-        print(f"ERROR: {err}", file=sys.stderr)
-        return 2
-
-    try:
         runner = build_runner(cfg, ("test",))
-    except DataError as err:
+    except (DataError, FileNotFoundError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
 

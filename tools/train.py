@@ -9,12 +9,7 @@ Usage (the same command line as mmdet's / mmseg's tools/train.py)::
 The codebase is chosen by the config's ``default_scope`` ('mmdet' or 'mmseg'). A config
 whose data root is ``.../synthetic_coco`` gets the synthetic dataset generated when it
 is absent; a missing COCO / ADE20K dataset stops with a message that says where to put it.
-Multi-GPU: ``bash tools/dist_train.sh CONFIG GPUS [args]``.
-
-``--auto-batch 12`` (a 12 GiB card; ``auto``: this GPU's memory) measures the config's memory plan
-(tools/plan_memory.py, cached per config, card and version), trains with the largest batch per GPU
-that fits fully reversible and scales the learning rate as ``--auto-scale-lr`` does
-(tools/auto_batch.py; every rank of a distributed job gets rank 0's choice).
+Multi-GPU: ``bash tools/dist_train.sh CONFIG GPUS [args]``. ``--auto-batch``: docs/planner.md.
 """
 import argparse
 import sys
@@ -63,26 +58,21 @@ def build_cfg(args):
         optim_wrapper = cfg.optim_wrapper.get("type", "OptimWrapper")
         if optim_wrapper == "AmpOptimWrapper":
             print("AMP training is already enabled in the config.")
+        elif optim_wrapper != "OptimWrapper":
+            raise SystemExit(f"--amp is only supported with optim_wrapper type 'OptimWrapper', got {optim_wrapper!r}")
         else:
-            if optim_wrapper != "OptimWrapper":
-                raise SystemExit(f"--amp is only supported with optim_wrapper type 'OptimWrapper', "
-                                 f"got {optim_wrapper!r}")
             cfg.optim_wrapper.type = "AmpOptimWrapper"
             cfg.optim_wrapper.loss_scale = "dynamic"
 
     if args.auto_scale_lr:
-        if "auto_scale_lr" in cfg and "enable" in cfg.auto_scale_lr and "base_batch_size" in cfg.auto_scale_lr:
-            cfg.auto_scale_lr.enable = True
-        else:
+        if not all(key in cfg.get("auto_scale_lr", {}) for key in ("enable", "base_batch_size")):
             raise SystemExit('--auto-scale-lr needs `auto_scale_lr = dict(enable=False, base_batch_size=N)` '
                              "in the config")
+        cfg.auto_scale_lr.enable = True
 
-    if args.resume == "auto":
+    if args.resume is not None:
         cfg.resume = True
-        cfg.load_from = None
-    elif args.resume is not None:
-        cfg.resume = True
-        cfg.load_from = args.resume
+        cfg.load_from = None if args.resume == "auto" else args.resume
     return cfg
 
 
@@ -117,13 +107,8 @@ def main(argv=None):
             if warning:
                 print(f"WARNING: {warning}", file=sys.stderr)
             cfg.load_from = path
-    except (DataError, FileNotFoundError) as err:
-        print(f"ERROR: {err}", file=sys.stderr)
-        return 2
-
-    try:
         runner = build_runner(cfg, splits)
-    except DataError as err:
+    except (DataError, FileNotFoundError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 2
     done = False

@@ -84,7 +84,5 @@ def resume_checkpoint(work_dir: str, requested: Optional[str]) -> Tuple[Optional
         raise DataError(f"cannot resume: the latest checkpoint {latest!r} ({marker}) is "
                         f"{state if state == 'missing' else state + ' (a save cut short?)'} "
                         f"and {work_dir!r} holds no complete one; start again without --resume")
-    if good == latest:
-        return good, None
     return good, (f"the latest checkpoint {latest!r} is {state} (a save cut short?): resuming from {good!r}, "
                   "the newest complete one")

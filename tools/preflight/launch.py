@@ -1,9 +1,11 @@
-"""The start of a tool's run: mmengine's launcher options, the config, and mmcv's compiled ops."""
+"""The start of a tool's run: mmengine's launcher options, the config, mmcv's compiled ops, and the runner."""
 import os
 import os.path as osp
 from typing import Any, Optional, Sequence
 
-__all__ = ["parse_with_launcher", "load_cfg", "mmcv_ops_problem"]
+from .datasets import check_built_datasets
+
+__all__ = ["parse_with_launcher", "load_cfg", "mmcv_ops_problem", "build_runner"]
 
 
 def mmcv_ops_problem() -> Optional[str]:
@@ -47,3 +49,16 @@ def load_cfg(args: Any) -> Any:
     elif cfg.get("work_dir", None) is None:
         cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
     return cfg
+
+
+def build_runner(cfg: Any, splits: Sequence[str]) -> Any:
+    """Build the mmengine runner of ``cfg`` (``runner_type`` honoured) and check its datasets.
+
+    Raises:
+        DataError: A dataset of ``splits`` is empty (see :func:`check_built_datasets`).
+    """
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
+    check_built_datasets(runner, splits)
+    return runner
