@@ -31,7 +31,6 @@ class RecomputedPerScale(nn.Module):
 
     def __init__(self, transforms: Sequence[nn.Module]) -> None:
         super().__init__()
-        self.num_scales = len(transforms)
         for h, m in enumerate(transforms):
             self.add_module(f"recomp_transform_{h}", m)
 
