@@ -52,9 +52,8 @@ class _Walk:
     module: silently wrong gradients.
     """
 
-    #: A module normalises with statistics of its current input (a training or stat-less BatchNorm,
-    #: InstanceNorm unless it tracks running statistics in eval mode, GroupNorm, LayerNorm, RMSNorm), which
-    #: amplifies the float32 reconstruction error: ``stream_dtype='auto'`` answers with float64 streams.
+    #: A module normalises with statistics of its current input, which amplifies the float32 reconstruction
+    #: error: ``stream_dtype='auto'`` answers with float64 streams.
     input_statistics: bool = False
     #: A training module keeping running statistics that only torch's ``_BatchNorm`` family can freeze
     #: (InstanceNorm with ``track_running_stats``, mmcv's ``MMSyncBN``): the reversible path refuses it.
