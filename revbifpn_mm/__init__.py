@@ -24,4 +24,3 @@ if all(importlib.util.find_spec(name) is not None for name in ("mmengine", "mmcv
     except ImportError as _err:
         warnings.warn(f"revbifpn_mm: RevBiFPN / RevBiFPNNeck are not registered with mmengine because "
                       f"the mm layer failed to import: {_err}", stacklevel=2)
-        del _err

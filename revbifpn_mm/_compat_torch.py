@@ -1,9 +1,5 @@
-"""The oldest PyTorch that revbifpn_mm runs on, checked once at ``import revbifpn_mm``.
-
-The reversible backward needs ``torch.autograd.grad`` with ``GradientEdge`` outputs (torch 2.5) and the
-per-device autocast queries ``torch.is_autocast_enabled(device_type)`` / ``torch.get_autocast_dtype`` (2.4);
-an older torch would fail deep inside the first backward pass instead of at import.
-"""
+"""The oldest PyTorch that revbifpn_mm runs on, checked once at ``import revbifpn_mm``: an older torch fails
+there, not deep inside the first backward pass (the error names the features it lacks)."""
 from __future__ import annotations
 
 import re

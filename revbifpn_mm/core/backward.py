@@ -80,7 +80,6 @@ class RevSegment(torch.autograd.Function):
         ctx.seg, ctx.n_in = seg, n_in
         ctx.in_dtypes = [x.dtype for x in xs]
         ctx.param_ids = [id(p) for p in args[n_in:]]
-        ctx.set_materialize_grads(True)
         return tuple(outs)
 
     @staticmethod
@@ -134,9 +133,7 @@ def tail_backward(tail: nn.Module, ys: Sequence[Tensor], douts: Sequence[Tensor]
     them in place, unless one aliases its incoming gradient."""
     dys = []
     for h, (y, d) in enumerate(zip(ys, douts)):
-        backprop = recompute(tail.transform(h), y, state, lean=state.lean)[1]  # the output is not needed
-        dy = backprop(d)
-        del backprop
+        dy = recompute(tail.transform(h), y, state, lean=state.lean)[1](d)  # t and backprop are dropped at once
         dys.append(dy if _share_storage([dy], [d]) else state.streams.own(dy))
     return dys
 

@@ -1,12 +1,8 @@
-"""Transforms run through ``torch.compile``, one compiled function per distinct block signature.
-
-The container stays eager (Dynamo cannot trace its backward); each transform it calls runs compiled when
-:attr:`~revbifpn_mm.core.RunPolicy.compile_transforms` is on. Dynamo keeps its graphs per *code object*, at
-most ``recompile_limit`` of them, and all MBConvs share one ``forward``: so each block signature (the module's
-``repr`` plus its parameters' dtypes and devices) gets a code object of its own, a copy of :func:`_call`, with
-the module as an argument, so that every block of that signature shares its graphs. Shapes start static and
-turn dynamic where a size changes (``dynamic=True`` from the start met an inductor failure in an SE backward).
-A compiler failure warns once and every transform runs eager from then on. docs/design.md has the rest.
+"""Transforms run through ``torch.compile`` (``RunPolicy.compile_transforms``), one compiled function per block
+signature (the module's ``repr`` plus its parameters' dtypes and devices): Dynamo keeps at most
+``recompile_limit`` graphs per *code object* and all MBConvs share one ``forward``, so each signature gets a copy
+of :func:`_call` of its own, with the module as an argument. Shapes start static (``dynamic=True`` met an
+inductor failure in an SE backward). A compiler failure warns once, then all runs eager. See docs/design.md.
 """
 from __future__ import annotations
 
@@ -48,22 +44,17 @@ def _compiled_for(module: nn.Module) -> _Fn:
         key = _signature(module)
         fn = _by_signature.get(key)
         if fn is None:
-            _configure()
+            import torch._dynamo.config as dynamo_config
+            import torch._functorch.config as functorch_config
+            # Set for the process (a scoped patch per call cost 0.5 ms): the backward graph compiles with the
+            # forward, not lazily inside ``autograd.grad`` where a failure could not fall back.
+            functorch_config.force_non_lazy_backward_lowering = True
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
             code = _call.__code__.replace(co_name=f"transform_{len(_by_signature)}")  # a code object of its own
             fn = torch.compile(types.FunctionType(code, _call.__globals__, code.co_name), backend=BACKEND)
             _by_signature[key] = fn
         _by_module[module] = fn
     return fn
-
-
-def _configure() -> None:
-    """Set for the process when the first transform compiles (a scoped patch per call cost 0.5 ms): the backward
-    graph compiles with the forward, not lazily inside ``autograd.grad`` where a failure could not fall back,
-    and Dynamo's ``recompile_limit`` is raised to at least :data:`RECOMPILE_LIMIT`."""
-    import torch._dynamo.config as dynamo_config
-    import torch._functorch.config as functorch_config
-    functorch_config.force_non_lazy_backward_lowering = True
-    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
 
 
 def compiled_call(module: nn.Module, x: Tensor) -> Tensor:

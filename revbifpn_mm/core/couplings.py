@@ -203,10 +203,9 @@ class RevSilo(RevOp):
 
     def backward_pass(self, ys: Tensors, dys: Tensors,
                       state: CallState) -> Tuple[Tensors, Tensors]:  # noqa: D102
-        rys, rdys = ys[::-1], dys[::-1]
-        ys.clear()
-        dys.clear()
-        zs, dzs = coupling_backward(self.g, rys, rdys, state)
+        ys.reverse()
+        dys.reverse()
+        zs, dzs = coupling_backward(self.g, ys, dys, state)
         zs.reverse()
         dzs.reverse()
         return coupling_backward(self.f, zs, dzs, state)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from .compiled import compiled_call
 from .state import CallState
 
-__all__ = ["RevOp", "run_ops", "cast", "apply_transform", "call_transform", "submodules", "trainable_params"]
+__all__ = ["RevOp", "run_ops", "cast", "apply_transform", "call_transform", "trainable_params"]
 
 Tensors = List[Tensor]
 
@@ -53,26 +53,25 @@ def cast(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def submodules(module: nn.Module) -> Iterator[nn.Module]:
-    """``module`` and all its sub-modules: a plain walk over ``_modules`` (``Module.modules()`` builds a
-    name for each, and the reversible path walks its modules on every call)."""
+def _params(module: nn.Module) -> Iterator[Tensor]:
+    """The parameters of ``module`` and its sub-modules: a plain walk over ``_modules`` (``Module.parameters()``
+    builds a name for each, and the reversible path walks its modules on every call)."""
     stack = [module]
     while stack:
         m = stack.pop()
         if m is not None:
-            yield m
+            yield from (p for p in m._parameters.values() if p is not None)
             stack.extend(m._modules.values())
 
 
 def trainable_params(module: nn.Module) -> List[Tensor]:
-    """The parameters of ``module`` that require grad (a plain walk, as :func:`submodules`)."""
-    return [p for m in submodules(module) for p in m._parameters.values() if p is not None and p.requires_grad]
+    """The parameters of ``module`` that require grad."""
+    return [p for p in _params(module) if p.requires_grad]
 
 
 def _compute_dtype(module: nn.Module, x: Tensor) -> torch.dtype:
     """The dtype a transform computes in: that of its parameters (the stream may be wider)."""
-    params = (p for m in submodules(module) for p in m._parameters.values() if p is not None)
-    return next((p.dtype for p in params if p.is_floating_point()), x.dtype)
+    return next((p.dtype for p in _params(module) if p.is_floating_point()), x.dtype)
 
 
 def call_transform(module: nn.Module, x: Tensor, state: Optional[CallState] = None,

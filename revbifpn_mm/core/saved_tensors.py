@@ -10,7 +10,7 @@ from torch import Tensor
 __all__ = ["SavedTensorCounter", "saved_bytes"]
 
 
-class SavedTensorCounter:
+class SavedTensorCounter(torch.autograd.graph.saved_tensors_hooks):
     """Context manager that records every tensor saved for backward, deduplicated by storage.
 
     Tensors passed as ``exclude`` (the parameters: not activation memory) are not counted. Views of one
@@ -25,7 +25,7 @@ class SavedTensorCounter:
     def __init__(self, exclude: Optional[Iterable[Tensor]] = None) -> None:
         self._excluded = {t.untyped_storage().data_ptr() for t in (exclude or ())}
         self.storages: Dict[Tuple[str, int], int] = {}
-        self._ctx: Any = None
+        super().__init__(self._pack, lambda t: t)
 
     def _pack(self, t: Tensor) -> Tensor:
         st = t.untyped_storage()
@@ -42,12 +42,8 @@ class SavedTensorCounter:
         return sum(self.storages.values())
 
     def __enter__(self) -> "SavedTensorCounter":
-        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-        self._ctx.__enter__()
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._ctx.__exit__(*exc)
 
 
 def saved_bytes(fn: Callable[[], Any], exclude: Optional[Iterable[Tensor]] = None) -> int:

@@ -31,7 +31,6 @@ class RecomputedPerScale(nn.Module):
 
     def __init__(self, transforms: Sequence[nn.Module]) -> None:
         super().__init__()
-        self.num_scales = len(transforms)
         for h, m in enumerate(transforms):
             self.add_module(f"recomp_transform_{h}", m)
 
@@ -53,9 +52,8 @@ class _Walk:
     module: silently wrong gradients.
     """
 
-    #: A module normalises with statistics of its current input (a training or stat-less BatchNorm,
-    #: InstanceNorm unless it tracks running statistics in eval mode, GroupNorm, LayerNorm, RMSNorm), which
-    #: amplifies the float32 reconstruction error: ``stream_dtype='auto'`` answers with float64 streams.
+    #: A module normalises with statistics of its current input, which amplifies the float32 reconstruction
+    #: error: ``stream_dtype='auto'`` answers with float64 streams.
     input_statistics: bool = False
     #: A training module keeping running statistics that only torch's ``_BatchNorm`` family can freeze
     #: (InstanceNorm with ``track_running_stats``, mmcv's ``MMSyncBN``): the reversible path refuses it.

@@ -12,7 +12,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["CallState", "RngReplay", "AutocastReplay", "GradSink", "Streams", "OwnedStreams"]
+__all__ = ["CallState", "RngReplay", "AutocastReplay", "GradSink", "Streams"]
 
 _RngState = Tuple[Tensor, Dict[int, Tensor]]
 
@@ -42,14 +42,12 @@ class RngReplay:
         if self._cursor < 0:
             raise RuntimeError("reversible backward: RNG replay out of sync with the forward")
         entry = self._stack[self._cursor]
-        if entry is None:
-            yield
-            return
-        cpu, cuda = entry
-        with torch.random.fork_rng(devices=list(cuda), enabled=True, device_type="cuda"):
-            torch.set_rng_state(cpu)
-            for d, s in cuda.items():
-                torch.cuda.set_rng_state(s, d)
+        with torch.random.fork_rng(devices=list(entry[1]) if entry else [], enabled=entry is not None,
+                                   device_type="cuda"):
+            if entry is not None:
+                torch.set_rng_state(entry[0])
+                for d, s in entry[1].items():
+                    torch.cuda.set_rng_state(s, d)
             yield
 
 
@@ -94,41 +92,25 @@ def _holds(dst: torch.dtype, src: torch.dtype) -> bool:
 
 
 class Streams:
-    """Arithmetic on the residual streams of a backward pass, out of place: the algorithm as written."""
+    """Arithmetic on the residual streams of a backward pass: out of place (``reuse=False``, the algorithm as
+    written), or in place on the tensors this backward allocated itself (*owns*).
 
-    def own(self, t: Tensor) -> Tensor:
-        """Mark ``t`` as a buffer of this backward (here: nothing to do)."""
-        return t
-
-    def sub(self, x: Tensor, t: Tensor) -> Tensor:
-        """``x - t``."""
-        return torch.sub(x, t)
-
-    def add(self, x: Tensor, t: Tensor) -> Tensor:
-        """``x + t``."""
-        return torch.add(x, t)
-
-    def join(self, a: Tensor, b: Tensor) -> Tensor:
-        """``cat([a, b], dim=1)``."""
-        return torch.cat([a, b], dim=1)
-
-
-class OwnedStreams(Streams):
-    """The same arithmetic, in place on the tensors this backward allocated itself (*owns*).
-
-    ``x -/+ t`` updates an owned ``x`` in place (a foreign ``x`` is copied once); two halves of one owned
-    tensor are joined without a copy. Results are bitwise those of :class:`Streams`.
+    With ``reuse``, ``x -/+ t`` updates an owned ``x`` in place (a foreign ``x`` is copied once) and two halves
+    of one owned tensor are joined without a copy. Results are bitwise those of ``reuse=False``.
     """
 
     #: A mixed-dtype in-place add on the CPU first casts the whole of ``t`` into a temporary;
     #: above this many elements the update runs in 8 channel chunks to bound that temporary.
     CHUNK_NUMEL = 1 << 20
 
-    def __init__(self) -> None:
+    def __init__(self, reuse: bool = True) -> None:
+        self.reuse = reuse
         self._owned: Dict[int, "weakref.ref[Tensor]"] = {}
 
-    def own(self, t: Tensor) -> Tensor:  # noqa: D102
-        self._owned[id(t)] = weakref.ref(t)
+    def own(self, t: Tensor) -> Tensor:
+        """Mark ``t`` as a buffer of this backward (with ``reuse``; returns ``t``)."""
+        if self.reuse:
+            self._owned[id(t)] = weakref.ref(t)
         return t
 
     def owns(self, t: Tensor) -> bool:
@@ -140,10 +122,12 @@ class OwnedStreams(Streams):
                     return True
         return False
 
-    def sub(self, x: Tensor, t: Tensor) -> Tensor:  # noqa: D102
-        return self._update(x, t, -1)
+    def sub(self, x: Tensor, t: Tensor) -> Tensor:
+        """``x - t``."""
+        return self._update(x, t, -1) if self.reuse else torch.sub(x, t)
 
-    def add(self, x: Tensor, t: Tensor) -> Tensor:  # noqa: D102
+    def add(self, x: Tensor, t: Tensor) -> Tensor:
+        """``x + t``."""
         return self._update(x, t, 1)
 
     def _update(self, x: Tensor, t: Tensor, alpha: int) -> Tensor:
@@ -159,7 +143,8 @@ class OwnedStreams(Streams):
             data.add_(t, alpha=alpha)
         return x
 
-    def join(self, a: Tensor, b: Tensor) -> Tensor:  # noqa: D102
+    def join(self, a: Tensor, b: Tensor) -> Tensor:
+        """``cat([a, b], dim=1)``."""
         base = a._base
         joined = (a.shape[0], a.shape[1] + b.shape[1], *a.shape[2:])
         if (base is not None and b._base is base and self.owns(a) and base.is_contiguous()
@@ -176,7 +161,7 @@ class CallState:
         rng: The RNG replay of the call's stochastic couplings.
         autocast: The forward's autocast state.
         grads: The parameter gradients of the backward.
-        streams: Stream arithmetic of the backward (:class:`OwnedStreams` or :class:`Streams`).
+        streams: Stream arithmetic of the backward (:class:`Streams`).
         stochastic: ``id`` of every coupling that draws random numbers in this call.
         lean: Whether recomputed tail transforms run their ``lean_forward``.
         compiled: Whether the transforms run compiled (``RunPolicy.compile_transforms``).
@@ -191,7 +176,7 @@ class CallState:
         self.autocast = AutocastReplay(inputs[0].device.type)
         self.grads = GradSink(params)
         self.reuse_buffers = reuse_buffers
-        self.streams: Streams = OwnedStreams() if reuse_buffers else Streams()
+        self.streams = Streams(reuse_buffers)
         self.stochastic = stochastic
         self.lean = lean
         self.compute_dtype = compute_dtype
@@ -200,4 +185,4 @@ class CallState:
     def begin_backward(self) -> None:
         """Start a backward pass: replay from the last recorded RNG state, fresh buffers."""
         self.rng.rewind()
-        self.streams = OwnedStreams() if self.reuse_buffers else Streams()
+        self.streams = Streams(self.reuse_buffers)
