@@ -58,9 +58,7 @@ class SqueezeExcite(nn.Module):
         """``x * gate(x)``. With ``lean`` the gate's gradient is reduced in channel
         chunks, without a full-size ``grad * x`` temporary (see :class:`_ChannelScale`)."""
         gate = self.se(x)
-        if lean and x.dim() == 4 and gate.shape[2:] == (1, 1):
-            return _ChannelScale.apply(x, gate)
-        return x * gate
+        return _ChannelScale.apply(x, gate) if lean else x * gate
 
 
 class _ChannelScale(torch.autograd.Function):
@@ -80,13 +78,11 @@ class _ChannelScale(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy: Tensor):  # type: ignore[override]
         x, s = ctx.saved_tensors
-        dx = ds = None
+        ds = None
         if ctx.needs_input_grad[1]:
             ds = torch.cat([(d * xc).sum((2, 3), keepdim=True)
-                            for d, xc in zip(dy.tensor_split(8, dim=1), x.tensor_split(8, dim=1))], dim=1)
-            ds = ds.to(s.dtype)
-        if ctx.needs_input_grad[0]:
-            dx = (dy * s).to(x.dtype)
+                            for d, xc in zip(dy.tensor_split(8, dim=1), x.tensor_split(8, dim=1))], dim=1).to(s.dtype)
+        dx = (dy * s).to(x.dtype) if ctx.needs_input_grad[0] else None
         return dx, ds
 
 
@@ -123,10 +119,7 @@ class MBConv(nn.Module):
         self.project_conv = ConvNormAct(mid, out_chs, 1, act=False, norm_layer=norm_layer)
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        x = self.exp_conv(x)
-        x = self.dw_conv(x)
-        x = self.se(x)
-        x = self.project_conv(x)
+        x = self.project_conv(self.se(self.dw_conv(self.exp_conv(x))))
         return drop_path(x, self.drop_prob, self.training)
 
     def lean_forward(self, x: Tensor) -> Tensor:

@@ -79,11 +79,6 @@ def level_sum(feats: Sequence[Tensor], weights: Sequence[Tensor], align_corners:
     return out
 
 
-def _rows(weight: Tensor, c0: int, c1: int, splits: List[int]) -> List[Tensor]:
-    """Rows ``c0:c1`` of the 1x1 conv weight, split into the levels' column blocks."""
-    return list(torch.split(weight[c0:c1], splits, dim=1))
-
-
 def _gather_stats(mean: Tensor, var: Tensor, count: int, group: Any) -> Tuple[Tensor, Tensor, int]:
     """Combine per-rank ``(mean_i, var_i, n_i)``: ``mean = sum n_i mean_i / N``,
     ``var = sum n_i (var_i + (mean_i - mean)^2) / N`` (biased), as SyncBatchNorm does."""
@@ -100,19 +95,53 @@ def _gather_stats(mean: Tensor, var: Tensor, count: int, group: Any) -> Tuple[Te
     return mean, var, int(total.item())
 
 
-def _activate(s: Tensor, scale: Optional[Tensor], shift: Optional[Tensor], mask: Optional[Tensor],
-              relu: bool, acc: torch.dtype) -> Tensor:
-    """``mask * relu(s * scale + shift)``, computed in ``acc`` (``s`` is not modified)."""
-    y = s.to(acc)
-    if scale is not None and shift is not None:
-        y = torch.addcmul(_vec(shift), y, _vec(scale))
-    elif y is s and (relu or mask is not None):
-        y = y.clone()
-    if relu:
-        y.clamp_(min=0)
-    if mask is not None:
-        y *= mask
-    return y
+@dataclass
+class _Params:
+    """The tensors of one ``_LeanFCN`` call besides the inputs, and the per-chunk steps both passes share."""
+
+    spec: _Spec
+    weight: Tensor
+    bias: Optional[Tensor]
+    gamma: Optional[Tensor]
+    beta: Optional[Tensor]
+    w_seg: Tensor  # converted to spec.acc
+    mean: Optional[Tensor]  # None without a norm
+    invstd: Optional[Tensor]
+    mask: Optional[Tensor]  # converted to spec.acc
+
+    def __post_init__(self) -> None:
+        self.w_seg = self.w_seg.to(self.spec.acc)
+        if self.mask is not None:
+            self.mask = self.mask.to(self.spec.acc)
+
+    def rows(self, c0: int, c1: int) -> List[Tensor]:
+        """Rows ``c0:c1`` of the 1x1 conv weight, split into the levels' column blocks."""
+        return list(torch.split(self.weight[c0:c1], self.spec.splits, dim=1))
+
+    def biased(self, s: Tensor, c0: int, c1: int) -> Tensor:  # noqa: D102
+        return s if self.bias is None else s + _vec(self.bias[c0:c1].to(s.dtype))
+
+    def activate(self, s: Tensor, c0: int, c1: int) -> Tensor:
+        """``mask * relu(bn(s))`` of channels ``c0:c1``, computed in ``spec.acc`` (``s`` is not modified).
+
+        ``bn(s) = s * scale + shift`` with ``scale = gamma * invstd`` and ``shift = beta - mean * scale``.
+        """
+        acc, relu = self.spec.acc, self.spec.relu
+        y = s.to(acc)
+        if self.mean is not None and self.invstd is not None:
+            invstd = self.invstd[c0:c1]
+            scale = invstd if self.gamma is None else self.gamma[c0:c1].to(acc) * invstd
+            shift = -self.mean[c0:c1] * scale
+            if self.beta is not None:
+                shift = shift + self.beta[c0:c1].to(acc)
+            y = torch.addcmul(_vec(shift), y, _vec(scale))
+        elif y is s and (relu or self.mask is not None):
+            y = y.clone()
+        if relu:
+            y.clamp_(min=0)
+        if self.mask is not None:
+            y *= self.mask[:, c0:c1]
+        return y
 
 
 class _LeanFCN(torch.autograd.Function):
@@ -126,84 +155,54 @@ class _LeanFCN(torch.autograd.Function):
     def forward(ctx: Any, spec: _Spec, weight: Tensor, bias: Optional[Tensor], gamma: Optional[Tensor],
                 beta: Optional[Tensor], w_seg: Tensor, b_seg: Optional[Tensor], mask: Optional[Tensor],
                 *feats: Tensor) -> Tensor:
-        norm = spec.norm
-        n, _, h, w = feats[0].shape
-        channels = weight.shape[0]
-        acc = spec.acc
-        out = feats[0].new_zeros((n, w_seg.shape[0], h, w), dtype=acc)
-        w_seg32 = w_seg.to(acc)
+        norm, acc, x0 = spec.norm, spec.acc, feats[0]
         mean = invstd = var_all = None
-        if norm is not None:
-            if spec.batch_stats:
-                mean = feats[0].new_empty(channels, dtype=acc)
-                invstd = torch.empty_like(mean)
-                var_all = torch.empty_like(mean)
-            else:
-                mean = norm.running_mean.to(acc, copy=True)
-                invstd = torch.rsqrt(norm.running_var.to(acc) + norm.eps)
-        count = local_count = feats[0].numel() // feats[0].shape[1]
-        for c0, c1 in _chunks(channels, spec.chunk):
-            s = level_sum(feats, _rows(weight, c0, c1, spec.splits), spec.align_corners, spec.conv_dtype)
-            if bias is not None:
-                s = s + _vec(bias[c0:c1].to(s.dtype))
-            scale = shift = None
-            if norm is not None:
-                if spec.batch_stats:
-                    var, m = torch.var_mean(s.to(acc), dim=_DIMS, correction=0)
-                    if spec.group is not None:
-                        m, var, count = _gather_stats(m, var, local_count, spec.group)
-                    mean[c0:c1], var_all[c0:c1] = m, var
-                    invstd[c0:c1] = torch.rsqrt(var + norm.eps)
-                scale, shift = _scale_shift(gamma, beta, mean, invstd, c0, c1)
-            d = _activate(s, scale, shift, None if mask is None else mask[:, c0:c1].to(acc), spec.relu, acc)
+        if norm is not None and spec.batch_stats:
+            mean = x0.new_empty(weight.shape[0], dtype=acc)
+            invstd, var_all = torch.empty_like(mean), torch.empty_like(mean)
+        elif norm is not None:
+            mean = norm.running_mean.to(acc, copy=True)
+            invstd = torch.rsqrt(norm.running_var.to(acc) + norm.eps)
+        p = _Params(spec, weight, bias, gamma, beta, w_seg, mean, invstd, mask)
+        out = x0.new_zeros((x0.shape[0], w_seg.shape[0], *x0.shape[2:]), dtype=acc)
+        count = local_count = x0.numel() // x0.shape[1]
+        for c0, c1 in _chunks(weight.shape[0], spec.chunk):
+            s = p.biased(level_sum(feats, p.rows(c0, c1), spec.align_corners, spec.conv_dtype), c0, c1)
+            if var_all is not None:
+                var, m = torch.var_mean(s.to(acc), dim=_DIMS, correction=0)
+                if spec.group is not None:
+                    m, var, count = _gather_stats(m, var, local_count, spec.group)
+                mean[c0:c1], var_all[c0:c1] = m, var
+                invstd[c0:c1] = torch.rsqrt(var + norm.eps)
+            d = p.activate(s, c0, c1)
             del s
-            out += F.conv2d(d, w_seg32[:, c0:c1])
+            out += F.conv2d(d, p.w_seg[:, c0:c1])
             del d
         if b_seg is not None:
             out += _vec(b_seg.to(acc))
         if norm is not None and spec.update_stats:
             _update_running_stats(norm, mean, var_all, count)
-        ctx.spec, ctx.count, ctx.n_feats, ctx.has_b_seg = spec, count, len(feats), b_seg is not None
+        ctx.spec, ctx.count, ctx.has_b_seg = spec, count, b_seg is not None
         ctx.save_for_backward(weight, bias, gamma, beta, w_seg, mean, invstd, mask, *feats)
         return out.to(spec.conv_dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
         weight, bias, gamma, beta, w_seg, mean, invstd, mask, *feats = ctx.saved_tensors
-        spec: _Spec = ctx.spec
-        with_norm = mean is not None
-        g = grad_out.to(spec.acc)
-        need_x = [ctx.needs_input_grad[8 + i] for i in range(ctx.n_feats)]
-        grads = _Grads(w_seg=torch.empty_like(w_seg, dtype=spec.acc), weight=torch.empty_like(weight),
+        p = _Params(ctx.spec, weight, bias, gamma, beta, w_seg, mean, invstd, mask)
+        g = grad_out.to(p.spec.acc)
+        need_x = ctx.needs_input_grad[8:]
+        # each gradient in its input's dtype: the chunks' results are cast as they are written
+        grads = _Grads(w_seg=torch.empty_like(w_seg), weight=torch.empty_like(weight),
                        bias=None if bias is None else torch.empty_like(bias),
-                       gamma=torch.empty_like(mean) if with_norm and gamma is not None else None,
-                       beta=torch.empty_like(mean) if with_norm and beta is not None else None,
+                       gamma=None if mean is None or gamma is None else torch.empty_like(gamma),
+                       beta=None if mean is None or beta is None else torch.empty_like(beta),
                        feats=[torch.zeros_like(x) if need else None for x, need in zip(feats, need_x)])
         xs = [x.detach().requires_grad_(need) for x, need in zip(feats, need_x)]
-        saved = _Saved(weight, bias, gamma, beta, w_seg.to(spec.acc), mean, invstd, mask)
-        for c0, c1 in _chunks(weight.shape[0], spec.chunk):
-            _chunk_backward(spec, ctx.count, saved, g, xs, grads, c0, c1)
-
-        def cast(grad: Optional[Tensor], ref: Optional[Tensor]) -> Optional[Tensor]:
-            return None if grad is None or ref is None else grad.to(ref.dtype)
-
-        grad_b_seg = g.sum(_DIMS) if ctx.has_b_seg else None
-        return (None, grads.weight, grads.bias, cast(grads.gamma, gamma), cast(grads.beta, beta),
-                grads.w_seg.to(w_seg.dtype), cast(grad_b_seg, w_seg), None, *grads.feats)
-
-
-@dataclass
-class _Saved:
-    """What ``_LeanFCN``'s backward reads besides the inputs (``w_seg`` in the accumulation dtype)."""
-
-    weight: Tensor
-    bias: Optional[Tensor]
-    gamma: Optional[Tensor]
-    beta: Optional[Tensor]
-    w_seg: Tensor
-    mean: Optional[Tensor]  # None without a norm
-    invstd: Optional[Tensor]
-    mask: Optional[Tensor]
+        for c0, c1 in _chunks(weight.shape[0], p.spec.chunk):
+            _chunk_backward(p, ctx.count, g, xs, grads, c0, c1)
+        grad_b_seg = g.sum(_DIMS).to(w_seg.dtype) if ctx.has_b_seg else None
+        return (None, grads.weight, grads.bias, grads.gamma, grads.beta, grads.w_seg, grad_b_seg, None, *grads.feats)
 
 
 @dataclass
@@ -218,50 +217,44 @@ class _Grads:
     feats: List[Optional[Tensor]]  # accumulated over the chunks; None where no gradient is needed
 
 
-def _chunk_backward(spec: _Spec, count: int, saved: _Saved, g: Tensor, xs: List[Tensor], grads: _Grads,
-                    c0: int, c1: int) -> None:
+def _chunk_backward(p: _Params, count: int, g: Tensor, xs: List[Tensor], grads: _Grads, c0: int, c1: int) -> None:
     """The backward of output channels ``c0:c1``: recompute ``s_c`` and ``d_c`` from the inputs, fill the
     chunk's gradients of ``W_seg``, ``W``, ``b``, gamma and beta, add its share to the inputs' gradients."""
-    rows = [w.detach().requires_grad_() for w in _rows(saved.weight, c0, c1, spec.splits)]
+    spec = p.spec
+    rows = [w.detach().requires_grad_() for w in p.rows(c0, c1)]
     with torch.enable_grad():
         s = level_sum(xs, rows, spec.align_corners, spec.conv_dtype)
-    bias = saved.bias
-    s_val = s.detach() if bias is None else s.detach() + _vec(bias[c0:c1].to(s.dtype))
-    scale = shift = None
-    if saved.mean is not None:
-        scale, shift = _scale_shift(saved.gamma, saved.beta, saved.mean, saved.invstd, c0, c1)
-    m_c = None if saved.mask is None else saved.mask[:, c0:c1].to(spec.acc)
-    d = _activate(s_val, scale, shift, m_c, spec.relu, spec.acc)
+    s_val = p.biased(s.detach(), c0, c1)
+    d = p.activate(s_val, c0, c1)
     grads.w_seg[:, c0:c1] = torch.matmul(g.flatten(2), d.flatten(2).transpose(1, 2)).sum(0)[..., None, None]
-    gy = F.conv2d(g, saved.w_seg[:, c0:c1].transpose(0, 1))  # W_seg[:, c]^T g
-    if m_c is not None:
-        gy *= m_c
+    gy = F.conv2d(g, p.w_seg[:, c0:c1].transpose(0, 1))  # W_seg[:, c]^T g
+    if p.mask is not None:
+        gy *= p.mask[:, c0:c1]
     if spec.relu:  # mask entries are 0 or 1/(1-p) > 0, so d != 0 exactly where the ReLU passed
         gy *= d != 0
     del d
-    if saved.mean is not None:
-        gy = _bn_backward(gy, s_val, spec, count, saved, grads, c0, c1)
+    if p.mean is not None:
+        gy = _bn_backward(gy, s_val, p, count, grads, c0, c1)
     del s_val
     if grads.bias is not None:
-        grads.bias[c0:c1] = gy.sum(_DIMS).to(grads.bias.dtype)
-    wanted = [x for x in xs if x.requires_grad] + rows
-    found = torch.autograd.grad(s, wanted, gy.to(s.dtype))
+        grads.bias[c0:c1] = gy.sum(_DIMS)
+    found = torch.autograd.grad(s, [x for x in xs if x.requires_grad] + rows, gy.to(s.dtype))
     del s, gy
     it = iter(found)
     for i, x in enumerate(xs):
         if x.requires_grad:
             grads.feats[i] += next(it)
-    grads.weight[c0:c1] = torch.cat([gw.to(grads.weight.dtype) for gw in it], dim=1)
+    grads.weight[c0:c1] = torch.cat(list(it), dim=1)
 
 
-def _bn_backward(gy: Tensor, s_val: Tensor, spec: _Spec, count: int, saved: _Saved, grads: _Grads,
-                 c0: int, c1: int) -> Tensor:
+def _bn_backward(gy: Tensor, s_val: Tensor, p: _Params, count: int, grads: _Grads, c0: int, c1: int) -> Tensor:
     """``dL/ds`` from ``gy = dL/dbn(s)`` for channels ``c0:c1`` (in place on ``gy``), filling the chunk's
     gamma and beta gradients. Train mode backpropagates through the batch statistics, with the two
     per-channel sums all-reduced over the ranks of a synchronised BN, as ``torch.nn.SyncBatchNorm``."""
-    assert saved.mean is not None and saved.invstd is not None
-    inv = _vec(saved.invstd[c0:c1])
-    xhat = (s_val.to(spec.acc) - _vec(saved.mean[c0:c1])) * inv
+    assert p.mean is not None and p.invstd is not None
+    spec = p.spec
+    inv = _vec(p.invstd[c0:c1])
+    xhat = (s_val.to(spec.acc) - _vec(p.mean[c0:c1])) * inv
     sums = torch.cat([gy.sum(_DIMS), (gy * xhat).sum(_DIMS)])
     k = c1 - c0
     if grads.beta is not None:
@@ -275,18 +268,8 @@ def _bn_backward(gy: Tensor, s_val: Tensor, spec: _Spec, count: int, saved: _Sav
         gy -= _vec(sums[:k])
         gy -= xhat * _vec(sums[k:])
     del xhat
-    gy *= inv if saved.gamma is None else inv * _vec(saved.gamma[c0:c1].to(spec.acc))
+    gy *= inv if p.gamma is None else inv * _vec(p.gamma[c0:c1].to(spec.acc))
     return gy
-
-
-def _scale_shift(gamma: Optional[Tensor], beta: Optional[Tensor], mean: Tensor, invstd: Tensor,
-                 c0: int, c1: int) -> Tuple[Tensor, Tensor]:
-    """``bn(s) = s * scale + shift``: ``scale = gamma * invstd``, ``shift = beta - mean * scale``."""
-    scale = invstd[c0:c1] if gamma is None else gamma[c0:c1].to(invstd.dtype) * invstd[c0:c1]
-    shift = -mean[c0:c1] * scale
-    if beta is not None:
-        shift = shift + beta[c0:c1].to(invstd.dtype)
-    return scale, shift
 
 
 def _update_running_stats(norm: _BatchNorm, mean: Tensor, var: Tensor, count: int) -> None:

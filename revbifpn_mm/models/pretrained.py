@@ -214,9 +214,6 @@ def _download(url: str, dst: str, progress: bool) -> str:
     return tmp
 
 
-_PREFIXES = ("module.", "backbone.", "model.")
-
-
 class LoadResult(NamedTuple):
     """Keys that were expected but absent, present but unused, and skipped on purpose."""
 
@@ -254,7 +251,7 @@ def extract_state_dict(obj: object, source: str = "checkpoint") -> Dict[str, Ten
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise RuntimeError(f"{source} does not contain a state dict of tensors")
     sd = dict(obj)
-    for prefix in _PREFIXES:
+    for prefix in ("module.", "backbone.", "model."):
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
     return sd
