@@ -43,10 +43,9 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
             paper's setting) or ``'trunk'`` (raw trunk outputs, channels ``channels``).
         frozen_stages: Stages ``1..frozen_stages`` are frozen (``requires_grad=False``, their
             BatchNorms in eval mode); ``-1`` freezes nothing.
-        norm_cfg: Normalisation config; BN eps is 1e-3 as in the official network (mmcv's default:
-            1e-5). Accepted: torch BatchNorms (``'BN'``, ``'SyncBN'``, ...) and ``'GN'`` (``num_groups=8``
-            divides every arch's channel counts); ``'MMSyncBN'``, ``'LN'`` and other types are refused
-            with a ``ValueError`` (see docs/design.md).
+        norm_cfg: Normalisation config, BN eps 1e-3 as in the official network (mmcv's: 1e-5): torch
+            BatchNorms (``'BN'``, ``'SyncBN'``, ...) or ``'GN'`` with ``num_groups``; other types raise a
+            ``ValueError`` (docs/design.md, *Normalisation layers*).
         norm_eval: Keep every BatchNorm in eval mode during training. ``None`` (default): as the HRNet of
             the registry scope it is built in (mmengine's current ``DefaultScope``, set from
             ``default_scope``): ``True`` under ``'mmdet'`` and scopes whose registry descends from
@@ -79,9 +78,7 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
                              f"init_cfg=dict(type='Pretrained', checkpoint={pretrained!r})")
         if out_type not in ("neck", "trunk"):
             raise ValueError(f"out_type must be 'neck' or 'trunk', got {out_type!r}")
-        norm_cfg = norm_cfg or dict(type="BN", momentum=0.1, requires_grad=True)
-        _check_norm_cfg(norm_cfg)  # before the copy, so that a non-dict gets its clear message
-        norm_cfg = {"eps": 1e-3, **norm_cfg}
+        norm_cfg = _checked_norm_cfg(norm_cfg or dict(type="BN", momentum=0.1, requires_grad=True))
         super().__init__(arch=arch, num_classes=0, drop_path_rate=drop_path_rate, with_neck=out_type == "neck",
                          norm_layer=functools.partial(_build_checked_norm, norm_cfg),
                          memory_mode=memory_mode, stream_dtype=stream_dtype,
@@ -101,17 +98,11 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
         self.out_channels = tuple(self.out_channels[i] for i in self.out_indices)
         self._freeze_stages()
 
-    def stage_modules(self, k: int) -> Tuple[nn.Module, ...]:
-        """Modules of stage ``k`` (see the class docstring)."""
-        if k == self.num_layers + 1 and self.with_neck:
-            return (self.rev_stack.recomp_op,)
-        if not 1 <= k <= self.num_layers:
-            raise ValueError(f"stage {k} does not exist (1..{self.num_stages})")
-        return tuple(getattr(self.rev_stack, str(3 * k - d)) for d in (2, 1, 0))
-
     def _freeze_stages(self) -> None:
+        """Freeze stages ``1..frozen_stages`` (the class docstring says which modules each one is)."""
         for k in range(1, self.frozen_stages + 1):
-            for mod in self.stage_modules(k):
+            names = ["recomp_op"] if k > self.num_layers else [str(3 * k - d) for d in (2, 1, 0)]
+            for mod in map(self.rev_stack.get_submodule, names):
                 mod.eval()
                 for p in mod.parameters():
                     p.requires_grad_(False)
@@ -129,22 +120,19 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
     def init_weights(self) -> None:
         """Load ``init_cfg``'s ``Pretrained`` checkpoint (official layout) or keep the official init.
 
-        ``checkpoint`` is a local path, or an ``http(s)://`` URL that is downloaded once into the torch hub
-        cache (``$TORCH_HOME/hub/checkpoints``) and checked against its SHA-256 on every use: the published
-        digest for the official URLs, or an optional ``sha256`` key of ``init_cfg`` for any other file (a
-        local path is then checked too). Under ``torch.distributed`` rank 0 downloads first; the other ranks
-        then find the file in a shared cache, or download it themselves. The loading itself is
-        :func:`revbifpn_mm.models.pretrained.load_official_checkpoint`.
+        ``checkpoint`` is a local path or an ``http(s)://`` URL, downloaded once into the torch hub cache and
+        checked against its SHA-256 on every use: the published one of an official URL, else ``init_cfg``'s
+        optional ``sha256`` (which checks a local path too). Under ``torch.distributed`` rank 0 downloads
+        first. The loader is :func:`revbifpn_mm.models.pretrained.load_official_checkpoint`.
         """
         cfg = self.init_cfg
         if not (isinstance(cfg, dict) and cfg.get("type") == "Pretrained"):
             super().init_weights()
             return
         logger = MMLogger.get_current_instance()
-        ckpt = cfg.get("checkpoint")
+        ckpt = str(cfg.get("checkpoint") or "")
         if not ckpt:
             raise ValueError("init_cfg type='Pretrained' needs a 'checkpoint' path or URL")
-        ckpt = str(ckpt)
         if ckpt.startswith(("http://", "https://")) and cfg.get("sha256") is None and official_sha256(ckpt) is None:
             logger.warning(f"RevBiFPN: {ckpt} is not an official checkpoint URL and init_cfg has no "
                            "sha256: the downloaded file is used unverified")
@@ -153,10 +141,9 @@ class RevBiFPNBackbone(_RevBiFPNNet, BaseModule):
                                            sha256=cfg.get("sha256"), fetch=_fetch_rank0_first)
         logger.info(f"RevBiFPN: loaded {ckpt} ({len(self.state_dict()) - len(res.missing_keys)} tensors; "
                     f"skipped {len(res.skipped_keys)} head keys)")
-        if res.missing_keys:
-            logger.warning(f"RevBiFPN: missing keys in {ckpt}: {res.missing_keys}")
-        if res.unexpected_keys:
-            logger.warning(f"RevBiFPN: unexpected keys in {ckpt}: {res.unexpected_keys}")
+        for what, keys in (("missing", res.missing_keys), ("unexpected", res.unexpected_keys)):
+            if keys:
+                logger.warning(f"RevBiFPN: {what} keys in {ckpt}: {keys}")
         self._is_init = True
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:  # type: ignore[override]
@@ -235,15 +222,9 @@ def config_advice() -> Iterator[None]:
 
 
 def _fetch_rank0_first(url: str, sha256: Optional[str]) -> str:
-    """:func:`fetch_checkpoint` on rank 0, then on the other ranks (no duplicate downloads).
-
-    Rank 0 reaches the barrier even when its fetch fails, so the other ranks never hang:
-    they then try themselves and raise the same clear error.
-    """
-    rank, world_size = get_dist_info()
-    if world_size == 1:
-        return fetch_checkpoint(url, sha256)
-    if rank == 0:
+    """:func:`fetch_checkpoint` on rank 0, then on the other ranks; rank 0 reaches the barrier even when
+    its fetch fails, so the others never hang (they then try themselves and raise the same clear error)."""
+    if get_dist_info()[0] == 0:  # rank 0 (also without torch.distributed, where barrier does nothing)
         try:
             return fetch_checkpoint(url, sha256)
         finally:
@@ -252,23 +233,22 @@ def _fetch_rank0_first(url: str, sha256: Optional[str]) -> str:
     return fetch_checkpoint(url, sha256)
 
 
-def _check_norm_cfg(norm_cfg: Dict[str, Any]) -> None:
-    """Refuse, before anything is built, a ``norm_cfg`` that RevBiFPN cannot train correctly (docs/design.md)."""
+def _checked_norm_cfg(norm_cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Refuse, before anything is built, a ``norm_cfg`` that RevBiFPN cannot train correctly (docs/design.md);
+    return it with eps 1e-3 (the official BN's) as its default."""
     if not isinstance(norm_cfg, dict) or "type" not in norm_cfg:
         raise ValueError(f"norm_cfg must be a dict with a 'type' (e.g. dict(type='BN')), got {norm_cfg!r}")
     kind = norm_cfg["type"]
-    mmcv_sync_bn = kind == "MMSyncBN" or (isinstance(kind, type) and kind.__name__ == "SyncBatchNorm"
-                                          and kind.__module__.split(".")[0] == "mmcv")
-    if mmcv_sync_bn:
-        raise ValueError("norm_cfg type 'MMSyncBN' (mmcv's SyncBatchNorm) is not supported by RevBiFPN: it is "
-                         "not a torch BatchNorm, so the reversible backward would update its running statistics "
-                         "twice per step and norm_eval / stream_dtype='auto' would ignore it (it also needs an "
-                         "initialised process group and CUDA). Fix: use norm_cfg=dict(type='SyncBN', ...) (torch's "
-                         "SyncBatchNorm, which RevBiFPN freezes during its recomputation and norm_eval / "
-                         "stream_dtype='auto' see), or 'BN' for one process")
+    if kind == "MMSyncBN" or (isinstance(kind, type) and kind.__name__ == "SyncBatchNorm"
+                              and kind.__module__.split(".")[0] == "mmcv"):
+        raise ValueError("norm_cfg type 'MMSyncBN' (mmcv's SyncBatchNorm) is not supported by RevBiFPN: not a "
+                         "torch BatchNorm, the reversible backward would update its running statistics twice per "
+                         "step and norm_eval / stream_dtype='auto' would ignore it. Fix: use "
+                         "norm_cfg=dict(type='SyncBN', ...) (torch's SyncBatchNorm), or 'BN' for one process")
     if (kind == "GN" or kind is nn.GroupNorm) and "num_groups" not in norm_cfg:
         raise ValueError("norm_cfg type 'GN' needs num_groups, e.g. dict(type='GN', num_groups=8) (8 divides the "
                          "channel counts of every RevBiFPN arch)")
+    return {"eps": 1e-3, **norm_cfg}
 
 
 def _build_checked_norm(norm_cfg: Dict[str, Any], num_features: int) -> nn.Module:

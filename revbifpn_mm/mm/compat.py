@@ -1,12 +1,5 @@
-"""Compatibility of the OpenMMLab 2023 stack with a 2026 PyTorch, handled without editing site-packages.
-
-* :func:`ensure_torch_load_compat` allow-lists the few non-tensor types of mmengine checkpoints for
-  torch's weights-only loader (the default since torch 2.6, which mmengine 0.10.7 does not expect),
-  instead of turning the safe loader off.
-* :func:`require_mm_stack` names the fix when mmengine or ``mmcv.cnn`` is missing;
-  :func:`check_mmcv_ops` does the same for mmcv's compiled ops, where they are used (not at import,
-  so that the mm layer registers with mmcv-lite too).
-"""
+"""Compatibility of the OpenMMLab 2023 stack with a 2026 PyTorch, without editing site-packages: the
+weights-only loader's allow-list for mmengine checkpoints, and import checks of the stack that name the fix."""
 from __future__ import annotations
 
 import collections
@@ -41,11 +34,8 @@ class DropInArgumentError(ValueError, AssertionError):
 
 
 def require_mm_stack() -> None:
-    """Raise an ImportError with the fix unless mmengine and ``mmcv.cnn`` import.
-
-    These are what the mm layer (registration, ``build_norm_layer``) needs; mmcv's
-    compiled ops are not (see :func:`check_mmcv_ops`).
-    """
+    """Raise an ImportError with the fix unless mmengine and ``mmcv.cnn`` import: what the mm layer needs
+    (registration, ``build_norm_layer``); mmcv's compiled ops are checked apart (:func:`check_mmcv_ops`)."""
     needs = (("mmengine", "mmengine", MMENGINE_FIX), ("mmcv.cnn", "mmcv 2.1.0 (mmcv.cnn)", MMCV_FIX))
     for module, what, fix in needs:
         try:
@@ -62,14 +52,12 @@ def check_mmcv_ops(device: str = "cpu") -> None:
     second, instead of at the first RoIAlign of a GPU run.
     """
     import mmcv  # importable: importing this package ran require_mm_stack
-
-    version = mmcv.__version__
     try:
         importlib.import_module("mmcv._ext")
         from mmcv.ops import RoIAlign, nms
     except ImportError as err:
         raise MMCVOpsMissingError(
-            f"mmcv {version} is installed without its compiled ops (mmcv._ext: {err}); Faster/Mask "
+            f"mmcv {mmcv.__version__} is installed without its compiled ops (mmcv._ext: {err}); Faster/Mask "
             f"R-CNN need them (RoIAlign, NMS). Fix: {MMCV_FIX}") from err
     try:
         boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0]], device=device)
@@ -77,9 +65,9 @@ def check_mmcv_ops(device: str = "cpu") -> None:
         RoIAlign((2, 2), 1.0)(torch.ones(1, 1, 4, 4, device=device), torch.tensor([[0.0, 0, 0, 3, 3]], device=device))
     except RuntimeError as err:
         raise MMCVOpsMissingError(
-            f"mmcv {version}'s compiled ops do not run on {device} ({' '.join(str(err).split())[:200]}): it was built "
-            f"without {'CUDA' if device.startswith('cuda') else 'CPU'} kernels. Fix: rebuild it where nvcc (the CUDA "
-            f"toolkit of torch {torch.version.cuda}) is found: `bash tools/setup_env.sh --rebuild-mmcv`") from err
+            f"mmcv {mmcv.__version__}'s compiled ops do not run on {device} ({' '.join(str(err).split())[:200]}): it "
+            f"was built without {'CUDA' if device.startswith('cuda') else 'CPU'} kernels. Fix: rebuild it where nvcc "
+            f"(CUDA {torch.version.cuda}, as torch's) is found: `bash tools/setup_env.sh --rebuild-mmcv`") from err
 
 
 def _safe_types() -> list:
@@ -97,12 +85,8 @@ def _safe_types() -> list:
 
 
 def _history_buffer_getattr(obj, name):
-    """``getattr`` for checkpoints: only public methods of mmengine's ``HistoryBuffer``.
-
-    mmengine pickles ``HistoryBuffer._statistics_methods`` (``min``, ``max``, ``mean``,
-    ``current``, ...) with every message-hub buffer; pickle writes each as
-    ``getattr(HistoryBuffer, name)``. Anything else is refused.
-    """
+    """``getattr`` for checkpoints: only public methods of mmengine's ``HistoryBuffer`` (its pickled
+    ``_statistics_methods``), anything else refused."""
     from mmengine.logging.history_buffer import HistoryBuffer
 
     if (isinstance(obj, type) and issubclass(obj, HistoryBuffer) and isinstance(name, str)

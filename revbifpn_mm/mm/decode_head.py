@@ -87,12 +87,8 @@ class LeanFCNHead(FCNHead):
 
 
 def _why_not_lean(module: nn.Module) -> Optional[str]:
-    """Why ``lean_fcn_forward`` would not compute this ConvModule's function, or None if it does.
-
-    It convolves with the raw weight of a plain ``nn.Conv2d``, normalises as torch's BatchNorm /
-    SyncBatchNorm forward (subclasses that keep that forward, as mmengine's ``_BatchNormXd``, included)
-    and activates as ReLU, in the order conv, norm, act.
-    """
+    """Why ``lean_fcn_forward`` would not compute this ConvModule's function, or None if it does (it needs
+    the forwards of ``nn.Conv2d``, torch's BatchNorm / SyncBatchNorm and ReLU, in that order)."""
     conv = module.conv
     if not is_plain_conv2d(conv) or conv.groups != 1:
         return f"the conv is {type(conv).__name__} (groups={conv.groups}), not a plain nn.Conv2d"

@@ -1,10 +1,9 @@
 """``SafeCheckpointHook``: mmengine's ``CheckpointHook`` whose saves cannot destroy the last good state.
 
-mmengine 0.10's hook deletes the oldest checkpoint *before* it writes the new one, in place, and only
-then points ``last_checkpoint`` at it: a kill or a full disk during a save can leave nothing to resume
-from. This hook writes to a temporary name and renames it into place once complete (``os.replace``),
-then rewrites ``last_checkpoint`` the same way, and only then removes the checkpoints beyond
-``max_keep_ckpts`` (docs/design.md, *Faults*). Remote ``out_dir`` backends keep mmengine's behaviour.
+mmengine 0.10's hook deletes the oldest checkpoint before it writes the new one in place. This one writes
+to a temporary name, renames it into place (``os.replace``), rewrites ``last_checkpoint`` the same way, and
+only then removes those beyond ``max_keep_ckpts`` (docs/design.md, *Faults*). Remote ``out_dir`` backends
+keep mmengine's behaviour.
 
 Use it as the ``checkpoint`` hook (this package's configs do)::
 

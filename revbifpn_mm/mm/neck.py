@@ -102,7 +102,6 @@ class RevBiFPNNeck(BaseModule):
             recompute_sum = lean
         self.recompute_sum = bool(recompute_sum)
         self.with_cp = bool(with_cp)
-        self.stride = stride
 
     def _check(self, inputs: Sequence[Tensor]) -> None:
         got = [int(x.shape[1]) for x in inputs]
