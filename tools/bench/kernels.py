@@ -91,17 +91,9 @@ def _row(name: str, build: M.Builder, top: int = 0, **info: Any) -> Dict[str, An
     return row
 
 
-def _enable_kernel_profile() -> None:
-    """Make inductor's C++ kernels visible to the profiler; read when a graph compiles, so call it first."""
-    try:
-        import torch._inductor.config as inductor_config
-        inductor_config.cpp.enable_kernel_profile = True
-    except ImportError:  # pragma: no cover - torch without inductor
-        pass
-
-
 def rows(args: argparse.Namespace, device: torch.device) -> List[Dict[str, Any]]:  # noqa: D103
-    _enable_kernel_profile()
+    import torch._inductor.config as inductor_config  # slow to import: only here
+    inductor_config.cpp.enable_kernel_profile = True  # inductor's C++ kernels seen by the profiler (read at compile)
     b, h, w = args.input
     out = []
     for arch in filter(None, args.archs.split(",")):

@@ -71,11 +71,7 @@ def timed(fn: Callable[[], Any], device: torch.device, clock: Callable[[], float
 def _autocast(run: Callable[[], Any], device: torch.device, amp: str) -> Callable[[], Any]:
     """``run`` under autocast to ``amp``'s dtype (plain for ``'fp32'``)."""
     dtype = AMP_DTYPES[amp]
-
-    def forward() -> Any:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            return run()
-    return forward
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)(run)
 
 
 def measure_step(run: Callable[[], Any], params: Sequence[nn.Parameter], device: torch.device,
@@ -157,15 +153,6 @@ class Case:
     info: Dict[str, Any] = field(default_factory=dict)
 
 
-def _release() -> None:
-    """Free what a failed case left behind: the traceback of an exception raised mid-step holds the partial
-    forward's tensors in reference cycles, which only the cyclic collector frees (else gigabytes stay and
-    skew the next cases' peaks)."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _failed(case: Case, err: BaseException) -> Dict[str, Any]:
     text = str(err).strip().splitlines()
     msg = f"{type(err).__name__}: {text[0] if text else ''}"[:200]
@@ -178,22 +165,37 @@ def _failed(case: Case, err: BaseException) -> Dict[str, Any]:
     return dict(name=case.name, group=case.group, amp=case.amp, error=msg, **case.info)
 
 
+def _attempt(case: Case, fn: Callable[[], Any]) -> Tuple[Any, Optional[Dict[str, Any]]]:
+    """``(fn(), None)``, or ``(None, error row)`` where building or stepping ``case`` raised.
+
+    After a failure the cyclic collector runs: the traceback of an exception raised mid-step holds the
+    partial forward's tensors in reference cycles (else gigabytes stay and skew the next cases' peaks).
+    """
+    try:
+        return fn(), None
+    except _STEP_ERRORS as err:  # torch.OutOfMemoryError is a RuntimeError
+        failed = _failed(case, err)
+    gc.collect()  # here, with the exception and its frames gone
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return None, failed
+
+
 def measure_case(case: Case, device: torch.device, warmup: int = 1, steps: int = 0,
                  probe: Optional[PeakProbe] = None, kernels: bool = False) -> Dict[str, Any]:
     """Build one case, measure it with :func:`measure_step`, free it: a row of its figures per sample
     and ``case.info``, or, where building or stepping raised, its ``error``."""
     logger.info("%s (%s) ...", case.name, case.amp)
     t0 = time.perf_counter()
-    failed: Optional[Dict[str, Any]] = None
-    try:
+
+    def measure() -> Tuple[List[nn.Parameter], Dict[str, float]]:
         model, run = case.build()
         params = list(model.parameters())
-        r = measure_step(run, params, device, case.amp, warmup, steps, probe, kernels=kernels)
-    except _STEP_ERRORS as err:  # torch.OutOfMemoryError is a RuntimeError
-        failed = _failed(case, err)
-    if failed is not None:
-        _release()
+        return params, measure_step(run, params, device, case.amp, warmup, steps, probe, kernels=kernels)
+    done, failed = _attempt(case, measure)
+    if failed:
         return failed
+    params, r = done
     row: Dict[str, Any] = dict(name=case.name, group=case.group, amp=case.amp, batch=case.batch,
                                params_m=sum(p.numel() for p in params) / 1e6,
                                saved_gb_per_sample=r["saved_bytes"] / case.batch / GB, step_s=r["step_s"])
@@ -226,24 +228,21 @@ def time_pass(cases: Sequence[Case], device: torch.device, rounds: int = 3,
     for c in cases:
         key = f"{c.name}|{c.amp}"
         logger.info("build + warm-up %s (%s)", c.name, c.amp)
-        failed: Optional[Dict[str, Any]] = None
-        try:
+
+        def warm_up(c: Case = c) -> Tuple[Callable[[], None], float]:
             model, run = c.build()
 
-            def step(model: nn.Module = model, forward: Callable[[], Any] = _autocast(run, device, c.amp)) -> None:
+            def step(forward: Callable[[], Any] = _autocast(run, device, c.amp)) -> None:
                 training_loss(forward()).backward()
                 model.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
             step()
-            first = time.perf_counter() - t0  # compilation included, where the case compiles
-        except _STEP_ERRORS as err:
-            failed = _failed(c, err)
-        if failed is not None:
+            return step, time.perf_counter() - t0  # compilation included, where the case compiles
+        done, failed = _attempt(c, warm_up)
+        if failed:
             rows[key] = failed
-            model = run = step = None  # type: ignore[assignment]
-            _release()
             continue
-        steps[key] = step
+        steps[key], first = done
         rows[key] = dict(name=c.name, group=c.group, amp=c.amp, batch=c.batch, first_step_s=first, **c.info)
     logger.info("timing %d models, %d interleaved rounds", len(steps), rounds)
     if steps:
