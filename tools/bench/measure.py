@@ -13,7 +13,7 @@ import statistics
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -118,18 +118,17 @@ def measure_step(run: Callable[[], Any], params: Sequence[nn.Parameter], device:
 
 
 def interleaved_min_times(steps: Mapping[str, Callable[[], None]], rounds: int = 3,
-                          device: Optional[torch.device] = None,
+                          device: Union[str, torch.device] = "cpu",
                           clock: Callable[[], float] = time.perf_counter) -> Dict[str, float]:
     """name -> minimum seconds of each step function over ``rounds`` rounds, each round running
     every function once in turn, so that slow drifts of the machine spread over all of them.
     The callers warm each function up first."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    dev = torch.device(device) if device is not None else torch.device("cpu")
     best = {name: math.inf for name in steps}
     for _ in range(rounds):
         for name, fn in steps.items():
-            best[name] = min(best[name], timed(fn, dev, clock))
+            best[name] = min(best[name], timed(fn, torch.device(device), clock))
     return best
 
 
@@ -201,10 +200,7 @@ def measure_case(case: Case, device: torch.device, warmup: int = 1, steps: int =
                                saved_gb_per_sample=r["saved_bytes"] / case.batch / GB, step_s=r["step_s"])
     if "peak_bytes" in r:
         row["peak_gb_per_sample"] = r["peak_bytes"] / case.batch / GB
-    for k in ("kernels", "kernels_fwd", "kernels_bwd"):
-        if k in r:
-            row[k] = int(r[k])
-    row.update(case.info)
+    row.update({k: int(r[k]) for k in ("kernels", "kernels_fwd", "kernels_bwd") if k in r}, **case.info)
     logger.info("  saved %.4f GB/sample%s%s%s (%.0f s)", row["saved_gb_per_sample"],
                 f", peak {row['peak_gb_per_sample']:.4f} GB/sample" if "peak_gb_per_sample" in row else "",
                 f", step {row['step_s']:.3f} s" if not math.isnan(row["step_s"]) else "",
