@@ -61,10 +61,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if getattr(args, "input", None):
         try:
-            args.input = tuple(int(v) for v in args.input.lower().split("x"))
-            assert len(args.input) == 3
-        except (ValueError, AssertionError):
-            ap.error(f"--input is BxHxW, e.g. 1x800x1344; got {args.input!r}")
+            args.input = M.parse_size(args.input, 3)
+        except ValueError as err:
+            ap.error(f"--input is {err}")
     if getattr(args, "passes", None) == "all" and args.device == "cpu":
         ap.error("on CPU run --pass time and --pass peak as two commands: the peak probe changes glibc's "
                  "allocator for the whole process and would slow the timed steps")

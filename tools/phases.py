@@ -136,8 +136,8 @@ def main(argv=None) -> int:
         rev = bb.startswith("revbifpn")
         for label in ("reversible", "plain") if rev else ("plain", "with_cp"):
             kw = dict(memory_mode=label) if rev else dict(with_cp=label == "with_cp")
-            build = M.run_builder(lambda: M.detector(args.kind, bb, **kw), M.detector_run, 1, args.height, args.width,
-                                  torch.device("cpu"))
+            build = M.builder(lambda: M.detector(args.kind, bb, **kw), 1, args.height, args.width, torch.device("cpu"),
+                              False, M.detector_run)
             models[f"{bb} {label}"] = build()
     res = interleaved_phases(models, rounds=args.rounds)
     print(f"{'detector (' + args.kind + ' R-CNN, s)':34s}" + "".join(f"{p:>13s}" for p in PHASES))

@@ -31,12 +31,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:  # noqa: D103
 def _settings(text: str) -> List[tuple]:
     out = []
     for item in filter(None, text.split(",")):
-        if item == "plain":
-            out.append(("plain", dict(memory_mode="plain")))
-        elif item == "compiled":
-            out.append(("compiled", dict(compile_transforms=True)))
-        elif item.lstrip("in").isdigit():
-            n, frm = item.lstrip("in"), "input" if item.startswith("in") else "output"
+        n, frm = item.lstrip("in"), "input" if item.startswith("in") else "output"
+        if item in ("plain", "compiled"):
+            out.append((item, dict(memory_mode="plain") if item == "plain" else dict(compile_transforms=True)))
+        elif n.isdigit():
             out.append((f"plain_segments={n}" + (",from_input" if frm == "input" else ""),
                         dict(plain_segments=int(n), plain_from=frm)))
         else:
@@ -54,13 +52,11 @@ def cases(args: argparse.Namespace, device: torch.device) -> List[Case]:  # noqa
         ref = f"revbifpn_{arch} reversible"
         for label, kw in [("reversible", {})] + _settings(args.plain_segments):
             out.append(Case(f"revbifpn_{arch} {label}", "backbone",
-                            M.backbone_builder(lambda a=arch, kw=kw: M.revbifpn(a, **kw), b, h, w, device, frozen),
+                            M.builder(lambda a=arch, kw=kw: M.revbifpn(a, **kw), b, h, w, device, frozen),
                             batch=b, info=dict(arch=arch, budget=label, ref=None if label == "reversible" else ref)))
-    for name in filter(None, args.baselines.split(",")):
-        if name == "none":
-            continue
+    for name in filter(lambda n: n and n != "none", args.baselines.split(",")):
         for cp in (False, True):
-            out.append(Case(name + (" with_cp" if cp else ""), "baseline", M.backbone_builder(
+            out.append(Case(name + (" with_cp" if cp else ""), "baseline", M.builder(
                 lambda n=name, cp=cp: M.build(M.detector_cfg("faster", n, cp).backbone, "mmdet"), b, h, w, device,
                 frozen), batch=b, info=dict(backbone=name, with_cp=cp, ref=name if cp else None)))
     return out

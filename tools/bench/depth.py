@@ -19,7 +19,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:  # noqa: D103
 
 def cases(args: argparse.Namespace, device: torch.device) -> List[Case]:  # noqa: D103
     b, h, w = args.input
-    return [Case(f"s0 ext={ext} {mode}", "depth", M.backbone_builder(
+    return [Case(f"s0 ext={ext} {mode}", "depth", M.builder(
         lambda e=ext, m=mode: RevBiFPN("s0", num_classes=0, num_ext_layers=e, memory_mode=m), b, h, w, device),
         batch=b, info=dict(ext=ext, mode=mode, ref=f"s0 ext=2 {mode}" if ext != 2 else None))
         for ext in map(int, args.exts.split(",")) for mode in ("reversible", "plain")]

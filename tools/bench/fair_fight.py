@@ -43,11 +43,10 @@ def cases(args: argparse.Namespace, device: torch.device) -> List[Case]:  # noqa
                     label = f"{bb}{' + with_cp' if cp else ''}{' compiled' if rev else ''}"
                     info = dict(backbone=bb, with_cp=cp, **rev)
                     if kind == "neck":
-                        build = M.backbone_builder(lambda bb=bb, cp=cp, rev=rev: M.backbone_neck(bb, cp, **rev),
-                                                   b, h, w, device)
+                        build = M.builder(lambda bb=bb, cp=cp, rev=rev: M.backbone_neck(bb, cp, **rev), b, h, w, device)
                         out.append(Case(f"{label} backbone+neck", "backbone+neck", build, amp, b, info))
                     else:
-                        build = M.run_builder(lambda k=kind, bb=bb, cp=cp, rev=rev: M.detector(k, bb, cp, **rev),
-                                              M.detector_run, b, h, w, device)
+                        build = M.builder(lambda k=kind, bb=bb, cp=cp, rev=rev: M.detector(k, bb, cp, **rev),
+                                          b, h, w, device, False, M.detector_run)
                         out.append(Case(f"{kind}_rcnn {label}", "detector", build, amp, b, dict(info, detector=kind)))
     return out

@@ -1,12 +1,9 @@
 """``kernels``: kernels launched per training step of RevBiFPN backbones, plain, reversible and reversible
 with ``compile_transforms``, frozen and training BN, beside mmdet's HRNetV2p / ResNet backbones.
 
-Counted with ``torch.profiler``, which sees compiled code run as compiled (under a ``TorchDispatchMode``
-counter it would run eager): on CUDA every GPU kernel; on CPU every *outermost* operator call (views and
-allocations excluded as :data:`meters.VIEW_OPS`) plus inductor's C++ kernels (``cpp_fused_*``), so a fused
-BN + Hardswish kernel is one where eager counts two. Compiled rows also give the first step's time
-(compilation included). Backbones run without stochastic depth, as the detection and segmentation configs
-train them (a random coupling would run eager under ``compile_transforms``). See docs/benchmarks.md.
+Counted with ``torch.profiler``, which sees compiled code run as compiled: on CUDA every GPU kernel; on CPU
+every *outermost* operator call but :data:`meters.VIEW_OPS`, plus inductor's C++ kernels (``cpp_fused_*``).
+No stochastic depth, as the configs train. docs/benchmarks.md, "Compiled transforms", says more.
 """
 from __future__ import annotations
 
@@ -91,29 +88,21 @@ def _row(name: str, build: M.Builder, top: int = 0, **info: Any) -> Dict[str, An
     return row
 
 
-def _enable_kernel_profile() -> None:
-    """Make inductor's C++ kernels visible to the profiler; read when a graph compiles, so call it first."""
-    try:
-        import torch._inductor.config as inductor_config
-        inductor_config.cpp.enable_kernel_profile = True
-    except ImportError:  # pragma: no cover - torch without inductor
-        pass
-
-
 def rows(args: argparse.Namespace, device: torch.device) -> List[Dict[str, Any]]:  # noqa: D103
-    _enable_kernel_profile()
+    import torch._inductor.config as inductor_config  # slow to import: only here
+    inductor_config.cpp.enable_kernel_profile = True  # inductor's C++ kernels seen by the profiler (read at compile)
     b, h, w = args.input
     out = []
     for arch in filter(None, args.archs.split(",")):
         for bn in filter(None, args.bn.split(",")):
             for mode in filter(None, args.modes.split(",")):
-                build = M.backbone_builder(lambda: RevBiFPN(arch, num_classes=0, drop_path_rate=0.0, **MODES[mode]),
-                                           b, h, w, device, bn == "frozen")
+                build = M.builder(lambda: RevBiFPN(arch, num_classes=0, drop_path_rate=0.0, **MODES[mode]),
+                                  b, h, w, device, bn == "frozen")
                 out.append(_row(f"revbifpn_{arch} {mode} bn={bn}", build, args.top, arch=arch, mode=mode, bn=bn,
                                 ref=f"revbifpn_{arch} plain bn={bn}" if mode != "plain" else None))
     for name in filter(lambda n: n and n != "none", args.baselines.split(",")):
         for bn in filter(None, args.bn.split(",")):
-            build = M.backbone_builder(lambda: M.build(M.detector_cfg("faster", name).backbone, "mmdet"),
-                                       b, h, w, device, bn == "frozen")
+            build = M.builder(lambda: M.build(M.detector_cfg("faster", name).backbone, "mmdet"), b, h, w, device,
+                              bn == "frozen")
             out.append(_row(f"{name} bn={bn}", build, args.top, arch=name, mode="eager", bn=bn))
     return out

@@ -13,7 +13,7 @@ import statistics
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -71,11 +71,7 @@ def timed(fn: Callable[[], Any], device: torch.device, clock: Callable[[], float
 def _autocast(run: Callable[[], Any], device: torch.device, amp: str) -> Callable[[], Any]:
     """``run`` under autocast to ``amp``'s dtype (plain for ``'fp32'``)."""
     dtype = AMP_DTYPES[amp]
-
-    def forward() -> Any:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            return run()
-    return forward
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)(run)
 
 
 def measure_step(run: Callable[[], Any], params: Sequence[nn.Parameter], device: torch.device,
@@ -122,18 +118,17 @@ def measure_step(run: Callable[[], Any], params: Sequence[nn.Parameter], device:
 
 
 def interleaved_min_times(steps: Mapping[str, Callable[[], None]], rounds: int = 3,
-                          device: Optional[torch.device] = None,
+                          device: Union[str, torch.device] = "cpu",
                           clock: Callable[[], float] = time.perf_counter) -> Dict[str, float]:
     """name -> minimum seconds of each step function over ``rounds`` rounds, each round running
     every function once in turn, so that slow drifts of the machine spread over all of them.
     The callers warm each function up first."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    dev = torch.device(device) if device is not None else torch.device("cpu")
     best = {name: math.inf for name in steps}
     for _ in range(rounds):
         for name, fn in steps.items():
-            best[name] = min(best[name], timed(fn, dev, clock))
+            best[name] = min(best[name], timed(fn, torch.device(device), clock))
     return best
 
 
@@ -157,15 +152,6 @@ class Case:
     info: Dict[str, Any] = field(default_factory=dict)
 
 
-def _release() -> None:
-    """Free what a failed case left behind: the traceback of an exception raised mid-step holds the partial
-    forward's tensors in reference cycles, which only the cyclic collector frees (else gigabytes stay and
-    skew the next cases' peaks)."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _failed(case: Case, err: BaseException) -> Dict[str, Any]:
     text = str(err).strip().splitlines()
     msg = f"{type(err).__name__}: {text[0] if text else ''}"[:200]
@@ -178,31 +164,43 @@ def _failed(case: Case, err: BaseException) -> Dict[str, Any]:
     return dict(name=case.name, group=case.group, amp=case.amp, error=msg, **case.info)
 
 
+def _attempt(case: Case, fn: Callable[[], Any]) -> Tuple[Any, Optional[Dict[str, Any]]]:
+    """``(fn(), None)``, or ``(None, error row)`` where building or stepping ``case`` raised.
+
+    After a failure the cyclic collector runs: the traceback of an exception raised mid-step holds the
+    partial forward's tensors in reference cycles (else gigabytes stay and skew the next cases' peaks).
+    """
+    try:
+        return fn(), None
+    except _STEP_ERRORS as err:  # torch.OutOfMemoryError is a RuntimeError
+        failed = _failed(case, err)
+    gc.collect()  # here, with the exception and its frames gone
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return None, failed
+
+
 def measure_case(case: Case, device: torch.device, warmup: int = 1, steps: int = 0,
                  probe: Optional[PeakProbe] = None, kernels: bool = False) -> Dict[str, Any]:
     """Build one case, measure it with :func:`measure_step`, free it: a row of its figures per sample
     and ``case.info``, or, where building or stepping raised, its ``error``."""
     logger.info("%s (%s) ...", case.name, case.amp)
     t0 = time.perf_counter()
-    failed: Optional[Dict[str, Any]] = None
-    try:
+
+    def measure() -> Tuple[List[nn.Parameter], Dict[str, float]]:
         model, run = case.build()
         params = list(model.parameters())
-        r = measure_step(run, params, device, case.amp, warmup, steps, probe, kernels=kernels)
-    except _STEP_ERRORS as err:  # torch.OutOfMemoryError is a RuntimeError
-        failed = _failed(case, err)
-    if failed is not None:
-        _release()
+        return params, measure_step(run, params, device, case.amp, warmup, steps, probe, kernels=kernels)
+    done, failed = _attempt(case, measure)
+    if failed:
         return failed
+    params, r = done
     row: Dict[str, Any] = dict(name=case.name, group=case.group, amp=case.amp, batch=case.batch,
                                params_m=sum(p.numel() for p in params) / 1e6,
                                saved_gb_per_sample=r["saved_bytes"] / case.batch / GB, step_s=r["step_s"])
     if "peak_bytes" in r:
         row["peak_gb_per_sample"] = r["peak_bytes"] / case.batch / GB
-    for k in ("kernels", "kernels_fwd", "kernels_bwd"):
-        if k in r:
-            row[k] = int(r[k])
-    row.update(case.info)
+    row.update({k: int(r[k]) for k in ("kernels", "kernels_fwd", "kernels_bwd") if k in r}, **case.info)
     logger.info("  saved %.4f GB/sample%s%s%s (%.0f s)", row["saved_gb_per_sample"],
                 f", peak {row['peak_gb_per_sample']:.4f} GB/sample" if "peak_gb_per_sample" in row else "",
                 f", step {row['step_s']:.3f} s" if not math.isnan(row["step_s"]) else "",
@@ -226,24 +224,21 @@ def time_pass(cases: Sequence[Case], device: torch.device, rounds: int = 3,
     for c in cases:
         key = f"{c.name}|{c.amp}"
         logger.info("build + warm-up %s (%s)", c.name, c.amp)
-        failed: Optional[Dict[str, Any]] = None
-        try:
+
+        def warm_up(c: Case = c) -> Tuple[Callable[[], None], float]:
             model, run = c.build()
 
-            def step(model: nn.Module = model, forward: Callable[[], Any] = _autocast(run, device, c.amp)) -> None:
+            def step(forward: Callable[[], Any] = _autocast(run, device, c.amp)) -> None:
                 training_loss(forward()).backward()
                 model.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
             step()
-            first = time.perf_counter() - t0  # compilation included, where the case compiles
-        except _STEP_ERRORS as err:
-            failed = _failed(c, err)
-        if failed is not None:
+            return step, time.perf_counter() - t0  # compilation included, where the case compiles
+        done, failed = _attempt(c, warm_up)
+        if failed:
             rows[key] = failed
-            model = run = step = None  # type: ignore[assignment]
-            _release()
             continue
-        steps[key] = step
+        steps[key], first = done
         rows[key] = dict(name=c.name, group=c.group, amp=c.amp, batch=c.batch, first_step_s=first, **c.info)
     logger.info("timing %d models, %d interleaved rounds", len(steps), rounds)
     if steps:

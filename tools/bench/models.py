@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DETECTORS = ("revbifpn_s3", "revbifpn_s6", "hrnetv2p_w18", "hrnetv2p_w32", "r50_fpn", "r101_fpn")
 #: Backbones of the segmentation comparisons.
 SEGMENTORS = ("revbifpn_s2", "revbifpn_s4", "revbifpn_s6", "hrnet_w18", "hrnet_w48")
-SEG_HEADS = {"fcn": "FCNHead", "lean": "LeanFCNHead"}  # mmseg's; this project's
 
 
 def freeze_bn(model: nn.Module, frozen: bool) -> nn.Module:
@@ -113,7 +112,7 @@ def segmentor(backbone: str, head: str = "fcn", bn: str = "train", with_cp: bool
     model = cfg.model
     model.pretrained = None
     model.backbone.init_cfg = None
-    model.decode_head.type = SEG_HEADS[head]
+    model.decode_head.type = {"fcn": "FCNHead", "lean": "LeanFCNHead"}[head]  # mmseg's; this project's
     model.backbone.norm_eval = bn == "frozen"
     return revert_sync_batchnorm(build(model, "mmseg"))
 
@@ -209,31 +208,26 @@ def image(batch: int, h: int, w: int, device: torch.device) -> torch.Tensor:
 Builder = Callable[[], Tuple[nn.Module, Callable[[], Any]]]
 
 
-def backbone_builder(make: Callable[[], nn.Module], batch: int, h: int, w: int, device: torch.device,
-                     frozen_bn: bool = True) -> Builder:
-    """A builder of ``(model, run)`` for a module fed one image batch (backbones, backbone + neck)."""
+def builder(make: Callable[[], nn.Module], batch: int, h: int, w: int, device: torch.device,
+            frozen_bn: bool = True, run: Optional[Callable[..., Callable[[], Any]]] = None) -> Builder:
+    """A builder of ``(model, run)``: by default the module fed one image batch (backbones, backbone + neck);
+    for a detector or segmentor ``run(model, batch, h, w, device)`` (e.g. :func:`detector_run`)."""
     def make_case() -> Tuple[nn.Module, Callable[[], Any]]:
         torch.manual_seed(0)
         model = freeze_bn(make().to(device), frozen_bn)
+        if run is not None:
+            return model, run(model, batch, h, w, device)
         x = image(batch, h, w, device)
         return model, (lambda: model(x))
     return make_case
 
 
-def run_builder(make: Callable[[], nn.Module], run: Callable[..., Callable[[], Any]], batch: int, h: int, w: int,
-                device: torch.device) -> Builder:
-    """A builder of ``(model, run)`` for a detector or segmentor (``run``: e.g. :func:`detector_run`)."""
-    def make_case() -> Tuple[nn.Module, Callable[[], Any]]:
-        torch.manual_seed(0)
-        model = make().to(device).train()
-        return model, run(model, batch, h, w, device)
-    return make_case
-
-
-def parse_size(text: str) -> Tuple[int, int]:
-    """``'800x1344'`` -> ``(800, 1344)``."""
+def parse_size(text: str, n: int = 2) -> Tuple[int, ...]:
+    """``'800x1344'`` -> ``(800, 1344)``; with ``n=3`` a batch first, ``'1x800x1344'`` -> ``(1, 800, 1344)``."""
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
+        dims = tuple(int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"sizes are HxW, e.g. 512x1024; got {text!r}") from None
-    return h, w
+        dims = ()
+    if len(dims) != n:
+        raise ValueError(f"{'BxHxW, e.g. 1x800x1344' if n == 3 else 'sizes are HxW, e.g. 512x1024'}; got {text!r}")
+    return dims

@@ -86,12 +86,6 @@ def ratios(rows: List[Dict[str, Any]]) -> List[str]:
     return lines
 
 
-def ap(kind: str, backbone: str, source: str, i: int) -> str:
-    """A quoted COCO AP of :data:`AP_FILE` (``'n/a'`` where none is published)."""
-    v = COCO_AP.get(kind, {}).get(backbone, {}).get(source, [None, None])[i]
-    return "n/a" if v is None else f"{v:.1f}"
-
-
 def detector_tables(rows: List[Dict[str, Any]]) -> List[str]:
     """The detector comparison: quoted APs beside peak, saved, step time, kernels."""
     out = []
@@ -105,11 +99,13 @@ def detector_tables(rows: List[Dict[str, Any]]) -> List[str]:
                 "|---|---|---|" + "---|" * (head.count("|") + 3)]
         for r in det:
             bb = r["backbone"]
-            aps = [ap(kind, bb, s, i) for i in ((0, 1) if masks else (0,)) for s in ("paper", "mmdet")]
+            quoted = [COCO_AP.get(kind, {}).get(bb, {}).get(s, [None, None])[i]  # box, mask AP of AP_FILE
+                      for i in ((0, 1) if masks else (0,)) for s in ("paper", "mmdet")]
+            aps = ["n/a" if v is None else f"{v:.1f}" for v in quoted]
             figs = ([fmt(r.get("peak_gb_per_sample")), fmt(r.get("saved_gb_per_sample")), fmt(r.get("step_s"), ".2f")]
                     if not r.get("error") else [f"failed: {r['error']}", "", ""])
             cp = "yes" if r.get("with_cp") else ("" if bb.startswith("revbifpn") else "no")
-            out.append(f"| {bb}{' ' + r['variant'] if r.get('variant') else ''} | {cp} | {r.get('amp', 'fp32')} | "
+            out.append(f"| {bb}{' compiled' if r.get('compile_transforms') else ''} | {cp} | {r.get('amp', 'fp32')} | "
                        + " | ".join(aps + figs) + " |")
         out.append("")
     return out

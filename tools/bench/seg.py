@@ -27,8 +27,8 @@ def cases(args: argparse.Namespace, device: torch.device) -> List[Case]:  # noqa
         for cp in cp_variants(bb, args.with_cp):
             for bn in filter(None, args.bn.split(",")):
                 for head in heads:
-                    build = M.run_builder(lambda bb=bb, hd=head, bn=bn, cp=cp: M.segmentor(bb, hd, bn, cp),
-                                          M.segmentor_run, b, h, w, device)
+                    build = M.builder(lambda bb=bb, hd=head, bn=bn, cp=cp: M.segmentor(bb, hd, bn, cp),
+                                      b, h, w, device, False, M.segmentor_run)
                     out.append(Case(f"{bb}{'+cp' if cp else ''} {head} bn={bn} {h}x{w}", "segmentor", build, "fp32", b,
                                     dict(backbone=bb, with_cp=cp, head=head, bn=bn, size=[h, w])))
     return out
