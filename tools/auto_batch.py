@@ -12,9 +12,14 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Optional
 
-__all__ = ["AutoBatch", "AutoBatchError", "card_bytes", "plan_key", "choose_batch", "apply_auto_batch"]
+import torch
 
-GIB = float(1 << 30)
+import planner
+import revbifpn_mm
+from plan_memory import instances_to_plan
+from planner import GIB
+
+__all__ = ["AutoBatch", "AutoBatchError", "card_bytes", "plan_key", "choose_batch", "apply_auto_batch"]
 
 
 class AutoBatchError(RuntimeError):
@@ -44,7 +49,6 @@ def card_bytes(value: str) -> float:
         AutoBatchError: ``auto`` without a CUDA device, or not a positive number.
     """
     if value == "auto":
-        import torch
         if not torch.cuda.is_available():
             raise AutoBatchError("--auto-batch auto reads the GPU's memory, but torch sees no CUDA device; "
                                  "give the card's memory in GiB instead, e.g. --auto-batch 12")
@@ -66,8 +70,6 @@ def plan_key(cfg: Any, card: float, instances: Optional[int]) -> str:
     """Hash of what the plan depends on: the model, optimizer and training data of the config (not its
     work dir, resume or logging settings), the card's size, the instance override, this package's version
     and :data:`PLAN_INPUTS`."""
-    import revbifpn_mm
-
     parts = {k: cfg.get(k) for k in ("model", "optim_wrapper", "train_pipeline")}
     parts["dataset"] = (cfg.get("train_dataloader") or {}).get("dataset")
     text = json.dumps(dict(parts=parts, card=round(card), instances=instances, version=revbifpn_mm.__version__,
@@ -77,11 +79,6 @@ def plan_key(cfg: Any, card: float, instances: Optional[int]) -> str:
 
 def _measure(config: str, cfg: Any, card: float, cfg_options: Optional[Dict], instances: Optional[int],
              log: Callable[[str], None]) -> AutoBatch:
-    import torch
-    from plan_memory import instances_to_plan
-
-    import planner
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     count, source, fmt, sides = instances_to_plan(cfg, instances)
     log(f"planning {config} for a {card / GIB:g} GiB card on {device} (fully reversible, batch 1 and 2)")

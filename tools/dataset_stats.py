@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from planner import PlanError, load_config, training_pipeline, training_shape
+from planner.config import PlanError, load_config, one_line, training_pipeline, training_shape
 from preflight import data_path, dataset_cfgs
 
 __all__ = ["DatasetStats", "read_dataset_stats", "coco_instance_counts", "percentile", "box_side_sample", "main"]
@@ -29,7 +29,6 @@ BOX_SAMPLE = 64
 class DatasetStats:
     """Instances per training image and what comes with them."""
 
-    ann_files: List[str]
     images: int
     """Training images counted (without images that ``filter_empty_gt`` drops)."""
     instances_p50: int
@@ -61,9 +60,7 @@ class DatasetStats:
 
 
 def percentile(values: Sequence[int], q: float) -> int:
-    """The ``q``-th percentile (0-100) of ``values`` by the nearest-rank method (an element of them)."""
-    if not values:
-        return 0
+    """The ``q``-th percentile (0-100) of ``values`` (not empty) by the nearest-rank method (an element of them)."""
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100.0 * len(ordered)))
     return int(ordered[rank - 1])
@@ -100,16 +97,13 @@ def coco_instance_counts(path: str, filter_empty: bool = True
         height) as fractions of its image's (where the image gives its size).
 
     Raises:
-        ValueError: the file is not COCO instance annotations.
+        ValueError, KeyError, TypeError: the file is not JSON, or not COCO instance annotations.
     """
     with open(path, encoding="utf-8") as f:
-        try:
-            coco = json.load(f)
-        except ValueError as err:
-            raise ValueError(f"{path} is not JSON ({err})") from err
+        coco = json.load(f)
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list) \
             or not isinstance(coco.get("annotations"), list):
-        raise ValueError(f"{path} is not a COCO annotation file (needs 'images' and 'annotations' lists)")
+        raise ValueError("needs 'images' and 'annotations' lists")
     per_image = {img["id"]: 0 for img in coco["images"]}
     sizes = {img["id"]: (img.get("width") or 0, img.get("height") or 0) for img in coco["images"]}
     masks, sides = False, []
@@ -141,26 +135,21 @@ def read_dataset_stats(cfg: Any) -> Tuple[Optional[DatasetStats], str]:
         ``(stats, why)``: the statistics, or ``None`` with the reason they could not be read
         (no annotation file in the config, the file is absent, or it is not COCO json).
     """
-    leaves = [ds for _, _, ds in dataset_cfgs(cfg, ["train"])]
-    paths = [data_path(ds.get("data_root"), ds["ann_file"]) for ds in leaves if ds.get("ann_file")]
+    leaves = [ds for _, _, ds in dataset_cfgs(cfg, ["train"]) if ds.get("ann_file")]
+    paths = [data_path(ds.get("data_root"), ds["ann_file"]) for ds in leaves]
     if not paths:
         return None, "the training dataset names no annotation file"
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         return None, f"annotation file {missing[0]} not found"
-    counts: List[int] = []
-    sides: List[Tuple[float, float]] = []
-    masks, largest = False, (0, 0)
+    found = []
     for path, ds in zip(paths, leaves):
-        filter_empty = bool((ds.get("filter_cfg") or {}).get("filter_empty_gt", False))
         try:
-            c, m, big, boxes = coco_instance_counts(path, filter_empty)
+            found.append(coco_instance_counts(path, bool((ds.get("filter_cfg") or {}).get("filter_empty_gt", False))))
         except (ValueError, KeyError, TypeError) as err:
-            return None, f"{path}: {err}" if isinstance(err, ValueError) else f"{path} is not COCO json ({err!r})"
-        counts += c
-        sides += boxes
-        masks = masks or m
-        largest = max(largest, big, key=lambda hw: hw[0] * hw[1])
+            return None, f"{path} is not a COCO annotation file ({one_line(err)})"
+    counts = [n for c, _, _, _ in found for n in c]
+    largest = max((big for _, _, big, _ in found), key=lambda hw: hw[0] * hw[1])
     if not counts:
         return None, f"no image with instances in {', '.join(paths)}"
     try:
@@ -168,10 +157,10 @@ def read_dataset_stats(cfg: Any) -> Tuple[Optional[DatasetStats], str]:
     except PlanError:
         (h, w), how = largest, "no resize in the pipeline: the largest image"
     loads, fmt = _mask_loading(cfg)
-    return DatasetStats(ann_files=paths, images=len(counts), instances_p50=percentile(counts, 50),
-                        instances_p95=percentile(counts, 95), instances_max=max(counts), masks=masks and loads,
+    return DatasetStats(images=len(counts), instances_p50=percentile(counts, 50), instances_p95=percentile(counts, 95),
+                        instances_max=max(counts), masks=loads and any(m for _, m, _, _ in found),
                         mask_format=fmt, largest_image=largest, shape=(h, w), shape_source=how,
-                        box_sides=box_side_sample(sides)), ""
+                        box_sides=box_side_sample([wh for *_, sides in found for wh in sides])), ""
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

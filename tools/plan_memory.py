@@ -16,9 +16,11 @@ import json
 import sys
 from dataclasses import asdict
 
+import torch
 from mmengine.config import DictAction
 
 import planner
+from dataset_stats import read_dataset_stats
 
 ASSUMED_INSTANCES = 100
 """Instances per image measured with when no annotations can be read (a dense image; COCO averages about 7)."""
@@ -51,8 +53,6 @@ def instances_to_plan(cfg, override=None):
     most instances of any training image (an epoch meets every image, so a plan for the 95th percentile
     would run out of memory within the first epoch), else :data:`ASSUMED_INSTANCES`; the boxes at the
     data's sizes (``DatasetStats.box_sides``) where the annotations were read, else ``None``."""
-    from dataset_stats import read_dataset_stats
-
     stats, why = read_dataset_stats(cfg)
     fmt, sides = (stats.mask_format, stats.box_sides or None) if stats else ("bitmap", None)
     if override is not None:
@@ -64,35 +64,29 @@ def instances_to_plan(cfg, override=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.instances is not None and args.instances < 1:
-        print(f"error: --instances must be at least 1, got {args.instances}", file=sys.stderr)
-        return 2
-    shape = args.shape
     modes = [m for m in args.modes.split(",") if m]
     if "budgets" in modes:  # the earlier name of plain_segments
         print("warning: --modes budgets is now called plain_segments", file=sys.stderr)
         modes = ["plain_segments" if m == "budgets" else m for m in modes]
-    bad = [m for m in modes if m not in planner.MODES]
-    if bad:
-        print(f"error: unknown mode(s) {bad}; use {', '.join(planner.MODES)}", file=sys.stderr)
-        return 2
-    if args.device.startswith("cuda"):
-        import torch
-        if not torch.cuda.is_available():
-            print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
-            return 2
 
     def log(msg):
         print(f"[plan_memory] {msg}", file=sys.stderr, flush=True)
     try:
+        bad = [m for m in modes if m not in planner.MODES]
+        if bad:
+            raise planner.PlanError(f"unknown mode(s) {bad}; use {', '.join(planner.MODES)}")
+        if args.instances is not None and args.instances < 1:
+            raise planner.PlanError(f"--instances must be at least 1, got {args.instances}")
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise planner.PlanError("--device cuda but torch sees no CUDA device")
         cfg = planner.load_config(args.config, args.cfg_options)
-        hw = tuple(shape) if shape else planner.training_shape(cfg)[:2]
+        hw = tuple(args.shape) if args.shape else planner.training_shape(cfg)[:2]
         if args.device == "cpu":
             seconds = planner.expected_seconds(args.config, hw, modes, args.cfg_options)
             log(f"expected wall time on this CPU: about {max(1, round(seconds / 60))} min ({', '.join(modes)} at "
                 f"{hw[0]}x{hw[1]})")
         instances, source, fmt, sides = instances_to_plan(cfg, args.instances)
-        plan = planner.make_plan(args.config, shape=shape, amp=args.amp, modes=modes, device=args.device,
+        plan = planner.make_plan(args.config, shape=args.shape, amp=args.amp, modes=modes, device=args.device,
                                  cfg_options=args.cfg_options, threads=args.threads, log=log,
                                  instances=instances, instances_source=source, mask_format=fmt, box_sides=sides)
     except planner.PlanError as err:

@@ -7,8 +7,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-__all__ = ["PlanError", "NotMeasured", "load_config", "training_pipeline", "training_shape", "config_batch",
-           "rpn_assign_threshold", "set_mode", "build_model", "one_line", "root_cause", "is_oom"]
+__all__ = ["PlanError", "NotMeasured", "load_config", "training_pipeline", "training_shape", "set_mode", "build_model",
+           "one_line", "root_cause", "is_oom"]
 
 
 class PlanError(RuntimeError):
@@ -47,11 +47,9 @@ def load_config(path: str, cfg_options: Optional[Dict[str, Any]] = None) -> Any:
     if "model" not in cfg:
         raise PlanError(f"config {path} has no 'model'")
     try:
-        register_scope(cfg)
+        cfg.default_scope = register_scope(cfg)  # 'mmdet' where the config names none
     except (ValueError, ImportError) as err:
         raise PlanError(f"config {path}: {one_line(err)}") from err
-    if cfg.get("default_scope", None) is None:
-        cfg.default_scope = "mmdet"
     return cfg
 
 
@@ -106,10 +104,8 @@ def training_shape(cfg: Any) -> Tuple[int, int, str]:
             scales = t["scales"]
         if scales is not None:
             scales = [s if isinstance(s, (list, tuple)) else (s, s) for s in scales]
-            sw, sh = max(scales, key=lambda s: s[0] * s[1])
-            ratio = t.get("ratio_range")
-            if ratio is not None:  # mmseg RandomResize: scale * max ratio
-                sw, sh = sw * max(ratio), sh * max(ratio)
+            ratio = max(t.get("ratio_range") or (1,))  # mmseg RandomResize: scale * max ratio
+            sw, sh = (side * ratio for side in max(scales, key=lambda s: s[0] * s[1]))
             if t.get("keep_ratio", False):
                 h, w = min(sw, sh), max(sw, sh)
                 how.append(f"{kind} {tuple(t.get('scale', scales[0]))} keep_ratio: landscape {int(h)}x{int(w)}")
@@ -132,19 +128,6 @@ def training_shape(cfg: Any) -> Tuple[int, int, str]:
     if div > 1 and (ph, pw) != (int(h), int(w)):
         how.append(f"padded to /{div}")
     return ph, pw, ", ".join(how)
-
-
-def config_batch(cfg: Any) -> Tuple[int, bool]:
-    """The config's batch per device (``train_dataloader.batch_size``) and whether it supports ``--auto-scale-lr``."""
-    loader = cfg.get("train_dataloader", {}) or {}
-    scale = cfg.get("auto_scale_lr", None)
-    return int(loader.get("batch_size", 1) or 1), isinstance(scale, dict) and "base_batch_size" in scale
-
-
-def rpn_assign_threshold(cfg: Any) -> float:
-    """The config's ``train_cfg.rpn.assigner.gpu_assign_thr`` (-1: the anchor assignment stays on the GPU)."""
-    rpn = (cfg.model.get("train_cfg") or {}).get("rpn") or {}
-    return float((rpn.get("assigner") or {}).get("gpu_assign_thr", -1))
 
 
 def set_mode(cfg: Any, mode: str) -> None:

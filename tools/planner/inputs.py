@@ -30,7 +30,8 @@ def synthetic_batch(cfg: Any, model: Any, batch: int, shape: Tuple[int, int], de
                     box_sides: Optional[Sequence[Sequence[float]]] = None) -> Dict[str, Any]:
     """A packed training batch (``inputs``, ``data_samples``) of ``batch`` images of ``shape`` for the model;
     detectors: ``instances`` boxes per image, drawn from ``box_sides`` (width, height as fractions of
-    the image's; ``None``: 2-20 % of each side), with ``mask_format`` masks where the model has a mask head."""
+    the image's; ``None``: 2-20 % of each side), with ``mask_format`` masks filling them where the model has a
+    mask head (``'bitmap'``: a uint8 image-sized plane per instance, as ``LoadAnnotations`` makes them)."""
     h, w = shape
     classes = _num_classes(cfg.model) or 80
     if cfg.default_scope == "mmseg":
@@ -41,22 +42,21 @@ def synthetic_batch(cfg: Any, model: Any, batch: int, shape: Tuple[int, int], de
         inputs, samples = [], []
         for _ in range(batch):
             inputs.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen))
-            s = SegDataSample()
-            s.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), scale_factor=(1.0, 1.0),
-                                flip=False, img_path="<synthetic>"))
-            s.gt_sem_seg = PixelData(data=torch.randint(0, classes, (1, h, w), generator=gen))
-            samples.append(s)
+            samples.append(SegDataSample(metainfo=_meta(h, w), gt_sem_seg=PixelData(
+                data=torch.randint(0, classes, (1, h, w), generator=gen))))
         return dict(inputs=inputs, data_samples=samples)
     return _det_inputs(batch, (h, w), instances, max(2, classes), mask_format if getattr(model, "with_mask", False)
                        else None, device, box_sides)
 
 
+def _meta(h: int, w: int) -> Dict[str, Any]:
+    return dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), scale_factor=(1.0, 1.0), flip=False,
+                img_path="<synthetic>")
+
+
 def _det_inputs(batch: int, shape: Tuple[int, int], instances: int, classes: int, mask_format: Optional[str],
-                device: Any, box_sides: Optional[Sequence[Sequence[float]]] = None) -> Dict[str, Any]:
-    """A detection batch: uint8 images, ``instances`` random boxes per image (sides drawn from
-    ``box_sides``, else 2-20 % of the image side, at least 1 pixel) and, with ``mask_format``
-    (``'bitmap'``: one uint8 image-sized plane per instance, as mmdet's ``LoadAnnotations`` makes
-    them; ``'polygon'``: a 4-point polygon), masks filling the boxes."""
+                device: Any, box_sides: Optional[Sequence[Sequence[float]]]) -> Dict[str, Any]:
+    """A detection batch as :func:`synthetic_batch` describes it; the masks fill the boxes."""
     from mmdet.structures import DetDataSample
     from mmdet.structures.mask import BitmapMasks, PolygonMasks
     from mmengine.structures import InstanceData
@@ -81,10 +81,7 @@ def _det_inputs(batch: int, shape: Tuple[int, int], instances: int, classes: int
             for k, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
                 planes[k, y0:y1 + 1, x0:x1 + 1] = 1
             gt.masks = BitmapMasks(planes, h, w)
-        sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
-                                             scale_factor=(1.0, 1.0), flip=False, img_id=0, img_path="<synthetic>"))
-        sample.gt_instances = gt
-        samples.append(sample)
+        samples.append(DetDataSample(metainfo=dict(_meta(h, w), img_id=0), gt_instances=gt))
         inputs.append(torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)).to(device))
     return dict(inputs=inputs, data_samples=samples)
 

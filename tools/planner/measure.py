@@ -34,33 +34,29 @@ def _storage_bytes(tensors: Sequence[Any]) -> int:
 
 def _sweep_plain_segments(model: Any, run_step: Callable[[], Any], forward: Callable[[], Any]
                           ) -> Tuple[Dict[str, Dict[str, float]], Optional[str]]:
-    """Saved bytes of one forward and the time of one step at each ``plain_segments`` setting, from
-    fully reversible up; the settings from the first that does not fit in memory on are left out."""
+    """Saved bytes of one forward and one step's time per ``plain_segments`` setting, up to one that does not fit."""
     from revbifpn_mm.core import SavedTensorCounter
 
     backbone = model.backbone
     params = list(model.parameters())
     out: Dict[str, Dict[str, float]] = {}
     note = None
-    try:
-        for k in range(backbone.rev_stack.max_plain_segments + 1):
-            backbone.set_policy(plain_segments=k)
-            try:
-                with SavedTensorCounter(exclude=params) as saved:
-                    forward()
-                run_step()  # warm-up of this setting
-                start = time.perf_counter()
-                run_step()
-            except (RuntimeError, MemoryError) as err:
-                if not is_oom(err):
-                    raise
-                note = f"plain_segments={k} and above: do not fit in the memory this process may use"
-                break  # keeping more does not fit here either
-            finally:
-                gc.collect()
-            out[str(k)] = dict(saved=float(saved.nbytes), step_s=time.perf_counter() - start)
-    finally:
-        backbone.set_policy(plain_segments=0)
+    for k in range(backbone.rev_stack.max_plain_segments + 1):  # the model is the probe's: left at the last k
+        backbone.set_policy(plain_segments=k)
+        try:
+            with SavedTensorCounter(exclude=params) as saved:
+                forward()
+            run_step()  # warm-up of this setting
+            start = time.perf_counter()
+            run_step()
+        except (RuntimeError, MemoryError) as err:
+            if not is_oom(err):
+                raise
+            note = f"plain_segments={k} and above: do not fit in the memory this process may use"
+            break  # keeping more does not fit here either
+        finally:
+            gc.collect()
+        out[str(k)] = dict(saved=float(saved.nbytes), step_s=time.perf_counter() - start)
     return out, note
 
 
@@ -72,8 +68,7 @@ def _optimizer(cfg: Any, model: Any, config: str, device: Any) -> Tuple[Any, boo
     optim_cfg = dict(cfg.optim_wrapper)
     amp = optim_cfg.get("type") == "AmpOptimWrapper"
     if amp:  # autocast is handled by the probe
-        optim_cfg = {k: v for k, v in optim_cfg.items() if k not in ("loss_scale", "dtype")}
-        optim_cfg["type"] = "OptimWrapper"
+        optim_cfg = dict({k: v for k, v in optim_cfg.items() if k not in ("loss_scale", "dtype")}, type="OptimWrapper")
     with DefaultScope.overwrite_default_scope(cfg.default_scope):
         try:
             return build_optim_wrapper(model, optim_cfg), amp
@@ -121,10 +116,8 @@ def _run_steps(model: Any, optim: Any, packed: Dict[str, Any], amp_dtype: Any, m
 
 
 class _AssignWatch:
-    """Splits the peak of one forward + backward at the detector's ``MaxIoUAssigner``: the peak while
-    anchors are assigned (mmdet's assigner holds a ground truth x anchors IoU matrix and its
-    intermediates per image) and the peak outside, which is the step's peak when
-    ``gpu_assign_thr`` sends the assignment to the CPU."""
+    """Splits the peak of one forward + backward into the peak while the detector's ``MaxIoUAssigner``
+    runs and the peak outside it (the step's peak when ``gpu_assign_thr`` assigns on the CPU)."""
 
     def __init__(self, meter: Any, dev: Any, model: Any) -> None:
         heads = [getattr(model, name, None) for name in ("rpn_head", "bbox_head")]
@@ -278,9 +271,9 @@ def probe_in_subprocess(config: str, mode: str, batch: int, shape: Optional[Tupl
         TypeError: a keyword :func:`probe` does not take.
     """
     inspect.signature(probe).bind(config, mode, batch, shape, **kwargs)
-    kwargs["cfg_options"] = repr(kwargs.get("cfg_options") or {})  # repr keeps tuples (a Resize scale) tuples
-    job = dict(args=[config, mode, batch, list(shape) if shape else None], ram_limit_bytes=ram_limit_bytes,
-               threads=threads, kwargs=kwargs)
+    kwargs.update(config=config, mode=mode, batch=batch, shape=shape,
+                  cfg_options=repr(kwargs.get("cfg_options") or {}))  # repr keeps tuples (a Resize scale) tuples
+    job = dict(ram_limit_bytes=ram_limit_bytes, threads=threads, kwargs=kwargs)
     try:
         res = run_fresh("planner.measure", [json.dumps(job)], timeout=timeout)
     except FreshProcessKilled as err:
@@ -299,24 +292,22 @@ def _limit_address_space(config: str, cfg_options: Optional[Dict[str, Any]], ram
     import torch._dynamo  # noqa: F401  (torch's optimizers import it on first use: its libraries mapped now)
 
     load_config(config, cfg_options)  # imports the codebase (maps its libraries)
-    with open("/proc/self/status") as f:
-        size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
     # thread stacks and malloc arenas reserve some address space without using memory: they
     # come out of the allowance (conservative)
-    resource.setrlimit(resource.RLIMIT_AS, (size + ram_limit_bytes, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    limit = _status_bytes("VmSize:") + ram_limit_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
 def _child(job_json: str, out: str) -> int:
     """Entry of the measuring process: run :func:`probe`, write its result (or error) as JSON."""
     job = json.loads(job_json)
-    config, mode, batch, shape = job["args"]
     kwargs = dict(job["kwargs"], cfg_options=ast.literal_eval(job["kwargs"]["cfg_options"]) or None)
     if job["threads"]:
         torch.set_num_threads(int(job["threads"]))
     try:
         if job["ram_limit_bytes"]:
-            _limit_address_space(config, kwargs["cfg_options"], int(job["ram_limit_bytes"]))
-        res = asdict(probe(config, mode, batch, tuple(shape) if shape else None, **kwargs))
+            _limit_address_space(kwargs["config"], kwargs["cfg_options"], int(job["ram_limit_bytes"]))
+        res = asdict(probe(**kwargs))
     except (PlanError, NotMeasured) as err:
         res = dict(error=type(err).__name__, message=str(err))
     with open(out, "w", encoding="utf-8") as f:

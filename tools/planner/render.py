@@ -31,15 +31,15 @@ def render_plan(plan: Plan, gpu_gib: Sequence[float] = (24.0,), batches: Sequenc
     lines = _predictions(plan, batches, context_gib, fragmentation)
     for gib in gpu_gib:
         lines += _card(plan, gib, context_gib, fragmentation)
-    for what in plan.not_measured:
-        lines.append(f"not measured here: {what}")
-    return "\n".join(lines)
+    return "\n".join(lines + [f"not measured here: {what}" for what in plan.not_measured])
 
 
 def _predictions(plan: Plan, batches: Sequence[int], context_gib: float, fragmentation: float) -> List[str]:
+    precision = "fp32" if not plan.amp else "autocast float16" if plan.device != "cpu" else (
+        "autocast bfloat16 on CPU (assumed to take the same activation bytes as CUDA float16 autocast: an assumption)")
     lines = [f"config: {plan.config} ({plan.scope}); its batch per device: {plan.batch}",
              f"input: {plan.shape[0]}x{plan.shape[1]} per sample ({plan.shape_source}); "
-             f"precision: {_precision(plan)}; measured on {plan.device}"]
+             f"precision: {precision}; measured on {plan.device}"]
     rev = plan.reversible
     if rev is not None:
         p = rev.probes[0]
@@ -92,8 +92,7 @@ def _card(plan: Plan, gib: float, context_gib: float, fragmentation: float) -> L
 
 
 def _ground_truth_lines(plan: Plan, context_gib: float, fragmentation: float) -> List[str]:
-    """Detectors: the instances measured with, the ground truth's share of the step, and what
-    ``gpu_assign_thr`` would change."""
+    """Detectors: the instances measured with, the ground truth's share, and what ``gpu_assign_thr`` would change."""
     if not plan.instances:
         return []
     lines = [f"ground truth: {plan.instances} instances per image ({plan.instances_source})"]
@@ -122,9 +121,3 @@ def _ground_truth_lines(plan: Plan, context_gib: float, fragmentation: float) ->
                  f"batch 2: add --cfg-options model.train_cfg.rpn.assigner.gpu_assign_thr={thr}")
     return lines
 
-
-def _precision(plan: Plan) -> str:
-    if not plan.amp:
-        return "fp32"
-    return ("autocast bfloat16 on CPU (assumed to take the same activation bytes as CUDA float16 autocast: an "
-            "assumption)" if plan.device == "cpu" else "autocast float16")
