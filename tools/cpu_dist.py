@@ -4,8 +4,6 @@ mmengine 0.10.7's ``pytorch`` launcher calls ``torch.cuda.set_device`` and wraps
 ``device_ids=[LOCAL_RANK]`` (which DDP rejects for CPU modules), and mmdet/mmseg configs ask for ``nccl``:
 :func:`prepare_cpu_distributed` works around all three on a machine without CUDA.
 """
-from __future__ import annotations
-
 import gc
 import os
 from typing import Any

@@ -72,11 +72,10 @@ def set_iters(cfg, iters):
     cfg.train_cfg.val_interval = iters
     cfg.default_hooks.checkpoint.interval = iters
     scheds = cfg.param_scheduler if isinstance(cfg.param_scheduler, list) else [cfg.param_scheduler]
-    warmup = scheds[0] if len(scheds) > 1 else None
-    if warmup is not None:
-        warmup.end = max(1, min(warmup.end, iters // 5))
     decay = scheds[-1]
-    decay.begin = warmup.end if warmup is not None else 0
+    decay.begin = 0
+    if len(scheds) > 1:  # the warm-up, then the decay from its end
+        scheds[0].end = decay.begin = max(1, min(scheds[0].end, iters // 5))
     decay.end = max(iters, decay.begin + 1)
     if "T_max" in decay:
         decay.T_max = decay.end - decay.begin
@@ -148,9 +147,7 @@ def select_tasks(args):
             raise SystemExit(f"--tasks: unknown task(s) {bad or args.tasks!r}; choose from {', '.join(TASKS)}")
     else:
         names = ["faster"] + ([] if args.skip_mask else ["mask"])
-    if args.seg and "seg" not in names:
-        names.append("seg")
-    return [n for n in TASKS if n in names]
+    return [n for n in TASKS if n in names or (n == "seg" and args.seg)]
 
 
 def describe(name, metrics):
@@ -168,13 +165,11 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
-    from preflight import DataError, mmcv_ops_problem
+    from preflight import DataError, error_exit, mmcv_ops_problem
     from synthetic_data import generate_synthetic_coco
 
-    problem = mmcv_ops_problem()  # Faster/Mask R-CNN need mmcv's compiled ops: one clear line, no trace
-    if problem:
-        print(f"ERROR: {problem}", file=sys.stderr)
-        return 2
+    if problem := mmcv_ops_problem():  # Faster/Mask R-CNN need mmcv's compiled ops: one clear line, no trace
+        return error_exit(problem)
     threads = args.threads or min(4, (os.cpu_count() or 2) // 2)
     torch.set_num_threads(max(1, threads))
     torch.set_flush_denormal(True)  # denormal gradients slow small CPU models down a lot
@@ -189,8 +184,7 @@ def main(argv=None):
         try:
             results[name] = run = run_one(name, args)
         except DataError as err:
-            print(f"ERROR: {err}", file=sys.stderr)
-            return 2
+            return error_exit(err)
         print(f"[quickstart] {TASKS[name][2]} done in {run['seconds']:.0f}s: {describe(name, run['metrics'])}",
               flush=True)
         for path in run["pictures"]:
@@ -216,10 +210,9 @@ def write_summary(args, info, results, total):
             print(f"{'':<13} predictions {osp.dirname(pictures[0])}/ ({len(pictures)} pictures drawn by the "
                   "visualization hook: ground truth left, prediction right)")
     print(f"total wall time: {total / 60:.1f} min (torch threads: {torch.get_num_threads()})")
-    summary = dict(results, total_seconds=total)
     os.makedirs(args.work_dir, exist_ok=True)
     with open(osp.join(args.work_dir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+        json.dump(dict(results, total_seconds=total), f, indent=2)
 
 
 def print_next_steps(args, results):

@@ -24,8 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-__all__ = ["CLASSES", "SEG_CLASSES", "PALETTE", "SEG_PALETTE", "GENERATOR_VERSION", "MARKER_NAME",
-           "generate_synthetic_coco", "main"]
+__all__ = ["CLASSES", "SEG_CLASSES", "PALETTE", "GENERATOR_VERSION", "MARKER_NAME", "generate_synthetic_coco", "main"]
 
 #: Detection class names; COCO category ids are ``index + 1``.
 CLASSES: Tuple[str, ...] = ("circle", "square", "triangle")
@@ -33,8 +32,6 @@ CLASSES: Tuple[str, ...] = ("circle", "square", "triangle")
 SEG_CLASSES: Tuple[str, ...] = ("background",) + CLASSES
 #: Base RGB colour of each detection class (the drawn colour is jittered).
 PALETTE: Tuple[Tuple[int, int, int], ...] = ((220, 50, 50), (50, 190, 70), (50, 90, 225))
-#: Palette for the segmentation classes (background first).
-SEG_PALETTE: Tuple[Tuple[int, int, int], ...] = ((0, 0, 0),) + PALETTE
 #: Bump whenever the generated content changes; part of the marker parameters.
 GENERATOR_VERSION = 1
 #: Name of the completion marker inside ``root``.

@@ -49,8 +49,7 @@ def trigger_visualization_hook(cfg, args, scope):
     hook = default_hooks["visualization"]
     hook["draw"] = True
     if args.show:
-        hook["show"] = True
-        hook["wait_time"] = args.wait_time
+        hook.update(show=True, wait_time=args.wait_time)
     if args.show_dir:
         if scope == "mmseg":  # SegVisualizationHook draws through the visualizer's save_dir
             cfg.visualizer["save_dir"] = osp.join(cfg.work_dir, args.show_dir)
@@ -99,8 +98,7 @@ def build_cfg(args):
     if args.tta:
         use_tta(cfg, scope)
     if args.out is not None and scope == "mmseg":
-        cfg.test_evaluator["output_dir"] = args.out
-        cfg.test_evaluator["keep_results"] = True
+        cfg.test_evaluator.update(output_dir=args.out, keep_results=True)
     elif args.out is not None and not args.out.endswith((".pkl", ".pickle")):
         raise SystemExit(f"--out must be a .pkl or .pickle file for mmdet configs, got {args.out!r}")
     return cfg, scope
@@ -109,12 +107,11 @@ def build_cfg(args):
 def main(argv=None):
     args = parse_args(argv)
     from cpu_dist import prepare_cpu_distributed, shutdown_distributed
-    from preflight import DataError, build_runner, check_data, ensure_synthetic_data, mmcv_ops_problem
+    from preflight import (DataError, build_runner, check_data, ensure_synthetic_data, error_exit,
+                           mmcv_ops_problem)
 
-    problem = mmcv_ops_problem()  # Faster/Mask R-CNN need mmcv's compiled ops: one clear line, no trace
-    if problem:
-        print(f"ERROR: {problem}", file=sys.stderr)
-        return 2
+    if problem := mmcv_ops_problem():  # Faster/Mask R-CNN need mmcv's compiled ops: one clear line, no trace
+        return error_exit(problem)
     cfg, scope = build_cfg(args)
     prepare_cpu_distributed(cfg, cfg.launcher)
     for root in ensure_synthetic_data(cfg, ("test",)):
@@ -125,8 +122,7 @@ def main(argv=None):
         check_data(cfg, ("test",), scope)
         runner = build_runner(cfg, ("test",))
     except (DataError, FileNotFoundError) as err:
-        print(f"ERROR: {err}", file=sys.stderr)
-        return 2
+        return error_exit(err)
 
     if args.out is not None and scope == "mmdet":
         from mmdet.evaluation import DumpDetResults

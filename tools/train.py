@@ -61,8 +61,7 @@ def build_cfg(args):
         elif optim_wrapper != "OptimWrapper":
             raise SystemExit(f"--amp is only supported with optim_wrapper type 'OptimWrapper', got {optim_wrapper!r}")
         else:
-            cfg.optim_wrapper.type = "AmpOptimWrapper"
-            cfg.optim_wrapper.loss_scale = "dynamic"
+            cfg.optim_wrapper.update(type="AmpOptimWrapper", loss_scale="dynamic")
 
     if args.auto_scale_lr:
         if not all(key in cfg.get("auto_scale_lr", {}) for key in ("enable", "base_batch_size")):
@@ -79,13 +78,11 @@ def build_cfg(args):
 def main(argv=None):
     args = parse_args(argv)
     from cpu_dist import prepare_cpu_distributed, shutdown_distributed
-    from preflight import (DataError, build_runner, check_data, check_pretrained, ensure_synthetic_data,
+    from preflight import (DataError, build_runner, check_data, check_pretrained, ensure_synthetic_data, error_exit,
                            mmcv_ops_problem, register_scope, resume_checkpoint)
 
-    problem = mmcv_ops_problem()  # Faster/Mask R-CNN need mmcv's compiled ops: one clear line, no trace
-    if problem:
-        print(f"ERROR: {problem}", file=sys.stderr)
-        return 2
+    if problem := mmcv_ops_problem():  # Faster/Mask R-CNN need mmcv's compiled ops: one clear line, no trace
+        return error_exit(problem)
     cfg = build_cfg(args)
     scope = register_scope(cfg)
     prepare_cpu_distributed(cfg, cfg.launcher)
@@ -99,8 +96,7 @@ def main(argv=None):
             try:
                 apply_auto_batch(args, cfg, log=lambda msg: print(msg, flush=True))
             except AutoBatchError as err:
-                print(f"ERROR: --auto-batch: {err}", file=sys.stderr)
-                return 2
+                return error_exit(f"--auto-batch: {err}")
         check_pretrained(cfg)  # the runner initialises the backbone even before load_from / resume
         if args.resume is not None:
             path, warning = resume_checkpoint(cfg.work_dir, None if args.resume == "auto" else args.resume)
@@ -109,8 +105,7 @@ def main(argv=None):
             cfg.load_from = path
         runner = build_runner(cfg, splits)
     except (DataError, FileNotFoundError) as err:
-        print(f"ERROR: {err}", file=sys.stderr)
-        return 2
+        return error_exit(err)
     done = False
     try:
         runner.train()

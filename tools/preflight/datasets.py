@@ -3,7 +3,7 @@ others are in place (and where to put them when they are not), and whether the b
 import json
 import os
 import os.path as osp
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Sized, Tuple
 
 __all__ = ["DataError", "leaf_datasets", "dataset_cfgs", "data_path", "ensure_synthetic_data", "data_help",
            "check_data", "check_built_datasets"]
@@ -154,7 +154,7 @@ def _dataset_problems(split: str, where: str, ds: Dict[str, Any]) -> List[str]:
     if root is not None and _is_remote(str(root)):
         return []
     prefix = ds.get("data_prefix") or {}
-    folders = [(key, sub) for key, sub in prefix.items() if isinstance(sub, str) and sub] \
+    folders = [(key, sub) for key, sub in prefix.items() if isinstance(sub, str) and sub and not _is_remote(sub)] \
         if isinstance(prefix, dict) else []
     ann = ds.get("ann_file") or ""
     if root and not osp.isdir(root):
@@ -175,8 +175,6 @@ def _dataset_problems(split: str, where: str, ds: Dict[str, Any]) -> List[str]:
                    f"--root {root} --overwrite`)" if _is_synthetic_root(root) else "") + ".")
     for key, sub in folders:
         path = data_path(root, sub)
-        if _is_remote(sub):
-            continue
         if not osp.isdir(path):
             problems.append(f"folder {path!r} not found ({where}.data_prefix.{key})")
         elif not ann and not _dir_has_files(path):
@@ -200,19 +198,13 @@ def _evaluator_problems(cfg: Any, split: str) -> List[str]:
     return problems
 
 
-def _dataset_len(loop: Any) -> Optional[int]:
-    """The number of samples of a built loop's dataset (None: no dataset, or one without a length)."""
-    dataset = getattr(getattr(loop, "dataloader", None), "dataset", None)
-    try:
-        return len(dataset) if dataset is not None else None
-    except TypeError:
-        return None
-
-
 def check_built_datasets(runner: Any, splits: Sequence[str]) -> None:
     """Build the runner's loops of ``splits`` and raise :class:`DataError` if a dataset is empty."""
     for split in splits:
-        if getattr(runner, f"_{split}_loop", None) is None or _dataset_len(getattr(runner, f"{split}_loop")) != 0:
+        if getattr(runner, f"_{split}_loop", None) is None:
+            continue
+        dataset = getattr(getattr(runner, f"{split}_loop").dataloader, "dataset", None)  # builds the loop
+        if not isinstance(dataset, Sized) or len(dataset) != 0:
             continue
         ds_cfg = runner.cfg.get(f"{split}_dataloader", {}).get("dataset", {})
         hint = ""

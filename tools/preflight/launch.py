@@ -1,11 +1,12 @@
 """The start of a tool's run: mmengine's launcher options, the config, mmcv's compiled ops, and the runner."""
 import os
 import os.path as osp
+import sys
 from typing import Any, Optional, Sequence
 
 from .datasets import check_built_datasets
 
-__all__ = ["parse_with_launcher", "load_cfg", "mmcv_ops_problem", "build_runner"]
+__all__ = ["parse_with_launcher", "load_cfg", "mmcv_ops_problem", "error_exit", "build_runner"]
 
 
 def mmcv_ops_problem() -> Optional[str]:
@@ -18,6 +19,12 @@ def mmcv_ops_problem() -> Optional[str]:
     except ImportError as err:  # MMCVOpsMissingError included
         return str(err)
     return None
+
+
+def error_exit(err: object) -> int:
+    """Print ``ERROR: err`` to stderr, one line and no traceback; return 2, the tools' exit status for it."""
+    print(f"ERROR: {err}", file=sys.stderr)
+    return 2
 
 
 def parse_with_launcher(parser: Any, argv: Optional[Sequence[str]] = None) -> Any:
