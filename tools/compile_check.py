@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import tempfile
 import time
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -25,30 +26,25 @@ from revbifpn_mm.core import compiled
 from revbifpn_mm.models import RevBiFPN
 
 
-def _step(model: nn.Module, x: torch.Tensor) -> Tuple[float, Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+def _step(model: nn.Module, x: torch.Tensor) -> Tuple[float, List[torch.Tensor], Dict[str, torch.Tensor]]:
     t0 = time.perf_counter()
     sum((o.float() ** 2).mean() for o in model(x)).backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    grads = [p.grad.clone() for p in model.parameters()]
     return time.perf_counter() - t0, grads, {n: b.clone() for n, b in model.named_buffers()}
 
 
-def _diffs(ref: Dict[str, torch.Tensor], got: Dict[str, torch.Tensor], bufs: Dict[str, torch.Tensor],
-           got_bufs: Dict[str, torch.Tensor]) -> Tuple[float, float]:
-    """Gradients: largest difference / largest gradient; BN statistics: largest difference of a
-    running mean in running stds, or of a running variance relative to it."""
-    grad = max_rel([got[n] for n in ref], list(ref.values()))
+def _stat_diff(ref: Dict[str, torch.Tensor], got: Dict[str, torch.Tensor]) -> float:
+    """Largest difference of a BN running mean in running stds, or of a running variance relative to it."""
     stat = 0.0
-    for k in (k for k in bufs if k.endswith("running_var")):
-        var, mean = bufs[k].double(), k[:-len("running_var")] + "running_mean"
-        stat = max(stat, ((got_bufs[k].double() - var).abs() / var).max().item(),
-                   ((got_bufs[mean].double() - bufs[mean].double()).abs() / var.sqrt()).max().item())
-    return grad, stat
+    for k in (k for k in ref if k.endswith("running_var")):
+        var, mean = ref[k].double(), k[:-len("running_var")] + "running_mean"
+        stat = max(stat, ((got[k].double() - var).abs() / var).max().item(),
+                   ((got[mean].double() - ref[mean].double()).abs() / var.sqrt()).max().item())
+    return stat
 
 
 def train_count(config: str, iters: int) -> None:
     """Train ``config`` for ``iters`` iterations with compiled transforms; print the graphs compiled."""
-    import tempfile
-
     import train
 
     graphs = counters["stats"]["unique_graphs"]
@@ -82,7 +78,7 @@ def main() -> None:
         graphs = counters["stats"]["unique_graphs"]
         t_eager, g_ref, b_ref = _step(eager, x)
         t_comp, g, b = _step(comp, x)
-        grad, stat = _diffs(g_ref, g, b_ref, b)
+        grad, stat = max_rel(g, g_ref), _stat_diff(b_ref, b)
         tracked = sorted({v.item() for k, v in b.items() if k.endswith("num_batches_tracked")})
         print(f"{args.arch} {args.size}x{args.size} {'frozen' if frozen else 'training'} BN: first step eager "
               f"{t_eager:.1f} s, compiled {t_comp:.1f} s; gradients {grad:.2e}, BN statistics {stat:.2e}, "

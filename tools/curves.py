@@ -68,15 +68,12 @@ randomness = dict(seed=0, deterministic=True)
 
 
 def read_losses(work_dir: str) -> Dict[int, float]:
-    """``{iteration: loss}`` from every ``scalars.json`` under ``work_dir`` (a resume writes a second one)."""
+    """``{iteration: loss}`` from every ``scalars.json`` under ``work_dir`` (a resume adds one; the later run wins)."""
     res: Dict[int, float] = {}
-    for dirpath, _, files in os.walk(work_dir):
-        if "scalars.json" in files:
-            with open(osp.join(dirpath, "scalars.json"), encoding="utf-8") as f:
-                for line in f:
-                    rec = json.loads(line)
-                    if "loss" in rec and "iter" in rec:
-                        res[rec["iter"]] = rec["loss"]
+    for path in sorted(pathlib.Path(work_dir).rglob("scalars.json")):
+        for rec in map(json.loads, path.read_text(encoding="utf-8").splitlines()):
+            if "loss" in rec and "iter" in rec:
+                res[rec["iter"]] = rec["loss"]
     return res
 
 
@@ -90,11 +87,12 @@ def max_relative_divergence(curve: Mapping[int, float], ref: Mapping[int, float]
     return max(abs(curve[i] - ref[i]) / abs(ref[i]) for i in ref)
 
 
-def _train(cfg: str, work: str) -> None:
+def _train_losses(cfg: str, work: str) -> Dict[int, float]:
     out = subprocess.run([sys.executable, osp.join(TOOLS, "train.py"), cfg, "--work-dir", work],
                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if out.returncode != 0:
         raise RuntimeError(f"training {cfg} failed:\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
+    return read_losses(work)
 
 
 def main(argv=None) -> int:
@@ -108,7 +106,6 @@ def main(argv=None) -> int:
     if args.iters < 1 or args.images < 1:
         ap.error("--iters and --images must be positive")
     work = pathlib.Path(args.work_dir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
     data = work / "synthetic_coco"
     generate_synthetic_coco(str(data), num_train=args.images, num_val=2, image_size=(128, 128), seed=5)
     for name, mode, stream in RUNS:
@@ -119,8 +116,7 @@ def main(argv=None) -> int:
     curves = {}
     for name, _, _ in RUNS:
         print(f"training {name} ({args.iters} iterations) ...", flush=True)
-        _train(str(work / f"{name}.py"), str(work / name))
-        curves[name] = read_losses(str(work / name))
+        curves[name] = _train_losses(str(work / f"{name}.py"), str(work / name))
     res = {name: max_relative_divergence(curves[name], curves["plain"]) for name in ("rev", "plain32")}
     print(f"max relative loss divergence vs plain over {args.iters} iterations: "
           f"reversible {res['rev']:.3e}, plain with float32 streams {res['plain32']:.3e}")
@@ -130,8 +126,7 @@ def main(argv=None) -> int:
         b = min(a + step - 1, args.iters)
         m = {n: sum(curves[n][i] for i in range(a, b + 1)) / (b - a + 1) for n in curves}
         print(f"| {a}-{b} | {m['plain']:.4f} | {m['rev']:.4f} | {m['plain32']:.4f} |")
-    with open(work / "curves.json", "w") as f:
-        json.dump(curves, f)
+    (work / "curves.json").write_text(json.dumps(curves))
     return 0
 
 

@@ -62,8 +62,7 @@ def randomize_affine_(model: nn.Module, generator: torch.Generator, conv_bias: b
     return model
 
 
-def run_arch(arch: str, size: int, batch: int, device: torch.device, seed: int = 0,
-             with_bf16: bool = True) -> List[Dict[str, object]]:
+def run_arch(arch: str, size: int, batch: int, device: torch.device, seed: int = 0) -> List[Dict[str, object]]:
     """Fidelity rows (BN frozen, BN training) of one arch at ``batch x 3 x size x size``.
 
     Args:
@@ -72,42 +71,32 @@ def run_arch(arch: str, size: int, batch: int, device: torch.device, seed: int =
         batch: Batch size (BN in training mode needs at least 2).
         device: Where to run.
         seed: Seed of weights, BN statistics, input and loss weights.
-        with_bf16: Also compare gradients under bf16 autocast.
 
     Returns:
-        One dict per BN mode with the keys ``arch``, ``bn``, ``rev_vs_plain``,
-        ``rev_vs_fp64``, ``plain_vs_fp64``, ``cos_rev_plain`` (and ``bf16_cos_rev_plain``,
-        ``bf16_max_rel`` with ``with_bf16``).
+        One dict per BN mode with the keys ``arch``, ``bn``, ``rev_vs_plain``, ``rev_vs_fp64``,
+        ``plain_vs_fp64``, ``cos_rev_plain`` and, under bf16 autocast, ``bf16_cos_rev_plain``, ``bf16_max_rel``.
     """
     torch.manual_seed(seed)
-    base = RevBiFPN(arch, num_classes=0, drop_path_rate=0.0).to(device)
     g = torch.Generator().manual_seed(seed + 1)
-    randomize_affine_(base, g)
-    with torch.no_grad():  # non-trivial running statistics
-        base.train()
-        base(torch.randn(batch, 3, size, size, generator=g).to(device))
-    x = torch.randn(batch, 3, size, size, generator=g).to(device)
+    base = randomize_affine_(RevBiFPN(arch, num_classes=0, drop_path_rate=0.0).to(device), g)
     with torch.no_grad():
-        shapes = [f.shape for f in base.eval()(x)]
-    weights = [torch.randn(s, generator=g).to(device) for s in shapes]
+        base.train()(torch.randn(batch, 3, size, size, generator=g).to(device))  # non-trivial running statistics
+        x = torch.randn(batch, 3, size, size, generator=g).to(device)
+        weights = [torch.randn(f.shape, generator=g).to(device) for f in base.eval()(x)]
     rows = []
     for frozen in (True, False):
-        rev = copy.deepcopy(base)
-        plain = copy.deepcopy(base)
+        rev = freeze_bn(copy.deepcopy(base), frozen)
+        plain = freeze_bn(copy.deepcopy(base), frozen)
         plain.set_memory_mode("plain")
         plain64 = copy.deepcopy(plain).double()
-        for m in (rev, plain, plain64):
-            freeze_bn(m, frozen)
         g_rev = grads(rev, x, weights)
         g_plain = grads(plain, x, weights)
         g64 = grads(plain64, x.double(), [w.double() for w in weights])
-        row = dict(arch=arch, bn="frozen" if frozen else "train", rev_vs_plain=max_rel(g_rev, g_plain),
-                   rev_vs_fp64=max_rel(g_rev, g64), plain_vs_fp64=max_rel(g_plain, g64),
-                   cos_rev_plain=cosine(g_rev, g_plain))
-        if with_bf16:
-            b_rev, b_plain = grads(rev, x, weights, True), grads(plain, x, weights, True)
-            row.update(bf16_cos_rev_plain=cosine(b_rev, b_plain), bf16_max_rel=max_rel(b_rev, b_plain))
-        rows.append(row)
+        b_rev, b_plain = grads(rev, x, weights, True), grads(plain, x, weights, True)
+        rows.append(dict(arch=arch, bn="frozen" if frozen else "train", rev_vs_plain=max_rel(g_rev, g_plain),
+                         rev_vs_fp64=max_rel(g_rev, g64), plain_vs_fp64=max_rel(g_plain, g64),
+                         cos_rev_plain=cosine(g_rev, g_plain), bf16_cos_rev_plain=cosine(b_rev, b_plain),
+                         bf16_max_rel=max_rel(b_rev, b_plain)))
     return rows
 
 
@@ -118,16 +107,14 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tf32", choices=("on", "off", "default"), default="default")
-    ap.add_argument("--no-bf16", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and args.tf32 != "default":
-        torch.backends.cudnn.allow_tf32 = args.tf32 == "on"
-        torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
     rows = []
     for arch in args.archs.split(","):
-        rows += run_arch(arch, args.size, args.batch, device, with_bf16=not args.no_bf16)
+        rows += run_arch(arch, args.size, args.batch, device)
         print("\n".join(json.dumps(r) for r in rows[-2:]), file=sys.stderr, flush=True)
     head = "| arch | BN | rev vs plain | rev vs fp64 | plain vs fp64 | rev/plain-spread | bf16 cos |"
     print(f"device {device} tf32={args.tf32} input {args.batch}x3x{args.size}x{args.size}\n")
@@ -135,7 +122,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['arch']} | {r['bn']} | {r['rev_vs_plain']:.2e} | {r['rev_vs_fp64']:.2e} | "
               f"{r['plain_vs_fp64']:.2e} | {r['rev_vs_fp64'] / r['plain_vs_fp64']:.2f} | "
-              f"{r.get('bf16_cos_rev_plain', float('nan')):.6f} |")
+              f"{r['bf16_cos_rev_plain']:.6f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=str(device), tf32=args.tf32, rows=rows), f, indent=1)
