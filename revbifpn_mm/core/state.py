@@ -42,12 +42,14 @@ class RngReplay:
         if self._cursor < 0:
             raise RuntimeError("reversible backward: RNG replay out of sync with the forward")
         entry = self._stack[self._cursor]
-        with torch.random.fork_rng(devices=list(entry[1]) if entry else [], enabled=entry is not None,
-                                   device_type="cuda"):
-            if entry is not None:
-                torch.set_rng_state(entry[0])
-                for d, s in entry[1].items():
-                    torch.cuda.set_rng_state(s, d)
+        if entry is None:  # the coupling draws no random numbers: nothing to re-install
+            yield
+            return
+        cpu, cuda = entry
+        with torch.random.fork_rng(devices=list(cuda), device_type="cuda"):
+            torch.set_rng_state(cpu)
+            for d, s in cuda.items():
+                torch.cuda.set_rng_state(s, d)
             yield
 
 
