@@ -31,10 +31,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:  # noqa: D103
 def _settings(text: str) -> List[tuple]:
     out = []
     for item in filter(None, text.split(",")):
-        n, frm = item.lstrip("in"), "input" if item.startswith("in") else "output"
-        if item in ("plain", "compiled"):
-            out.append((item, dict(memory_mode="plain") if item == "plain" else dict(compile_transforms=True)))
+        n = item.removeprefix("in")
+        if item == "plain":
+            out.append(("plain", dict(memory_mode="plain")))
+        elif item == "compiled":
+            out.append(("compiled", dict(compile_transforms=True)))
         elif n.isdigit():
+            frm = "input" if n != item else "output"
             out.append((f"plain_segments={n}" + (",from_input" if frm == "input" else ""),
                         dict(plain_segments=int(n), plain_from=frm)))
         else:
