@@ -144,8 +144,9 @@ def read_dataset_stats(cfg: Any) -> Tuple[Optional[DatasetStats], str]:
         return None, f"annotation file {missing[0]} not found"
     found = []
     for path, ds in zip(paths, leaves):
+        filter_empty = bool((ds.get("filter_cfg") or {}).get("filter_empty_gt", False))
         try:
-            found.append(coco_instance_counts(path, bool((ds.get("filter_cfg") or {}).get("filter_empty_gt", False))))
+            found.append(coco_instance_counts(path, filter_empty))
         except (ValueError, KeyError, TypeError) as err:
             return None, f"{path} is not a COCO annotation file ({one_line(err)})"
     counts = [n for c, _, _, _ in found for n in c]

@@ -125,10 +125,10 @@ def interleaved_min_times(steps: Mapping[str, Callable[[], None]], rounds: int =
     The callers warm each function up first."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    best = {name: math.inf for name in steps}
+    best, dev = {name: math.inf for name in steps}, torch.device(device)
     for _ in range(rounds):
         for name, fn in steps.items():
-            best[name] = min(best[name], timed(fn, torch.device(device), clock))
+            best[name] = min(best[name], timed(fn, dev, clock))
     return best
 
 
